@@ -1,0 +1,67 @@
+"""``mpkit.map`` and ``mpkit.imap``: the default pool with a progress display chosen for where they run."""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Iterator
+
+from .engine import _default
+from .engine._errors import ResultList
+
+
+def map(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize: int | str = "auto",
+        ordered: bool = True, on_error: str = "raise", retries: int = 0, timeout: float | None = None,
+        init: Callable[[], Any] | None = None, progress: bool | None = None,
+        start_method: str | None = None) -> ResultList:
+    """Apply ``fn`` to every item in worker processes and return the results as a list.
+
+    - ``fn`` may be defined in a notebook cell: it is sent to the workers by value (cloudpickle).
+    - ``workers``: processes to use (default: the CPUs available). The pool stays warm between calls.
+    - ``chunksize``: items per message; ``"auto"`` measures the work and sizes chunks to ~20 ms.
+    - ``ordered``: results in input order (default) or in the order they finish.
+    - ``on_error``: ``"raise"`` the first error with the worker's traceback and the item;
+      ``"skip"`` or ``"collect"`` return the successes, with ``.failures`` listing
+      ``Failure(index, item, exception)`` for the rest.
+    - ``retries``: attempts to repeat an item after an exception, a crash of its worker, or a timeout.
+    - ``timeout``: seconds an item may run; past it its worker is killed and replaced.
+    - ``init``: called once in each worker process before its first item (load a model there).
+    - ``progress``: a progress bar; by default shown in IPython and Jupyter, not in scripts.
+    - ``start_method``: ``"forkserver"`` (Linux default) or ``"spawn"``; never ``"fork"`` in a kernel.
+    """
+    __tracebackhide__ = True
+    pool = _default.get_pool(workers, init, start_method)
+    bar = _progress(progress, fn, items)
+    return pool.map(fn, items, workers=workers, chunksize=chunksize, ordered=ordered, on_error=on_error,
+                    retries=retries, timeout=timeout, progress=bar)
+
+
+def imap(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize: int | str = "auto",
+         ordered: bool = True, on_error: str = "raise", retries: int = 0, timeout: float | None = None,
+         init: Callable[[], Any] | None = None, progress: bool | None = None,
+         start_method: str | None = None) -> Iterator:
+    """Like :func:`map`, but yield results as they come, taking items only as workers need them.
+
+    Memory stays flat on an endless generator. With ``on_error="collect"`` a failed item yields
+    its ``Failure`` in place of a result; with ``"skip"`` it yields nothing.
+    """
+    __tracebackhide__ = True
+    pool = _default.get_pool(workers, init, start_method)
+    bar = _progress(progress, fn, items)
+    return pool.imap(fn, items, workers=workers, chunksize=chunksize, ordered=ordered, on_error=on_error,
+                     retries=retries, timeout=timeout, progress=bar)
+
+
+def shutdown() -> None:
+    """Stop every worker mpkit started for :func:`map` and :func:`imap` (also done at exit)."""
+    _default.shutdown()
+
+
+def _progress(progress: bool | None, fn: Callable, items: Iterable):
+    from .widgets import _progress as front
+
+    return front.make_progress(progress, getattr(fn, "__name__", "map"), _length(items))
+
+
+def _length(items) -> int | None:
+    try:
+        return len(items)
+    except Exception:
+        return None

@@ -1,0 +1,72 @@
+"""Worker print() output on its way to the cell that started the work.
+
+Workers send their stdout/stderr text every few tenths of a second (see ``_worker``); the pool's
+manager thread hands it to an :class:`OutputRelay`, and the thread that runs the map drains it and
+writes it out, so output lands in the cell that is executing, prefixed with the worker's id.
+
+A worker printing in a tight loop can produce megabytes a second, more than a notebook can show
+(Jupyter drops output past its iopub rate limits, 1 MB/s by default, and warns). The relay lets
+through ``BYTES_PER_SECOND`` and counts the lines it holds back, so the user sees that output was
+cut and by how much instead of a frozen page.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+#: Output shown per second, all workers together: a fifth of Jupyter's default data rate limit.
+BYTES_PER_SECOND = 200_000
+#: A line without its newline is shown anyway once it has waited this long.
+PARTIAL_LINE_SECONDS = 0.5
+
+
+class OutputRelay:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lines: list[tuple[str, str]] = []          # (stream, prefixed line with "\n")
+        self._partial: dict[tuple[int, str], tuple[str, float]] = {}
+        self._budget = float(BYTES_PER_SECOND)
+        self._last = time.monotonic()
+        self._held_back = 0
+
+    def add(self, worker_id: int, parts: list[tuple[str, str]]) -> None:
+        """Take text a worker printed (manager thread)."""
+        now = time.monotonic()
+        with self._lock:
+            for stream, text in parts:
+                key = (worker_id, stream)
+                head, since = self._partial.pop(key, ("", now))
+                text = head + text
+                *complete, rest = text.split("\n")
+                for line in complete:
+                    self._lines.append((stream, f"[w{worker_id}] {line}\n"))
+                if rest:
+                    self._partial[key] = (rest, since)
+
+    def drain(self, final: bool = False) -> list[tuple[str, str]]:
+        """Text to write now, as (stream, text) runs; call from the thread that runs the cell."""
+        now = time.monotonic()
+        with self._lock:
+            for key, (rest, since) in list(self._partial.items()):
+                if final or now - since >= PARTIAL_LINE_SECONDS:
+                    del self._partial[key]
+                    self._lines.append((key[1], f"[w{key[0]}] {rest}\n"))
+            lines, self._lines = self._lines, []
+            self._budget = min(BYTES_PER_SECOND, self._budget + (now - self._last) * BYTES_PER_SECOND)
+            self._last = now
+            out: list[tuple[str, str]] = []
+            for stream, line in lines:
+                if len(line) > self._budget:
+                    self._held_back += 1
+                    continue
+                self._budget -= len(line)
+                if out and out[-1][0] == stream:
+                    out[-1] = (stream, out[-1][1] + line)
+                else:
+                    out.append((stream, line))
+            if self._held_back and (final or lines == []):
+                out.append(("stderr", f"[mpkit] {self._held_back:,} lines of worker output were not "
+                                      f"shown: workers printed more than {BYTES_PER_SECOND // 1000} kB/s. "
+                                      "Write large logs to a file instead.\n"))
+                self._held_back = 0
+            return out

@@ -1,0 +1,274 @@
+"""One map over a pool: items cut into chunks, results and failures gathered, every item counted.
+
+    calling thread (map / imap)                     pool manager thread
+    ───────────────────────────                     ───────────────────
+    feed(): items ─► Chunk(indices, payload) ─► pending ─► dispatched to a worker
+                                                          │
+    results() ◄── done: [(indices, results)] ◄────────────┘ complete() / crashed() / timed_out()
+              ◄── failures: [Failure]                        retry: chunk back to the front of pending
+
+A chunk whose worker died or whose payload could not be decoded is split into single items and
+sent again without counting an attempt; only a single item that fails is blamed. That is how a
+crash in the middle of 25,000 items is pinned on the one item that caused it, and how nothing is
+ever lost: each index ends as exactly one result or one failure.
+"""
+from __future__ import annotations
+
+import itertools
+import pickle
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from . import _worker
+from ._chunking import ChunkSizer
+from ._errors import (Failure, RemoteError, RemoteTraceback, SerializationError, TaskTimeout,
+                      WorkerDied, _short_repr)
+
+ON_ERROR = ("raise", "skip", "collect")
+#: The file name cloudpickle gives code it sends by value.
+DYNAMIC_CODE = "<dynamic-code>"
+_chunk_ids = itertools.count()
+
+
+@dataclass(frozen=True)
+class MapStats:
+    """A frozen snapshot of a map's progress, for progress bars and dashboards."""
+
+    total: int | None      #: items in the input, when it has a length
+    submitted: int         #: items taken from the input so far
+    done: int              #: items finished with a result
+    failed: int            #: items finished with an error (after retries)
+    retried: int           #: attempts repeated after an error, crash or timeout
+    workers: int           #: worker processes alive in the pool
+    busy: int              #: workers holding items of this map
+    elapsed: float         #: seconds since the map started
+
+    @property
+    def rate(self) -> float:
+        """Finished items per second so far."""
+        return (self.done + self.failed) / self.elapsed if self.elapsed > 0 else 0.0
+
+
+@dataclass(eq=False)
+class Chunk:
+    run: "Run"
+    indices: range | list[int]
+    items: list
+    payload: bytes
+    attempts: int = 1
+    id: int = field(default_factory=lambda: next(_chunk_ids))
+    started: float = 0.0   # when its worker began it (timeouts); set by the manager
+
+
+class Run:
+    def __init__(self, fn: Callable, items: Iterator, total: int | None, *, workers: int,
+                 chunksize: int | str, ordered: bool, on_error: str, retries: int,
+                 timeout: float | None, fn_id: str, fn_payload: bytes):
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {', '.join(map(repr, ON_ERROR))}, not {on_error!r}")
+        if not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be a whole number >= 0, not {retries!r}")
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be a number of seconds > 0, or None; not {timeout!r}")
+        if timeout is not None and chunksize not in ("auto", 1):
+            raise ValueError("timeout= bounds each item, so items are sent one at a time; "
+                             f"drop chunksize={chunksize!r} or timeout=")
+        self.fn_name = getattr(fn, "__qualname__", repr(fn))
+        self.code_files = _code_files(fn)
+        self.fn_id, self.fn_payload = fn_id, fn_payload
+        self.max_workers = workers
+        self.ordered, self.on_error, self.retries, self.timeout = ordered, on_error, retries, timeout
+        self.sizer = ChunkSizer(1 if timeout is not None else chunksize, workers, total)
+        self.total = total
+        self._items = items
+        self.cond = threading.Condition()
+        self.pending: deque[Chunk] = deque()   # guarded by cond
+        self.done: deque[tuple[range | list[int], list]] = deque()
+        self.failures: deque[Failure] = deque()
+        self.fatal: BaseException | None = None   # the map cannot go on (function not loadable...)
+        self.cancelled = False
+        self.in_flight = 0                       # chunks held by workers, kept by the manager
+        self.submitted = self.finished = self.failed = self.retried = 0
+        self.exhausted = False
+        self.started = time.perf_counter()
+        self.busy_workers = 0
+        self.pool_workers = 0
+
+    # ---- calling thread ---------------------------------------------------------------------
+    def feed(self, max_pending: int, max_ahead: int | None = None, consumed: int = 0) -> None:
+        """Cut items from the input into pickled chunks until ``max_pending`` chunks wait."""
+        while not self.exhausted:
+            with self.cond:
+                if len(self.pending) >= max_pending or self.cancelled:
+                    return
+            if max_ahead is not None and self.submitted - consumed >= max_ahead:
+                return
+            size = self.sizer.next_size(self.submitted)
+            batch = list(itertools.islice(self._items, size))
+            if len(batch) < size:
+                self.exhausted = True
+            if not batch:
+                return
+            start = self.submitted
+            self.submitted += len(batch)
+            chunk = self._make_chunk(range(start, start + len(batch)), batch)
+            if chunk is not None:
+                with self.cond:
+                    self.pending.append(chunk)
+
+    def _make_chunk(self, indices, items) -> Chunk | None:
+        try:
+            return Chunk(self, indices, items, _worker.dumps(items))
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+        # Pickle item by item to name the ones that cannot cross, and send the rest.
+        good_idx, good = [], []
+        for index, item in zip(indices, items):
+            try:
+                _worker.dumps(item)
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                err = SerializationError(
+                    f"item {index} ({_short_repr(item)}) cannot be pickled to send it to a worker: "
+                    f"{type(exc).__name__}: {exc}. Fix: pass plain data (paths, numbers, strings, "
+                    "dicts) and open files, connections or models inside the function.")
+                with self.cond:
+                    self._fail(index, item, err, None)
+            else:
+                good_idx.append(index)
+                good.append(item)
+        return Chunk(self, good_idx, good, _worker.dumps(good)) if good else None
+
+    def _frames(self, frames):
+        """Give frames of functions sent by value their notebook file back (cloudpickle drops it)."""
+        return [(self.code_files.get(name, filename) if filename == DYNAMIC_CODE else filename, lineno, name, line)
+                for filename, lineno, name, line in frames]
+
+    def snapshot(self) -> MapStats:
+        return MapStats(self.total, self.submitted, self.finished, self.failed, self.retried,
+                        self.pool_workers, self.busy_workers, time.perf_counter() - self.started)
+
+    @property
+    def complete(self) -> bool:
+        return self.exhausted and not self.pending and self.in_flight == 0
+
+    # ---- manager thread (all under self.cond) ---------------------------------------------
+    def take(self) -> Chunk | None:
+        return self.pending.popleft() if self.pending and not self.cancelled else None
+
+    def chunk_done(self, chunk: Chunk, results_bytes: bytes, failures: list, seconds: float, worker_id: int) -> None:
+        try:
+            results = pickle.loads(results_bytes)
+        except BaseException as exc:
+            self._undecodable(chunk, "its result could not be unpickled in this process", exc)
+            return
+        self.sizer.observe(len(chunk.indices), seconds)
+        if failures:
+            failed = set()
+            for offset, exc_bytes, text, frames in failures:
+                failed.add(offset)
+                index, item = chunk.indices[offset], chunk.items[offset]
+                self._error(chunk, index, item, _rebuild(exc_bytes, text, self._frames(frames), worker_id, index, item))
+            keep = [o for o in range(len(chunk.indices)) if o not in failed]
+            if keep:
+                self.done.append(([chunk.indices[o] for o in keep], [results[o] for o in keep]))
+                self.finished += len(keep)
+        else:
+            self.done.append((chunk.indices, results))
+            self.finished += len(results)
+        self.cond.notify_all()
+
+    def crashed(self, chunk: Chunk, exitcode: int | None, pid: int | None) -> None:
+        """The worker holding this chunk died while running it."""
+        if len(chunk.indices) > 1:
+            self._split(chunk)
+            return
+        index, item = chunk.indices[0], chunk.items[0]
+        self._error(chunk, index, item, WorkerDied(exitcode, pid, f"{index} ({_short_repr(item)})", chunk.attempts))
+
+    def timed_out(self, chunk: Chunk) -> None:
+        index, item = chunk.indices[0], chunk.items[0]
+        self._error(chunk, index, item, TaskTimeout(self.timeout, f"{index} ({_short_repr(item)})", chunk.attempts))
+
+    def undecodable(self, chunk: Chunk, text: str) -> None:
+        self._undecodable(chunk, "it could not be unpickled in the worker", RemoteError(text))
+
+    def requeue(self, chunk: Chunk) -> None:
+        """Send a chunk again without counting an attempt (its worker left through no fault of it)."""
+        self.pending.appendleft(chunk)
+
+    def set_fatal(self, exc: BaseException) -> None:
+        if self.fatal is None:
+            self.fatal = exc
+        self.cond.notify_all()
+
+    def _undecodable(self, chunk: Chunk, what: str, exc: BaseException) -> None:
+        if len(chunk.indices) > 1:
+            self._split(chunk)
+            return
+        index, item = chunk.indices[0], chunk.items[0]
+        err = SerializationError(f"item {index} ({_short_repr(item)}): {what}: {type(exc).__name__}: {exc}")
+        err.__cause__ = exc
+        self._fail(index, item, err, chunk)
+
+    def _split(self, chunk: Chunk) -> None:
+        singles = [Chunk(self, [i], [x], _worker.dumps([x])) for i, x in zip(chunk.indices, chunk.items)]
+        self.pending.extendleft(reversed(singles))
+
+    def _error(self, chunk: Chunk, index: int, item: Any, exc: BaseException) -> None:
+        if chunk.attempts <= self.retries:
+            self.retried += 1
+            self.pending.appendleft(Chunk(self, [index], [item], _worker.dumps([item]), chunk.attempts + 1))
+        else:
+            self._fail(index, item, exc, chunk)
+
+    def _fail(self, index: int, item: Any, exc: BaseException, chunk: Chunk | None) -> None:
+        self.failures.append(Failure(index, item, exc))
+        self.failed += 1
+        if self.on_error == "raise" and self.fatal is None:
+            self.fatal = exc
+        self.cond.notify_all()
+
+
+def _rebuild(exc_bytes, text, frames, worker_id, index, item) -> BaseException:
+    exc = None
+    if exc_bytes is not None:
+        try:
+            exc = pickle.loads(exc_bytes)
+        except BaseException:
+            exc = None
+    if exc is None:
+        exc = RemoteError(text)
+    header = f"worker {worker_id} raised on item {index}: {_short_repr(item)}"
+    exc.__cause__ = RemoteTraceback(header, frames, text)
+    try:
+        exc.add_note(f"(raised in mpkit worker {worker_id} on item {index}: {_short_repr(item)})")
+    except Exception:
+        pass
+    return exc
+
+
+def _code_files(fn) -> dict[str, str]:
+    """Function name -> source file, for fn, the functions nested in it and the cell functions it calls."""
+    out: dict[str, str] = {}
+    code = getattr(fn, "__code__", None) or getattr(getattr(fn, "__call__", None), "__code__", None)
+    if code is None:
+        return out
+    globs = getattr(fn, "__globals__", {})
+    todo = [code]
+    while todo:
+        code = todo.pop()
+        if code.co_name in out:
+            continue
+        out[code.co_name] = code.co_filename
+        todo.extend(c for c in code.co_consts if hasattr(c, "co_filename"))
+        for name in code.co_names:
+            other = getattr(globs.get(name), "__code__", None)
+            if other is not None and getattr(globs.get(name), "__module__", None) == "__main__":
+                todo.append(other)
+    return out

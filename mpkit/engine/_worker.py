@@ -1,0 +1,270 @@
+"""The worker process: a loop that runs chunks of items and sends back their results.
+
+    notebook process (pool manager thread)          worker process
+    ──────────────────────────────────────          ───────────────────────────────────────────
+    ("fn", fn_id, payload, sys.path, cwd) ──pipe──► receiver thread ─► inbox ─► main loop:
+    ("run", chunk_id, fn_id, items)       ──pipe──►                     unpickle, call fn per
+                                                                        item, catch exceptions
+    ◄──pipe── ("out", stream, text)   output thread: every OUTPUT_INTERVAL, and before a result
+    ◄──pipe── ("done", chunk_id, results, failures, seconds)
+
+One duplex pipe per worker, so the manager always knows which items a worker holds: when the
+process dies, exactly those are retried or reported. The receiver thread reads ahead into an
+inbox so the manager never blocks writing to a busy worker, and it doubles as a watchdog: EOF on
+the pipe means the notebook process is gone (killed, OOM), and the worker exits at once instead of
+living on as an orphan. SIGINT is ignored here: the notebook decides what an interrupt stops.
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+
+import cloudpickle
+
+# Message kinds, parent -> worker.
+FN, RUN, STOP = "fn", "run", "stop"
+# Message kinds, worker -> parent.
+READY, OUT, DONE, FN_ERROR, UNDECODABLE, INIT_ERROR = "ready", "out", "done", "fn_error", "undecodable", "init_error"
+
+#: How often buffered print() output is sent to the notebook. Short enough to feel live, long
+#: enough that a chatty worker costs a few messages a second, not one per print.
+OUTPUT_INTERVAL = 0.1
+#: Output kept per interval before lines are dropped (and counted): a worker printing in a tight
+#: loop must not grow memory without bound while the notebook catches up.
+OUTPUT_BUFFER_LIMIT = 1 << 20
+#: Functions a worker keeps unpickled; a warm pool sees a few per session, rarely more.
+FN_CACHE_SIZE = 16
+#: Exit code of a worker that left on its own (idle timeout or stop): nothing it held is blamed.
+CLEAN_EXIT = 0
+INIT_FAILED_EXIT = 3
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+def dumps(obj) -> bytes:
+    """Pickle with the fast C pickler; fall back to cloudpickle for lambdas and cell-defined objects."""
+    try:
+        return pickle.dumps(obj, PROTOCOL)
+    except Exception:
+        return cloudpickle.dumps(obj, PROTOCOL)
+
+
+class _Sender:
+    """Serialises sends from the main loop and the output thread onto the one pipe."""
+
+    def __init__(self, conn):
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    def send(self, data: bytes) -> None:
+        with self._lock:
+            self._conn.send_bytes(data)
+
+
+class _CapturedStream(io.TextIOBase):
+    """sys.stdout / sys.stderr in a worker: text is buffered and forwarded to the notebook."""
+
+    def __init__(self, name: str, relay: "_OutputRelay"):
+        self.name = name
+        self._relay = relay
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._relay.add(self.name, text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8"
+
+
+class _OutputRelay:
+    def __init__(self, sender: _Sender):
+        self._sender = sender
+        self._lock = threading.Lock()
+        self._parts: list[tuple[str, str]] = []
+        self._size = 0
+        self._dropped = 0
+
+    def add(self, stream: str, text: str) -> None:
+        with self._lock:
+            if self._size + len(text) > OUTPUT_BUFFER_LIMIT:
+                self._dropped += text.count("\n") or 1
+                return
+            self._parts.append((stream, text))
+            self._size += len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            parts, dropped = self._parts, self._dropped
+            self._parts, self._size, self._dropped = [], 0, 0
+        if dropped:
+            parts.append(("stderr", f"[mpkit: {dropped} lines of output dropped: printing faster than "
+                                    f"{OUTPUT_BUFFER_LIMIT // 1024} kB per {OUTPUT_INTERVAL} s]\n"))
+        if parts:
+            self._sender.send(pickle.dumps((OUT, parts), PROTOCOL))
+
+    def run_forever(self) -> None:
+        while True:
+            time.sleep(OUTPUT_INTERVAL)
+            try:
+                self.flush()
+            except OSError:
+                os._exit(CLEAN_EXIT)  # the notebook process is gone
+
+
+def _receive_forever(conn, inbox: queue.SimpleQueue) -> None:
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            os._exit(CLEAN_EXIT)  # the notebook process is gone: never outlive it
+        inbox.put(data)
+
+
+def _frames(tb) -> list[tuple[str, int, str, str | None]]:
+    return [(f.filename, f.lineno, f.name, f.line) for f in traceback.extract_tb(tb)]
+
+
+def _describe_exception(exc: BaseException, skip_frames: int = 1):
+    """(pickled exception or None, 'Type: message' text, frames) for sending to the parent."""
+    try:
+        exc_bytes = dumps(exc)
+        pickle.loads(exc_bytes)  # some exceptions pickle but cannot be rebuilt (custom __init__)
+    except BaseException:
+        exc_bytes = None
+    text = "".join(traceback.format_exception_only(type(exc), exc)).rstrip()
+    tb = exc.__traceback__
+    for _ in range(skip_frames):  # drop the worker's own frame, keep the user's
+        if tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+    return exc_bytes, text, _frames(tb)
+
+
+def _apply_environment(sys_path: list[str], cwd: str) -> None:
+    for entry in sys_path:
+        if entry not in sys.path:
+            sys.path.append(entry)
+    if cwd and os.getcwd() != cwd:
+        try:
+            os.chdir(cwd)
+        except OSError:
+            pass
+
+
+def _run_chunk(fn, items):
+    results, failures = [], []
+    start = time.perf_counter()
+    for offset, item in enumerate(items):
+        try:
+            results.append(fn(item))
+        except BaseException as exc:  # SystemExit from a task is a task failure, not a worker exit
+            results.append(None)
+            failures.append((offset, *_describe_exception(exc)))
+    return results, failures, time.perf_counter() - start
+
+
+def _encode_done(chunk_id, results, failures, seconds) -> bytes:
+    """The "done" message; results are pickled apart so the parent can blame a bad one."""
+    try:
+        results_bytes = pickle.dumps(results, PROTOCOL)
+    except BaseException:
+        results_bytes = None
+    if results_bytes is None:
+        # Find the results that cannot be pickled and report them as failures of their items.
+        failed = {f[0] for f in failures}
+        for offset, value in enumerate(results):
+            if offset in failed:
+                continue
+            try:
+                dumps(value)
+            except BaseException as exc:
+                results[offset] = None
+                err = (f"the result of this item ({type(value).__name__}) could not be pickled to send "
+                       f"it back: {type(exc).__name__}: {exc}. Fix: return plain data (numbers, "
+                       "strings, lists, dicts, DataFrames), not open files, locks or generators.")
+                failures.append((offset, None, f"mpkit.SerializationError: {err}", []))
+        failures.sort(key=lambda f: f[0])
+        results_bytes = dumps(results)
+    return pickle.dumps((DONE, chunk_id, results_bytes, failures, seconds), PROTOCOL)
+
+
+def main(conn, worker_id: int, init_payload: bytes | None, idle_timeout: float) -> None:
+    """Entry point of a worker process (the target given to multiprocessing)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sender = _Sender(conn)
+    relay = _OutputRelay(sender)
+    sys.stdout = _CapturedStream("stdout", relay)
+    sys.stderr = _CapturedStream("stderr", relay)
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    threading.Thread(target=_receive_forever, args=(conn, inbox), daemon=True, name="mpkit-receiver").start()
+    threading.Thread(target=relay.run_forever, daemon=True, name="mpkit-output").start()
+
+    if init_payload is not None:
+        try:
+            init_fn, sys_path, cwd = pickle.loads(init_payload)
+            _apply_environment(sys_path, cwd)
+            init_fn()
+        except BaseException as exc:
+            relay.flush()
+            _, text, frames = _describe_exception(exc, skip_frames=0)
+            sender.send(pickle.dumps((INIT_ERROR, text, frames), PROTOCOL))
+            os._exit(INIT_FAILED_EXIT)
+    relay.flush()
+    sender.send(pickle.dumps((READY, os.getpid()), PROTOCOL))
+
+    functions: dict[str, object] = {}
+    broken: dict[str, tuple] = {}
+    while True:
+        try:
+            data = inbox.get(timeout=idle_timeout)
+        except queue.Empty:
+            relay.flush()
+            os._exit(CLEAN_EXIT)
+        msg = pickle.loads(data)  # the envelope holds only str, int and bytes: it always loads
+        kind = msg[0]
+        if kind == RUN:
+            _, chunk_id, fn_id, items_bytes = msg
+            fn = functions.get(fn_id)
+            if fn is None:
+                text, frames = broken.get(fn_id, ("the function was never sent to this worker", []))
+                sender.send(pickle.dumps((FN_ERROR, chunk_id, text, frames), PROTOCOL))
+                continue
+            try:
+                items = pickle.loads(items_bytes)
+            except BaseException as exc:
+                _, text, frames = _describe_exception(exc, skip_frames=0)
+                sender.send(pickle.dumps((UNDECODABLE, chunk_id, text, frames), PROTOCOL))
+                continue
+            del items_bytes
+            results, failures, seconds = _run_chunk(fn, items)
+            del items
+            relay.flush()
+            sender.send(_encode_done(chunk_id, results, failures, seconds))
+        elif kind == FN:
+            _, fn_id, payload, sys_path, cwd = msg
+            _apply_environment(sys_path, cwd)
+            try:
+                functions[fn_id] = pickle.loads(payload)
+                broken.pop(fn_id, None)
+            except BaseException as exc:
+                _, text, frames = _describe_exception(exc, skip_frames=0)
+                broken[fn_id] = (text, frames)
+            while len(functions) > FN_CACHE_SIZE:
+                functions.pop(next(iter(functions)))
+        elif kind == STOP:
+            relay.flush()
+            os._exit(CLEAN_EXIT)
+

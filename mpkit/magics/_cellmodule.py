@@ -1,0 +1,105 @@
+"""A notebook cell turned into a real, importable module file, so workers import it by name.
+
+    %%mp_pool items            cell text ──► <dir>/mp_cell_<hash>.py ──► import in the kernel
+    def f(x): ...                                   │                       (names copied to the
+                                                    └──► workers import it   notebook namespace)
+                                                         by name: spawn-safe
+
+The module name is a hash of the cell's code, so a cell changed and run again is a new module
+that warm workers import afresh; they never run the earlier version. Line 1 of the file is a
+comment standing for the magic line, so line numbers in tracebacks are the cell's own.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+
+class CellError(ValueError):
+    """The cell cannot be used: a syntax error, or no function to run. The message says which."""
+
+
+class CellModules:
+    """Writes cells as modules into a temporary folder that lives as long as this object."""
+
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="mpkit-cells-")
+        self.path = self._dir.name
+        if self.path not in sys.path:
+            sys.path.append(self.path)
+
+    def write(self, header: str, code: str) -> tuple[ModuleType, ast.Module]:
+        """Write and import the cell; returns the module and its syntax tree."""
+        source = f"# {header}\n{code}"
+        try:
+            tree = ast.parse(source)
+        except SyntaxError as exc:
+            bad = (exc.text or "").strip()
+            raise CellError(f"syntax error in the cell at line {exc.lineno}: {exc.msg}"
+                            + (f": {bad}" if bad else "") + ". Fix that line and run the cell again.") from None
+        name = "mp_cell_" + hashlib.blake2b(source.encode(), digest_size=8).hexdigest()
+        file = Path(self.path, name + ".py")
+        if not file.exists():
+            file.write_text(source, encoding="utf-8")
+        importlib.invalidate_caches()
+        module = sys.modules.get(name) or importlib.import_module(name)
+        return module, tree
+
+    def close(self) -> None:
+        if self.path in sys.path:
+            sys.path.remove(self.path)
+        self._dir.cleanup()
+
+
+def top_level_functions(tree: ast.Module) -> list[str]:
+    return [node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+def pick_function(tree: ast.Module, name: str | None) -> str:
+    """The function to map: ``name`` if given, else the last one the cell defines."""
+    functions = top_level_functions(tree)
+    if name is None:
+        if not functions:
+            raise CellError("this cell defines no function to map. Write `def f(item): ...` at the top "
+                            "level of the cell (the last one is used), or name one with -f NAME.")
+        return functions[-1]
+    if name not in functions:
+        known = ", ".join(functions) or "none"
+        raise CellError(f"-f {name}: no function named {name!r} at the top level of this cell "
+                        f"(functions defined here: {known}).")
+    return name
+
+
+def load_cell_function(module_name: str, function: str, shared: dict[str, Any]):
+    """Import a cell module (in a worker), set the shared globals, return the function."""
+    module = importlib.import_module(module_name)
+    module.__dict__.update(shared)
+    return getattr(module, function)
+
+
+class CellFunction:
+    """A cell's function, pickled as (module name, function name, shared globals).
+
+    A worker unpickles it by importing the cell's module, so the function is found by name (no
+    code travels by value) and ``--share`` values land in that module's globals.
+    """
+
+    def __init__(self, module: ModuleType, function: str, shared: dict[str, Any]):
+        self.module_name = module.__name__
+        self.function = function
+        self.shared = shared
+        self.__qualname__ = self.__name__ = function
+        module.__dict__.update(shared)
+        self._fn = getattr(module, function)
+
+    def __call__(self, item):
+        return self._fn(item)
+
+    def __reduce__(self):
+        return load_cell_function, (self.module_name, self.function, self.shared)

@@ -1,0 +1,59 @@
+"""A progress bar over ``MapStats`` snapshots: tqdm's widget bar in Jupyter, its text bar elsewhere.
+
+The engine calls ``update(stats)`` at most ten times a second, ``write(text, stream)`` for worker
+output, and ``close(stats)`` once at the end; this adapter never sees a queue or a process.
+"""
+from __future__ import annotations
+
+import sys
+
+from ..engine._run import MapStats
+
+
+def in_ipython() -> bool:
+    ipython = sys.modules.get("IPython")
+    return ipython is not None and ipython.get_ipython() is not None
+
+
+def make_progress(progress: bool | None, desc: str, total: int | None):
+    """A :class:`TqdmProgress`, or None: ``progress=None`` shows a bar only under IPython."""
+    if progress is None:
+        progress = in_ipython()
+    return TqdmProgress(desc, total) if progress else None
+
+
+class TqdmProgress:
+    def __init__(self, desc: str, total: int | None):
+        from tqdm.auto import tqdm
+
+        self._tqdm = tqdm
+        self.bar = tqdm(total=total, desc=desc, unit="item", dynamic_ncols=True, leave=True)
+        self._text_bar = not hasattr(self.bar, "container")  # tqdm.notebook bars hold a widget
+
+    def update(self, stats: MapStats) -> None:
+        bar = self.bar
+        bar.n = stats.done + stats.failed
+        if bar.total is None and stats.total is not None:
+            bar.total = stats.total
+        postfix = f"workers={stats.busy}/{stats.workers}"
+        if stats.failed:
+            postfix += f", errors={stats.failed}"
+        if stats.retried:
+            postfix += f", retried={stats.retried}"
+        bar.set_postfix_str(postfix, refresh=False)
+        bar.refresh()
+
+    def write(self, text: str, stream: str) -> None:
+        file = sys.stderr if stream == "stderr" else sys.stdout
+        if self._text_bar:
+            self._tqdm.write(text.rstrip("\n"), file=file)
+        else:
+            file.write(text)
+            file.flush()
+
+    def close(self, stats: MapStats) -> None:
+        self.update(stats)
+        complete = stats.total is not None and stats.done + stats.failed == stats.total
+        if not self._text_bar and (stats.failed or not complete):
+            self.bar.colour = "#d9534f"  # tqdm.notebook shows a red bar for a failed run
+        self.bar.close()
