@@ -8,14 +8,14 @@
 """
 from ._api import imap, map, shutdown
 from .engine import (Failure, MapInterrupted, MapStats, Pool, RemoteError, RemoteTraceback,
-                     ResultList, SerializationError, TaskTimeout, WorkerDied, WorkerInitError)
+                     ResultList, SerializationError, TaskTimeout, WorkerDied, WorkerInitError, MpkitWarning)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "map", "imap", "shutdown", "Pool", "MapStats",
     "Failure", "ResultList", "RemoteTraceback", "RemoteError", "WorkerDied", "TaskTimeout",
-    "SerializationError", "WorkerInitError", "MapInterrupted",
+    "SerializationError", "WorkerInitError", "MapInterrupted", "MpkitWarning",
 ]
 
 

@@ -6,11 +6,10 @@ shut down: its workers ran the other init); a call that asks for more workers gr
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable
 
 import cloudpickle
 
-from ._errors import ResultList
 from ._pool import Pool, default_start_method
 
 _lock = threading.Lock()

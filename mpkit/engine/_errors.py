@@ -15,7 +15,7 @@ from typing import Any
 
 __all__ = [
     "Failure", "ResultList", "RemoteTraceback", "RemoteError", "WorkerDied", "TaskTimeout",
-    "SerializationError", "WorkerInitError", "MapInterrupted",
+    "SerializationError", "WorkerInitError", "MapInterrupted", "MpkitWarning",
 ]
 
 
@@ -115,6 +115,10 @@ class TaskTimeout(TimeoutError):
 
 class SerializationError(TypeError):
     """An argument or result could not be pickled (or unpickled) to cross between processes."""
+
+
+class MpkitWarning(UserWarning):
+    """Something the user should know that did not stop the work (items skipped, output cut)."""
 
 
 class WorkerInitError(RuntimeError):

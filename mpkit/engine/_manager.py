@@ -1,0 +1,338 @@
+"""The manager thread: owns the worker processes and every pipe to them.
+
+Only this thread touches a worker's pipe or process, so what each worker holds (``in_flight``)
+is known without locks, and a death is accounted for in one place (``_bury``): the chunk the
+worker was running is split, retried or failed; the chunks it had not started go back to
+``pending``. Runs (one per map call) are shared with the calling threads under ``run.cond``.
+
+    wait(wake socket, worker pipes, process sentinels)
+      ├─ wake: a run was added, fed, or cancelled ─► dispatch pending chunks, PREFETCH per worker
+      ├─ pipe: "done" / "out" / "fn_error" / "undecodable" / "init_error" ─► the run, the relay
+      └─ sentinel: a worker ended ─► _bury
+    then: kill workers past a timeout, or busy with a cancelled run; start workers up to size
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from multiprocessing.connection import wait as mp_wait
+
+import cloudpickle
+
+from . import _worker
+from ._errors import RemoteTraceback, WorkerInitError, _short_repr
+from ._output import OutputRelay
+from ._run import Run
+
+#: Chunks a worker holds at once: one running, one waiting in its inbox, so it never waits for
+#: the manager between chunks. More would only make the tail of a map less even.
+PREFETCH = 2
+#: Seconds given to workers to leave on their own at shutdown before they are killed.
+STOP_GRACE = 1.0
+
+
+class _Worker:
+    __slots__ = ("id", "process", "conn", "in_flight", "fns", "stopping", "timed_out", "pid")
+
+    def __init__(self, wid: int, process, conn):
+        self.id, self.process, self.conn = wid, process, conn
+        self.pid = process.pid
+        self.in_flight: deque = deque()
+        self.fns: set[str] = set()
+        self.stopping = False       # killed on purpose: what it held is not to blame
+        self.timed_out = None       # the chunk it was killed for
+
+
+
+class Manager:
+    """Starts, feeds, watches and stops the worker processes of one pool."""
+
+    def __init__(self, ctx, size: int, init, idle_timeout: float, output: OutputRelay):
+        self.ctx, self.size, self.idle_timeout, self.output = ctx, size, idle_timeout, output
+        self.init = init
+        self._init_payload = cloudpickle.dumps(init) if init is not None else None
+        self.workers: dict[int, _Worker] = {}
+        self.runs: list[Run] = []
+        self.lock = threading.Lock()
+        self.init_error: BaseException | None = None
+        self.broken: BaseException | None = None
+        self._ids = itertools.count(1)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._thread: threading.Thread | None = None
+        self._closing = False
+
+    # ---- any thread ----------------------------------------------------------------------------
+    def add(self, run: Run) -> None:
+        with self.lock:
+            self.runs.append(run)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._manage, name="mpkit-pool-manager", daemon=True)
+                self._thread.start()
+        self.wake()
+
+    def remove(self, run: Run) -> None:
+        with self.lock:
+            if run in self.runs:
+                self.runs.remove(run)
+
+    def wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass  # the socket buffer is full (a wake-up is pending anyway) or closed
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def pids(self) -> list[int]:
+        return [w.pid for w in list(self.workers.values()) if w.process.is_alive()]
+
+    def close(self, wait: bool) -> None:
+        """Stop the thread, then every worker: politely first, killed after STOP_GRACE."""
+        with self.lock:
+            self._closing = True
+            runs = list(self.runs)
+        for run in runs:
+            with run.cond:
+                run.cancelled = True
+                run.set_fatal(RuntimeError("the pool was shut down while this map ran"))
+        self.wake()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        workers = list(self.workers.values())
+        for w in workers:
+            try:
+                w.conn.send_bytes(pickle.dumps((_worker.STOP,)))
+            except OSError:
+                pass
+        deadline = time.monotonic() + (STOP_GRACE if wait else 0)
+        for w in workers:
+            w.process.join(timeout=max(0.0, deadline - time.monotonic()))
+        for w in workers:
+            if w.process.is_alive():
+                w.process.kill()
+                w.process.join(timeout=5)
+            w.conn.close()
+        self.workers.clear()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # ---- manager thread ------------------------------------------------------------------------
+    def _manage(self) -> None:
+        try:
+            while True:
+                with self.lock:
+                    if self._closing:
+                        return
+                    runs = list(self.runs)
+                self._reap_cancelled(runs)
+                active = [r for r in runs if not r.cancelled and r.fatal is None]
+                if any(r.pending or r.in_flight for r in active) and self.init_error is None:
+                    self._ensure_workers()
+                self._dispatch(active)
+                self._update_stats(runs)
+                waitables: list = [self._wake_r]
+                for w in self.workers.values():
+                    waitables += (w.conn, w.process.sentinel)
+                for obj in mp_wait(waitables, timeout=self._next_deadline(active)):
+                    if obj is self._wake_r:
+                        try:
+                            self._wake_r.recv(4096)
+                        except BlockingIOError:
+                            pass
+                    else:
+                        self._service(obj)
+                self._check_timeouts()
+        except BaseException as exc:  # a bug here must not leave callers waiting forever
+            self.broken = RuntimeError(f"mpkit's pool manager failed ({type(exc).__name__}: {exc}); "
+                                        "this is a bug in mpkit. mpkit.shutdown() resets the pool.")
+            self.broken.__cause__ = exc
+            for run in list(self.runs):
+                with run.cond:
+                    run.cond.notify_all()
+
+    def _ensure_workers(self) -> None:
+        alive = [w for w in self.workers.values() if not w.stopping]
+        for _ in range(self.size - len(alive)):
+            self._start_worker()
+
+    def _start_worker(self) -> None:
+        wid = next(self._ids)
+        parent_conn, child_conn = self.ctx.Pipe(duplex=True)
+        init = None
+        if self._init_payload is not None:
+            init = cloudpickle.dumps((cloudpickle.loads(self._init_payload), list(sys.path), os.getcwd()))
+        process = self.ctx.Process(target=_worker.main, args=(child_conn, wid, init, self.idle_timeout),
+                                    name=f"mpkit-worker-{wid}")
+        process.start()
+        child_conn.close()
+        self.workers[wid] = _Worker(wid, process, parent_conn)
+
+    def _dispatch(self, runs: list[Run]) -> None:
+        if not runs:
+            return
+        workers = [w for w in self.workers.values() if not w.stopping]
+        progressed = True
+        while progressed:
+            progressed = False
+            for run in runs:
+                limit = 1 if run.timeout is not None else PREFETCH
+                holders = sum(1 for w in workers if any(c.run is run for c in w.in_flight))
+                for w in sorted(workers, key=lambda w: len(w.in_flight)):
+                    if len(w.in_flight) >= limit:
+                        continue
+                    if run.timeout is not None and w.in_flight:
+                        continue
+                    mine = any(c.run is run for c in w.in_flight)
+                    if not mine and holders >= run.max_workers:
+                        continue
+                    with run.cond:
+                        chunk = run.take()
+                        if chunk is None:
+                            break
+                        run.in_flight += 1
+                    if not mine:
+                        holders += 1
+                    self._send(w, chunk)
+                    progressed = True
+
+    def _send(self, w: _Worker, chunk) -> None:
+        run = chunk.run
+        w.in_flight.append(chunk)
+        chunk.started = time.monotonic()
+        try:
+            if run.fn_id not in w.fns:
+                w.conn.send_bytes(run.fn_payload)
+                w.fns.add(run.fn_id)
+            w.conn.send_bytes(pickle.dumps((_worker.RUN, chunk.id, run.fn_id, chunk.payload), _worker.PROTOCOL))
+        except OSError:
+            pass  # the worker died; its sentinel fires and what it held is handled in _bury
+
+    def _service(self, obj) -> None:
+        for w in list(self.workers.values()):
+            if obj is w.conn:
+                self._read(w)
+                return
+            if obj == w.process.sentinel:
+                self._read(w)
+                self._bury(w)
+                return
+
+    def _read(self, w: _Worker) -> None:
+        try:
+            while w.conn.poll():
+                self._handle(w, pickle.loads(w.conn.recv_bytes()))
+        except (EOFError, OSError):
+            pass
+
+    def _handle(self, w: _Worker, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == _worker.OUT:
+            self.output.add(w.id, msg[1])
+        elif kind == _worker.DONE:
+            _, chunk_id, results_bytes, failures, seconds = msg
+            chunk = self._pop(w, chunk_id)
+            run = chunk.run
+            with run.cond:
+                run.in_flight -= 1
+                if not run.cancelled:
+                    run.chunk_done(chunk, results_bytes, failures, seconds, w.id)
+                run.cond.notify_all()
+            if w.in_flight:
+                w.in_flight[0].started = time.monotonic()
+        elif kind in (_worker.UNDECODABLE, _worker.FN_ERROR):
+            _, chunk_id, text, frames = msg
+            chunk = self._pop(w, chunk_id)
+            run = chunk.run
+            with run.cond:
+                run.in_flight -= 1
+                if run.cancelled:
+                    pass
+                elif kind == _worker.UNDECODABLE:
+                    run.undecodable(chunk, text)
+                else:
+                    err = RuntimeError(
+                        f"the function {run.fn_name} could not be loaded in worker {w.id}: {text}. "
+                        "Cause: it refers to a module the worker cannot import. Fix: make the module "
+                        "importable there (install it, or put it on sys.path before the call), or "
+                        "define the function in the notebook or with %%mp_pool.")
+                    err.__cause__ = RemoteTraceback(f"loading {run.fn_name} in worker {w.id}", frames, text)
+                    run.set_fatal(err)
+                run.cond.notify_all()
+            if w.in_flight:
+                w.in_flight[0].started = time.monotonic()
+        elif kind == _worker.INIT_ERROR:
+            _, text, frames = msg
+            err = WorkerInitError(f"init={_short_repr(self.init)} failed in a new worker, so no item can "
+                                  f"run: {text}. Fix the init function and call again.")
+            err.__cause__ = RemoteTraceback(f"init in worker {w.id}", frames, text)
+            self.init_error = err
+            for run in list(self.runs):
+                with run.cond:
+                    run.set_fatal(err)
+
+    def _pop(self, w: _Worker, chunk_id: int):
+        chunk = w.in_flight.popleft()
+        assert chunk.id == chunk_id, "worker answered out of order"
+        return chunk
+
+    def _bury(self, w: _Worker) -> None:
+        """A worker process ended: account for every chunk it held."""
+        w.process.join(timeout=1)
+        exitcode = w.process.exitcode
+        del self.workers[w.id]
+        w.conn.close()
+        chunks = list(w.in_flight)
+        for position, chunk in enumerate(chunks):
+            run = chunk.run
+            with run.cond:
+                run.in_flight -= 1
+                if run.cancelled:
+                    pass
+                elif position > 0 or w.stopping and w.timed_out is None or exitcode == _worker.CLEAN_EXIT \
+                        or exitcode == _worker.INIT_FAILED_EXIT:
+                    run.requeue(chunk)           # never started, or not its fault
+                elif w.timed_out is chunk:
+                    run.timed_out(chunk)
+                else:
+                    run.crashed(chunk, exitcode, w.pid)
+                run.cond.notify_all()
+
+    def _reap_cancelled(self, runs: list[Run]) -> None:
+        for run in runs:
+            if not (run.cancelled or run.fatal is not None):
+                continue
+            for w in self.workers.values():
+                if not w.stopping and any(c.run is run for c in w.in_flight):
+                    w.stopping = True
+                    w.process.kill()
+
+    def _check_timeouts(self) -> None:
+        now = time.monotonic()
+        for w in self.workers.values():
+            if w.in_flight and not w.stopping:
+                chunk = w.in_flight[0]
+                limit = chunk.run.timeout
+                if limit is not None and now - chunk.started > limit:
+                    w.stopping = True
+                    w.timed_out = chunk
+                    w.process.kill()
+
+    def _next_deadline(self, runs: list[Run]) -> float | None:
+        timeouts = [r.timeout for r in runs if r.timeout is not None]
+        if not timeouts:
+            return None if not runs else 1.0
+        return min(0.05, min(timeouts) / 4)
+
+    def _update_stats(self, runs: list[Run]) -> None:
+        alive = len(self.workers)
+        for run in runs:
+            run.pool_workers = alive
+            run.busy_workers = sum(1 for w in self.workers.values() if any(c.run is run for c in w.in_flight))

@@ -1,0 +1,165 @@
+"""mpkit.map / imap / Pool: results, order, laziness, warm reuse, bad input."""
+import functools
+import itertools
+import os
+import sys
+
+import pytest
+
+import mpkit
+from tests import helpers
+
+
+def test_map_matches_builtin_map(pool):
+    assert pool.map(helpers.square, range(1000)) == [x * x for x in range(1000)]
+
+
+def test_empty_input(pool):
+    assert pool.map(helpers.square, []) == []
+    assert list(pool.imap(helpers.square, iter([]))) == []
+
+
+def test_notebook_style_function_is_sent_by_value(pool):
+    offset = 10
+    fn = lambda x: x + offset  # noqa: E731 - defined in __main__-like scope, not importable
+    assert pool.map(fn, range(5)) == [10, 11, 12, 13, 14]
+
+
+def test_unordered_map_has_same_multiset(pool):
+    out = pool.map(helpers.square, range(500), ordered=False, chunksize=7)
+    assert sorted(out) == [x * x for x in range(500)]
+
+
+def test_imap_is_lazy_on_an_endless_generator(pool):
+    taken = []
+
+    def source():
+        for i in itertools.count():
+            taken.append(i)
+            yield i
+
+    out = list(itertools.islice(pool.imap(helpers.square, source()), 50))
+    assert out == [x * x for x in range(50)]
+    # bounded read-ahead: it did not try to drain an endless input
+    assert len(taken) < 50 + 10_000
+
+
+def test_imap_unordered_yields_everything(pool):
+    assert sorted(pool.imap(helpers.identity, range(300), ordered=False)) == list(range(300))
+
+
+@pytest.mark.parametrize("chunksize", [1, 3, 1000])
+def test_explicit_chunksize(pool, chunksize):
+    assert pool.map(helpers.square, range(100), chunksize=chunksize) == [x * x for x in range(100)]
+
+
+def test_warm_pool_reuses_processes(pool):
+    first = set(pool.map(helpers.pid_of, range(20)))
+    second = set(pool.map(helpers.pid_of, range(20)))
+    assert first and first == second
+    assert len(first) <= 2
+
+
+def test_default_pool_is_warm_and_shutdown_stops_it(start_method):
+    pids = set(mpkit.map(helpers.pid_of, range(10), workers=2))
+    assert pids == set(mpkit.map(helpers.pid_of, range(10), workers=2))
+    mpkit.shutdown()
+    import psutil
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+
+
+def test_workers_follow_the_notebook_cwd(pool, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert set(pool.map(helpers.cwd_of, range(4))) == {str(tmp_path)}
+
+
+def test_init_runs_once_per_worker(start_method, tmp_path):
+    marker = tmp_path / "inits"
+
+    def init():
+        with open(marker, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+    with mpkit.Pool(2, start_method=start_method, init=init) as p:
+        pids = set(p.map(helpers.pid_of, range(40)))
+        pids |= set(p.map(helpers.pid_of, range(40)))
+    lines = marker.read_text().split()
+    assert sorted(lines) == sorted(set(lines)), "init ran twice in one worker"
+    assert pids <= {int(x) for x in lines}
+
+
+def test_init_failure_is_reported(start_method):
+    def init():
+        raise OSError("model file missing")
+
+    with mpkit.Pool(1, start_method=start_method, init=init) as p:
+        with pytest.raises(mpkit.WorkerInitError, match="model file missing"):
+            p.map(helpers.square, range(3))
+
+
+def test_redefined_function_runs_new_version(pool):
+    ns = {}
+    exec("def f(x):\n    return x + 1\n", ns)
+    assert pool.map(ns["f"], [1]) == [2]
+    exec("def f(x):\n    return x + 100\n", ns)
+    assert pool.map(ns["f"], [1]) == [101]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (5, "items must be iterable"),
+    (None, "items must be iterable"),
+])
+def test_not_iterable(pool, bad, message):
+    with pytest.raises(TypeError, match=message):
+        pool.map(helpers.square, bad)
+
+
+def test_bad_options(pool):
+    with pytest.raises(ValueError, match="on_error must be one of"):
+        pool.map(helpers.square, [1], on_error="ignore")
+    with pytest.raises(ValueError, match="chunksize"):
+        pool.map(helpers.square, [1], chunksize=0)
+    with pytest.raises(ValueError, match="retries"):
+        pool.map(helpers.square, [1], retries=-1)
+    with pytest.raises(TypeError, match="must be callable"):
+        pool.map(42, [1])
+
+
+def test_unpicklable_function_is_named():
+    import threading
+    lock = threading.Lock()
+    with mpkit.Pool(1) as p, pytest.raises(TypeError, match="cannot be pickled"):
+        p.map(functools.partial(lambda lk, x: x, lock), [1])
+
+
+def test_unpicklable_item_is_named_and_others_finish(pool):
+    items = [1, 2, helpers.Unpicklable(), 4]
+    with pytest.raises(mpkit.SerializationError, match="item 2"):
+        pool.map(helpers.identity, items)
+    out = pool.map(helpers.identity, items, on_error="collect")
+    assert out == [1, 2, 4]
+    assert [f.index for f in out.failures] == [2]
+
+
+def test_unpicklable_result_is_named(pool):
+    out = pool.map(helpers.return_unpicklable, range(4), on_error="collect")
+    assert out == [0, 1, 3]
+    (failure,) = out.failures
+    assert failure.index == 2 and "could not be pickled" in str(failure.exception)
+
+
+def test_public_surface_is_deliberate():
+    assert sorted(mpkit.__all__) == sorted([
+        "map", "imap", "shutdown", "Pool", "MapStats", "Failure", "ResultList", "RemoteTraceback",
+        "RemoteError", "WorkerDied", "TaskTimeout", "SerializationError", "WorkerInitError",
+        "MapInterrupted", "MpkitWarning"])
+    for name in mpkit.__all__:
+        assert getattr(mpkit, name) is not None
+
+
+def test_import_is_light():
+    import subprocess
+    code = ("import sys, mpkit; heavy = [m for m in ('pandas', 'openpyxl', 'emoji', 'IPython', "
+            "'ipywidgets', 'tqdm') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
