@@ -28,9 +28,8 @@ def map(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize:
     """
     __tracebackhide__ = True
     pool = _default.get_pool(workers, init, start_method)
-    bar = _progress(progress, fn, items)
     return pool.map(fn, items, workers=workers, chunksize=chunksize, ordered=ordered, on_error=on_error,
-                    retries=retries, timeout=timeout, progress=bar)
+                    retries=retries, timeout=timeout, progress=progress)
 
 
 def imap(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize: int | str = "auto",
@@ -44,24 +43,10 @@ def imap(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize
     """
     __tracebackhide__ = True
     pool = _default.get_pool(workers, init, start_method)
-    bar = _progress(progress, fn, items)
     return pool.imap(fn, items, workers=workers, chunksize=chunksize, ordered=ordered, on_error=on_error,
-                     retries=retries, timeout=timeout, progress=bar)
+                     retries=retries, timeout=timeout, progress=progress)
 
 
 def shutdown() -> None:
     """Stop every worker mpkit started for :func:`map` and :func:`imap` (also done at exit)."""
     _default.shutdown()
-
-
-def _progress(progress: bool | None, fn: Callable, items: Iterable):
-    from .widgets import _progress as front
-
-    return front.make_progress(progress, getattr(fn, "__name__", "map"), _length(items))
-
-
-def _length(items) -> int | None:
-    try:
-        return len(items)
-    except Exception:
-        return None

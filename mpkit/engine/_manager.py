@@ -38,7 +38,7 @@ STOP_GRACE = 1.0
 
 
 class _Worker:
-    __slots__ = ("id", "process", "conn", "in_flight", "fns", "stopping", "timed_out", "pid")
+    __slots__ = ("id", "process", "conn", "in_flight", "fns", "stopping", "timed_out", "pid", "ready")
 
     def __init__(self, wid: int, process, conn):
         self.id, self.process, self.conn = wid, process, conn
@@ -47,6 +47,7 @@ class _Worker:
         self.fns: set[str] = set()
         self.stopping = False       # killed on purpose: what it held is not to blame
         self.timed_out = None       # the chunk it was killed for
+        self.ready = False          # init done: timeouts count from here, not from the start
 
 
 
@@ -134,6 +135,11 @@ class Manager:
                     runs = list(self.runs)
                 self._reap_cancelled(runs)
                 active = [r for r in runs if not r.cancelled and r.fatal is None]
+                if self.init_error is not None:  # no worker can start: say so to every new map
+                    for run in active:
+                        with run.cond:
+                            run.set_fatal(self.init_error)
+                    active = []
                 if any(r.pending or r.in_flight for r in active) and self.init_error is None:
                     self._ensure_workers()
                 self._dispatch(active)
@@ -234,7 +240,11 @@ class Manager:
 
     def _handle(self, w: _Worker, msg: tuple) -> None:
         kind = msg[0]
-        if kind == _worker.OUT:
+        if kind == _worker.READY:
+            w.ready = True
+            if w.in_flight:
+                w.in_flight[0].started = time.monotonic()
+        elif kind == _worker.OUT:
             self.output.add(w.id, msg[1])
         elif kind == _worker.DONE:
             _, chunk_id, results_bytes, failures, seconds = msg
@@ -317,7 +327,7 @@ class Manager:
     def _check_timeouts(self) -> None:
         now = time.monotonic()
         for w in self.workers.values():
-            if w.in_flight and not w.stopping:
+            if w.in_flight and w.ready and not w.stopping:
                 chunk = w.in_flight[0]
                 limit = chunk.run.timeout
                 if limit is not None and now - chunk.started > limit:

@@ -32,6 +32,7 @@ from . import _worker
 from ._errors import MapInterrupted, MpkitWarning, ResultList, _short_repr
 from ._manager import Manager
 from ._output import OutputRelay
+from ._chunking import MAX_CHUNK
 from ._run import Run
 
 #: Seconds an idle worker waits for work before it exits. Long enough that cells run a few
@@ -100,7 +101,8 @@ class Pool:
             progress=None) -> ResultList:
         """``fn`` applied to every item in worker processes; a :class:`ResultList` in input order.
 
-        See :func:`mpkit.map` for the arguments.
+        See :func:`mpkit.map` for the arguments; ``progress`` may also be a factory
+        ``(description, total) -> bar`` for a front-end of your own (see ``mpkit.widgets``).
         """
         __tracebackhide__ = True
         total = _length(items)
@@ -208,8 +210,6 @@ class Pool:
         if run.ordered:
             waiting: dict[int, Any] = {}
             next_index = 0
-            # bound on results held for an earlier slow item: enough to keep every worker busy
-            run.max_ahead = max(run.max_workers * 4 * 64, 1024)
             for batch in self._drive(run, progress, lambda: next_index):
                 if isinstance(batch, _Fatal):
                     raise batch.exc
@@ -243,8 +243,12 @@ class Pool:
         __tracebackhide__ = True
         manager = self._manager
         manager.add(run)
+        progress = _progress_factory(progress)
+        progress = progress(run.fn_name, run.total) if progress is not None else None
         max_pending = 2 * run.max_workers
-        max_ahead = getattr(run, "max_ahead", None)
+        # ordered imap: results held back for an earlier slow item are bounded, so memory stays
+        # flat; the bound leaves room for every worker's chunks in flight.
+        max_ahead = max(run.max_workers * 4 * MAX_CHUNK, 1024) if consumed is not None else None
         last_shown = 0.0
         try:
             while True:
@@ -300,6 +304,17 @@ class Pool:
 
 
 _SKIPPED = object()
+
+
+def _progress_factory(progress):
+    """``progress=`` as given to map: True/False/None (a bar by default only under IPython), or a
+    factory ``(description, total) -> bar`` with ``update(stats)``, ``write(text, stream)`` and
+    ``close(stats)``. The bar itself is a front-end (``mpkit.widgets``), imported only when used."""
+    if progress is None or isinstance(progress, bool):
+        from ..widgets._progress import progress_factory
+
+        return progress_factory(progress)
+    return progress
 
 
 class _Fatal:

@@ -15,11 +15,11 @@ def in_ipython() -> bool:
     return ipython is not None and ipython.get_ipython() is not None
 
 
-def make_progress(progress: bool | None, desc: str, total: int | None):
-    """A :class:`TqdmProgress`, or None: ``progress=None`` shows a bar only under IPython."""
+def progress_factory(progress: bool | None):
+    """:class:`TqdmProgress` (built once the map starts), or None: by default a bar only under IPython."""
     if progress is None:
         progress = in_ipython()
-    return TqdmProgress(desc, total) if progress else None
+    return TqdmProgress if progress else None
 
 
 class TqdmProgress:

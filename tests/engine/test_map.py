@@ -40,8 +40,8 @@ def test_imap_is_lazy_on_an_endless_generator(pool):
 
     out = list(itertools.islice(pool.imap(helpers.square, source()), 50))
     assert out == [x * x for x in range(50)]
-    # bounded read-ahead: it did not try to drain an endless input
-    assert len(taken) < 50 + 10_000
+    # bounded read-ahead (a few chunks per worker): it did not try to drain an endless input
+    assert len(taken) < 100_000
 
 
 def test_imap_unordered_yields_everything(pool):
