@@ -84,6 +84,11 @@ class Pool:
         if self.start_method not in mp.get_all_start_methods():
             raise ValueError(f"start_method {self.start_method!r} is not available here; choose one of "
                              f"{', '.join(mp.get_all_start_methods())}")
+        if self.start_method == "fork":
+            warnings.warn("start_method='fork' copies this process with its threads' locks in whatever "
+                          "state they are; in a Jupyter kernel (which runs threads) that can deadlock. "
+                          "Use 'forkserver' or 'spawn' unless you know the process has no threads.",
+                          MpkitWarning, stacklevel=2)
         self.size = workers
         self.idle_timeout = idle_timeout
         self.init = init
