@@ -81,8 +81,9 @@ def _demo(args: argparse.Namespace) -> int:
     path = path.resolve()
     nb = nbformat.read(path, as_version=4)
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
-    print(f"mpkit demo: running {path} ({len(code_cells)} code cells, kernel {args.kernel!r}, "
-          f"{args.timeout:g} s per cell)", flush=True)
+    cells = f"{len(code_cells)} code cell{'s' if len(code_cells) != 1 else ''}"
+    print(f"mpkit demo: running {path} ({cells}, kernel {args.kernel!r}, {args.timeout:g} s per cell)",
+          flush=True)
 
     client = NotebookClient(nb, kernel_name=args.kernel, timeout=args.timeout,
                             startup_timeout=STARTUP_TIMEOUT, allow_errors=False,
@@ -109,6 +110,8 @@ def _demo(args: argparse.Namespace) -> int:
         failure = f"a cell ran longer than {args.timeout:g} s (--timeout)"
     except DeadKernelError as exc:
         failure = f"the kernel died: {exc}"
+    except KeyboardInterrupt:  # nbclient has shut the kernel down on the way out
+        failure = "interrupted"
     except Exception as exc:  # no such kernel, kernel would not start...
         failure = f"{type(exc).__name__}: {exc}"
     elapsed = time.perf_counter() - started

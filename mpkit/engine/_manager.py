@@ -26,7 +26,7 @@ from multiprocessing.connection import wait as mp_wait
 import cloudpickle
 
 from . import _worker
-from ._errors import RemoteTraceback, WorkerInitError, _short_repr
+from ._errors import RemoteTraceback, WorkerInitError, _short_repr, describe_exit
 from ._output import OutputRelay
 from ._run import Run
 
@@ -35,10 +35,13 @@ from ._run import Run
 PREFETCH = 2
 #: Seconds given to workers to leave on their own at shutdown before they are killed.
 STOP_GRACE = 1.0
+#: New workers that may die before they are ready, in a row, before the pool gives up: a crash in
+#: init would otherwise restart workers forever.
+MAX_FAILED_STARTS = 3
 
 
 class _Worker:
-    __slots__ = ("id", "process", "conn", "in_flight", "fns", "stopping", "timed_out", "pid", "ready")
+    __slots__ = ("id", "process", "conn", "in_flight", "fns", "stopping", "timed_out", "pid", "ready", "left")
 
     def __init__(self, wid: int, process, conn):
         self.id, self.process, self.conn = wid, process, conn
@@ -48,6 +51,7 @@ class _Worker:
         self.stopping = False       # killed on purpose: what it held is not to blame
         self.timed_out = None       # the chunk it was killed for
         self.ready = False          # init done: timeouts count from here, not from the start
+        self.left = False           # said BYE: it exits on purpose, what it held is not to blame
 
 
 
@@ -68,6 +72,7 @@ class Manager:
         self._wake_r.setblocking(False)
         self._thread: threading.Thread | None = None
         self._closing = False
+        self._failed_starts = 0  # workers in a row that ended before they were ready
 
     # ---- any thread ----------------------------------------------------------------------------
     def add(self, run: Run) -> None:
@@ -242,8 +247,11 @@ class Manager:
         kind = msg[0]
         if kind == _worker.READY:
             w.ready = True
+            self._failed_starts = 0
             if w.in_flight:
                 w.in_flight[0].started = time.monotonic()
+        elif kind == _worker.BYE:
+            w.left = True
         elif kind == _worker.OUT:
             self.output.add(w.id, msg[1])
         elif kind == _worker.DONE:
@@ -299,6 +307,14 @@ class Manager:
         exitcode = w.process.exitcode
         del self.workers[w.id]
         w.conn.close()
+        if not w.ready and not w.stopping and not w.left and self.init_error is None:
+            self._failed_starts += 1
+            if self._failed_starts >= MAX_FAILED_STARTS:
+                self.init_error = WorkerInitError(
+                    f"{self._failed_starts} new workers in a row ended before they were ready "
+                    f"(the last: {describe_exit(exitcode)}). Cause: init= crashed the process, or the "
+                    "worker could not start at all (a module imported at start-up failed). Fix: run "
+                    "init in a plain Python process to see the crash, then call again.")
         chunks = list(w.in_flight)
         for position, chunk in enumerate(chunks):
             run = chunk.run
@@ -306,8 +322,7 @@ class Manager:
                 run.in_flight -= 1
                 if run.cancelled:
                     pass
-                elif position > 0 or w.stopping and w.timed_out is None or exitcode == _worker.CLEAN_EXIT \
-                        or exitcode == _worker.INIT_FAILED_EXIT:
+                elif position > 0 or w.left or (w.stopping and w.timed_out is None) or not w.ready:
                     run.requeue(chunk)           # never started, or not its fault
                 elif w.timed_out is chunk:
                     run.timed_out(chunk)

@@ -115,22 +115,25 @@ class Pool:
         done: list[tuple[Any, list]] = []
         failures = []
         batches = self._drive(run, progress)
+        fatal = None
         try:
             for batch in batches:
                 if isinstance(batch, tuple):
                     done.append(batch)
                 elif isinstance(batch, _Fatal):
-                    batches.close()  # cancel the run before the error reaches the caller
-                    raise batch.exc
+                    fatal = batch.exc
+                    break
                 else:
                     failures.append(batch)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # the user's interrupt, not a task's (those come as _Fatal)
             batches.close()
             raise _interrupted(run, done, failures) from None
         finally:
-            batches.close()
+            batches.close()  # cancels the run if it did not complete
+        if fatal is not None:
+            raise fatal
         if failures and on_error == "skip":
-            first = failures[0]
+            first = min(failures, key=lambda f: f.index)
             warnings.warn(f"{len(failures)} of {run.submitted} items failed and were skipped (first: item "
                           f"{first.index}, {type(first.exception).__name__}: {first.exception}); "
                           "they are listed in .failures of the result", MpkitWarning, stacklevel=3)

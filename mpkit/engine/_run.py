@@ -228,6 +228,11 @@ class Run:
             self._fail(index, item, exc, chunk)
 
     def _fail(self, index: int, item: Any, exc: BaseException, chunk: Chunk | None) -> None:
+        if chunk is not None and chunk.attempts > 1 and not isinstance(exc, (WorkerDied, TaskTimeout)):
+            try:
+                exc.add_note(f"(failed on all {chunk.attempts} tries, retries={self.retries})")
+            except Exception:
+                pass
         self.failures.append(Failure(index, item, exc))
         self.failed += 1
         if self.on_error == "raise" and self.fatal is None:

@@ -28,10 +28,13 @@ import traceback
 
 import cloudpickle
 
+from ._errors import SerializationError
+
 # Message kinds, parent -> worker.
 FN, RUN, STOP = "fn", "run", "stop"
 # Message kinds, worker -> parent.
-READY, OUT, DONE, FN_ERROR, UNDECODABLE, INIT_ERROR = "ready", "out", "done", "fn_error", "undecodable", "init_error"
+READY, OUT, DONE, FN_ERROR, UNDECODABLE, INIT_ERROR, BYE = (
+    "ready", "out", "done", "fn_error", "undecodable", "init_error", "bye")
 
 #: How often buffered print() output is sent to the notebook. Short enough to feel live, long
 #: enough that a chatty worker costs a few messages a second, not one per print.
@@ -41,7 +44,9 @@ OUTPUT_INTERVAL = 0.1
 OUTPUT_BUFFER_LIMIT = 1 << 20
 #: Functions a worker keeps unpickled; a warm pool sees a few per session, rarely more.
 FN_CACHE_SIZE = 16
-#: Exit code of a worker that left on its own (idle timeout or stop): nothing it held is blamed.
+#: Exit code of a worker that leaves on its own. A task may exit with any code too (os._exit(0)),
+#: so the code proves nothing: a worker that leaves on purpose says BYE first, and only then is
+#: nothing it held blamed.
 CLEAN_EXIT = 0
 INIT_FAILED_EXIT = 3
 
@@ -192,13 +197,23 @@ def _encode_done(chunk_id, results, failures, seconds) -> bytes:
                 dumps(value)
             except BaseException as exc:
                 results[offset] = None
-                err = (f"the result of this item ({type(value).__name__}) could not be pickled to send "
-                       f"it back: {type(exc).__name__}: {exc}. Fix: return plain data (numbers, "
-                       "strings, lists, dicts, DataFrames), not open files, locks or generators.")
-                failures.append((offset, None, f"mpkit.SerializationError: {err}", []))
+                err = SerializationError(
+                    f"the result of this item ({type(value).__name__}) could not be pickled to send it "
+                    f"back: {type(exc).__name__}: {exc}. Fix: return plain data (numbers, strings, "
+                    "lists, dicts, DataFrames), not open files, locks or generators.")
+                failures.append((offset, pickle.dumps(err, PROTOCOL), f"SerializationError: {err}", []))
         failures.sort(key=lambda f: f[0])
         results_bytes = dumps(results)
     return pickle.dumps((DONE, chunk_id, results_bytes, failures, seconds), PROTOCOL)
+
+
+def _leave(relay: _OutputRelay, sender: _Sender) -> None:
+    """Exit on purpose (idle, or asked to stop), telling the parent first."""
+    try:
+        relay.flush()
+        sender.send(pickle.dumps((BYE,), PROTOCOL))
+    finally:
+        os._exit(CLEAN_EXIT)
 
 
 def main(conn, worker_id: int, init_payload: bytes | None, idle_timeout: float) -> None:
@@ -231,8 +246,7 @@ def main(conn, worker_id: int, init_payload: bytes | None, idle_timeout: float) 
         try:
             data = inbox.get(timeout=idle_timeout)
         except queue.Empty:
-            relay.flush()
-            os._exit(CLEAN_EXIT)
+            _leave(relay, sender)
         msg = pickle.loads(data)  # the envelope holds only str, int and bytes: it always loads
         kind = msg[0]
         if kind == RUN:
@@ -265,6 +279,5 @@ def main(conn, worker_id: int, init_payload: bytes | None, idle_timeout: float) 
             while len(functions) > FN_CACHE_SIZE:
                 functions.pop(next(iter(functions)))
         elif kind == STOP:
-            relay.flush()
-            os._exit(CLEAN_EXIT)
+            _leave(relay, sender)
 

@@ -18,7 +18,9 @@ def test_failed_items_show_in_the_bar(pool, capsys):
     assert "errors=1" in capsys.readouterr().err
 
 
-def test_no_bar_in_scripts_by_default(pool, capsys):
+def test_no_bar_in_scripts_by_default(pool, capsys, monkeypatch):
+    from mpkit.widgets import _progress
+    monkeypatch.setattr(_progress, "in_ipython", lambda: False)  # other tests start a global shell
     pool.map(helpers.square, range(5))
     assert capsys.readouterr().err == ""
 
