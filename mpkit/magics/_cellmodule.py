@@ -34,8 +34,8 @@ class CellModules:
         if self.path not in sys.path:
             sys.path.append(self.path)
 
-    def write(self, header: str, code: str) -> tuple[ModuleType, ast.Module]:
-        """Write and import the cell; returns the module and its syntax tree."""
+    def write(self, header: str, code: str) -> tuple[str, str, ast.Module]:
+        """Write the cell as a module file; returns its module name, file path and syntax tree."""
         source = f"# {header}\n{code}"
         try:
             tree = ast.parse(source)
@@ -47,11 +47,21 @@ class CellModules:
         file = Path(self.path, name + ".py")
         if not file.exists():
             file.write_text(source, encoding="utf-8")
+        return name, str(file), tree
+
+    def load(self, name: str) -> ModuleType:
+        """Import a module written by :meth:`write` (again, if an earlier folder held it)."""
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "__file__", None) == str(Path(self.path, name + ".py")):
+            return module
+        sys.modules.pop(name, None)
         importlib.invalidate_caches()
-        module = sys.modules.get(name) or importlib.import_module(name)
-        return module, tree
+        return importlib.import_module(name)
 
     def close(self) -> None:
+        for name, module in list(sys.modules.items()):
+            if name.startswith("mp_cell_") and str(getattr(module, "__file__", "")).startswith(self.path):
+                del sys.modules[name]
         if self.path in sys.path:
             sys.path.remove(self.path)
         self._dir.cleanup()

@@ -5,15 +5,18 @@ A thin adapter: parse the line, turn the cell into a module (``_cellmodule``), c
 from __future__ import annotations
 
 import re
+import sys
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, kwds, magic_arguments, parse_argstring
 
 from .. import _api
 from ._cellmodule import CellError, CellFunction, CellModules, pick_function
 
 _OPTION = re.compile(r"\s(-[a-zA-Z]\b|--[a-zA-Z][\w-]*)")
+_UNDEFINED = re.compile(r"name '(\w+)' is not defined")
+_SHARE_LIST = re.compile(r"(--share[ =]\S*,)\s+(?=\w)")
 
 
 @magics_class
@@ -23,6 +26,7 @@ class PoolMagics(Magics):
         self.cells = CellModules()
 
     @magic_arguments()
+    @kwds(usage="%%%%mp_pool ITEMS [-n WORKERS] [-o OUT] [-f FUNC] [options]")
     @argument("items", nargs="*",
               help="Python expression for the items, evaluated in the notebook (may hold spaces).")
     @argument("-n", "--workers", type=int, default=None, help="Worker processes (default: CPUs).")
@@ -58,11 +62,12 @@ class PoolMagics(Magics):
         shared = self._shared(args.share)
         header = f"%%mp_pool {line}".strip()
         try:
-            module, tree = self.cells.write(header, cell)
+            module_name, path, tree = self.cells.write(header, cell)
             name = pick_function(tree, args.func)
         except CellError as exc:
             raise UsageError(str(exc)) from None
-        self._register_cell_file(module.__file__)
+        self._register_cell_file(path)  # before the import: an error there names the cell too
+        module = self.cells.load(module_name)
         for key, value in vars(module).items():
             if not key.startswith("__") and callable(value) and getattr(value, "__module__", None) == module.__name__:
                 self.shell.user_ns[key] = value
@@ -72,17 +77,30 @@ class PoolMagics(Magics):
                                on_error=args.on_error, retries=args.retries, timeout=args.timeout,
                                progress=not args.no_progress, start_method=args.start_method)
         except (TypeError, ValueError) as exc:
-            if getattr(exc, "__cause__", None) is None and "mpkit" not in type(exc).__module__:
+            if exc.__cause__ is None and not type(exc).__module__.startswith("mpkit"):
                 raise UsageError(str(exc)) from None
+            self._hint_share(exc)
             raise
         except KeyboardInterrupt as exc:
             if args.out and hasattr(exc, "results"):
                 self.shell.user_ns[args.out] = exc.results
             raise
+        except Exception as exc:
+            self._hint_share(exc)
+            raise
+        for failure in getattr(results, "failures", ()):
+            self._hint_share(failure.exception)
         if args.out:
             self.shell.user_ns[args.out] = results
             return None
         return results
+
+    def _hint_share(self, exc: BaseException) -> None:
+        """A NameError in a worker for a notebook variable: say that workers need --share for it."""
+        match = _UNDEFINED.search(str(exc)) if isinstance(exc, NameError) else None
+        if match and match.group(1) in self.shell.user_ns:
+            exc.add_note(f"{match.group(1)!r} is a notebook variable, and workers do not see the "
+                         f"notebook's variables: pass it with --share {match.group(1)}")
 
     def _parse(self, line: str):
         """Split ``EXPR OPTIONS``: the expression ends where the first option flag starts."""
@@ -96,9 +114,15 @@ class PoolMagics(Magics):
                 raise UsageError(self.mp_pool.__doc__)
             raise UsageError("%%mp_pool needs the items first: %%mp_pool ITEMS [options], e.g. "
                              "%%mp_pool paths -n 4 -o results")
+        first = _OPTION.search(" " + line)
+        if first is not None:
+            raise UsageError(f"%%mp_pool: the items expression {line[:first.start()].strip()!r} is not "
+                             "valid Python. Fix it; the options come after it.")
         return line, self._options("")
 
     def _options(self, text: str):
+        while _SHARE_LIST.search(text):  # --share a, b: the names are one list
+            text = _SHARE_LIST.sub(r"\1", text)
         args = parse_argstring(self.mp_pool, text)
         if args.items:
             raise UsageError(f"%%mp_pool: unexpected text after the options: {' '.join(args.items)!r}. "
@@ -156,7 +180,16 @@ class PoolMagics(Magics):
         return value
 
     def _register_cell_file(self, path: str) -> None:
-        """Tracebacks name the file as IPython names cells: ``Cell In[7], line 3``."""
+        """Tracebacks name the file as IPython names the running cell: ``Cell In[7], line 3``."""
         compiler = getattr(self.shell, "compile", None)
-        if compiler is not None and hasattr(compiler, "_filename_map"):
-            compiler._filename_map[path] = self.shell.execution_count
+        names = getattr(compiler, "_filename_map", None)
+        if names is None:
+            return
+        number = self.shell.execution_count
+        frame = sys._getframe(1)
+        while frame is not None:  # the cell that called this magic is a frame up the stack
+            if frame.f_code.co_filename in names:
+                number = names[frame.f_code.co_filename]
+                break
+            frame = frame.f_back
+        names[path] = number
