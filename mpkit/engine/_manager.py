@@ -253,7 +253,7 @@ class Manager:
         elif kind == _worker.BYE:
             w.left = True
         elif kind == _worker.OUT:
-            self.output.add(w.id, msg[1])
+            self.output.add(w.id, msg[1], msg[2])
         elif kind == _worker.DONE:
             _, chunk_id, results_bytes, failures, seconds = msg
             chunk = self._pop(w, chunk_id)

@@ -16,6 +16,8 @@ import time
 
 #: Output shown per second, all workers together: a fifth of Jupyter's default data rate limit.
 BYTES_PER_SECOND = 200_000
+#: While output is being cut, how often a note says how much.
+NOTE_SECONDS = 1.0
 #: A line without its newline is shown anyway once it has waited this long.
 PARTIAL_LINE_SECONDS = 0.5
 
@@ -28,11 +30,13 @@ class OutputRelay:
         self._budget = float(BYTES_PER_SECOND)
         self._last = time.monotonic()
         self._held_back = 0
+        self._last_note = time.monotonic()
 
-    def add(self, worker_id: int, parts: list[tuple[str, str]]) -> None:
-        """Take text a worker printed (manager thread)."""
+    def add(self, worker_id: int, parts: list[tuple[str, str]], dropped: int = 0) -> None:
+        """Take text a worker printed, and the count of lines it had to drop (manager thread)."""
         now = time.monotonic()
         with self._lock:
+            self._held_back += dropped
             for stream, text in parts:
                 key = (worker_id, stream)
                 head, since = self._partial.pop(key, ("", now))
@@ -64,7 +68,8 @@ class OutputRelay:
                     out[-1] = (stream, out[-1][1] + line)
                 else:
                     out.append((stream, line))
-            if self._held_back and (final or lines == []):
+            if self._held_back and (final or now - self._last_note >= NOTE_SECONDS):
+                self._last_note = now
                 out.append(("stderr", f"[mpkit] {self._held_back:,} lines of worker output were not "
                                       f"shown: workers printed more than {BYTES_PER_SECOND // 1000} kB/s. "
                                       "Write large logs to a file instead.\n"))

@@ -360,6 +360,8 @@ def _assemble(done, failures, ordered) -> ResultList:
 def _interrupted(run: Run, done, failures) -> MapInterrupted:
     finished = {i for indices, _ in done for i in indices} | {f.index for f in failures}
     pending = [i for i in range(run.submitted) if i not in finished]
+    if run.total is not None:
+        pending.extend(range(run.submitted, run.total))  # never taken from the input
     return MapInterrupted(_assemble(done, failures, run.ordered), pending, run.total)
 
 

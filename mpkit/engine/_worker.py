@@ -96,30 +96,35 @@ class _CapturedStream(io.TextIOBase):
 
 
 class _OutputRelay:
+    """Buffers a worker's output; past OUTPUT_BUFFER_LIMIT in one interval it drops text until
+    the next flush and counts the lines, which the notebook side reports with its own cuts."""
+
     def __init__(self, sender: _Sender):
         self._sender = sender
         self._lock = threading.Lock()
         self._parts: list[tuple[str, str]] = []
         self._size = 0
-        self._dropped = 0
+        self._dropping = False
+        self._dropped = 0        # whole lines dropped in this interval
+        self._dropped_tail = False  # and a line begun but not ended
 
     def add(self, stream: str, text: str) -> None:
         with self._lock:
-            if self._size + len(text) > OUTPUT_BUFFER_LIMIT:
-                self._dropped += text.count("\n") or 1
+            if self._dropping or self._size + len(text) > OUTPUT_BUFFER_LIMIT:
+                self._dropping = True
+                self._dropped += text.count("\n")
+                self._dropped_tail = not text.endswith("\n")
                 return
             self._parts.append((stream, text))
             self._size += len(text)
 
     def flush(self) -> None:
         with self._lock:
-            parts, dropped = self._parts, self._dropped
-            self._parts, self._size, self._dropped = [], 0, 0
-        if dropped:
-            parts.append(("stderr", f"[mpkit: {dropped} lines of output dropped: printing faster than "
-                                    f"{OUTPUT_BUFFER_LIMIT // 1024} kB per {OUTPUT_INTERVAL} s]\n"))
-        if parts:
-            self._sender.send(pickle.dumps((OUT, parts), PROTOCOL))
+            parts, dropped = self._parts, self._dropped + self._dropped_tail
+            self._parts, self._size, self._dropped, self._dropped_tail = [], 0, 0, False
+            self._dropping = False
+        if parts or dropped:
+            self._sender.send(pickle.dumps((OUT, parts, dropped), PROTOCOL))
 
     def run_forever(self) -> None:
         while True:
@@ -216,8 +221,25 @@ def _leave(relay: _OutputRelay, sender: _Sender) -> None:
         os._exit(CLEAN_EXIT)
 
 
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this process when its parent goes (the notebook under spawn,
+    the forkserver, which leaves with the notebook, under forkserver). The pipe watchdog needs the
+    GIL; this does not, so a task stuck in C code that holds the GIL cannot outlive the notebook."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # the pipe watchdog still works
+
+
 def main(conn, worker_id: int, init_payload: bytes | None, idle_timeout: float) -> None:
     """Entry point of a worker process (the target given to multiprocessing)."""
+    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sender = _Sender(conn)
     relay = _OutputRelay(sender)
