@@ -19,16 +19,21 @@ TARGET_CHUNK_SECONDS = 0.02
 TAIL_SPLIT = 4
 #: Bound on a chunk when the total is unknown (a generator): keeps imap's memory flat.
 MAX_CHUNK = 10_000
+#: The tail split never cuts a chunk below this much work: a chunk of tiny tasks costs more to
+#: send than to run, and a few milliseconds of imbalance at the end cost less than many chunks.
+MIN_CHUNK_SECONDS = 0.002
 
 
 class ChunkSizer:
-    def __init__(self, chunksize: int | str, workers: int, total: int | None):
+    def __init__(self, chunksize: int | str, workers: int, total: int | None,
+                 seconds_per_item: float | None = None):
         if chunksize != "auto" and (not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError(f"chunksize must be 'auto' or a positive int, not {chunksize!r}")
         self.fixed = None if chunksize == "auto" else chunksize
         self.workers = workers
         self.total = total
-        self.seconds_per_item: float | None = None
+        #: measured time per item; a warm pool passes what the last map of the same function saw
+        self.seconds_per_item: float | None = seconds_per_item
 
     def observe(self, items: int, seconds: float) -> None:
         """Feed back a chunk's compute time as measured in the worker."""
@@ -47,7 +52,8 @@ class ChunkSizer:
         size = TARGET_CHUNK_SECONDS / self.seconds_per_item
         if self.total is not None:
             remaining = max(self.total - fed, 1)
-            size = min(size, math.ceil(remaining / (self.workers * TAIL_SPLIT)))
+            tail = max(remaining / (self.workers * TAIL_SPLIT), MIN_CHUNK_SECONDS / self.seconds_per_item)
+            size = min(size, math.ceil(tail))
         else:
             size = min(size, MAX_CHUNK)
         return max(1, int(size))

@@ -172,7 +172,8 @@ class Manager:
     def _ensure_workers(self) -> None:
         alive = [w for w in self.workers.values() if not w.stopping]
         for _ in range(self.size - len(alive)):
-            self._start_worker()
+            if self.init_error is None:
+                self._start_worker()
 
     def _start_worker(self) -> None:
         wid = next(self._ids)
@@ -182,8 +183,17 @@ class Manager:
             init = cloudpickle.dumps((cloudpickle.loads(self._init_payload), list(sys.path), os.getcwd()))
         process = self.ctx.Process(target=_worker.main, args=(child_conn, wid, init, self.idle_timeout),
                                     name=f"mpkit-worker-{wid}")
-        process.start()
-        child_conn.close()
+        try:
+            process.start()
+        except Exception as exc:
+            parent_conn.close()
+            hint = ("Cause: this script starts processes while it is being imported. Fix: put the "
+                    "script's top-level code under `if __name__ == '__main__':`."
+                    if "bootstrapping phase" in str(exc) else "")
+            self.init_error = WorkerInitError(f"could not start a worker process: {str(exc).strip()[:200]} {hint}")
+            return
+        finally:
+            child_conn.close()
         self.workers[wid] = _Worker(wid, process, parent_conn)
 
     def _dispatch(self, runs: list[Run]) -> None:
@@ -313,7 +323,8 @@ class Manager:
                 self.init_error = WorkerInitError(
                     f"{self._failed_starts} new workers in a row ended before they were ready "
                     f"(the last: {describe_exit(exitcode)}). Cause: init= crashed the process, or the "
-                    "worker could not start at all (a module imported at start-up failed). Fix: run "
+                    "worker could not start at all: a module imported at start-up failed, or a script "
+                    "started processes at import time (no `if __name__ == '__main__':` guard). Fix: run "
                     "init in a plain Python process to see the crash, then call again.")
         chunks = list(w.in_flight)
         for position, chunk in enumerate(chunks):

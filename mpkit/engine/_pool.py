@@ -38,6 +38,8 @@ from ._run import Run
 #: Seconds an idle worker waits for work before it exits. Long enough that cells run a few
 #: minutes apart find the pool warm; short enough that a forgotten kernel frees its memory.
 IDLE_TIMEOUT = 600.0
+#: Functions whose time per item a pool remembers, to size the first chunks of the next map.
+TIMINGS_KEPT = 64
 #: How often the calling thread wakes to show progress and output when nothing else happens.
 TICK = 0.1
 
@@ -94,9 +96,12 @@ class Pool:
         self.init = init
         ctx = mp.get_context(self.start_method)
         if self.start_method == "forkserver":
-            ctx.set_forkserver_preload(["mpkit.engine._worker"])
+            # '__main__' is multiprocessing's own default (a script is imported once, by the
+            # server, not by every worker); the worker module spares each worker its imports.
+            ctx.set_forkserver_preload(["__main__", "mpkit.engine._worker"])
         self.output = OutputRelay()
         self._manager = Manager(ctx, workers, init, idle_timeout, self.output)
+        self._timings: dict[str, float] = {}  # function id -> seconds per item, last measured
         self._closed = False
         _live_pools.add(self)
 
@@ -210,7 +215,8 @@ class Pool:
         n = min(workers or self.size, self.size)
         run = Run(fn, iterator, total, workers=n, chunksize=chunksize, ordered=ordered,
                   on_error=on_error, retries=retries, timeout=timeout, fn_id=fn_id,
-                  fn_payload=pickle.dumps((_worker.FN, fn_id, fn_payload, list(sys.path), os.getcwd())))
+                  fn_payload=pickle.dumps((_worker.FN, fn_id, fn_payload, list(sys.path), os.getcwd())),
+                  seconds_per_item=self._timings.get(fn_id))
         return run
 
     def _imap(self, run: Run, progress):
@@ -262,7 +268,7 @@ class Pool:
             while True:
                 before = run.submitted
                 run.feed(max_pending, max_ahead, consumed() if consumed else 0)
-                if run.submitted != before or run.exhausted:
+                if run.submitted != before:
                     manager.wake()
                 with run.cond:
                     if not (run.done or run.failures or run.fatal or run.complete or manager.broken):
@@ -271,22 +277,30 @@ class Pool:
                     failures, run.failures = list(run.failures), type(run.failures)()
                     fatal = run.fatal or manager.broken
                     finished = run.complete
-                now = time.monotonic()
-                if now - last_shown >= TICK or finished or fatal:
-                    last_shown = now
-                    self._show(run, progress)
-                if fatal is not None:
-                    yield _Fatal(fatal)
-                    return
+                # hand results over before anything else can raise (an interrupt in the progress
+                # bar must not lose them); MapInterrupted is built from what was handed over
                 if run.on_error != "raise":
                     yield from failures
                 yield from batches
+                if fatal is not None:
+                    self._show(run, progress)
+                    yield _Fatal(fatal)
+                    return
+                now = time.monotonic()
+                if now - last_shown >= TICK or finished:
+                    last_shown = now
+                    self._show(run, progress)
                 if finished and not run.done and not run.failures:
                     break
         finally:
             if not run.complete:
                 self._cancel(run)
             manager.remove(run)
+            if run.sizer.seconds_per_item is not None:  # the next map of fn starts with big chunks
+                self._timings.pop(run.fn_id, None)
+                self._timings[run.fn_id] = run.sizer.seconds_per_item
+                while len(self._timings) > TIMINGS_KEPT:
+                    self._timings.pop(next(iter(self._timings)))
             self._show(run, progress, final=True)
 
     def _show(self, run: Run, progress, final: bool = False) -> None:
@@ -342,22 +356,32 @@ def _length(items) -> int | None:
 def _assemble(done, failures, ordered) -> ResultList:
     """Results in input order (or arrival order), without the items that failed or never ran."""
     failures = sorted(failures, key=lambda f: f.index)
+    out = ResultList(failures=failures)
     if not ordered:
-        return ResultList([v for _, values in done for v in values], failures)
-    size = max((indices[-1] + 1 for indices, _ in done if len(indices)), default=0)
-    out: list = [_SKIPPED] * size
+        for _, values in done:
+            out.extend(values)
+        return out
+    done = sorted(done, key=lambda batch: batch[0][0])
+    expected = 0
+    for indices, values in done:  # the usual case: ranges that follow each other
+        if not isinstance(indices, range) or indices.start != expected:
+            break
+        expected = indices.stop
+    else:
+        for _, values in done:
+            out.extend(values)
+        return out
+    by_index = {}
     for indices, values in done:
-        if isinstance(indices, range):
-            out[indices.start:indices.stop] = values
-        else:
-            for i, v in zip(indices, values):
-                out[i] = v
-    if sum(len(values) for _, values in done) != size:
-        out = [v for v in out if v is not _SKIPPED]
-    return ResultList(out, failures)
+        by_index.update(zip(indices, values))
+    out.extend(by_index[i] for i in sorted(by_index))
+    return out
 
 
 def _interrupted(run: Run, done, failures) -> MapInterrupted:
+    with run.cond:  # results that arrived after the last hand-over count too
+        done = done + list(run.done)
+        failures = failures + (list(run.failures) if run.on_error != "raise" else [])
     finished = {i for indices, _ in done for i in indices} | {f.index for f in failures}
     pending = [i for i in range(run.submitted) if i not in finished]
     if run.total is not None:

@@ -66,7 +66,7 @@ class Chunk:
 class Run:
     def __init__(self, fn: Callable, items: Iterator, total: int | None, *, workers: int,
                  chunksize: int | str, ordered: bool, on_error: str, retries: int,
-                 timeout: float | None, fn_id: str, fn_payload: bytes):
+                 timeout: float | None, fn_id: str, fn_payload: bytes, seconds_per_item: float | None = None):
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {', '.join(map(repr, ON_ERROR))}, not {on_error!r}")
         if not isinstance(retries, int) or retries < 0:
@@ -81,7 +81,7 @@ class Run:
         self.fn_id, self.fn_payload = fn_id, fn_payload
         self.max_workers = workers
         self.ordered, self.on_error, self.retries, self.timeout = ordered, on_error, retries, timeout
-        self.sizer = ChunkSizer(1 if timeout is not None else chunksize, workers, total)
+        self.sizer = ChunkSizer(1 if timeout is not None else chunksize, workers, total, seconds_per_item)
         self.total = total
         self._items = items
         self.cond = threading.Condition()

@@ -111,6 +111,8 @@ class _OutputRelay:
     def add(self, stream: str, text: str) -> None:
         with self._lock:
             if self._dropping or self._size + len(text) > OUTPUT_BUFFER_LIMIT:
+                if not self._dropping and self._parts and not self._parts[-1][1].endswith("\n"):
+                    self._parts.append((self._parts[-1][0], "\n"))  # end the line cut short
                 self._dropping = True
                 self._dropped += text.count("\n")
                 self._dropped_tail = not text.endswith("\n")
@@ -235,6 +237,17 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         pass  # the pipe watchdog still works
+    # A forkserver child inherits the server's "alive" pipe, and the server leaves only when every
+    # holder has closed it: let go of it, or a worker and the server would wait for each other.
+    from multiprocessing import forkserver
+
+    alive = getattr(forkserver._forkserver, "_forkserver_alive_fd", None)
+    if alive is not None:
+        try:
+            os.close(alive)
+        except OSError:
+            pass
+        forkserver._forkserver._forkserver_alive_fd = None
 
 
 def main(conn, worker_id: int, init_payload: bytes | None, idle_timeout: float) -> None:

@@ -1,0 +1,1 @@
+"""Benchmarks for mpkit (not part of the installed package). Run: python benchmarks/bench_pool.py"""

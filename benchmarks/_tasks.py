@@ -1,0 +1,26 @@
+"""Task functions for the benchmarks.
+
+They live in a module, not in the benchmark script, because forkserver, spawn and loky workers
+import task functions by name: the harness puts the repo root on sys.path and PYTHONPATH so that
+``benchmarks._tasks`` imports in every child.
+"""
+import time
+
+
+def inc(x):
+    """Workload (a) and (c): as little work as possible, so only the tool's overhead is left."""
+    return x + 1
+
+
+def spin(n):
+    """Workload (b): ``n`` iterations of pure-Python arithmetic (the GIL held throughout)."""
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total & 0xFFFF
+
+
+def nap(seconds):
+    """Warm-up: long enough per item that every worker of a pool gets one and is started."""
+    time.sleep(seconds)
+    return seconds
