@@ -48,5 +48,8 @@ def imap(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize
 
 
 def shutdown() -> None:
-    """Stop every worker mpkit started for :func:`map` and :func:`imap` (also done at exit)."""
+    """Stop every worker mpkit started, for :func:`map`, :func:`imap` and every open ``Pool``.
+
+    Also done at interpreter exit.
+    """
     _default.shutdown()

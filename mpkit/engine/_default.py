@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import cloudpickle
 
-from ._pool import Pool, default_start_method
+from ._pool import Pool, default_start_method, live_pools
 
 _lock = threading.Lock()
 _pool: Pool | None = None
@@ -35,9 +35,12 @@ def get_pool(workers: int | None = None, init: Callable[[], Any] | None = None,
 
 
 def shutdown() -> None:
-    """Stop every worker of the default pool. The next call starts a new pool."""
+    """Stop every worker mpkit started: the default pool's and those of every open ``Pool``.
+
+    The next ``mpkit.map`` starts a new default pool; a ``Pool`` that was shut down stays closed.
+    """
     global _pool
     with _lock:
-        if _pool is not None:
-            _pool.shutdown()
-            _pool = None
+        _pool = None
+        for pool in live_pools():
+            pool.shutdown()

@@ -389,7 +389,12 @@ def _interrupted(run: Run, done, failures) -> MapInterrupted:
     return MapInterrupted(_assemble(done, failures, run.ordered), pending, run.total)
 
 
+def live_pools() -> list[Pool]:
+    """The pools not yet shut down in this process."""
+    return [pool for pool in list(_live_pools) if not pool.closed]
+
+
 @atexit.register
 def _shutdown_all() -> None:
-    for pool in list(_live_pools):
+    for pool in live_pools():
         pool.shutdown(wait=False)

@@ -163,3 +163,15 @@ def test_import_is_light():
             "'ipywidgets', 'tqdm') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_shutdown_stops_explicit_pools_too(start_method):
+    pool = mpkit.Pool(1, start_method=start_method)
+    pids = pool.map(helpers.pid_of, range(3))
+    mpkit.shutdown()
+    assert pool.closed
+    import psutil
+    for pid in set(pids):
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    with pytest.raises(RuntimeError, match="shut down"):
+        pool.map(helpers.square, [1])
