@@ -41,6 +41,6 @@ def shutdown() -> None:
     """
     global _pool
     with _lock:
-        _pool = None
-        for pool in live_pools():
+        for pool in live_pools():  # the default pool among them: listed before it is let go
             pool.shutdown()
+        _pool = None
