@@ -1,12 +1,11 @@
 """Shared fixtures: every test runs leak-checked, multiprocess tests under spawn and forkserver."""
 from __future__ import annotations
 
-import time
-
 import psutil
 import pytest
 
 import mpkit
+from tests.proctree import wait_until
 
 START_METHODS = ["spawn", "forkserver"]
 # Helpers multiprocessing keeps for the whole session: not leaks.
@@ -30,16 +29,6 @@ def live_children() -> list[psutil.Process]:
         except psutil.NoSuchProcess:
             pass
     return out
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.05):
-    """Poll ``predicate`` until it is truthy or ``timeout`` seconds pass; return its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 @pytest.fixture(autouse=True)

@@ -24,6 +24,7 @@ import psutil
 import pytest
 
 import mpkit
+from tests.proctree import wait_until
 from tests import helpers
 
 pytestmark = pytest.mark.timeout(90)
@@ -36,14 +37,7 @@ MODES = ["raise", "collect"]
 
 # ---- bounded waiting ---------------------------------------------------------------------------
 
-def wait_for(predicate, timeout: float, interval: float = 0.02):
-    """Poll ``predicate`` until it is truthy or ``timeout`` seconds pass; return its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
+wait_for = wait_until
 
 
 class Bounded:

@@ -16,7 +16,7 @@ from IPython.utils.capture import capture_output
 
 import mpkit
 from mpkit.engine import _default
-from tests.conftest import wait_until
+from tests.proctree import wait_until
 
 
 @pytest.fixture(scope="module")
