@@ -7,13 +7,13 @@
     %%mp_pool items -n 4 -o results         # a cell's function mapped over items
 """
 from ._api import imap, map, shutdown
-from .engine import (Failure, MapInterrupted, MapStats, Pool, RemoteError, RemoteTraceback,
+from .engine import (Failure, MapInterrupted, MapStats, Pipeline, PipelineStats, Pool, Service, StageStats, RemoteError, RemoteTraceback,
                      ResultList, SerializationError, TaskTimeout, WorkerDied, WorkerInitError, MpkitWarning)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "map", "imap", "shutdown", "Pool", "MapStats",
+    "map", "imap", "shutdown", "Pool", "MapStats", "Pipeline", "PipelineStats", "StageStats", "Service",
     "Failure", "ResultList", "RemoteTraceback", "RemoteError", "WorkerDied", "TaskTimeout",
     "SerializationError", "WorkerInitError", "MapInterrupted", "MpkitWarning",
 ]

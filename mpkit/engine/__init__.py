@@ -6,9 +6,12 @@ from ._errors import (Failure, MapInterrupted, RemoteError, RemoteTraceback, Res
                       SerializationError, TaskTimeout, WorkerDied, WorkerInitError, MpkitWarning)
 from ._pool import Pool, default_start_method, default_workers
 from ._run import MapStats
+from ._pipeline import Pipeline
+from ._pipeline_stats import PipelineStats, StageStats
+from ._service import Service
 
 __all__ = [
-    "Pool", "MapStats", "default_start_method", "default_workers",
+    "Pool", "MapStats", "Pipeline", "PipelineStats", "StageStats", "Service", "default_start_method", "default_workers",
     "Failure", "ResultList", "RemoteTraceback", "RemoteError", "WorkerDied", "TaskTimeout",
     "SerializationError", "WorkerInitError", "MapInterrupted", "MpkitWarning",
 ]

@@ -147,6 +147,7 @@ class Manager:
                     active = []
                 if any(r.pending or r.in_flight for r in active) and self.init_error is None:
                     self._ensure_workers()
+                self._retire_extra()
                 self._dispatch(active)
                 self._update_stats(runs)
                 waitables: list = [self._wake_r]
@@ -168,6 +169,16 @@ class Manager:
             for run in list(self.runs):
                 with run.cond:
                     run.cond.notify_all()
+
+    def _retire_extra(self) -> None:
+        """After a resize down: idle workers beyond the size are asked to leave."""
+        alive = [w for w in self.workers.values() if not w.stopping and not w.left]
+        for w in [w for w in alive if not w.in_flight][: max(0, len(alive) - self.size)]:
+            w.stopping = True
+            try:
+                w.conn.send_bytes(pickle.dumps((_worker.STOP,)))
+            except OSError:
+                pass
 
     def _ensure_workers(self) -> None:
         alive = [w for w in self.workers.values() if not w.stopping]
@@ -232,7 +243,8 @@ class Manager:
             if run.fn_id not in w.fns:
                 w.conn.send_bytes(run.fn_payload)
                 w.fns.add(run.fn_id)
-            w.conn.send_bytes(pickle.dumps((_worker.RUN, chunk.id, run.fn_id, chunk.payload), _worker.PROTOCOL))
+            w.conn.send_bytes(pickle.dumps((_worker.RUN, chunk.id, run.fn_id, chunk.payload, chunk.batch),
+                                           _worker.PROTOCOL))
         except OSError:
             pass  # the worker died; its sentinel fires and what it held is handled in _bury
 

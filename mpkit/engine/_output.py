@@ -23,7 +23,8 @@ PARTIAL_LINE_SECONDS = 0.5
 
 
 class OutputRelay:
-    def __init__(self) -> None:
+    def __init__(self, label: str | None = None) -> None:
+        self.label = label  #: shown before the worker id: "[preprocess w1]"
         self._lock = threading.Lock()
         self._lines: list[tuple[str, str]] = []          # (stream, prefixed line with "\n")
         self._partial: dict[tuple[int, str], tuple[str, float]] = {}
@@ -43,9 +44,12 @@ class OutputRelay:
                 text = head + text
                 *complete, rest = text.split("\n")
                 for line in complete:
-                    self._lines.append((stream, f"[w{worker_id}] {line}\n"))
+                    self._lines.append((stream, f"{self._prefix(worker_id)}{line}\n"))
                 if rest:
                     self._partial[key] = (rest, since)
+
+    def _prefix(self, worker_id: int) -> str:
+        return f"[{self.label} w{worker_id}] " if self.label else f"[w{worker_id}] "
 
     def drain(self, final: bool = False) -> list[tuple[str, str]]:
         """Text to write now, as (stream, text) runs; call from the thread that runs the cell."""
@@ -54,7 +58,7 @@ class OutputRelay:
             for key, (rest, since) in list(self._partial.items()):
                 if final or now - since >= PARTIAL_LINE_SECONDS:
                     del self._partial[key]
-                    self._lines.append((key[1], f"[w{key[0]}] {rest}\n"))
+                    self._lines.append((key[1], f"{self._prefix(key[0])}{rest}\n"))
             lines, self._lines = self._lines, []
             self._budget = min(BYTES_PER_SECOND, self._budget + (now - self._last) * BYTES_PER_SECOND)
             self._last = now

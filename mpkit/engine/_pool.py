@@ -191,7 +191,14 @@ class Pool:
         self._manager.wake()
 
     # ---- calling thread ----------------------------------------------------------------------
-    def _new_run(self, fn, items, total, workers, chunksize, ordered, on_error, retries, timeout) -> Run:
+    def _open_run(self, fn: Callable, cond, *, retries: int = 0, timeout: float | None = None) -> Run:
+        """A run fed by a pipeline's router (``Run.submit``) rather than from an iterable."""
+        run = self._new_run(fn, (), None, None, "auto", False, "collect", retries, timeout, cond)
+        self._manager.add(run)
+        return run
+
+    def _new_run(self, fn, items, total, workers, chunksize, ordered, on_error, retries, timeout,
+                 cond=None) -> Run:
         __tracebackhide__ = True
         if self._closed:
             raise RuntimeError("this pool was shut down; create a new one (or use mpkit.map, which "
@@ -216,7 +223,7 @@ class Pool:
         run = Run(fn, iterator, total, workers=n, chunksize=chunksize, ordered=ordered,
                   on_error=on_error, retries=retries, timeout=timeout, fn_id=fn_id,
                   fn_payload=pickle.dumps((_worker.FN, fn_id, fn_payload, list(sys.path), os.getcwd())),
-                  seconds_per_item=self._timings.get(fn_id))
+                  seconds_per_item=self._timings.get(fn_id), cond=cond)
         return run
 
     def _imap(self, run: Run, progress):

@@ -59,6 +59,7 @@ class Chunk:
     items: list
     payload: bytes
     attempts: int = 1
+    batch: bool = False    # a pipeline micro-batch: one call with the list
     id: int = field(default_factory=lambda: next(_chunk_ids))
     started: float = 0.0   # when its worker began it (timeouts); set by the manager
 
@@ -66,7 +67,8 @@ class Chunk:
 class Run:
     def __init__(self, fn: Callable, items: Iterator, total: int | None, *, workers: int,
                  chunksize: int | str, ordered: bool, on_error: str, retries: int,
-                 timeout: float | None, fn_id: str, fn_payload: bytes, seconds_per_item: float | None = None):
+                 timeout: float | None, fn_id: str, fn_payload: bytes, seconds_per_item: float | None = None,
+                 cond: threading.Condition | None = None):
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {', '.join(map(repr, ON_ERROR))}, not {on_error!r}")
         if not isinstance(retries, int) or retries < 0:
@@ -84,7 +86,7 @@ class Run:
         self.sizer = ChunkSizer(1 if timeout is not None else chunksize, workers, total, seconds_per_item)
         self.total = total
         self._items = items
-        self.cond = threading.Condition()
+        self.cond = cond or threading.Condition()  # a pipeline shares one among its stages
         self.pending: deque[Chunk] = deque()   # guarded by cond
         self.done: deque[tuple[range | list[int], list]] = deque()
         self.failures: deque[Failure] = deque()
@@ -96,6 +98,16 @@ class Run:
         self.started = time.perf_counter()
         self.busy_workers = 0
         self.pool_workers = 0
+        self.busy_seconds = 0.0                  # compute time reported by workers
+
+    # ---- a pipeline's router (under self.cond) ---------------------------------------------
+    def submit(self, keys: list, items: list, batch: bool = False) -> None:
+        """Queue items that the caller took from elsewhere (a pipeline channel), as one chunk."""
+        self.submitted += len(items)
+        chunk = self._make_chunk(keys, items)
+        if chunk is not None:
+            chunk.batch = batch
+            self.pending.append(chunk)
 
     # ---- calling thread ---------------------------------------------------------------------
     def feed(self, max_pending: int, max_ahead: int | None = None, consumed: int = 0) -> None:
@@ -168,6 +180,7 @@ class Run:
             self._undecodable(chunk, "its result could not be unpickled in this process", exc)
             return
         self.sizer.observe(len(chunk.indices), seconds)
+        self.busy_seconds += seconds
         if failures:
             failed = set()
             for offset, exc_bytes, text, frames in failures:
@@ -217,13 +230,15 @@ class Run:
         self._fail(index, item, err, chunk)
 
     def _split(self, chunk: Chunk) -> None:
-        singles = [Chunk(self, [i], [x], _worker.dumps([x])) for i, x in zip(chunk.indices, chunk.items)]
+        singles = [Chunk(self, [i], [x], _worker.dumps([x]), batch=chunk.batch)
+                   for i, x in zip(chunk.indices, chunk.items)]
         self.pending.extendleft(reversed(singles))
 
     def _error(self, chunk: Chunk, index: int, item: Any, exc: BaseException) -> None:
         if chunk.attempts <= self.retries:
             self.retried += 1
-            self.pending.appendleft(Chunk(self, [index], [item], _worker.dumps([item]), chunk.attempts + 1))
+            self.pending.appendleft(Chunk(self, [index], [item], _worker.dumps([item]), chunk.attempts + 1,
+                                          batch=chunk.batch))
         else:
             self._fail(index, item, exc, chunk)
 

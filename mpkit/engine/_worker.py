@@ -3,7 +3,7 @@
     notebook process (pool manager thread)          worker process
     ──────────────────────────────────────          ───────────────────────────────────────────
     ("fn", fn_id, payload, sys.path, cwd) ──pipe──► receiver thread ─► inbox ─► main loop:
-    ("run", chunk_id, fn_id, items)       ──pipe──►                     unpickle, call fn per
+    ("run", chunk_id, fn_id, items, batch)──pipe──►                     unpickle, call fn per
                                                                         item, catch exceptions
     ◄──pipe── ("out", stream, text)   output thread: every OUTPUT_INTERVAL, and before a result
     ◄──pipe── ("done", chunk_id, results, failures, seconds)
@@ -176,9 +176,19 @@ def _apply_environment(sys_path: list[str], cwd: str) -> None:
             pass
 
 
-def _run_chunk(fn, items):
+def _run_chunk(fn, items, batch: bool = False):
     results, failures = [], []
     start = time.perf_counter()
+    if batch:  # a pipeline stage after .batch(): one call for the list, one result per item
+        try:
+            results = list(fn(items))
+            if len(results) != len(items):
+                raise ValueError(f"a batched stage must return one result per item, in order: it got "
+                                 f"{len(items)} items and returned {len(results)} results")
+        except BaseException as exc:
+            described = _describe_exception(exc)
+            return [None] * len(items), [(o, *described) for o in range(len(items))], time.perf_counter() - start
+        return results, failures, time.perf_counter() - start
     for offset, item in enumerate(items):
         try:
             results.append(fn(item))
@@ -285,7 +295,7 @@ def main(conn, worker_id: int, init_payload: bytes | None, idle_timeout: float) 
         msg = pickle.loads(data)  # the envelope holds only str, int and bytes: it always loads
         kind = msg[0]
         if kind == RUN:
-            _, chunk_id, fn_id, items_bytes = msg
+            _, chunk_id, fn_id, items_bytes, batch = msg
             fn = functions.get(fn_id)
             if fn is None:
                 text, frames = broken.get(fn_id, ("the function was never sent to this worker", []))
@@ -298,7 +308,7 @@ def main(conn, worker_id: int, init_payload: bytes | None, idle_timeout: float) 
                 sender.send(pickle.dumps((UNDECODABLE, chunk_id, text, frames), PROTOCOL))
                 continue
             del items_bytes
-            results, failures, seconds = _run_chunk(fn, items)
+            results, failures, seconds = _run_chunk(fn, items, batch)
             del items
             relay.flush()
             sender.send(_encode_done(chunk_id, results, failures, seconds))
@@ -316,3 +326,8 @@ def main(conn, worker_id: int, init_payload: bytes | None, idle_timeout: float) 
         elif kind == STOP:
             _leave(relay, sender)
 
+
+
+def build(factory):
+    """Unpickled in a worker: build a pipeline stage's object there, once (a model loads here)."""
+    return factory()

@@ -15,6 +15,13 @@ def in_ipython() -> bool:
     return ipython is not None and ipython.get_ipython() is not None
 
 
+def in_kernel() -> bool:
+    """Inside a Jupyter kernel (widgets can be shown), not a terminal IPython."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
 def progress_factory(progress: bool | None):
     """:class:`TqdmProgress` (built once the map starts), or None: by default a bar only under IPython."""
     if progress is None:

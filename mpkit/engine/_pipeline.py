@@ -1,0 +1,233 @@
+"""``Pipeline``: stages of worker processes, built up step by step, run or started as a service.
+
+    pipe = (Pipeline("inference")
+            .stage(preprocess, workers=2)          # a function: called per item
+            .batch(max_size=128, max_wait=1.0)     # the next stage gets lists of up to 128 items
+            .stage(Model, workers=1))              # a class: built once in each worker, then called
+    results = pipe.run(items)                      # blocking
+    svc = pipe.start(); fut = svc.submit(x)        # a background service with futures
+
+A ``Pipeline`` is only a description (stage specs); each ``run()`` or ``start()`` builds a
+``Flow`` (``_flow``) with its own worker processes and tears it down at the end.
+"""
+from __future__ import annotations
+
+import sys
+import weakref
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from ._errors import MapInterrupted, ResultList, _short_repr
+from ._flow import Flow
+from ._pipeline_stats import SNAPSHOT_HZ, PipelineStats
+from ._run import ON_ERROR
+
+#: Items a channel between stages holds by default. Enough to keep a few workers' chunks of small
+#: items flowing; small enough that large items (images, DataFrames) stay in the low hundreds of
+#: MB. Lower it with ``maxsize=`` when items are big, raise it when they are tiny and the stage is
+#: fast. If in doubt, keep it: a full channel only makes the producer wait.
+DEFAULT_MAXSIZE = 1024
+
+_live: "weakref.WeakSet[Pipeline]" = weakref.WeakSet()
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    target: Callable
+    name: str
+    workers: int
+    factory: bool          # build target() once per worker, then call the object
+    many: bool             # the stage returns an iterable of results per item
+    maxsize: int           # bound of this stage's input channel
+    batch: tuple[int, float] | None  # (max_size, max_wait) of the micro-batches it receives
+    retries: int
+    timeout: float | None
+
+
+class Pipeline:
+    """A chain of process stages; see the module docstring."""
+
+    def __init__(self, name: str = "pipeline"):
+        self.name = name
+        self._specs: list[StageSpec] = []
+        self._batch: tuple[int, float] | None = None
+        self._flow: Flow | None = None      # the running or last flow
+        self._dashboards: list = []
+        _live.add(self)
+
+    # ---- building ---------------------------------------------------------------------------
+    def stage(self, fn: Callable, *, workers: int = 1, name: str | None = None, factory: bool | None = None,
+              many: bool = False, maxsize: int = DEFAULT_MAXSIZE, retries: int = 0,
+              timeout: float | None = None) -> "Pipeline":
+        """Add a stage of ``workers`` processes running ``fn``.
+
+        ``fn`` is a function called per item (or per list, after :meth:`batch`), or a class (or,
+        with ``factory=True``, a zero-argument function) whose object is built once inside each
+        worker and then called: load models there. Return a result, ``None`` to drop the item,
+        or with ``many=True`` an iterable of results. ``maxsize`` bounds the stage's input.
+        """
+        if not callable(fn):
+            raise TypeError(f"a stage must be a function or a class, not {type(fn).__name__} {_short_repr(fn)}")
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a positive whole number, not {workers!r}")
+        if not isinstance(maxsize, int) or maxsize < 1:
+            raise ValueError(f"maxsize must be a positive whole number, not {maxsize!r}")
+        name = name or getattr(fn, "__name__", f"stage{len(self._specs)}")
+        if any(s.name == name for s in self._specs):
+            raise ValueError(f"two stages named {name!r}; give one another name with name=")
+        build = isinstance(fn, type) if factory is None else factory
+        if isinstance(fn, type) and not any("__call__" in vars(k) for k in fn.__mro__[:-1]):
+            raise TypeError(f"the stage class {fn.__name__} has no __call__ method: its object is called "
+                            "with each item (or each batch). Define __call__(self, item).")
+        if self._batch is not None:
+            maxsize = max(maxsize, self._batch[0])  # a full batch must fit in the channel
+        self._specs.append(StageSpec(fn, name, workers, build, many, maxsize, self._batch, retries, timeout))
+        self._batch = None
+        return self
+
+    def batch(self, max_size: int, max_wait: float = 1.0) -> "Pipeline":
+        """Group items for the next stage into lists: a list goes out when it holds ``max_size``
+        items, or ``max_wait`` seconds after its first item arrived, even if no other item comes,
+        or at the end of the stream. The stage returns one result per item, in order."""
+        if not isinstance(max_size, int) or max_size < 1:
+            raise ValueError(f"max_size must be a positive whole number, not {max_size!r}")
+        if not max_wait >= 0:
+            raise ValueError(f"max_wait must be a number of seconds >= 0, not {max_wait!r}")
+        self._batch = (max_size, float(max_wait))
+        return self
+
+    @property
+    def stages(self) -> list[str]:
+        return [s.name for s in self._specs]
+
+    # ---- running ----------------------------------------------------------------------------
+    def run(self, items: Iterable, *, ordered: bool = False, on_error: str = "raise",
+            progress: bool | None = None, start_method: str | None = None) -> ResultList:
+        """Send every item through the stages and return the results (input order if ``ordered``).
+
+        Blocks until the end of the stream; the dashboard (Jupyter) or a text status (terminal)
+        shows it live. A blocking run cannot receive button clicks while its cell runs: stop it
+        with the kernel's interrupt, which stops every stage within about two seconds and raises
+        ``MapInterrupted`` with the results so far.
+        """
+        __tracebackhide__ = True
+        try:
+            source = iter(items)
+        except TypeError:
+            raise TypeError(f"items must be iterable, got {type(items).__name__} {_short_repr(items)}") from None
+        flow = self._flow_for(on_error, ordered, start_method, progress)
+        flow.source = source
+        tick = 1.0 / SNAPSHOT_HZ
+        try:
+            while not flow.finished and flow.fatal is None:
+                flow.step(flow.next_timeout(tick))
+        except KeyboardInterrupt:
+            flow.close(kill=True, state="stopped")
+            results = flow.result_list()
+            raise MapInterrupted(results, sorted(flow.live), None) from None
+        except BaseException:
+            flow.close(kill=True, state="failed")
+            raise
+        if flow.fatal is not None:
+            flow.close(kill=True, state="failed")
+            raise flow.fatal
+        flow.close(state="stopped")
+        return flow.result_list()
+
+    def start(self, *, on_error: str = "collect", start_method: str | None = None):
+        """Start the stages as a background service; ``submit(x)`` returns a Future."""
+        from ._service import Service
+
+        flow = self._flow_for(on_error, False, start_method, progress=False)
+        return Service(self, flow)
+
+    def _flow_for(self, on_error, ordered, start_method, progress) -> Flow:
+        if not self._specs:
+            raise ValueError(f"pipeline {self.name!r} has no stage; add one with .stage(fn)")
+        if self._batch is not None:
+            raise ValueError(f"pipeline {self.name!r} ends with .batch(): add the stage that receives the "
+                             "batches after it, e.g. .batch(128).stage(Model)")
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {', '.join(map(repr, ON_ERROR))}, not {on_error!r}")
+        if self._flow is not None and self._flow.state == "running":
+            raise RuntimeError(f"pipeline {self.name!r} is already running; stop it first (svc.stop())")
+        observers = list(self._dashboards)
+        front = _front_end(progress, self.name) if not observers else None
+        if front is not None:
+            observers.append(front)
+        self._flow = Flow(self.name, self._specs, on_error=on_error, ordered=ordered,
+                          start_method=start_method, observers=observers)
+        return self._flow
+
+    # ---- watching ---------------------------------------------------------------------------
+    def stats(self) -> PipelineStats:
+        """A snapshot of the running (or last) run: every item accounted for, per stage."""
+        if self._flow is None:
+            return PipelineStats(self.name, "ready", 0.0, 0, 0, 0, 0, 0, 0, ())
+        return self._flow.snapshot()
+
+    def history(self) -> list[PipelineStats]:
+        """The snapshots of the last run, about ten a second."""
+        return list(self._flow.history) if self._flow is not None else []
+
+    def timeline(self):
+        """A matplotlib figure of queue depth and throughput per stage over the last run."""
+        from ..widgets._timeline import timeline
+
+        return timeline(self.history())
+
+    def scale(self, stage: str, workers: int) -> None:
+        """Change a stage's worker count, live: workers are added, or retired when idle."""
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a positive whole number, not {workers!r}")
+        if stage not in self.stages:
+            raise KeyError(f"no stage named {stage!r}; stages: {', '.join(self.stages)}")
+        self._specs = [s if s.name != stage else _replace(s, workers=workers) for s in self._specs]
+        if self._flow is not None and self._flow.state == "running":
+            self._flow.scale(stage, workers)
+
+    def dashboard(self):
+        """A live ipywidgets panel of this pipeline; shown by the runs and services that follow."""
+        from ..widgets._dashboard import Dashboard
+
+        service = getattr(self, "_service", None)
+        dash = Dashboard(self.name, on_stop=(service.stop if service is not None else None),
+                         on_scale=self.scale)
+        self._dashboards.append(dash)
+        if self._flow is not None:
+            self._flow.observers.append(dash)
+            dash.update(self._flow.snapshot())
+        return dash
+
+    def __repr__(self) -> str:
+        state = self._flow.state if self._flow is not None else "ready"
+        chain = " -> ".join(s.name if s.batch is None else f"batch({s.batch[0]}) -> {s.name}" for s in self._specs)
+        return f"<mpkit.Pipeline {self.name!r}: {chain or 'no stages'} ({state})>"
+
+
+def _replace(spec: StageSpec, **changes) -> StageSpec:
+    from dataclasses import replace
+
+    return replace(spec, **changes)
+
+
+def _front_end(progress: bool | None, title: str):
+    """The live view of a blocking run: a dashboard in Jupyter, a text status in a terminal."""
+    from ..widgets._progress import in_ipython, in_kernel
+
+    if progress is False or (progress is None and not in_ipython()):
+        return None
+    if in_kernel():
+        from ..widgets._dashboard import Dashboard
+        from IPython.display import display
+
+        dash = Dashboard(title)
+        display(dash)
+        return dash
+    from ..widgets._status import TextStatus
+
+    return TextStatus(title, stream=sys.stderr)
+
+
+def live_pipelines() -> list[Pipeline]:
+    return list(_live)

@@ -1,0 +1,68 @@
+"""Frozen snapshots of a pipeline, for dashboards, text status and timelines.
+
+The router that moves every item between stages keeps the counts, so they are exact; a
+front-end only ever sees these snapshots (taken at most ``SNAPSHOT_HZ`` times a second), never a
+queue. ``received == done + failed + dropped + queued + in_flight`` holds for every stage at all
+times, and at the end of a run ``queued == in_flight == 0``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: Snapshots a second at most, and so dashboard updates a second: enough to look live, few enough
+#: that a notebook's message rate stays far under Jupyter's limits.
+SNAPSHOT_HZ = 10
+
+
+@dataclass(frozen=True)
+class StageStats:
+    """One stage (or the batcher in front of a stage) at one moment."""
+
+    name: str
+    kind: str              #: "stage" or "batch" (the micro-batcher feeding the next stage)
+    workers: int           #: worker processes alive (0 for a batcher)
+    target_workers: int    #: workers the stage is set to have (``scale`` changes it)
+    busy: int              #: workers holding items now
+    capacity: int          #: bound of the input channel, in items
+    queued: int            #: items waiting in the input channel (exact)
+    in_flight: int         #: items held by workers
+    received: int          #: items that entered the stage
+    done: int              #: items finished with a result (a batcher: items put in batches)
+    emitted: int           #: results passed on (more than done if the stage emits several)
+    failed: int            #: items that failed (after retries)
+    dropped: int           #: items for which the stage returned None
+    rate: float            #: items finished per second, over the last second or so
+    mean_seconds: float    #: mean compute time per item in the workers
+    bottleneck: bool = False  #: its input is full while the next stage starves
+
+    @property
+    def fill(self) -> float:
+        """How full the input channel is, 0 to 1."""
+        return min(1.0, self.queued / self.capacity) if self.capacity else 0.0
+
+
+@dataclass(frozen=True)
+class PipelineStats:
+    """The whole pipeline at one moment: totals and one :class:`StageStats` per stage."""
+
+    name: str
+    state: str             #: "ready", "running", "stopping", "stopped", "failed"
+    elapsed: float         #: seconds since the run or service started
+    submitted: int         #: items sent in
+    completed: int         #: items that came out of the last stage as results
+    failed: int            #: items that failed in some stage
+    dropped: int           #: items some stage dropped (returned None)
+    pending: int           #: items still on their way
+    results: int           #: results delivered (more than completed after a ``many`` stage)
+    stages: tuple[StageStats, ...] = field(default_factory=tuple)
+
+    @property
+    def accounted(self) -> bool:
+        """Every item sent in is a result, a failure, a drop, or still on its way."""
+        return self.submitted == self.completed + self.failed + self.dropped + self.pending
+
+    def stage(self, name: str) -> StageStats:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(f"no stage named {name!r}; stages: {', '.join(s.name for s in self.stages)}")
