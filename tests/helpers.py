@@ -256,3 +256,62 @@ def sleep_or_fail(item, path):
             time.sleep(0.01)
         raise ValueError(f"{name} fails")
     return sleep_and_record(item, path)
+
+
+# ---- pipeline stages ---------------------------------------------------------------------------
+
+def double(x):
+    return 2 * x
+
+
+def drop_odd(x):
+    return None if x % 2 else x
+
+
+def explode(x):
+    return range(x % 3)  # 0, 1 or 2 results
+
+
+class BatchSizes:
+    """A batched stage: returns (item, size of the batch it came in, pid of the builder)."""
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self.calls = 0
+
+    def __call__(self, batch):
+        self.calls += 1
+        return [(x, len(batch), self.pid) for x in batch]
+
+
+class CountBuilds:
+    """Records each build in a file named by the environment variable MPKIT_TEST_BUILDS."""
+
+    def __init__(self):
+        with open(os.environ["MPKIT_TEST_BUILDS"], "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+    def __call__(self, x):
+        return x
+
+
+def make_adder():
+    return lambda x: x + 1000
+
+
+def wrong_length(batch):
+    return batch[:-1]
+
+
+def slow_stage(x):
+    time.sleep(0.002)
+    return x
+
+
+def kill_once_in_stage(x, path):
+    """Kills its worker the first time it sees 5 (marker file), then passes items through."""
+    marker = f"{path}.{x}"
+    if x == 5 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x

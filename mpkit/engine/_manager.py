@@ -191,7 +191,8 @@ class Manager:
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
         init = None
         if self._init_payload is not None:
-            init = cloudpickle.dumps((cloudpickle.loads(self._init_payload), list(sys.path), os.getcwd()))
+            init = cloudpickle.dumps((cloudpickle.loads(self._init_payload), list(sys.path), os.getcwd(),
+                                      dict(os.environ)))
         process = self.ctx.Process(target=_worker.main, args=(child_conn, wid, init, self.idle_timeout),
                                     name=f"mpkit-worker-{wid}")
         try:
@@ -297,6 +298,10 @@ class Manager:
                     pass
                 elif kind == _worker.UNDECODABLE:
                     run.undecodable(chunk, text)
+                elif any(f[2] == "build" and f[0].endswith("_worker.py") for f in frames):
+                    err = WorkerInitError(
+                        f"building the stage object {run.fn_name}() failed in worker {w.id}: {text}. "
+                        "Fix the class's __init__ (or the factory); it runs once in each worker.")
                 else:
                     err = RuntimeError(
                         f"the function {run.fn_name} could not be loaded in worker {w.id}: {text}. "

@@ -222,7 +222,8 @@ class Pool:
         n = min(workers or self.size, self.size)
         run = Run(fn, iterator, total, workers=n, chunksize=chunksize, ordered=ordered,
                   on_error=on_error, retries=retries, timeout=timeout, fn_id=fn_id,
-                  fn_payload=pickle.dumps((_worker.FN, fn_id, fn_payload, list(sys.path), os.getcwd())),
+                  fn_payload=pickle.dumps((_worker.FN, fn_id, fn_payload, list(sys.path), os.getcwd(),
+                                           dict(os.environ))),
                   seconds_per_item=self._timings.get(fn_id), cond=cond)
         return run
 

@@ -2,7 +2,7 @@
 
     notebook process (pool manager thread)          worker process
     ──────────────────────────────────────          ───────────────────────────────────────────
-    ("fn", fn_id, payload, sys.path, cwd) ──pipe──► receiver thread ─► inbox ─► main loop:
+    ("fn", fn_id, payload, path, cwd, env)──pipe──► receiver thread ─► inbox ─► main loop:
     ("run", chunk_id, fn_id, items, batch)──pipe──►                     unpickle, call fn per
                                                                         item, catch exceptions
     ◄──pipe── ("out", stream, text)   output thread: every OUTPUT_INTERVAL, and before a result
@@ -165,7 +165,12 @@ def _describe_exception(exc: BaseException, skip_frames: int = 1):
     return exc_bytes, text, _frames(tb)
 
 
-def _apply_environment(sys_path: list[str], cwd: str) -> None:
+def _apply_environment(sys_path: list[str], cwd: str, environ: dict[str, str]) -> None:
+    """Take the notebook's sys.path, working directory and environment variables as they are now:
+    a forkserver worker would otherwise see them as they were when the server started."""
+    for key, value in environ.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
     for entry in sys_path:
         if entry not in sys.path:
             sys.path.append(entry)
@@ -274,8 +279,8 @@ def main(conn, worker_id: int, init_payload: bytes | None, idle_timeout: float) 
 
     if init_payload is not None:
         try:
-            init_fn, sys_path, cwd = pickle.loads(init_payload)
-            _apply_environment(sys_path, cwd)
+            init_fn, sys_path, cwd, environ = pickle.loads(init_payload)
+            _apply_environment(sys_path, cwd, environ)
             init_fn()
         except BaseException as exc:
             relay.flush()
@@ -313,8 +318,8 @@ def main(conn, worker_id: int, init_payload: bytes | None, idle_timeout: float) 
             relay.flush()
             sender.send(_encode_done(chunk_id, results, failures, seconds))
         elif kind == FN:
-            _, fn_id, payload, sys_path, cwd = msg
-            _apply_environment(sys_path, cwd)
+            _, fn_id, payload, sys_path, cwd, environ = msg
+            _apply_environment(sys_path, cwd, environ)
             try:
                 functions[fn_id] = pickle.loads(payload)
                 broken.pop(fn_id, None)

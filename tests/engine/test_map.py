@@ -150,7 +150,8 @@ def test_unpicklable_result_is_named(pool):
 
 def test_public_surface_is_deliberate():
     assert sorted(mpkit.__all__) == sorted([
-        "map", "imap", "shutdown", "Pool", "MapStats", "Failure", "ResultList", "RemoteTraceback",
+        "map", "imap", "shutdown", "Pool", "MapStats", "Pipeline", "PipelineStats", "StageStats",
+        "Service", "Failure", "ResultList", "RemoteTraceback",
         "RemoteError", "WorkerDied", "TaskTimeout", "SerializationError", "WorkerInitError",
         "MapInterrupted", "MpkitWarning"])
     for name in mpkit.__all__:

@@ -1,0 +1,42 @@
+"""Numbers as the front-ends show them: elapsed time, rates, per-item times, worker counts.
+
+One place, so the dashboard, the text status and its summary never disagree about a figure.
+"""
+from __future__ import annotations
+
+from ..engine._pipeline_stats import StageStats
+
+
+def elapsed(seconds: float) -> str:
+    """``12.3s`` under a minute, then ``4:05`` and ``1:02:03``."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def rate(items_per_second: float) -> str:
+    """Items a second: one decimal while small, whole numbers with separators once large."""
+    return f"{items_per_second:.1f}" if items_per_second < 100 else f"{items_per_second:,.0f}"
+
+
+def mean_ms(seconds: float) -> str:
+    """Mean compute time per item, in milliseconds."""
+    ms = seconds * 1000.0
+    return f"{ms:.1f}" if ms < 100 else f"{ms:,.0f}"
+
+
+def workers(stage: StageStats) -> str:
+    """``busy/alive`` workers, ``->target`` while a scale is under way; ``batch`` for a batcher."""
+    if stage.kind == "batch":
+        return "batch"
+    text = f"{stage.busy}/{stage.workers}"
+    if stage.target_workers != stage.workers:
+        text += f"->{stage.target_workers}"
+    return text
+
+
+def queue(stage: StageStats) -> str:
+    """``queued/capacity`` of the stage's input channel."""
+    return f"{stage.queued}/{stage.capacity}"

@@ -1,0 +1,70 @@
+"""A pipeline's history as a figure: queue depth and throughput per stage over time.
+
+    queued  |  parse ___/```\\___        two axes sharing x (seconds since start),
+            |  embed ____/````````      one line per stage on each;
+    items/s |  parse ```\\___/```        a queue that stays full over a stage whose
+            |  embed ____________       throughput is flat marks the bottleneck.
+            +----------------------> s
+
+Built on ``matplotlib.figure.Figure`` directly, not pyplot, so it needs no GUI backend and keeps
+no global figure state: it works headless, in a thread, and a notebook shows the returned figure
+like any other value. matplotlib is optional: it is imported only when a figure is drawn.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+from ..engine._pipeline_stats import PipelineStats
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+def timeline(history: Sequence[PipelineStats]) -> "Figure":
+    """Draw snapshots (oldest first) as queue depth and items/s per stage against elapsed seconds."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ImportError(
+            "mpkit's timeline() draws with matplotlib, which is not installed here; "
+            "pip install matplotlib (in this kernel's environment) and call it again") from exc
+    if not history:
+        raise ValueError("timeline() needs at least one PipelineStats snapshot; got an empty history")
+
+    names: list[str] = []                   # every stage seen, in pipeline order
+    for stats in history:
+        for stage in stats.stages:
+            if stage.name not in names:
+                names.append(stage.name)
+
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    queue_ax, rate_ax = fig.subplots(2, 1, sharex=True)
+    for name in names:
+        times, queued, rates, stuck = [], [], [], []
+        for stats in history:
+            stage = next((s for s in stats.stages if s.name == name), None)
+            if stage is not None:
+                times.append(stats.elapsed)
+                queued.append(stage.queued)
+                rates.append(stage.rate)
+                if stage.bottleneck:
+                    stuck.append(len(times) - 1)
+        (line,) = queue_ax.plot(times, queued, label=name, drawstyle="steps-post")
+        if stuck:
+            line.set(marker="o", markersize=4, markevery=stuck)
+        rate_ax.plot(times, rates, label=name, color=line.get_color())
+
+    last = history[-1]
+    fig.suptitle(f"{last.name}: {last.state} after {last.elapsed:.1f}s, "
+                 f"{last.completed}/{last.submitted} completed")
+    queue_ax.set_ylabel("queued items")
+    queue_ax.set_ylim(bottom=0)
+    queue_ax.set_title("queue depth (dots: bottleneck)", fontsize="medium", loc="left")
+    rate_ax.set_ylabel("items/s")
+    rate_ax.set_ylim(bottom=0)
+    rate_ax.set_title("throughput", fontsize="medium", loc="left")
+    rate_ax.set_xlabel("seconds since start")
+    for ax in (queue_ax, rate_ax):
+        ax.grid(True, alpha=0.3)
+    if names:
+        queue_ax.legend(loc="upper left", fontsize="small", title="stage")
+    return fig
