@@ -169,6 +169,11 @@ class Pool:
         """Process ids of the workers alive now."""
         return self._manager.pids()
 
+    def workers(self) -> list[tuple[int, int, str]]:
+        """``(worker id, pid, "busy" or "idle")`` for each worker alive now."""
+        return [(w.id, w.pid, "busy" if w.in_flight else "idle")
+                for w in list(self._manager.workers.values()) if w.process.is_alive()]
+
     @property
     def closed(self) -> bool:
         return self._closed

@@ -264,6 +264,8 @@ def _rebuild(exc_bytes, text, frames, worker_id, index, item) -> BaseException:
             exc = None
     if exc is None:
         exc = RemoteError(text)
+    if isinstance(index, tuple):  # a pipeline's item: its position in the input comes first
+        index = index[0]
     header = f"worker {worker_id} raised on item {index}: {_short_repr(item)}"
     exc.__cause__ = RemoteTraceback(header, frames, text)
     try:
@@ -274,13 +276,19 @@ def _rebuild(exc_bytes, text, frames, worker_id, index, item) -> BaseException:
 
 
 def _code_files(fn) -> dict[str, str]:
-    """Function name -> source file, for fn, the functions nested in it and the cell functions it calls."""
+    """Function name -> source file, for the code fn runs: its own, the functions nested in it,
+    the methods of a class (or of a stage's class), and the global functions it calls."""
     out: dict[str, str] = {}
-    code = getattr(fn, "__code__", None) or getattr(getattr(fn, "__call__", None), "__code__", None)
-    if code is None:
-        return out
-    globs = getattr(fn, "__globals__", {})
-    todo = [code]
+    todo = []
+    target = getattr(fn, "factory", fn)  # a pipeline stage's class or factory
+    if isinstance(target, type):
+        todo += [v.__code__ for k in target.__mro__[:-1] for v in vars(k).values() if hasattr(v, "__code__")]
+        globs = getattr(next((v for v in vars(target).values() if hasattr(v, "__globals__")), None),
+                        "__globals__", {})
+    else:
+        code = getattr(target, "__code__", None) or getattr(getattr(target, "__call__", None), "__code__", None)
+        todo += [code] if code is not None else []
+        globs = getattr(target, "__globals__", {})
     while todo:
         code = todo.pop()
         if code.co_name in out:
@@ -289,6 +297,6 @@ def _code_files(fn) -> dict[str, str]:
         todo.extend(c for c in code.co_consts if hasattr(c, "co_filename"))
         for name in code.co_names:
             other = getattr(globs.get(name), "__code__", None)
-            if other is not None and getattr(globs.get(name), "__module__", None) == "__main__":
+            if other is not None:
                 todo.append(other)
     return out

@@ -49,6 +49,18 @@ class CellModules:
             file.write_text(source, encoding="utf-8")
         return name, str(file), tree
 
+    def write_named(self, name: str, header: str, code: str) -> tuple[str, ast.Module]:
+        """Write the cell as module ``name`` (``%%mp_module``), replacing an earlier version."""
+        source = f"# {header}\n{code}"
+        try:
+            tree = ast.parse(source)
+        except SyntaxError as exc:
+            raise CellError(f"syntax error in the cell at line {exc.lineno}: {exc.msg}. Fix that line "
+                            "and run the cell again.") from None
+        file = Path(self.path, name + ".py")
+        file.write_text(source, encoding="utf-8")
+        return str(file), tree
+
     def load(self, name: str) -> ModuleType:
         """Import a module written by :meth:`write` (again, if an earlier folder held it)."""
         module = sys.modules.get(name)
@@ -60,7 +72,7 @@ class CellModules:
 
     def close(self) -> None:
         for name, module in list(sys.modules.items()):
-            if name.startswith("mp_cell_") and str(getattr(module, "__file__", "")).startswith(self.path):
+            if str(getattr(module, "__file__", None) or "").startswith(self.path):
                 del sys.modules[name]
         if self.path in sys.path:
             sys.path.remove(self.path)
@@ -113,3 +125,18 @@ class CellFunction:
 
     def __reduce__(self):
         return load_cell_function, (self.module_name, self.function, self.shared)
+
+
+def register_cell_file(shell, path: str) -> None:
+    """Make tracebacks name ``path`` as IPython names the running cell: ``Cell In[7], line 3``."""
+    names = getattr(getattr(shell, "compile", None), "_filename_map", None)
+    if names is None:
+        return
+    number = shell.execution_count
+    frame = sys._getframe(1)
+    while frame is not None:  # the cell that called the magic is a frame up the stack
+        if frame.f_code.co_filename in names:
+            number = names[frame.f_code.co_filename]
+            break
+        frame = frame.f_back
+    names[path] = number

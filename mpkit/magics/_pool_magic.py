@@ -5,14 +5,13 @@ A thin adapter: parse the line, turn the cell into a module (``_cellmodule``), c
 from __future__ import annotations
 
 import re
-import sys
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, magics_class
 from IPython.core.magic_arguments import argument, kwds, magic_arguments, parse_argstring
 
 from .. import _api
-from ._cellmodule import CellError, CellFunction, CellModules, pick_function
+from ._cellmodule import CellError, CellFunction, CellModules, pick_function, register_cell_file
 
 _OPTION = re.compile(r"\s(-[a-zA-Z]\b|--[a-zA-Z][\w-]*)")
 _UNDEFINED = re.compile(r"name '(\w+)' is not defined")
@@ -66,7 +65,7 @@ class PoolMagics(Magics):
             name = pick_function(tree, args.func)
         except CellError as exc:
             raise UsageError(str(exc)) from None
-        self._register_cell_file(path)  # before the import: an error there names the cell too
+        register_cell_file(self.shell, path)  # before the import: an error there names the cell too
         module = self.cells.load(module_name)
         for key, value in vars(module).items():
             if not key.startswith("__") and callable(value) and getattr(value, "__module__", None) == module.__name__:
@@ -178,18 +177,3 @@ class PoolMagics(Magics):
         if value < 1:
             raise UsageError(f"{flag} takes 'auto' or a positive whole number, not {text!r}")
         return value
-
-    def _register_cell_file(self, path: str) -> None:
-        """Tracebacks name the file as IPython names the running cell: ``Cell In[7], line 3``."""
-        compiler = getattr(self.shell, "compile", None)
-        names = getattr(compiler, "_filename_map", None)
-        if names is None:
-            return
-        number = self.shell.execution_count
-        frame = sys._getframe(1)
-        while frame is not None:  # the cell that called this magic is a frame up the stack
-            if frame.f_code.co_filename in names:
-                number = names[frame.f_code.co_filename]
-                break
-            frame = frame.f_back
-        names[path] = number

@@ -1,0 +1,127 @@
+"""Magics for modules, pipelines and processes: ``%%mp_module``, ``%mp_dashboard``, ``%mp_ps``,
+``%mp_stop``. Thin adapters: parse, then one call into the engine or a front-end."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import cloudpickle
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from ..engine import _default
+from ..engine._pipeline import Pipeline, live_pipelines
+from ..engine._pool import live_pools
+from ._cellmodule import CellError, register_cell_file
+
+
+@magics_class
+class OpsMagics(Magics):
+    def __init__(self, shell, cells):
+        super().__init__(shell)
+        self.cells = cells
+
+    @magic_arguments()
+    @argument("name", help="Module name: the cell is importable as NAME, here and in workers.")
+    @cell_magic
+    def mp_module(self, line: str, cell: str):
+        """Make the cell an importable module NAME and import it into the notebook.
+
+            %%mp_module stages
+            class Model:
+                def __init__(self): self.net = load()      # runs in each worker
+                def __call__(self, batch): return self.net(batch)
+
+        Then ``Pipeline().stage(stages.Model)``. Its functions and classes are sent to workers by
+        value, so a cell changed and run again is what the next run uses.
+        """
+        args = parse_argstring(self.mp_module, line)
+        name = args.name
+        if not name.isidentifier():
+            raise UsageError(f"%%mp_module {name}: a module name must be a Python identifier "
+                             "(letters, digits, underscores; not starting with a digit)")
+        existing = sys.modules.get(name)
+        if existing is not None and not str(getattr(existing, "__file__", "")).startswith(self.cells.path):
+            raise UsageError(f"%%mp_module {name}: a module named {name!r} is already imported from "
+                             f"{getattr(existing, '__file__', 'elsewhere')}; choose another name")
+        try:
+            path, tree = self.cells.write_named(name, f"%%mp_module {line}".strip(), cell)
+        except CellError as exc:
+            raise UsageError(str(exc)) from None
+        register_cell_file(self.shell, path)
+        sys.modules.pop(name, None)
+        importlib.invalidate_caches()
+        module = importlib.import_module(name)
+        cloudpickle.register_pickle_by_value(module)
+        self.shell.user_ns[name] = module
+
+    @magic_arguments()
+    @argument("name", nargs="?", default=None, help="Pipeline name or variable (default: the latest).")
+    @line_magic
+    def mp_dashboard(self, line: str):
+        """Show the live dashboard of a pipeline: by name, by variable, or the one used last."""
+        args = parse_argstring(self.mp_dashboard, line)
+        pipe = self._pipeline(args.name)
+        return pipe.dashboard()
+
+    @line_magic
+    def mp_ps(self, line: str = ""):
+        """List the pools and pipelines alive in this kernel, with their workers' pids and states."""
+        rows = []
+        default = _default._pool
+        for pool in live_pools():
+            label = "mpkit.map pool" if pool is default else "Pool"
+            if getattr(pool.output, "label", None):
+                continue  # a pipeline stage's pool: listed under its pipeline
+            rows.append(f"{label} ({pool.start_method}, {pool.size} workers)")
+            rows += [f"    worker {wid}  pid {pid}  {state}" for wid, pid, state in pool.workers()]
+        for pipe in live_pipelines():
+            flow = pipe._flow
+            state = flow.state if flow is not None else "ready"
+            rows.append(f"Pipeline {pipe.name!r} ({state}): {' -> '.join(pipe.stages)}")
+            if flow is not None and state == "running":
+                for stage in flow.stages:
+                    workers = stage.pool.workers()
+                    rows.append(f"    stage {stage.name}" + ("" if workers else " (no worker started yet)"))
+                    rows += [f"        worker {wid}  pid {pid}  {st}" for wid, pid, st in workers]
+        print("\n".join(rows) if rows else "no mpkit pools or pipelines alive")
+
+    @magic_arguments()
+    @argument("name", nargs="?", default=None, help="Pipeline to stop (name or variable).")
+    @argument("--all", action="store_true", help="Stop every pipeline service and every pool.")
+    @line_magic
+    def mp_stop(self, line: str):
+        """Stop a pipeline's background service by name, or everything with --all."""
+        args = parse_argstring(self.mp_stop, line)
+        if args.all:
+            for pipe in live_pipelines():
+                service = getattr(pipe, "_service", None)
+                if service is not None and service.running:
+                    service.stop(drain=False, timeout=5)
+            _default.shutdown()
+            return
+        if args.name is None:
+            raise UsageError("%mp_stop NAME stops a pipeline service; %mp_stop --all stops everything")
+        pipe = self._pipeline(args.name)
+        service = getattr(pipe, "_service", None)
+        if service is None or not service.running:
+            raise UsageError(f"pipeline {pipe.name!r} has no running service (a blocking run stops "
+                             "with the kernel's interrupt)")
+        service.stop(drain=False, timeout=5)
+
+    def _pipeline(self, name: str | None) -> Pipeline:
+        pipes = live_pipelines()
+        if name is None:
+            used = [p for p in pipes if p._flow is not None]
+            if not used and not pipes:
+                raise UsageError("no pipeline in this kernel yet; build one with mpkit.Pipeline(...)")
+            return max(used or pipes, key=lambda p: p._flow.started if p._flow is not None else 0)
+        value = self.shell.user_ns.get(name)
+        if isinstance(value, Pipeline):
+            return value
+        named = [p for p in pipes if p.name == name]
+        if not named:
+            known = ", ".join(repr(p.name) for p in pipes) or "none"
+            raise UsageError(f"no pipeline named {name!r} (pipelines alive: {known})")
+        return named[-1]

@@ -1,0 +1,86 @@
+"""%%mp_module, %mp_ps, %mp_stop and %mp_dashboard in a real IPython shell."""
+import pytest
+from IPython.core.error import UsageError
+from IPython.testing.globalipapp import start_ipython
+
+import mpkit
+
+MODULE_V1 = """
+def pre(x):
+    return x + 1
+
+class Model:
+    def __call__(self, batch):
+        return [x * 10 for x in batch]
+"""
+
+MODULE_V2 = """
+def pre(x):
+    return x + 2
+
+class Model:
+    def __call__(self, batch):
+        if 4 in batch:
+            raise ValueError("four is not allowed")
+        return [x * 100 for x in batch]
+"""
+
+
+@pytest.fixture(scope="module")
+def ip():
+    shell = start_ipython()
+    shell.run_line_magic("load_ext", "mpkit")
+    yield shell
+    shell.run_line_magic("unload_ext", "mpkit")
+
+
+def run(ip, code):
+    result = ip.run_cell(code)
+    if result.error_in_exec is not None:
+        raise result.error_in_exec
+    return result.result
+
+
+def test_mp_module_is_importable_and_changes_take_effect(ip, start_method):
+    ip.run_cell_magic("mp_module", "stages_a", MODULE_V1)
+    assert run(ip, "stages_a.pre(1)") == 2
+    run(ip, "from mpkit import Pipeline\n"
+            "pipe = Pipeline('mod').stage(stages_a.pre, workers=2).batch(4, 0.05).stage(stages_a.Model)")
+    assert run(ip, "pipe.run(range(5), ordered=True, progress=False)") == [10, 20, 30, 40, 50]
+    ip.run_cell_magic("mp_module", "stages_a", MODULE_V2)
+    run(ip, "pipe = Pipeline('mod').stage(stages_a.pre, workers=2).batch(4, 0.05).stage(stages_a.Model)")
+    out = run(ip, "pipe.run(range(2, 6), ordered=True, on_error='collect', progress=False)")
+    assert len(out) + len(out.failures) == 4
+    assert out == [] or all(v % 100 == 0 for v in out)
+    assert all("four is not allowed" in str(f.exception) for f in out.failures)
+    # also with mpkit.map on the warm default pool: the new code, not the first version
+    run(ip, "import mpkit")
+    assert run(ip, "mpkit.map(stages_a.pre, [1], progress=False)") == [3]
+
+
+def test_mp_module_errors(ip):
+    with pytest.raises(UsageError, match="identifier"):
+        ip.run_cell_magic("mp_module", "1bad", "x = 1")
+    with pytest.raises(UsageError, match="already imported"):
+        ip.run_cell_magic("mp_module", "json", "x = 1")
+    with pytest.raises(UsageError, match="syntax error in the cell at line 2"):
+        ip.run_cell_magic("mp_module", "broken_mod", "def f(:\n    pass")
+
+
+def test_mp_ps_lists_pools_and_services(ip, start_method, capsys):
+    run(ip, "import mpkit\nmpkit.map(abs, [-1, -2], workers=2, progress=False)")
+    run(ip, "from mpkit import Pipeline\nsvc_pipe = Pipeline('listed').stage(abs)\nsvc = svc_pipe.start()\n"
+            "svc.submit(-3).result(timeout=30)")
+    capsys.readouterr()
+    ip.run_line_magic("mp_ps", "")
+    out = capsys.readouterr().out
+    assert "mpkit.map pool" in out and "pid" in out
+    assert "Pipeline 'listed' (running)" in out
+    ip.run_line_magic("mp_stop", "listed")
+    assert run(ip, "svc.running") is False
+    with pytest.raises(UsageError, match="no running service"):
+        ip.run_line_magic("mp_stop", "listed")
+    with pytest.raises(UsageError, match="no pipeline named"):
+        ip.run_line_magic("mp_stop", "nothing_like_this")
+    ip.run_line_magic("mp_stop", "--all")
+    assert not mpkit.engine._pool.live_pools()
