@@ -111,17 +111,21 @@ class OpsMagics(Magics):
         service.stop(drain=False, timeout=5)
 
     def _pipeline(self, name: str | None) -> Pipeline:
+        """A notebook variable holding a pipeline, else the pipeline of that name (running ones
+        first, then the one started last); with no name, the one started last."""
         pipes = live_pipelines()
-        if name is None:
-            used = [p for p in pipes if p._flow is not None]
-            if not used and not pipes:
-                raise UsageError("no pipeline in this kernel yet; build one with mpkit.Pipeline(...)")
-            return max(used or pipes, key=lambda p: p._flow.started if p._flow is not None else 0)
-        value = self.shell.user_ns.get(name)
+        value = self.shell.user_ns.get(name) if name else None
         if isinstance(value, Pipeline):
             return value
-        named = [p for p in pipes if p.name == name]
+        named = [p for p in pipes if name is None or p.name == name]
         if not named:
-            known = ", ".join(repr(p.name) for p in pipes) or "none"
+            if name is None:
+                raise UsageError("no pipeline in this kernel yet; build one with mpkit.Pipeline(...)")
+            known = ", ".join(sorted({repr(p.name) for p in pipes})) or "none"
             raise UsageError(f"no pipeline named {name!r} (pipelines alive: {known})")
-        return named[-1]
+
+        def recency(p: Pipeline):
+            flow = p._flow
+            return (flow is not None and flow.state == "running", flow.started if flow is not None else 0.0)
+
+        return max(named, key=recency)
