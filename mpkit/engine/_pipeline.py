@@ -190,14 +190,19 @@ class Pipeline:
         """A live ipywidgets panel of this pipeline; shown by the runs and services that follow."""
         from ..widgets._dashboard import Dashboard
 
-        service = getattr(self, "_service", None)
-        dash = Dashboard(self.name, on_stop=(service.stop if service is not None else None),
-                         on_scale=self.scale)
+        dash = Dashboard(self.name, on_stop=self._stop_from_dashboard, on_scale=self.scale)
         self._dashboards.append(dash)
         if self._flow is not None:
             self._flow.observers.append(dash)
             dash.update(self._flow.snapshot())
         return dash
+
+    def _stop_from_dashboard(self) -> None:
+        """The Stop button: stop the running service without waiting (the click handler must
+        return at once); what is still inside is cancelled, and the processes leave within a tick."""
+        service = getattr(self, "_service", None)
+        if service is not None and service.running:
+            service.stop(drain=False, timeout=0)
 
     def __repr__(self) -> str:
         state = self._flow.state if self._flow is not None else "ready"

@@ -26,8 +26,6 @@ class Service:
         flow.source_closed = False
         flow.on_root_done = self._resolve
         pipeline._service = self
-        for dash in pipeline._dashboards:
-            dash.on_stop = self.stop
         self._thread = threading.Thread(target=self._route, name=f"mpkit-service-{flow.name}", daemon=True)
         self._thread.start()
 
@@ -70,7 +68,7 @@ class Service:
             if not drain:
                 self._stop_now = True
             flow.cond.notify_all()
-        if threading.current_thread() is not self._thread:
+        if threading.current_thread() is not self._thread and timeout != 0:
             self._thread.join(timeout)
         return flow.history[-1] if flow.history else flow.snapshot()
 

@@ -4,7 +4,7 @@
     +----------------------------------------------------------------------------+
     | title  running  12.3s  submitted 100  completed 80  failed 1 ...   [Stop]   |  .mpkit-header
     | +-- parse --------+  ->  +-- batch:embed --+  ->  +-- embed ==========+      |  .mpkit-stages
-    | | workers 2/2     |      | holding 3       |      | workers 4/4       |      |
+    | | busy 2/2        |      | holding 3       |      | busy 4/4          |      |
     | | [##---] 2/8     |      | [-----] 0/64    |      | [#####] 8/8       |      |
     | +-----------------+      +-----------------+      +== bottleneck =====+      |
     +----------------------------------------------------------------------------+
@@ -17,7 +17,8 @@ stages and rebuilt only if the stage names change. ipywidgets is imported when a
 from __future__ import annotations
 
 import html
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..engine._pipeline_stats import PipelineStats
 from . import _format as fmt

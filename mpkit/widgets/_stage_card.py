@@ -3,7 +3,7 @@
     card  .mpkit-stage .mpkit-stage-<name> .mpkit-kind-<stage|batch> (+ .mpkit-bottleneck)
     +------------------------------------------------------------------+
     | embed  [stage]  [bottleneck]                    .mpkit-name ...   |
-    | workers 2/3->4   [workers: 4]             .mpkit-workers .mpkit-scale
+    | busy 2/3->4   [workers: 4]                .mpkit-workers .mpkit-scale
     | [#######-----]  5/8 queued           .mpkit-queue-bar .mpkit-queued
     | in 120  out 118  45.2 items/s  12.3 ms/item  .mpkit-received ...  |
     | errors 0  dropped 0                        .mpkit-failed .mpkit-dropped
@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import html
 import re
-from typing import Any, Callable
+import threading
+from collections.abc import Callable
+from typing import Any
 
 from ..engine._pipeline_stats import StageStats
 from . import _format as fmt
@@ -57,7 +59,7 @@ class StageCard:
         self.name, self.kind = stage.name, stage.kind
         self._on_scale = on_scale
         self._target: int | None = None   # last target_workers seen in a snapshot
-        self._quiet = False               # True while update() writes the scale input
+        self._writer: int | None = None   # the thread inside update() writing the scale input
 
         def label(css: str) -> Any:
             widget = w.Label("")
@@ -105,7 +107,7 @@ class StageCard:
 
     def update(self, s: StageStats) -> None:
         set_if_changed(self.workers, "value",
-                       f"holding {s.in_flight}" if s.kind == "batch" else f"workers {fmt.workers(s)}")
+                       f"holding {s.in_flight}" if s.kind == "batch" else f"busy {fmt.workers(s)}")
         # max before value: IntProgress clamps value into [min, max].
         set_if_changed(self.bar, "max", max(1, s.capacity))
         set_if_changed(self.bar, "value", min(s.queued, max(1, s.capacity)))
@@ -123,12 +125,14 @@ class StageCard:
         if self.scale is not None and s.target_workers != self._target:
             # Follow the engine's target only when it moves, so a value the user is still
             # typing is not overwritten by the previous target.
+            # Observers run on the thread that sets the trait: a change made by this thread
+            # now is the snapshot's, while the user's arrives on the kernel's thread.
             self._target = s.target_workers
-            self._quiet = True
+            self._writer = threading.get_ident()
             try:
                 set_if_changed(self.scale, "value", max(1, s.target_workers))
             finally:
-                self._quiet = False
+                self._writer = None
 
     def disable(self) -> None:
         if self.scale is not None:
@@ -143,5 +147,5 @@ class StageCard:
             self.widget.remove_class("mpkit-bottleneck")
 
     def _scaled(self, change: dict) -> None:
-        if not self._quiet and self._on_scale is not None:
+        if self._writer != threading.get_ident() and self._on_scale is not None:
             self._on_scale(self.name, int(change["new"]))

@@ -12,14 +12,15 @@ like any other value. matplotlib is optional: it is imported only when a figure 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..engine._pipeline_stats import PipelineStats
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-def timeline(history: Sequence[PipelineStats]) -> "Figure":
+def timeline(history: Sequence[PipelineStats]) -> Figure:
     """Draw snapshots (oldest first) as queue depth and items/s per stage against elapsed seconds."""
     try:
         from matplotlib.figure import Figure
@@ -66,5 +67,6 @@ def timeline(history: Sequence[PipelineStats]) -> "Figure":
     for ax in (queue_ax, rate_ax):
         ax.grid(True, alpha=0.3)
     if names:
-        queue_ax.legend(loc="upper left", fontsize="small", title="stage")
+        queue_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
+                        fontsize="small", title="stage")   # outside: never over the data
     return fig
