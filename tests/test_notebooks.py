@@ -108,3 +108,38 @@ def test_demo_command_runs_the_quickstart():
     assert "[1] %load_ext mpkit" in proc.stdout
     assert re.search(r"^    \[w\d+\] measuring 'apple' in process \d+$", proc.stdout, re.MULTILINE), proc.stdout
     assert "ZeroDivisionError: division by zero" in proc.stdout
+
+
+PIPELINE = ROOT / "demo_notebooks" / "02_pipeline_dashboard.ipynb"
+
+
+def _widget_texts(nb) -> list[str]:
+    """Every string value in the widget state nbclient saved with the notebook."""
+    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+    texts = []
+    for model in state.get("state", {}).values():
+        for value in model.get("state", {}).values():
+            if isinstance(value, str):
+                texts.append(value)
+    return texts
+
+
+def test_pipeline_demo_runs_and_saves_final_totals(start_method, monkeypatch):
+    _with_repo_on_pythonpath(monkeypatch)
+    nb = _run_notebook(PIPELINE)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    errors = [(c.source.splitlines()[0], _text(c)) for c in code
+              if any(o["output_type"] == "error" for o in c.outputs)]
+    assert not errors, f"cells failed under {start_method}: {errors}"
+    everything = "\n".join(_text(c) for c in code)
+    assert f"start method: {start_method}" in everything
+    assert "3000 predictions" in everything
+    assert "largest batch: 128" in everything
+    assert re.search(r"lone request answered in [\d.]+ s, in a batch of 1", everything)
+    assert "accounted: True" in everything
+    assert "2000 results, in input order: [0, 1, 2, 3, 4]" in everything
+    # The saved widget state shows the last run's final totals, equal to the true counts: the
+    # last update was sent before the cell finished.
+    texts = _widget_texts(nb)
+    assert "submitted 2000" in texts and "completed 2000" in texts, texts
+    assert "in 2000" in texts and "out 2000" in texts, texts

@@ -66,7 +66,9 @@ class _Stage:
         return self.spec.name
 
     def pending_items(self) -> int:
-        return sum(len(c.indices) for c in self.run.pending)
+        """Items in chunks waiting for a worker (the manager thread takes from them: lock)."""
+        with self.run.cond:
+            return sum(len(c.indices) for c in self.run.pending)
 
     def finished(self) -> bool:
         run = self.run

@@ -151,7 +151,8 @@ class Pipeline:
             raise ValueError(f"on_error must be one of {', '.join(map(repr, ON_ERROR))}, not {on_error!r}")
         if self._flow is not None and self._flow.state == "running":
             raise RuntimeError(f"pipeline {self.name!r} is already running; stop it first (svc.stop())")
-        observers = list(self._dashboards)
+        self._dashboards = [d for d in self._dashboards if not getattr(d, "closed", False)]
+        observers = list(self._dashboards)  # a closed dashboard showed an earlier run: a new one shows this
         front = _front_end(progress, self.name) if not observers else None
         if front is not None:
             observers.append(front)

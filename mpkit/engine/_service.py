@@ -40,6 +40,9 @@ class Service:
             room = lambda: len(flow.incoming) + len(flow.stages[0].inbox) < flow.stages[0].spec.maxsize  # noqa: E731
             if not flow.cond.wait_for(lambda: room() or not self._accepting, timeout):
                 raise TimeoutError(f"the first stage of {flow.name!r} stayed full for {timeout} s")
+            if not self._accepting:
+                raise RuntimeError(f"the service of pipeline {flow.name!r} stopped while this item "
+                                   f"waited for room" + (f": {flow.fatal!r}" if flow.fatal else ""))
             seq = flow.seq + len(flow.incoming)
             self._futures[seq] = future
             flow.incoming.append(item)
@@ -92,6 +95,9 @@ class Service:
         except BaseException as exc:  # noqa: BLE001 - reported through every pending future
             flow.fatal = flow.fatal or exc
         finally:
+            with flow.cond:  # submitters waiting for room must not wait forever
+                self._accepting = False
+                flow.cond.notify_all()
             killed = self._stop_now or flow.fatal is not None
             for future in list(self._futures.values()):
                 if flow.fatal is not None and not self._stop_now:
