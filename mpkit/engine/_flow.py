@@ -48,13 +48,30 @@ class Built:
         raise RuntimeError("a built stage runs only in its worker processes")
 
 
-class _Stage:
-    def __init__(self, spec, index: int, cond: threading.Condition, start_method: str | None):
-        self.spec, self.index = spec, index
-        self.pool = Pool(spec.workers, start_method=start_method, idle_timeout=24 * 3600)
+class _Lane:
+    """A pool and the open run that feeds it. A stage has one lane of N workers, or, with
+    ``key=``, N lanes of one worker each, so that items of one key stay in order on one worker."""
+
+    def __init__(self, spec, workers: int, cond: threading.Condition, start_method: str | None):
+        self.pool = Pool(workers, start_method=start_method, idle_timeout=24 * 3600)
         self.pool.output.label = spec.name
         target = Built(spec.target) if spec.factory else spec.target
         self.run = self.pool._open_run(target, cond, retries=spec.retries, timeout=spec.timeout)
+
+    def room(self) -> bool:
+        return len(self.run.pending) < 2 * self.pool.size
+
+
+class _Stage:
+    def __init__(self, spec, index: int, cond: threading.Condition, start_method: str | None):
+        self.spec, self.index, self.cond = spec, index, cond
+        self.lanes: list[_Lane] = []
+        try:
+            for _ in range(spec.workers if spec.key is not None else 1):
+                self.lanes.append(_Lane(spec, 1 if spec.key is not None else spec.workers, cond, start_method))
+        except BaseException:
+            self.close(kill=True)
+            raise
         self.inbox: deque = deque()     # (key, item, arrival time)
         self.outbox: deque = deque()    # (key, value) finished, waiting for room downstream
         self.received = self.done = self.emitted = self.failed = self.dropped = 0
@@ -66,14 +83,29 @@ class _Stage:
         return self.spec.name
 
     def pending_items(self) -> int:
-        """Items in chunks waiting for a worker (the manager thread takes from them: lock)."""
-        with self.run.cond:
-            return sum(len(c.indices) for c in self.run.pending)
+        """Items in chunks waiting for a worker (the manager threads take from them: lock)."""
+        with self.cond:
+            return sum(len(c.indices) for lane in self.lanes for c in lane.run.pending)
 
     def finished(self) -> bool:
-        run = self.run
-        return (self.input_closed and not self.inbox and not self.outbox and not run.pending
-                and run.in_flight == 0 and not run.done and not run.failures)
+        return (self.input_closed and not self.inbox and not self.outbox
+                and all(not lane.run.pending and lane.run.in_flight == 0 and not lane.run.done
+                        and not lane.run.failures for lane in self.lanes))
+
+    def lane_of(self, item) -> _Lane:
+        if len(self.lanes) == 1:
+            return self.lanes[0]
+        return self.lanes[hash(self.spec.key(item)) % len(self.lanes)]
+
+    def workers(self) -> list[tuple[int, int, str]]:
+        return [w for lane in self.lanes for w in lane.pool.workers()]
+
+    def close(self, kill: bool) -> None:
+        for lane in self.lanes:
+            if kill:
+                with self.cond:
+                    lane.run.cancelled = True
+            lane.pool.shutdown(wait=not kill)
 
 
 class Flow:
@@ -89,7 +121,8 @@ class Flow:
             for i, spec in enumerate(specs):
                 self.stages.append(_Stage(spec, i, self.cond, start_method))
         except BaseException:
-            self.close(kill=True)
+            for stage in self.stages:
+                stage.close(kill=True)
             raise
         self.observers = list(observers or [])
         self.incoming: deque = deque()       # items submitted by other threads (a service)
@@ -145,14 +178,20 @@ class Flow:
                 self.cond.wait(timeout)
             taken = []
             for stage in self.stages:
-                run = stage.run
-                taken.append((list(run.done), list(run.failures), run.fatal))
-                run.done.clear()
-                run.failures.clear()
+                batches, failures, fatal = [], [], None
+                for lane in stage.lanes:
+                    run = lane.run
+                    batches += run.done
+                    failures += run.failures
+                    fatal = fatal or run.fatal
+                    run.done.clear()
+                    run.failures.clear()
+                taken.append((batches, failures, fatal))
             self._read_source()
         for stage in self.stages:
-            for stream, text in stage.pool.output.drain():
-                (sys.stderr if stream == "stderr" else sys.stdout).write(text)
+            for lane in stage.lanes:
+                for stream, text in lane.pool.output.drain():
+                    (sys.stderr if stream == "stderr" else sys.stdout).write(text)
         for stage, (batches, failures, fatal) in zip(self.stages, taken):
             if fatal is not None and self.fatal is None:
                 self.fatal = fatal
@@ -165,7 +204,8 @@ class Flow:
         self._snapshot()
 
     def _anything_ready(self) -> bool:
-        return any(s.run.done or s.run.failures or s.run.fatal for s in self.stages) or bool(self.incoming)
+        return bool(self.incoming) or any(lane.run.done or lane.run.failures or lane.run.fatal
+                                          for s in self.stages for lane in s.lanes)
 
     def _stage_done(self, stage: _Stage, keys, values) -> None:
         stage.done += len(values)
@@ -247,13 +287,16 @@ class Flow:
     def _dispatch(self) -> None:
         now = time.monotonic()
         for i, stage in enumerate(self.stages):
-            run, spec = stage.run, stage.spec
+            spec = stage.spec
             downstream = self.stages[i + 1].spec.maxsize if i + 1 < len(self.stages) else None
-            sent = False
+            woken: set = set()
             with self.cond:
-                while stage.inbox and len(run.pending) < 2 * stage.pool.size:
+                while stage.inbox:
                     if downstream is not None and len(stage.outbox) >= downstream:
                         break  # backpressure: the next stage cannot take more yet
+                    lane = stage.lane_of(stage.inbox[0][1])
+                    if not lane.room():
+                        break  # in order: a key's items never overtake each other
                     if spec.batch is not None:
                         max_size, max_wait = spec.batch
                         ready = (len(stage.inbox) >= max_size or stage.input_closed
@@ -262,14 +305,17 @@ class Flow:
                             break
                         size, batch = min(max_size, len(stage.inbox)), True
                     else:
-                        size, batch = min(run.sizer.next_size(0), len(stage.inbox)), False
-                    picked = [stage.inbox.popleft() for _ in range(size)]
-                    run.submit([k for k, _, _ in picked], [x for _, x, _ in picked], batch)
-                    sent = True
+                        size, batch = min(lane.run.sizer.next_size(0), len(stage.inbox)), False
+                    picked = [stage.inbox.popleft()]
+                    while len(picked) < size and stage.inbox and stage.lane_of(stage.inbox[0][1]) is lane:
+                        picked.append(stage.inbox.popleft())
+                    lane.run.submit([k for k, _, _ in picked], [x for _, x, _ in picked], batch)
+                    woken.add(lane)
                 if stage.input_closed and not stage.inbox:
-                    run.exhausted = True
-            if sent:
-                stage.pool._manager.wake()
+                    for lane in stage.lanes:
+                        lane.run.exhausted = True
+            for lane in woken:
+                lane.pool._manager.wake()
 
     def next_timeout(self, tick: float) -> float:
         """How long the router may sleep: until the oldest item of a forming batch is due."""
@@ -290,7 +336,7 @@ class Flow:
         stages = []
         with self.cond:
             for stage in self.stages:
-                run = stage.run
+                runs = [lane.run for lane in stage.lanes]
                 finished = stage.done + stage.failed
                 stage.rates.append((now, finished))
                 t0, n0 = stage.rates[0]
@@ -307,10 +353,13 @@ class Flow:
                     common = dict(capacity=stage.spec.maxsize, queued=stage.pending_items(),
                                   received=stage.received - len(stage.inbox))
                 stages.append(StageStats(
-                    name=stage.name, kind="stage", workers=run.pool_workers, target_workers=stage.pool.size,
-                    busy=run.busy_workers, in_flight=max(0, in_flight), done=stage.done - stage.dropped,
-                    emitted=stage.emitted, failed=stage.failed, dropped=stage.dropped, rate=rate,
-                    mean_seconds=run.busy_seconds / stage.done if stage.done else 0.0, **common))
+                    name=stage.name, kind="stage", workers=sum(r.pool_workers for r in runs),
+                    target_workers=sum(lane.pool.size for lane in stage.lanes),
+                    busy=sum(r.busy_workers for r in runs), in_flight=max(0, in_flight),
+                    done=stage.done - stage.dropped, emitted=stage.emitted, failed=stage.failed,
+                    dropped=stage.dropped, rate=rate,
+                    mean_seconds=sum(r.busy_seconds for r in runs) / stage.done if stage.done else 0.0,
+                    **common))
         stages = _mark_bottleneck(stages)
         pending = self.seq - self.completed - self.failed - self.dropped
         return PipelineStats(self.name, self.state, now - self.started, self.seq, self.completed,
@@ -335,18 +384,18 @@ class Flow:
     def scale(self, name: str, workers: int) -> None:
         for stage in self.stages:
             if stage.name == name:
-                stage.pool.resize(workers)
-                stage.run.max_workers = workers
+                if stage.spec.key is not None:
+                    raise ValueError(f"stage {name!r} routes by key= to a fixed set of workers (items of a "
+                                     "key stay on one worker), so its worker count cannot change while it runs")
+                stage.lanes[0].pool.resize(workers)
+                stage.lanes[0].run.max_workers = workers
                 return
         raise KeyError(f"no stage named {name!r}; stages: {', '.join(s.name for s in self.stages)}")
 
     def close(self, kill: bool = False, state: str = "stopped") -> PipelineStats | None:
         """Shut every stage's pool down (at once if ``kill``) and tell the observers, last."""
         for stage in self.stages:
-            if kill:
-                with self.cond:
-                    stage.run.cancelled = True
-            stage.pool.shutdown(wait=not kill)
+            stage.close(kill)
         self.state = state
         if not self.stages:
             return None

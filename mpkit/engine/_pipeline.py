@@ -42,6 +42,7 @@ class StageSpec:
     batch: tuple[int, float] | None  # (max_size, max_wait) of the micro-batches it receives
     retries: int
     timeout: float | None
+    key: Callable | None   # route by key: items of one key stay in order on one worker
 
 
 class Pipeline:
@@ -58,13 +59,17 @@ class Pipeline:
     # ---- building ---------------------------------------------------------------------------
     def stage(self, fn: Callable, *, workers: int = 1, name: str | None = None, factory: bool | None = None,
               many: bool = False, maxsize: int = DEFAULT_MAXSIZE, retries: int = 0,
-              timeout: float | None = None) -> "Pipeline":
+              timeout: float | None = None, key: Callable | None = None) -> "Pipeline":
         """Add a stage of ``workers`` processes running ``fn``.
 
         ``fn`` is a function called per item (or per list, after :meth:`batch`), or a class (or,
         with ``factory=True``, a zero-argument function) whose object is built once inside each
         worker and then called: load models there. Return a result, ``None`` to drop the item,
         or with ``many=True`` an iterable of results. ``maxsize`` bounds the stage's input.
+
+        Items go to whichever worker is free. With ``key=fn``, items with the same ``fn(item)``
+        always go to the same worker, in the order they came (e.g. the messages of one
+        conversation); the stage then has one queue per worker.
         """
         if not callable(fn):
             raise TypeError(f"a stage must be a function or a class, not {type(fn).__name__} {_short_repr(fn)}")
@@ -81,7 +86,9 @@ class Pipeline:
                             "with each item (or each batch). Define __call__(self, item).")
         if self._batch is not None:
             maxsize = max(maxsize, self._batch[0])  # a full batch must fit in the channel
-        self._specs.append(StageSpec(fn, name, workers, build, many, maxsize, self._batch, retries, timeout))
+        if key is not None and not callable(key):
+            raise TypeError(f"key must be a function of the item, not {type(key).__name__} {_short_repr(key)}")
+        self._specs.append(StageSpec(fn, name, workers, build, many, maxsize, self._batch, retries, timeout, key))
         self._batch = None
         return self
 
@@ -183,6 +190,9 @@ class Pipeline:
             raise ValueError(f"workers must be a positive whole number, not {workers!r}")
         if stage not in self.stages:
             raise KeyError(f"no stage named {stage!r}; stages: {', '.join(self.stages)}")
+        if any(s.name == stage and s.key is not None for s in self._specs):
+            raise ValueError(f"stage {stage!r} routes by key=, so items of a key stay on one worker: its "
+                             "worker count is fixed when the pipeline starts")
         self._specs = [s if s.name != stage else _replace(s, workers=workers) for s in self._specs]
         if self._flow is not None and self._flow.state == "running":
             self._flow.scale(stage, workers)

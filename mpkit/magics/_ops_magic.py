@@ -72,7 +72,7 @@ class OpsMagics(Magics):
         default = _default._pool
         for pool in live_pools():
             label = "mpkit.map pool" if pool is default else "Pool"
-            if getattr(pool.output, "label", None):
+            if pool.output.label:
                 continue  # a pipeline stage's pool: listed under its pipeline
             rows.append(f"{label} ({pool.start_method}, {pool.size} workers)")
             rows += [f"    worker {wid}  pid {pid}  {state}" for wid, pid, state in pool.workers()]
@@ -82,7 +82,7 @@ class OpsMagics(Magics):
             rows.append(f"Pipeline {pipe.name!r} ({state}): {' -> '.join(pipe.stages)}")
             if flow is not None and state == "running":
                 for stage in flow.stages:
-                    workers = stage.pool.workers()
+                    workers = stage.workers()
                     rows.append(f"    stage {stage.name}" + ("" if workers else " (no worker started yet)"))
                     rows += [f"        worker {wid}  pid {pid}  {st}" for wid, pid, st in workers]
         print("\n".join(rows) if rows else "no mpkit pools or pipelines alive")

@@ -220,3 +220,19 @@ def test_bad_stages():
         Pipeline().stage(helpers.double, workers=0)
     with pytest.raises(TypeError, match="iterable"):
         Pipeline().stage(helpers.double).run(5)
+
+
+def test_key_routing_keeps_a_key_on_one_worker_in_order(start_method):
+    items = [(f"conv{n % 5}", n) for n in range(200)]
+    pipe = Pipeline().stage(helpers.tag_pid, workers=2, key=helpers.first)
+    out = pipe.run(items, progress=False)
+    by_key = {}
+    for key, position, pid in out:  # arrival order
+        by_key.setdefault(key, []).append((position, pid))
+    for key, seen in by_key.items():
+        assert len({pid for _, pid in seen}) == 1, f"{key} went to several workers"
+        positions = [p for p, _ in seen]
+        assert positions == sorted(positions), f"{key} lost its order"
+    assert len({pid for _, _, pid in out}) == 2  # both workers were used
+    with pytest.raises(ValueError, match="key="):
+        pipe.scale("tag_pid", 3)
