@@ -204,6 +204,10 @@ class Flow:
         self._snapshot()
 
     def _anything_ready(self) -> bool:
+        if self.source is not None:  # the source can be read now if the first stage has room
+            first = self.stages[0]
+            if len(first.inbox) + first.pending_items() < first.spec.maxsize:
+                return True
         return bool(self.incoming) or any(lane.run.done or lane.run.failures or lane.run.fatal
                                           for s in self.stages for lane in s.lanes)
 
@@ -378,8 +382,11 @@ class Flow:
 
     # ---- results and the end --------------------------------------------------------------------
     def result_list(self) -> ResultList:
+        """The results, handed over once: the flow keeps no reference to them afterwards."""
         pairs = sorted(self.results, key=lambda kv: kv[0]) if self.ordered else self.results
-        return ResultList([v for _, v in pairs], sorted(self.failures, key=lambda f: f.index))
+        out = ResultList([v for _, v in pairs], sorted(self.failures, key=lambda f: f.index))
+        self.results = []
+        return out
 
     def scale(self, name: str, workers: int) -> None:
         for stage in self.stages:
