@@ -69,4 +69,18 @@ def timeline(history: Sequence[PipelineStats]) -> Figure:
     if names:
         queue_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
                         fontsize="small", title="stage")   # outside: never over the data
+    _show_as_png(fig)
     return fig
+
+
+def _show_as_png(fig) -> None:
+    """A bare Figure shows as text in a notebook that never imported pyplot: give this one a PNG
+    representation, so returning it from a cell draws it (savefig and the rest still work)."""
+    import io
+
+    def _repr_png_() -> bytes:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+        return buffer.getvalue()
+
+    fig._repr_png_ = _repr_png_
