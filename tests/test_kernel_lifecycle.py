@@ -131,3 +131,44 @@ def test_sigkill_of_kernel_alone_ends_its_workers(start_method, tmp_path):
         assert not left, "multiprocessing helpers outlived the killed kernel:\n" + describe(left)
     finally:
         kernel.close()
+
+
+PIPELINE_SETUP = '''
+import json, sys, time
+from mpkit import Pipeline
+from tests import helpers
+
+pipe = Pipeline("interrupted").stage(helpers.identity, workers=2).stage(helpers.sleep_then, workers=2)
+'''
+
+
+def test_interrupt_stops_a_pipeline_run_and_its_processes(start_method):
+    """A blocking Pipeline.run() in a real kernel: Jupyter's interrupt stops every stage."""
+    kernel = KernelSession()
+    try:
+        kernel.run(PIPELINE_SETUP)
+        msg_id = kernel.start("out = pipe.run([0.3] * 200)")  # with its dashboard
+        assert wait_until(lambda: len(workers_of(kernel.pid)) >= 3, timeout=60), describe(descendants(kernel.pid))
+        time.sleep(1.0)
+        workers = workers_of(kernel.pid)
+
+        started = time.monotonic()
+        kernel.km.interrupt_kernel()
+        cell = kernel.collect(msg_id, timeout=30)
+        elapsed = time.monotonic() - started
+        assert cell.status == "error" and cell.error["ename"] == "MapInterrupted", cell
+        assert elapsed < 5.0, f"the cell took {elapsed:.1f} s to end after the interrupt"
+        left = survivors(workers, timeout=2.0)
+        assert not left, "stage workers outlived the interrupt:\n" + describe(left)
+
+        out = kernel.run("s = pipe.stats()\n"
+                         "print(json.dumps([s.state, s.submitted, len(sys.last_value.results)]))")
+        state, submitted, finished = json.loads(out.text().strip().splitlines()[-1])
+        assert state == "stopped" and submitted > 0 and 0 < finished < 200
+
+        tree = [psutil.Process(kernel.pid), *descendants(kernel.pid)]
+        kernel.km.shutdown_kernel()
+        left = survivors(tree, timeout=15.0)
+        assert not left, "processes outlived the kernel's shutdown:\n" + describe(left)
+    finally:
+        kernel.close()
