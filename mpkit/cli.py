@@ -8,6 +8,7 @@ stays light.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import time
@@ -22,9 +23,18 @@ STARTUP_TIMEOUT = 60
 MAX_OUTPUT_CHARS = 4000
 
 
+#: Recipe subcommands: name -> (module, one-line help). A recipe's module (and pandas with it) is
+#: imported only when its command runs, so ``python -m mpkit demo`` stays light.
+RECIPES = {
+    "excel": ("mpkit.recipes.excel", "extract chat exports in parallel, dropping system notices"),
+    "dialogues": ("mpkit.recipes.dialogue", "clean chat exports into GPT2-chitchat train/val and MMI files"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
-    parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -32,10 +42,20 @@ def main(argv: list[str] | None = None) -> int:
     return args.run(args)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mpkit", description="mpkit: multiprocessing that works from Jupyter notebooks.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in RECIPES.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        if name == command:  # only the recipe that runs is imported
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as exc:
+                sub.set_defaults(run=lambda args, exc=exc, name=name: _missing_extra(name, exc))
+                continue
+            module.add_arguments(sub)
+            sub.set_defaults(run=module.run)
 
     demo = commands.add_parser(
         "demo", help="run a demo notebook in a real Jupyter kernel and print what it did",
@@ -51,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
                       help="Jupyter kernel to run it in (default: python3)")
     demo.set_defaults(run=_demo)
     return parser
+
+
+def _missing_extra(name: str, exc: ImportError) -> int:
+    print(f"mpkit {name} needs the recipes extra ({exc}). Fix: pip install 'mpkit[recipes]'",
+          file=sys.stderr)
+    return 2
 
 
 # ---- demo ----------------------------------------------------------------------------------------
