@@ -143,3 +143,15 @@ def test_pipeline_demo_runs_and_saves_final_totals(start_method, monkeypatch):
     texts = _widget_texts(nb)
     assert "submitted 2000" in texts and "completed 2000" in texts, texts
     assert "in 2000" in texts and "out 2000" in texts, texts
+
+
+def test_dialogue_demo_runs(monkeypatch):
+    _with_repo_on_pythonpath(monkeypatch)
+    nb = _run_notebook(ROOT / "demo_notebooks" / "03_dialogue_cleaning.ipynb")
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    errors = [(c.source.splitlines()[0], _text(c)) for c in code
+              if any(o["output_type"] == "error" for o in c.outputs)]
+    assert not errors, errors
+    everything = "\n".join(_text(c) for c in code)
+    assert "the same dialogue, reversed" in everything
+    assert "11,739 rows read" in everything

@@ -1,0 +1,163 @@
+"""Text rules of the dialogue recipe: notices, cleaning, utterance merging, the train/val split.
+
+Pure functions, imported by the reading workers and by the main process alike (no pandas here).
+"""
+from __future__ import annotations
+
+import math
+import re
+import string
+import unicodedata
+from collections.abc import Iterable, Sequence
+
+#: What ends a piece without a ``;`` being added. The article uses a ``punctuations`` it never
+#: defines; this is ASCII punctuation plus the full-width marks of Chinese chat text.
+PUNCTUATIONS = string.punctuation + "，。！？；：、…“”‘’（）《》【】〈〉「」『』～·—"
+
+#: The article's system messages (its ``sysInfo_list``), dropped in ``compat="seed"`` mode when
+#: a message is exactly one of them.
+SEED_NOTICES = ("我通过了好友请求,现在你俩可以开始聊天了", "我通过了你的朋友验证请求,现在我们可以开始聊天了",
+                "已通过你的朋友验证请求,现在可以开始聊天了", "不支持此消息,请在手机上查看", "微信红包")
+
+#: Notices dropped in the default mode: a message containing one of these (after punctuation is
+#: normalised to half-width) is a chat-app notice, not an utterance. Covers friend-accept texts,
+#: red packets, transfers, stickers and "please view on your phone" in their full- and half-width
+#: spellings. Extend it: ``notices=DEFAULT_NOTICES + ("以上是打招呼的内容",)``. Matching is by
+#: substring, so keep entries specific enough not to hit real utterances.
+DEFAULT_NOTICES = SEED_NOTICES + ("现在可以开始聊天了", "现在我们可以开始聊天了", "现在你俩可以开始聊天了",
+                                  "请在手机上查看", "[红包]", "收到红包", "[转账]", "向你转账", "已收钱",
+                                  "[表情]", "[动画表情]", "[图片]", "[语音]", "[视频]", "[文件]")
+
+ROLE_PREFIX = {"是": "坐席:", "否": "客户:"}
+
+# Characters an emoji may start with or contain; a message without any skips emoji.replace_emoji
+# (slow: a tokenizer in Python). Checked against every key of emoji.EMOJI_DATA by the tests.
+_EMOJI_CANDIDATE = re.compile("[\u00a9\u00ae\u2000-\u2bff\u3030\u303d\u3297\u3299\ufe0f"
+                              "\U0001f000-\U0001faff\U000e0000-\U000e007f]")
+_LINE_BREAKS = re.compile(r"_x000D_|\r|\n")
+#: WeChat's text emoji codes, e.g. ``[捂脸]``: removed like emoji in the default mode.
+WECHAT_CODES = ("微笑", "撇嘴", "色", "发呆", "得意", "流泪", "害羞", "闭嘴", "睡", "大哭", "尴尬", "发怒", "调皮",
+                "呲牙", "惊讶", "难过", "囧", "抓狂", "吐", "偷笑", "愉快", "白眼", "傲慢", "困", "惊恐", "憨笑",
+                "悠闲", "咒骂", "疑问", "嘘", "晕", "衰", "骷髅", "敲打", "再见", "擦汗", "抠鼻", "鼓掌", "坏笑",
+                "右哼哼", "鄙视", "委屈", "快哭了", "阴险", "亲亲", "可怜", "笑脸", "生病", "脸红", "破涕为笑",
+                "恐惧", "失望", "无语", "嘿哈", "捂脸", "奸笑", "机智", "皱眉", "耶", "吃瓜", "加油", "汗", "天啊",
+                "社会社会", "旺柴", "好的", "打脸", "哇", "翻白眼", "666", "让我看看", "叹气", "苦涩", "裂开",
+                "嘴唇", "爱心", "心碎", "拥抱", "强", "弱", "握手", "胜利", "抱拳", "勾引", "拳头", "OK", "合十",
+                "啤酒", "咖啡", "蛋糕", "玫瑰", "凋谢", "菜刀", "炸弹", "便便", "月亮", "太阳", "庆祝", "礼物",
+                "红包", "發", "福", "烟花", "爆竹", "猪头", "跳跳", "发抖", "转圈")
+_WECHAT_CODE = re.compile(r"\[(?:" + "|".join(map(re.escape, WECHAT_CODES)) + r")\]")
+
+
+def normalise(text: str) -> str:
+    """Full-width punctuation and letters to half-width (NFKC), whitespace removed: for matching."""
+    return "".join(unicodedata.normalize("NFKC", text).split())
+
+
+def as_text(value) -> str:
+    """A cell as text: numbers stored as numbers become their digits (``12345.0`` -> ``12345``)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def strip_emoji(text: str) -> str:
+    import emoji
+
+    return emoji.replace_emoji(text, "") if _EMOJI_CANDIDATE.search(text) else text
+
+
+def clean(value, notices: Sequence[str]) -> tuple[str | None, str]:
+    """The cleaned text of one message and why it is dropped: ``(text, "")`` or ``(None, reason)``.
+
+    Line breaks (``\\n``, ``\\r``, openpyxl's ``_x000D_``) are removed, then notices (``notices``
+    already :func:`normalise`-d), emoji and WeChat codes (``[捂脸]``); what is left blank is
+    ``"empty"``.
+    """
+    text = _LINE_BREAKS.sub("", as_text(value))
+    flat = normalise(text)
+    if any(notice in flat for notice in notices):
+        return None, "notice"
+    text = _WECHAT_CODE.sub("", strip_emoji(text)).strip() if "[" in text else strip_emoji(text).strip()
+    return (text, "") if text else (None, "empty")
+
+
+def merge(roles: Sequence[str], contents: Sequence[str]) -> list[str]:
+    """Consecutive messages of one role joined into one utterance, as in the article.
+
+    A piece not ending in punctuation gets ``;``; each utterance is prefixed ``坐席:`` or ``客户:``
+    and loses its final character (the article's ``save_str[0:-1]``).
+    """
+    lines: list[str] = []
+    current = ""
+    for index, (role, content) in enumerate(zip(roles, contents)):
+        if content[-1] not in PUNCTUATIONS:
+            content += ";"
+        if index and role == roles[index - 1]:
+            current += content
+            continue
+        if index:
+            lines.append(current[:-1])
+        current = ROLE_PREFIX.get(role, "客户:") + content
+    if len(current) > 1:
+        lines.append(current[:-1])
+    return lines
+
+
+def seed_conversation(roles: Iterable, contents: Iterable) -> list[str]:
+    """The article's cleaning of one conversation, step for step (emoji removed twice, as there)."""
+    import emoji
+
+    kept_roles, kept = [], []
+    for role, content in zip(roles, contents):
+        content = emoji.replace_emoji(as_seed_text(content).replace("\n", ""), "")
+        if content:
+            kept_roles.append(role)
+            kept.append(content)
+    kept = [emoji.replace_emoji(c.replace("\n", ""), "") for c in kept]
+    return merge(kept_roles, kept)
+
+
+def as_seed_text(value) -> str:
+    """``str(value)`` for a number, where the article's ``content.replace`` would crash."""
+    return value if isinstance(value, str) else str(value)
+
+
+def val_count(val_size: int | float, n: int, *, clamp: bool) -> int:
+    """Conversations for validation out of ``n``: a count, or a fraction rounded up.
+
+    As sklearn's ``train_test_split``: a count ``k`` of the article's becomes the fraction
+    ``k / n``, and ``ceil(fraction * n)`` conversations go to validation. With ``clamp`` (the
+    default mode) the count is kept within ``0 .. n - 1`` so that training is never empty; without
+    it (``compat="seed"``) a split that leaves no training data fails, as sklearn does.
+    """
+    if isinstance(val_size, bool) or not isinstance(val_size, (int, float)) or val_size < 0 \
+            or (isinstance(val_size, float) and val_size >= 1):
+        raise ValueError(f"val_size must be a count (0, 1, 2, ...) or a fraction in [0, 1), not {val_size!r}. "
+                         "Fix: e.g. val_size=1000 or val_size=0.1; 0 writes everything to train.")
+    if val_size == 0 or n == 0:
+        return 0
+    fraction = val_size / n if isinstance(val_size, int) else val_size
+    count = math.ceil(fraction * n)
+    if clamp:
+        return max(0, min(count, n - 1))
+    if count >= n:
+        raise ValueError(f"val_size={val_size!r} leaves no conversation for training out of {n} (the "
+                         "article's train_test_split fails the same way). Fix: a smaller val_size.")
+    return count
+
+
+def split(n: int, n_val: int) -> tuple[list[int], list[int]]:
+    """(train, val) positions as sklearn's ``train_test_split(random_state=1)`` picks them.
+
+    sklearn's ShuffleSplit: ``perm = RandomState(1).permutation(n)``, validation ``perm[:n_val]``,
+    training ``perm[n_val:]``, each in that order. ``n_val == 0`` keeps every conversation in
+    its original order, for training.
+    """
+    if n_val == 0:
+        return list(range(n)), []
+    import numpy as np
+
+    perm = np.random.RandomState(1).permutation(n).tolist()
+    return perm[n_val:], perm[:n_val]
