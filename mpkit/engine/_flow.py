@@ -204,12 +204,13 @@ class Flow:
         self._snapshot()
 
     def _anything_ready(self) -> bool:
-        if self.source is not None:  # the source can be read now if the first stage has room
+        """Work the router can do now (else it sleeps until a worker finishes or a batch is due)."""
+        if self.source is not None or self.incoming:  # new items, if the first stage has room
             first = self.stages[0]
             if len(first.inbox) + first.pending_items() < first.spec.maxsize:
                 return True
-        return bool(self.incoming) or any(lane.run.done or lane.run.failures or lane.run.fatal
-                                          for s in self.stages for lane in s.lanes)
+        return any(lane.run.done or lane.run.failures or lane.run.fatal
+                   for s in self.stages for lane in s.lanes)
 
     def _stage_done(self, stage: _Stage, keys, values) -> None:
         stage.done += len(values)
@@ -325,8 +326,14 @@ class Flow:
         """How long the router may sleep: until the oldest item of a forming batch is due."""
         timeout = tick
         now = time.monotonic()
-        for stage in self.stages:
-            if stage.spec.batch is not None and stage.inbox:
+        for i, stage in enumerate(self.stages):
+            if stage.spec.batch is None or not stage.inbox:
+                continue
+            downstream = self.stages[i + 1].spec.maxsize if i + 1 < len(self.stages) else None
+            with self.cond:
+                blocked = (not stage.lane_of(stage.inbox[0][1]).room()
+                           or (downstream is not None and len(stage.outbox) >= downstream))
+            if not blocked:  # a batch that cannot leave yet is no reason to wake: a worker's end is
                 timeout = min(timeout, max(0.0, stage.inbox[0][2] + stage.spec.batch[1] - now))
         return timeout
 

@@ -37,7 +37,8 @@ class Service:
             if not self._accepting:
                 raise RuntimeError(f"the service of pipeline {flow.name!r} is stopped; start a new one "
                                    "with pipeline.start()")
-            room = lambda: len(flow.incoming) + len(flow.stages[0].inbox) < flow.stages[0].spec.maxsize  # noqa: E731
+            first = flow.stages[0]
+            room = lambda: len(flow.incoming) + len(first.inbox) + first.pending_items() < first.spec.maxsize  # noqa: E731
             if not flow.cond.wait_for(lambda: room() or not self._accepting, timeout):
                 raise TimeoutError(f"the first stage of {flow.name!r} stayed full for {timeout} s")
             if not self._accepting:
