@@ -40,6 +40,15 @@ def _text(cell) -> str:
     return "".join(out)
 
 
+def _code_cells_ok(nb, start_method: str | None = None) -> str:
+    """Assert no code cell failed; return all the text the cells showed."""
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    errors = [(c.source.splitlines()[0], _text(c)) for c in code
+              if any(o["output_type"] == "error" for o in c.outputs)]
+    assert not errors, f"cells failed under {start_method or 'the default start method'}: {errors}"
+    return "\n".join(_text(c) for c in code)
+
+
 def _run_notebook(path: Path):
     nb = nbformat.read(path, as_version=4)
     # One cell more, to check the kernel used the start method under test.
@@ -127,11 +136,7 @@ def _widget_texts(nb) -> list[str]:
 def test_pipeline_demo_runs_and_saves_final_totals(start_method, monkeypatch):
     _with_repo_on_pythonpath(monkeypatch)
     nb = _run_notebook(PIPELINE)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    errors = [(c.source.splitlines()[0], _text(c)) for c in code
-              if any(o["output_type"] == "error" for o in c.outputs)]
-    assert not errors, f"cells failed under {start_method}: {errors}"
-    everything = "\n".join(_text(c) for c in code)
+    everything = _code_cells_ok(nb, start_method)
     assert f"start method: {start_method}" in everything
     assert "3000 predictions" in everything
     assert "largest batch: 128" in everything
@@ -147,11 +152,6 @@ def test_pipeline_demo_runs_and_saves_final_totals(start_method, monkeypatch):
 
 def test_dialogue_demo_runs(monkeypatch):
     _with_repo_on_pythonpath(monkeypatch)
-    nb = _run_notebook(ROOT / "demo_notebooks" / "03_dialogue_cleaning.ipynb")
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    errors = [(c.source.splitlines()[0], _text(c)) for c in code
-              if any(o["output_type"] == "error" for o in c.outputs)]
-    assert not errors, errors
-    everything = "\n".join(_text(c) for c in code)
+    everything = _code_cells_ok(_run_notebook(ROOT / "demo_notebooks" / "03_dialogue_cleaning.ipynb"))
     assert "the same dialogue, reversed" in everything
     assert "11,739 rows read" in everything

@@ -67,13 +67,19 @@ def _drop(out: FileRows, reason: str, count: int) -> None:
         out.dropped[reason] = out.dropped.get(reason, 0) + count
 
 
-def _read_seed(df, job: ReadJob, out: FileRows) -> FileRows:
+def _drop_missing_and_duplicates(df, out: FileRows):
+    """The article's first two steps, each dropped row counted by reason."""
     before = len(df)
     df = df.dropna()
     _drop(out, "missing", before - len(df))
     before = len(df)
     df = df.drop_duplicates(keep="first")
     _drop(out, "duplicate", before - len(df))
+    return df
+
+
+def _read_seed(df, job: ReadJob, out: FileRows) -> FileRows:
+    df = _drop_missing_and_duplicates(df, out)
     notice = df[CONTENT].isin(list(job.notices))
     _drop(out, "notice", int(notice.sum()))
     df = df[~notice]
@@ -87,12 +93,7 @@ def _read_default(df, job: ReadJob, out: FileRows) -> FileRows:
 
     columns = NEEDED + ([job.time_column] if job.time_column else [])
     df = df[columns]
-    before = len(df)
-    df = df.dropna()
-    _drop(out, "missing", before - len(df))
-    before = len(df)
-    df = df.drop_duplicates(keep="first")
-    _drop(out, "duplicate", before - len(df))
+    df = _drop_missing_and_duplicates(df, out)
     if job.time_column:
         times = pd.to_datetime(df[job.time_column], errors="coerce")
         bad = times.isna()

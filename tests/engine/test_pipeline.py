@@ -2,7 +2,6 @@
 import asyncio
 import functools
 import itertools
-import os
 import time
 
 import pytest

@@ -11,7 +11,7 @@ pytest.importorskip("ipykernel")
 import nbformat  # noqa: E402
 
 from mpkit.recipes.inference import minilm_available  # noqa: E402
-from tests.test_notebooks import ROOT, _run_notebook, _text, _with_repo_on_pythonpath  # noqa: E402
+from tests.test_notebooks import ROOT, _code_cells_ok, _run_notebook, _with_repo_on_pythonpath  # noqa: E402
 
 NOTEBOOK = ROOT / "demo_notebooks" / "04_batched_inference.ipynb"
 BUDGET = 60  # seconds for the whole notebook, kernel start included
@@ -30,11 +30,7 @@ def test_inference_notebook_runs_in_a_kernel(start_method, monkeypatch):
     started = time.perf_counter()
     nb = _run_notebook(NOTEBOOK)
     elapsed = time.perf_counter() - started
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    errors = [(c.source.splitlines()[0], _text(c)) for c in code
-              if any(o["output_type"] == "error" for o in c.outputs)]
-    assert not errors, f"cells failed under {start_method}: {errors}"
-    everything = "\n".join(_text(c) for c in code)
+    everything = _code_cells_ok(nb, start_method)
     assert f"start method: {start_method}" in everything
     assert "3000 embeddings of 64 numbers" in everything
     assert "same as calling the model directly: True" in everything
