@@ -22,6 +22,8 @@ Command line: ``python -m mpkit dialogues INPUT... --out DIR [--compat seed] [--
 """
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 import sys
 import time
@@ -59,6 +61,8 @@ class DialogueReport:
     empty_conversations: int = 0
     written: Mapping[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    #: the two writer processes' pipeline at the end (``PipelineStats``: std and mmi writers)
+    writers: Any = None
 
     def __str__(self) -> str:
         dropped = ", ".join(f"{n:,} {why}" for why, n in sorted(self.rows_dropped.items())) or "none"
@@ -118,7 +122,7 @@ def clean_dialogues(paths: Iterable[str | Path], out_dir: str | Path, *, compat:
     if not seed:
         splits = {name: [c for c in convs if c] for name, convs in splits.items()}
     out = Path(out_dir)
-    written = write_splits(splits, out, default_start_method(), seed=seed)
+    written, writers = write_splits(splits, out, default_start_method(), seed=seed, progress=progress)
     dropped: dict[str, int] = {}
     for f in files:
         for why, n in f.dropped.items():
@@ -126,7 +130,7 @@ def clean_dialogues(paths: Iterable[str | Path], out_dir: str | Path, *, compat:
     rows_read = sum(f.rows for f in files)
     return DialogueReport(out, len(files), rows_read, rows_read - sum(dropped.values()), dropped,
                           len(conversations), sum(1 for c in conversations if not c), written,
-                          time.perf_counter() - started)
+                          time.perf_counter() - started, writers)
 
 
 def _reason(exc: BaseException) -> str:

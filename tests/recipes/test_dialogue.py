@@ -195,3 +195,19 @@ def test_clean_drops_blank_and_notices_and_keeps_numbers_as_text():
 
 def test_emoji_prefilter_sees_every_emoji():
     assert all(_EMOJI_CANDIDATE.search(e) for e in emoji.EMOJI_DATA)
+
+
+def test_both_writers_are_pipeline_stages_with_bounded_channels(tmp_path):
+    """The MMI file is written by its own process fed through a bounded channel, and both writers
+    are stages of a pipeline, so its dashboard (or text status) shows them."""
+    from mpkit.recipes import SAMPLE_DATA
+    from mpkit.recipes.dialogue import clean_dialogues
+
+    report = clean_dialogues(sorted(SAMPLE_DATA.glob("*.xlsx"))[:2], tmp_path / "out", val_size=0.1,
+                             progress=False)
+    stats = report.writers
+    assert stats is not None and stats.name == "dialogue writers"
+    assert [s.name for s in stats.stages] == ["std writer", "mmi writer"]
+    assert stats.accounted and stats.pending == 0 and stats.failed == 0
+    assert all(s.capacity <= 8 for s in stats.stages)
+    assert stats.stage("mmi writer").received == stats.stage("std writer").emitted > 0
