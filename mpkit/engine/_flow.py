@@ -295,6 +295,11 @@ class Flow:
             spec = stage.spec
             downstream = self.stages[i + 1].spec.maxsize if i + 1 < len(self.stages) else None
             woken: set = set()
+            if len(stage.lanes) > 1 and spec.batch is None:
+                self._dispatch_by_key(stage, downstream, woken)
+                for lane in woken:
+                    lane.pool._manager.wake()
+                continue
             with self.cond:
                 while stage.inbox:
                     if downstream is not None and len(stage.outbox) >= downstream:
@@ -321,6 +326,34 @@ class Flow:
                         lane.run.exhausted = True
             for lane in woken:
                 lane.pool._manager.wake()
+
+    def _dispatch_by_key(self, stage: _Stage, downstream: int | None, woken: set) -> None:
+        """A keyed stage: one pass over the inbox, each item to its key's lane. A lane without room
+        stops taking items for this pass, so a key's items never overtake each other, while the
+        other keys' items go on (no waiting behind one busy worker)."""
+        if downstream is not None and len(stage.outbox) >= downstream:
+            return  # backpressure: the next stage cannot take more yet
+        picks: dict = {}
+        blocked: set = set()
+        keep: deque = deque()
+        with self.cond:
+            for entry in stage.inbox:
+                lane = stage.lane_of(entry[1])
+                if lane in blocked or not (lane in picks or lane.room()):
+                    blocked.add(lane)
+                    keep.append(entry)
+                    continue
+                picked = picks.setdefault(lane, [])
+                picked.append(entry)
+                if len(picked) >= lane.run.sizer.next_size(0):
+                    blocked.add(lane)  # a full chunk: the rest of this key waits for the next pass
+            stage.inbox = keep
+            for lane, picked in picks.items():
+                lane.run.submit([k for k, _, _ in picked], [x for _, x, _ in picked], False)
+                woken.add(lane)
+            if stage.input_closed and not stage.inbox:
+                for lane in stage.lanes:
+                    lane.run.exhausted = True
 
     def next_timeout(self, tick: float) -> float:
         """How long the router may sleep: until the oldest item of a forming batch is due."""
