@@ -325,3 +325,11 @@ def tag_pid(item):
 
 def first(item):
     return item[0]
+
+
+class BrokenInit:
+    def __init__(self):
+        raise OSError("model weights not found")
+
+    def __call__(self, x):
+        return x

@@ -221,8 +221,6 @@ class Manager:
                 for w in sorted(workers, key=lambda w: len(w.in_flight)):
                     if len(w.in_flight) >= limit:
                         continue
-                    if run.timeout is not None and w.in_flight:
-                        continue
                     mine = any(c.run is run for c in w.in_flight)
                     if not mine and holders >= run.max_workers:
                         continue
@@ -279,40 +277,25 @@ class Manager:
             self.output.add(w.id, msg[1], msg[2])
         elif kind == _worker.DONE:
             _, chunk_id, results_bytes, failures, seconds = msg
-            chunk = self._pop(w, chunk_id)
-            run = chunk.run
-            with run.cond:
-                run.in_flight -= 1
-                if not run.cancelled:
-                    run.chunk_done(chunk, results_bytes, failures, seconds, w.id)
-                run.cond.notify_all()
-            if w.in_flight:
-                w.in_flight[0].started = time.monotonic()
-        elif kind in (_worker.UNDECODABLE, _worker.FN_ERROR):
+            chunk = self._answered(w, chunk_id)
+            with chunk.run.cond:
+                if not chunk.run.cancelled:
+                    chunk.run.chunk_done(chunk, results_bytes, failures, seconds, w.id)
+                chunk.run.cond.notify_all()
+        elif kind == _worker.UNDECODABLE:
+            _, chunk_id, text, _frames = msg
+            chunk = self._answered(w, chunk_id)
+            with chunk.run.cond:
+                if not chunk.run.cancelled:
+                    chunk.run.undecodable(chunk, text)
+                chunk.run.cond.notify_all()
+        elif kind == _worker.FN_ERROR:
             _, chunk_id, text, frames = msg
-            chunk = self._pop(w, chunk_id)
-            run = chunk.run
-            with run.cond:
-                run.in_flight -= 1
-                if run.cancelled:
-                    pass
-                elif kind == _worker.UNDECODABLE:
-                    run.undecodable(chunk, text)
-                elif any(f[2] == "build" and f[0].endswith("_worker.py") for f in frames):
-                    err = WorkerInitError(
-                        f"building the stage object {run.fn_name}() failed in worker {w.id}: {text}. "
-                        "Fix the class's __init__ (or the factory); it runs once in each worker.")
-                else:
-                    err = RuntimeError(
-                        f"the function {run.fn_name} could not be loaded in worker {w.id}: {text}. "
-                        "Cause: it refers to a module the worker cannot import. Fix: make the module "
-                        "importable there (install it, or put it on sys.path before the call), or "
-                        "define the function in the notebook or with %%mp_pool.")
-                    err.__cause__ = RemoteTraceback(f"loading {run.fn_name} in worker {w.id}", frames, text)
-                    run.set_fatal(err)
-                run.cond.notify_all()
-            if w.in_flight:
-                w.in_flight[0].started = time.monotonic()
+            chunk = self._answered(w, chunk_id)
+            with chunk.run.cond:
+                if not chunk.run.cancelled:
+                    chunk.run.set_fatal(self._load_error(chunk.run, w, text, frames))
+                chunk.run.cond.notify_all()
         elif kind == _worker.INIT_ERROR:
             _, text, frames = msg
             err = WorkerInitError(f"init={_short_repr(self.init)} failed in a new worker, so no item can "
@@ -322,6 +305,32 @@ class Manager:
             for run in list(self.runs):
                 with run.cond:
                     run.set_fatal(err)
+
+    def _answered(self, w: _Worker, chunk_id: int):
+        """The chunk a worker just answered (its oldest); the next one starts its clock now."""
+        chunk = self._pop(w, chunk_id)
+        with chunk.run.cond:
+            chunk.run.in_flight -= 1
+        if w.in_flight:
+            w.in_flight[0].started = time.monotonic()
+        return chunk
+
+    @staticmethod
+    def _load_error(run: Run, w: _Worker, text: str, frames) -> BaseException:
+        """Why a worker could not load a run's function: a stage object that failed to build,
+        or a function whose module the worker cannot import."""
+        if any(f[2] == "build" and f[0].endswith("_worker.py") for f in frames):
+            err: BaseException = WorkerInitError(
+                f"building the stage object {run.fn_name}() failed in worker {w.id}: {text}. "
+                "Fix the class's __init__ (or the factory); it runs once in each worker.")
+        else:
+            err = RuntimeError(
+                f"the function {run.fn_name} could not be loaded in worker {w.id}: {text}. "
+                "Cause: it refers to a module the worker cannot import. Fix: make the module "
+                "importable there (install it, or put it on sys.path before the call), or "
+                "define the function in the notebook or with %%mp_pool.")
+        err.__cause__ = RemoteTraceback(f"loading {run.fn_name} in worker {w.id}", frames, text)
+        return err
 
     def _pop(self, w: _Worker, chunk_id: int):
         chunk = w.in_flight.popleft()

@@ -376,7 +376,7 @@ def _assemble(done, failures, ordered) -> ResultList:
         return out
     done = sorted(done, key=lambda batch: batch[0][0])
     expected = 0
-    for indices, values in done:  # the usual case: ranges that follow each other
+    for indices, _ in done:  # the usual case: ranges that follow each other
         if not isinstance(indices, range) or indices.start != expected:
             break
         expected = indices.stop

@@ -235,3 +235,9 @@ def test_key_routing_keeps_a_key_on_one_worker_in_order(start_method):
     assert len({pid for _, _, pid in out}) == 2  # both workers were used
     with pytest.raises(ValueError, match="key="):
         pipe.scale("tag_pid", 3)
+
+
+def test_a_stage_class_that_cannot_build_is_reported(start_method):
+    pipe = Pipeline().stage(helpers.BrokenInit)
+    with pytest.raises(mpkit.WorkerInitError, match="model weights not found"):
+        pipe.run(range(3), progress=False)
