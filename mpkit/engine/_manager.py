@@ -7,25 +7,31 @@ worker was running is split, retried or failed; the chunks it had not started go
 
     wait(wake socket, worker pipes, process sentinels)
       ├─ wake: a run was added, fed, or cancelled ─► dispatch pending chunks, PREFETCH per worker
-      ├─ pipe: "done" / "out" / "fn_error" / "undecodable" / "init_error" ─► the run, the relay
-      └─ sentinel: a worker ended ─► _bury
-    then: kill workers past a timeout, or busy with a cancelled run; start workers up to size
+      ├─ pipe: "part" / "done" / "out" / "fn_error" / "undecodable" / "init_error" ─► the run, the relay
+      └─ sentinel: a worker ended ─► _bury (its shared slot names the item it was running)
+    then: kill workers past a timeout or init_timeout, or busy with a cancelled run; start workers
+
+Before a chunk, a worker is sent what it lacks: the notebook's context (sys.path, cwd, environment)
+when the run's differs from the one it has, and the run's function when it does not hold it. The
+manager alone decides which functions a worker keeps (``FN_CACHE_SIZE``, least recently used
+first, evicted with a "forget" message), so its view and the worker's never disagree.
+
+A failed start (init raised, or ``MAX_FAILED_STARTS`` workers in a row died before they were ready,
+or init ran past ``init_timeout``) fails the maps running then; the next map tries again, so a cause
+that went away (a missing file now there) needs no ``mpkit.shutdown()``.
 """
 from __future__ import annotations
 
 import itertools
-import os
 import pickle
+import signal
 import socket
-import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from multiprocessing.connection import wait as mp_wait
 
-import cloudpickle
-
-from . import _worker
+from . import _serialize, _worker
 from ._errors import RemoteTraceback, WorkerInitError, _short_repr, describe_exit
 from ._output import OutputRelay
 from ._run import Run
@@ -38,16 +44,28 @@ STOP_GRACE = 1.0
 #: New workers that may die before they are ready, in a row, before the pool gives up: a crash in
 #: init would otherwise restart workers forever.
 MAX_FAILED_STARTS = 3
+#: Functions a worker keeps unpickled; a warm pool sees a few per session, rarely more. Past it the
+#: least recently used is forgotten (and sent again if it comes back).
+FN_CACHE_SIZE = 16
+#: Default seconds a new worker may spend in ``init`` (and start-up) before it is given up: long
+#: enough to load a large model from disk, short enough that a hung init is reported in a session.
+INIT_TIMEOUT = 300.0
+#: After a worker could not even be started (a fork server killed by an interrupt while it booted),
+#: wait this long before the next try, so that MAX_FAILED_STARTS tries span a real recovery time.
+START_BACKOFF = 0.25
 
 
 class _Worker:
-    __slots__ = ("id", "process", "conn", "in_flight", "fns", "stopping", "timed_out", "pid", "ready", "left")
+    __slots__ = ("id", "process", "conn", "in_flight", "fns", "context_id", "stopping", "timed_out", "pid",
+                 "ready", "left", "slot", "started")
 
-    def __init__(self, wid: int, process, conn):
-        self.id, self.process, self.conn = wid, process, conn
+    def __init__(self, wid: int, process, conn, slot, context_id: str | None):
+        self.id, self.process, self.conn, self.slot = wid, process, conn, slot
         self.pid = process.pid
         self.in_flight: deque = deque()
-        self.fns: set[str] = set()
+        self.fns: OrderedDict[str, None] = OrderedDict()  # what the worker holds, least recent first
+        self.context_id = context_id  # the notebook context it has
+        self.started = time.monotonic()
         self.stopping = False       # killed on purpose: what it held is not to blame
         self.timed_out = None       # the chunk it was killed for
         self.ready = False          # init done: timeouts count from here, not from the start
@@ -58,10 +76,13 @@ class _Worker:
 class Manager:
     """Starts, feeds, watches and stops the worker processes of one pool."""
 
-    def __init__(self, ctx, size: int, init, idle_timeout: float, output: OutputRelay):
+    def __init__(self, ctx, size: int, init, idle_timeout: float, output: OutputRelay,
+                 init_timeout: float = INIT_TIMEOUT):
         self.ctx, self.size, self.idle_timeout, self.output = ctx, size, idle_timeout, output
         self.init = init
-        self._init_payload = cloudpickle.dumps(init) if init is not None else None
+        self.init_timeout = init_timeout
+        self._init_payload = _serialize.dumps_by_value(init) if init is not None else None
+        self._context: tuple[bytes, str] | None = None  # (payload, id) of the latest run's context
         self.workers: dict[int, _Worker] = {}
         self.runs: list[Run] = []
         self.lock = threading.Lock()
@@ -73,11 +94,16 @@ class Manager:
         self._thread: threading.Thread | None = None
         self._closing = False
         self._failed_starts = 0  # workers in a row that ended before they were ready
+        self._next_start = 0.0   # monotonic time before which no worker is started (START_BACKOFF)
 
     # ---- any thread ----------------------------------------------------------------------------
     def add(self, run: Run) -> None:
         with self.lock:
             self.runs.append(run)
+            self._context = (run.context, run.context_id)
+            if self.init_error is not None:  # a new call tries again: the cause may be gone
+                self.init_error = None
+                self._failed_starts = 0
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._manage, name="mpkit-pool-manager", daemon=True)
                 self._thread.start()
@@ -132,6 +158,10 @@ class Manager:
 
     # ---- manager thread ------------------------------------------------------------------------
     def _manage(self) -> None:
+        # Workers start from this thread: under forkserver they inherit its signal mask, so a
+        # kernel interrupt sent to the process group cannot kill them while they boot (the worker
+        # ignores SIGINT, then unblocks it). Under spawn the mask is reset; see _bury.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             while True:
                 with self.lock:
@@ -183,30 +213,42 @@ class Manager:
     def _ensure_workers(self) -> None:
         alive = [w for w in self.workers.values() if not w.stopping]
         for _ in range(self.size - len(alive)):
-            if self.init_error is None:
-                self._start_worker()
+            if self.init_error is not None or time.monotonic() < self._next_start:
+                return
+            self._start_worker()
 
     def _start_worker(self) -> None:
         wid = next(self._ids)
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
-        init = None
-        if self._init_payload is not None:
-            init = cloudpickle.dumps((cloudpickle.loads(self._init_payload), list(sys.path), os.getcwd(),
-                                      dict(os.environ)))
-        process = self.ctx.Process(target=_worker.main, args=(child_conn, wid, init, self.idle_timeout),
-                                    name=f"mpkit-worker-{wid}")
+        slot = self.ctx.RawArray("q", 2)  # (chunk id, item running): read after a death
+        slot[_worker.SLOT_CHUNK] = -1
+        context = pickle.loads(self._context[0])[1:] if self._context is not None else None
+        process = self.ctx.Process(target=_worker.main, name=f"mpkit-worker-{wid}",
+                                   args=(child_conn, wid, self._init_payload, context, self.idle_timeout, slot))
         try:
             process.start()
         except Exception as exc:
             parent_conn.close()
-            hint = ("Cause: this script starts processes while it is being imported. Fix: put the "
-                    "script's top-level code under `if __name__ == '__main__':`."
-                    if "bootstrapping phase" in str(exc) else "")
-            self.init_error = WorkerInitError(f"could not start a worker process: {str(exc).strip()[:200]} {hint}")
+            bootstrapping = "bootstrapping phase" in str(exc)
+            self._failed_starts += 1  # e.g. a fork server killed by an interrupt: the next start makes a new one
+            self._next_start = time.monotonic() + START_BACKOFF
+            if bootstrapping or self._failed_starts >= MAX_FAILED_STARTS:
+                hint = ("Cause: this script starts processes while it is being imported. Fix: put the "
+                        "script's top-level code under `if __name__ == '__main__':`." if bootstrapping else "")
+                self._start_failed(WorkerInitError(
+                    f"could not start a worker process: {str(exc).strip()[:200]} {hint}".strip()))
             return
         finally:
             child_conn.close()
-        self.workers[wid] = _Worker(wid, process, parent_conn)
+        self.workers[wid] = _Worker(wid, process, parent_conn, slot,
+                                    self._context[1] if self._context is not None else None)
+
+    def _start_failed(self, err: BaseException) -> None:
+        """No worker can start: fail the maps running now (a new map tries again)."""
+        self.init_error = err
+        for run in list(self.runs):
+            with run.cond:
+                run.set_fatal(err)
 
     def _dispatch(self, runs: list[Run]) -> None:
         if not runs:
@@ -239,9 +281,17 @@ class Manager:
         w.in_flight.append(chunk)
         chunk.started = time.monotonic()
         try:
-            if run.fn_id not in w.fns:
+            if w.context_id != run.context_id:
+                w.conn.send_bytes(run.context)
+                w.context_id = run.context_id
+            if run.fn_id in w.fns:
+                w.fns.move_to_end(run.fn_id)
+            else:
                 w.conn.send_bytes(run.fn_payload)
-                w.fns.add(run.fn_id)
+                w.fns[run.fn_id] = None
+                while len(w.fns) > FN_CACHE_SIZE:
+                    old, _ = w.fns.popitem(last=False)
+                    w.conn.send_bytes(pickle.dumps((_worker.FORGET, old), _worker.PROTOCOL))
             w.conn.send_bytes(pickle.dumps((_worker.RUN, chunk.id, run.fn_id, chunk.payload, chunk.batch),
                                            _worker.PROTOCOL))
         except OSError:
@@ -275,12 +325,19 @@ class Manager:
             w.left = True
         elif kind == _worker.OUT:
             self.output.add(w.id, msg[1], msg[2])
+        elif kind == _worker.PART:
+            _, chunk_id, offset, results_bytes, failures, seconds = msg
+            chunk = w.in_flight[0]
+            assert chunk.id == chunk_id, "worker answered out of order"
+            with chunk.run.cond:
+                if not chunk.run.cancelled:
+                    chunk.run.chunk_done(chunk, offset, results_bytes, failures, seconds, w.id)
         elif kind == _worker.DONE:
-            _, chunk_id, results_bytes, failures, seconds = msg
+            _, chunk_id, offset, results_bytes, failures, seconds = msg
             chunk = self._answered(w, chunk_id)
             with chunk.run.cond:
                 if not chunk.run.cancelled:
-                    chunk.run.chunk_done(chunk, results_bytes, failures, seconds, w.id)
+                    chunk.run.chunk_done(chunk, offset, results_bytes, failures, seconds, w.id)
                 chunk.run.cond.notify_all()
         elif kind == _worker.UNDECODABLE:
             _, chunk_id, text, _frames = msg
@@ -301,10 +358,7 @@ class Manager:
             err = WorkerInitError(f"init={_short_repr(self.init)} failed in a new worker, so no item can "
                                   f"run: {text}. Fix the init function and call again.")
             err.__cause__ = RemoteTraceback(f"init in worker {w.id}", frames, text)
-            self.init_error = err
-            for run in list(self.runs):
-                with run.cond:
-                    run.set_fatal(err)
+            self._start_failed(err)
 
     def _answered(self, w: _Worker, chunk_id: int):
         """The chunk a worker just answered (its oldest); the next one starts its clock now."""
@@ -343,15 +397,16 @@ class Manager:
         exitcode = w.process.exitcode
         del self.workers[w.id]
         w.conn.close()
-        if not w.ready and not w.stopping and not w.left and self.init_error is None:
+        interrupted = exitcode == -signal.SIGINT  # a kernel interrupt to the process group (spawn)
+        if not w.ready and not w.stopping and not w.left and self.init_error is None and not interrupted:
             self._failed_starts += 1
             if self._failed_starts >= MAX_FAILED_STARTS:
-                self.init_error = WorkerInitError(
+                self._start_failed(WorkerInitError(
                     f"{self._failed_starts} new workers in a row ended before they were ready "
                     f"(the last: {describe_exit(exitcode)}). Cause: init= crashed the process, or the "
                     "worker could not start at all: a module imported at start-up failed, or a script "
                     "started processes at import time (no `if __name__ == '__main__':` guard). Fix: run "
-                    "init in a plain Python process to see the crash, then call again.")
+                    "init in a plain Python process to see the crash, then call again."))
         chunks = list(w.in_flight)
         for position, chunk in enumerate(chunks):
             run = chunk.run
@@ -364,8 +419,15 @@ class Manager:
                 elif w.timed_out is chunk:
                     run.timed_out(chunk)
                 else:
-                    run.crashed(chunk, exitcode, w.pid)
+                    run.crashed(chunk, exitcode, w.pid, self._running(w, chunk))
                 run.cond.notify_all()
+
+    @staticmethod
+    def _running(w: _Worker, chunk) -> int | None:
+        """What the dead worker's slot says it was doing with ``chunk`` (see Run.crashed)."""
+        if w.slot[_worker.SLOT_CHUNK] != chunk.id:
+            return None
+        return w.slot[_worker.SLOT_ITEM]
 
     def _reap_cancelled(self, runs: list[Run]) -> None:
         for run in runs:
@@ -378,6 +440,16 @@ class Manager:
 
     def _check_timeouts(self) -> None:
         now = time.monotonic()
+        for w in list(self.workers.values()):
+            if not w.ready and not w.stopping and now - w.started > self.init_timeout:
+                w.stopping = True
+                w.process.kill()
+                what = f"init={_short_repr(self.init)}" if self.init is not None else "starting the worker"
+                self._start_failed(WorkerInitError(
+                    f"{what} did not finish within init_timeout={self.init_timeout:g} s in worker {w.id}, "
+                    "so it was stopped. Cause: init waits for something that does not come (a lock, a "
+                    "network resource, input()) or is slower than that. Fix: check init in a plain Python "
+                    "process, or raise init_timeout= if it is only slow."))
         for w in self.workers.values():
             if w.in_flight and w.ready and not w.stopping:
                 chunk = w.in_flight[0]
@@ -389,9 +461,16 @@ class Manager:
 
     def _next_deadline(self, runs: list[Run]) -> float | None:
         timeouts = [r.timeout for r in runs if r.timeout is not None]
-        if not timeouts:
-            return None if not runs else 1.0
-        return min(0.05, min(timeouts) / 4)
+        starting = [w.started + self.init_timeout - time.monotonic()
+                    for w in self.workers.values() if not w.ready and not w.stopping]
+        deadline = None if not runs else 1.0
+        if runs and self._next_start > time.monotonic():
+            deadline = min(deadline, self._next_start - time.monotonic() + 0.01)
+        if timeouts:
+            deadline = min(0.05, min(timeouts) / 4)
+        if starting:
+            deadline = max(0.01, min(starting + ([deadline] if deadline is not None else [])))
+        return deadline
 
     def _update_stats(self, runs: list[Run]) -> None:
         alive = len(self.workers)

@@ -26,11 +26,9 @@ import warnings
 import weakref
 from typing import Any, Callable, Iterable, Iterator
 
-import cloudpickle
-
-from . import _worker
+from . import _serialize, _worker
 from ._errors import MapInterrupted, MpkitWarning, ResultList, _short_repr
-from ._manager import Manager
+from ._manager import INIT_TIMEOUT, Manager
 from ._output import OutputRelay
 from ._chunking import MAX_CHUNK
 from ._run import Run
@@ -73,12 +71,15 @@ class Pool:
 
     ``workers`` processes (default: the CPUs this process may use) are started with
     ``start_method`` (default :func:`default_start_method`). ``init``, if given, runs once in each
-    new worker before any item: load a model or open a connection there. Use as a context manager,
+    new worker before any item: load a model or open a connection there; the globals it sets are
+    those the mapped functions read. A worker still in ``init`` after ``init_timeout`` seconds is
+    stopped and the map fails with ``WorkerInitError``. Use as a context manager,
     or call :meth:`shutdown`; pools still open at interpreter exit are shut down then.
     """
 
     def __init__(self, workers: int | None = None, *, start_method: str | None = None,
-                 init: Callable[[], Any] | None = None, idle_timeout: float = IDLE_TIMEOUT):
+                 init: Callable[[], Any] | None = None, init_timeout: float = INIT_TIMEOUT,
+                 idle_timeout: float = IDLE_TIMEOUT):
         workers = default_workers() if workers is None else workers
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be a positive whole number, not {workers!r}")
@@ -101,6 +102,7 @@ class Pool:
             ctx.set_forkserver_preload(["__main__", "mpkit.engine._worker"])
         self.output = OutputRelay()
         self._manager = Manager(ctx, workers, init, idle_timeout, self.output)
+        self.set_init_timeout(init_timeout)
         self._timings: dict[str, float] = {}  # function id -> seconds per item, last measured
         self._closed = False
         _live_pools.add(self)
@@ -188,6 +190,12 @@ class Pool:
         state = "closed" if self._closed else f"{len(self._manager.pids())}/{self.size} workers alive"
         return f"<mpkit.Pool {self.start_method}, {state}>"
 
+    def set_init_timeout(self, seconds: float) -> None:
+        """Seconds a new worker may spend in ``init`` before it is stopped and reported."""
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+            raise ValueError(f"init_timeout must be a number of seconds > 0, not {seconds!r}")
+        self._manager.init_timeout = float(seconds)
+
     def resize(self, workers: int) -> None:
         """Change how many workers the pool keeps; extra ones leave when idle work runs out."""
         if not isinstance(workers, int) or workers < 1:
@@ -218,17 +226,18 @@ class Pool:
         if workers is not None and (not isinstance(workers, int) or workers < 1):
             raise ValueError(f"workers must be a positive whole number, not {workers!r}")
         try:
-            fn_payload = cloudpickle.dumps(fn)
+            fn_payload = _serialize.dumps_by_value(fn)
         except Exception as exc:
             raise TypeError(f"the function {_short_repr(fn)} cannot be pickled to send it to the workers: "
                             f"{type(exc).__name__}: {exc}. Fix: define it at the top level of a "
                             "module or cell, not around an open file, lock or connection.") from None
         fn_id = hashlib.blake2b(fn_payload, digest_size=10).hexdigest()
         n = min(workers or self.size, self.size)
+        context = pickle.dumps((_worker.CONTEXT, list(sys.path), os.getcwd(), dict(os.environ)), _worker.PROTOCOL)
         run = Run(fn, iterator, total, workers=n, chunksize=chunksize, ordered=ordered,
                   on_error=on_error, retries=retries, timeout=timeout, fn_id=fn_id,
-                  fn_payload=pickle.dumps((_worker.FN, fn_id, fn_payload, list(sys.path), os.getcwd(),
-                                           dict(os.environ))),
+                  fn_payload=pickle.dumps((_worker.FN, fn_id, fn_payload), _worker.PROTOCOL),
+                  context=context, context_id=hashlib.blake2b(context, digest_size=10).hexdigest(),
                   seconds_per_item=self._timings.get(fn_id), cond=cond)
         return run
 

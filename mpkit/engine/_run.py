@@ -7,10 +7,18 @@
     results() ◄── done: [(indices, results)] ◄────────────┘ complete() / crashed() / timed_out()
               ◄── failures: [Failure]                        retry: chunk back to the front of pending
 
-A chunk whose worker died or whose payload could not be decoded is split into single items and
-sent again without counting an attempt; only a single item that fails is blamed. That is how a
-crash in the middle of 25,000 items is pinned on the one item that caused it, and how nothing is
-ever lost: each index ends as exactly one result or one failure.
+Results of a chunk come back in parts while it runs (``_worker.PART_SECONDS``). When its worker
+dies, the worker's shared slot says which item was running: only that item is blamed (retried or
+failed); the items before it whose results had not come back yet (at most the last part's worth of
+work) are sent again, and the items after it, which never started, are sent again unchanged. So a
+crash in the middle of 25,000 items is pinned on the one item that caused it without re-running
+its neighbours, ``retries=0`` runs no item twice but for that short window, and nothing is ever
+lost: each index ends as exactly one result or one failure.
+
+Where the slot cannot tell (a death while unpickling the chunk, before any item ran, or while
+pickling results back), the chunk is split into single items and sent again without counting an
+attempt; a batch (one call for many items) that kills its worker fails as a whole, or with
+``retries=`` is split so that each item gets its own tries.
 """
 from __future__ import annotations
 
@@ -60,6 +68,7 @@ class Chunk:
     payload: bytes
     attempts: int = 1
     batch: bool = False    # a pipeline micro-batch: one call with the list
+    reported: int = 0      # items whose outcome came back already (parts of a running chunk)
     id: int = field(default_factory=lambda: next(_chunk_ids))
     started: float = 0.0   # when its worker began it (timeouts); set by the manager
 
@@ -67,8 +76,8 @@ class Chunk:
 class Run:
     def __init__(self, fn: Callable, items: Iterator, total: int | None, *, workers: int,
                  chunksize: int | str, ordered: bool, on_error: str, retries: int,
-                 timeout: float | None, fn_id: str, fn_payload: bytes, seconds_per_item: float | None = None,
-                 cond: threading.Condition | None = None):
+                 timeout: float | None, fn_id: str, fn_payload: bytes, context: bytes, context_id: str,
+                 seconds_per_item: float | None = None, cond: threading.Condition | None = None):
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {', '.join(map(repr, ON_ERROR))}, not {on_error!r}")
         if not isinstance(retries, int) or retries < 0:
@@ -81,6 +90,7 @@ class Run:
         self.fn_name = getattr(fn, "__qualname__", repr(fn))
         self.code_files = _code_files(fn)
         self.fn_id, self.fn_payload = fn_id, fn_payload
+        self.context, self.context_id = context, context_id  # the notebook's sys.path, cwd, env now
         self.max_workers = workers
         self.ordered, self.on_error, self.retries, self.timeout = ordered, on_error, retries, timeout
         self.sizer = ChunkSizer(1 if timeout is not None else chunksize, workers, total, seconds_per_item)
@@ -173,36 +183,74 @@ class Run:
     def take(self) -> Chunk | None:
         return self.pending.popleft() if self.pending and not self.cancelled else None
 
-    def chunk_done(self, chunk: Chunk, results_bytes: bytes, failures: list, seconds: float, worker_id: int) -> None:
+    def chunk_done(self, chunk: Chunk, offset: int, results_bytes: bytes, failures: list, seconds: float,
+                   worker_id: int) -> None:
+        """Results of ``chunk``'s items from ``offset`` on (a part, or the rest at its end)."""
         try:
             results = pickle.loads(results_bytes)
         except BaseException as exc:
-            self._undecodable(chunk, "its result could not be unpickled in this process", exc)
+            self._undecodable(chunk, "its result could not be unpickled in this process", exc, offset)
             return
-        self.sizer.observe(len(chunk.indices), seconds)
+        chunk.reported = offset + len(results)
+        self.sizer.observe(len(results), seconds)
         self.busy_seconds += seconds
+        indices, items = chunk.indices[offset:offset + len(results)], chunk.items[offset:offset + len(results)]
         if failures:
             failed = set()
-            for offset, exc_bytes, text, frames in failures:
-                failed.add(offset)
-                index, item = chunk.indices[offset], chunk.items[offset]
+            for position, exc_bytes, text, frames in failures:
+                position -= offset
+                failed.add(position)
+                index, item = indices[position], items[position]
                 self._error(chunk, index, item, _rebuild(exc_bytes, text, self._frames(frames), worker_id, index, item))
-            keep = [o for o in range(len(chunk.indices)) if o not in failed]
+            keep = [o for o in range(len(indices)) if o not in failed]
             if keep:
-                self.done.append(([chunk.indices[o] for o in keep], [results[o] for o in keep]))
+                self.done.append(([indices[o] for o in keep], [results[o] for o in keep]))
                 self.finished += len(keep)
-        else:
-            self.done.append((chunk.indices, results))
+        elif results:
+            self.done.append((indices, results))
             self.finished += len(results)
         self.cond.notify_all()
 
-    def crashed(self, chunk: Chunk, exitcode: int | None, pid: int | None) -> None:
-        """The worker holding this chunk died while running it."""
-        if len(chunk.indices) > 1:
-            self._split(chunk)
+    def crashed(self, chunk: Chunk, exitcode: int | None, pid: int | None, running: int | None) -> None:
+        """The worker holding this chunk died while running it. ``running`` is the offset of the
+        item it was running (from its slot), ``-1 - k`` if it died sending results from offset k,
+        or None if no item of this chunk had started."""
+        rest = chunk.reported
+        if chunk.batch and running is not None and running >= 0:
+            if len(chunk.indices) > 1 and chunk.attempts <= self.retries:
+                self.retried += len(chunk.indices)
+                self._split(chunk, chunk.attempts + 1)  # each item its own tries, to find the culprit
+                return
+            for index, item in zip(chunk.indices, chunk.items):
+                self._fail(index, item, WorkerDied(exitcode, pid, f"{index} ({_short_repr(item)}) in a batch of "
+                                                   f"{len(chunk.indices)}", chunk.attempts), chunk)
             return
-        index, item = chunk.indices[0], chunk.items[0]
+        if running is None or running < 0:
+            # Before its first item (unpickling the chunk) or while sending results: which item
+            # is to blame cannot be known. Items one by one find it (they ran no code yet, or
+            # finished: at most a part's worth of work runs again).
+            start = rest if running is None else -1 - running
+            if len(chunk.indices) - start == 1:
+                index, item = chunk.indices[start], chunk.items[start]
+                self._error(chunk, index, item, WorkerDied(exitcode, pid, f"{index} ({_short_repr(item)})",
+                                                           chunk.attempts))
+            else:
+                self._split(chunk, chunk.attempts, start)
+            return
+        index, item = chunk.indices[running], chunk.items[running]
+        after = self._sub_chunk(chunk, running + 1)
+        if after is not None:
+            self.pending.appendleft(after)        # never started: sent again as they were
         self._error(chunk, index, item, WorkerDied(exitcode, pid, f"{index} ({_short_repr(item)})", chunk.attempts))
+        before = self._sub_chunk(chunk, rest, running)
+        if before is not None:
+            self.pending.appendleft(before)       # finished, results lost with the worker: run again
+
+    def _sub_chunk(self, chunk: Chunk, start: int, stop: int | None = None) -> Chunk | None:
+        indices, items = chunk.indices[start:stop], chunk.items[start:stop]
+        if not len(indices):
+            return None
+        return Chunk(self, indices, items, _worker.dumps(items), chunk.attempts, batch=chunk.batch)
 
     def timed_out(self, chunk: Chunk) -> None:
         index, item = chunk.indices[0], chunk.items[0]
@@ -213,25 +261,27 @@ class Run:
 
     def requeue(self, chunk: Chunk) -> None:
         """Send a chunk again without counting an attempt (its worker left through no fault of it)."""
-        self.pending.appendleft(chunk)
+        rest = chunk if not chunk.reported else self._sub_chunk(chunk, chunk.reported)
+        if rest is not None:
+            self.pending.appendleft(rest)
 
     def set_fatal(self, exc: BaseException) -> None:
         if self.fatal is None:
             self.fatal = exc
         self.cond.notify_all()
 
-    def _undecodable(self, chunk: Chunk, what: str, exc: BaseException) -> None:
-        if len(chunk.indices) > 1:
-            self._split(chunk)
+    def _undecodable(self, chunk: Chunk, what: str, exc: BaseException, start: int = 0) -> None:
+        if len(chunk.indices) - start > 1:
+            self._split(chunk, chunk.attempts, start)
             return
-        index, item = chunk.indices[0], chunk.items[0]
+        index, item = chunk.indices[start], chunk.items[start]
         err = SerializationError(f"item {index} ({_short_repr(item)}): {what}: {type(exc).__name__}: {exc}")
         err.__cause__ = exc
         self._fail(index, item, err, chunk)
 
-    def _split(self, chunk: Chunk) -> None:
-        singles = [Chunk(self, [i], [x], _worker.dumps([x]), batch=chunk.batch)
-                   for i, x in zip(chunk.indices, chunk.items)]
+    def _split(self, chunk: Chunk, attempts: int = 1, start: int = 0) -> None:
+        singles = [Chunk(self, [i], [x], _worker.dumps([x]), attempts, batch=chunk.batch)
+                   for i, x in zip(chunk.indices[start:], chunk.items[start:])]
         self.pending.extendleft(reversed(singles))
 
     def _error(self, chunk: Chunk, index: int, item: Any, exc: BaseException) -> None:

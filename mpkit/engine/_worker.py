@@ -2,14 +2,20 @@
 
     notebook process (pool manager thread)          worker process
     ──────────────────────────────────────          ───────────────────────────────────────────
-    ("fn", fn_id, payload, path, cwd, env)──pipe──► receiver thread ─► inbox ─► main loop:
-    ("run", chunk_id, fn_id, items, batch)──pipe──►                     unpickle, call fn per
-                                                                        item, catch exceptions
+    ("context", sys.path, cwd, environ) ──pipe──►   receiver thread ─► inbox ─► main loop:
+    ("fn", fn_id, payload) / ("forget", fn_id) ──►                      unpickle, call fn per
+    ("run", chunk_id, fn_id, items, batch) ─────►                       item, catch exceptions
     ◄──pipe── ("out", stream, text)   output thread: every OUTPUT_INTERVAL, and before a result
-    ◄──pipe── ("done", chunk_id, results, failures, seconds)
+    ◄──pipe── ("part", chunk_id, offset, results, failures, seconds)   every PART_SECONDS of work
+    ◄──pipe── ("done", chunk_id, offset, results, failures, seconds)   the rest, at the chunk's end
+              slot (shared memory): (chunk id, item running now) ──► read by the manager after a death
 
 One duplex pipe per worker, so the manager always knows which items a worker holds: when the
-process dies, exactly those are retried or reported. The receiver thread reads ahead into an
+process dies, exactly those are retried or reported. Results come back while a chunk runs, and the
+worker notes in its shared ``slot`` which item it is running, so after a crash the manager knows
+which item was running (the only one blamed), which ones finished (their results kept, or for the
+last ``PART_SECONDS`` re-run) and which never started. The manager decides which functions a
+worker keeps (``forget``), so the two never disagree. The receiver thread reads ahead into an
 inbox so the manager never blocks writing to a busy worker, and it doubles as a watchdog: EOF on
 the pipe means the notebook process is gone (killed, OOM), and the worker exits at once instead of
 living on as an orphan. SIGINT is ignored here: the notebook decides what an interrupt stops.
@@ -26,15 +32,14 @@ import threading
 import time
 import traceback
 
-import cloudpickle
-
+from . import _serialize
 from ._errors import SerializationError
 
 # Message kinds, parent -> worker.
-FN, RUN, STOP = "fn", "run", "stop"
+CONTEXT, FN, FORGET, RUN, STOP = "context", "fn", "forget", "run", "stop"
 # Message kinds, worker -> parent.
-READY, OUT, DONE, FN_ERROR, UNDECODABLE, INIT_ERROR, BYE = (
-    "ready", "out", "done", "fn_error", "undecodable", "init_error", "bye")
+READY, OUT, PART, DONE, FN_ERROR, UNDECODABLE, INIT_ERROR, BYE = (
+    "ready", "out", "part", "done", "fn_error", "undecodable", "init_error", "bye")
 
 #: How often buffered print() output is sent to the notebook. Short enough to feel live, long
 #: enough that a chatty worker costs a few messages a second, not one per print.
@@ -42,8 +47,12 @@ OUTPUT_INTERVAL = 0.1
 #: Output kept per interval before lines are dropped (and counted): a worker printing in a tight
 #: loop must not grow memory without bound while the notebook catches up.
 OUTPUT_BUFFER_LIMIT = 1 << 20
-#: Functions a worker keeps unpickled; a warm pool sees a few per session, rarely more.
-FN_CACHE_SIZE = 16
+#: Results of a chunk are sent back at least this often while it runs: what a crash can cost
+#: again (items that finished but whose results were not sent yet) is at most this much work,
+#: while a chunk of 20 ms (``_chunking``) still comes back as one message.
+PART_SECONDS = 0.05
+#: Slot values: the item running now is ``slot[1] >= 0``; sending results from offset k is -1-k.
+SLOT_CHUNK, SLOT_ITEM = 0, 1
 #: Exit code of a worker that leaves on its own. A task may exit with any code too (os._exit(0)),
 #: so the code proves nothing: a worker that leaves on purpose says BYE first, and only then is
 #: nothing it held blamed.
@@ -53,12 +62,7 @@ INIT_FAILED_EXIT = 3
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
-def dumps(obj) -> bytes:
-    """Pickle with the fast C pickler; fall back to cloudpickle for lambdas and cell-defined objects."""
-    try:
-        return pickle.dumps(obj, PROTOCOL)
-    except Exception:
-        return cloudpickle.dumps(obj, PROTOCOL)
+dumps = _serialize.dumps
 
 
 class _Sender:
@@ -165,15 +169,17 @@ def _describe_exception(exc: BaseException, skip_frames: int = 1):
     return exc_bytes, text, _frames(tb)
 
 
-def _apply_environment(sys_path: list[str], cwd: str, environ: dict[str, str]) -> None:
-    """Take the notebook's sys.path, working directory and environment variables as they are now:
-    a forkserver worker would otherwise see them as they were when the server started."""
+def _apply_context(sys_path: list[str], cwd: str, environ: dict[str, str]) -> None:
+    """Take the notebook's sys.path, working directory and environment variables exactly as they
+    are at this call (removed variables too): a warm worker, or a forkserver worker, would
+    otherwise see them as they were when it (or the server) started."""
+    for key in [k for k in os.environ if k not in environ]:
+        del os.environ[key]
     for key, value in environ.items():
         if os.environ.get(key) != value:
             os.environ[key] = value
-    for entry in sys_path:
-        if entry not in sys.path:
-            sys.path.append(entry)
+    if sys.path != sys_path:
+        sys.path[:] = sys_path
     if cwd and os.getcwd() != cwd:
         try:
             os.chdir(cwd)
@@ -181,52 +187,77 @@ def _apply_environment(sys_path: list[str], cwd: str, environ: dict[str, str]) -
             pass
 
 
-def _run_chunk(fn, items, batch: bool = False):
-    results, failures = [], []
-    start = time.perf_counter()
-    if batch:  # a pipeline stage after .batch(): one call for the list, one result per item
-        try:
-            results = list(fn(items))
-            if len(results) != len(items):
-                raise ValueError(f"a batched stage must return one result per item, in order: it got "
-                                 f"{len(items)} items and returned {len(results)} results")
-        except BaseException as exc:
-            described = _describe_exception(exc)
-            return [None] * len(items), [(o, *described) for o in range(len(items))], time.perf_counter() - start
-        return results, failures, time.perf_counter() - start
-    for offset, item in enumerate(items):
-        try:
-            results.append(fn(item))
-        except BaseException as exc:  # SystemExit from a task is a task failure, not a worker exit
-            results.append(None)
-            failures.append((offset, *_describe_exception(exc)))
-    return results, failures, time.perf_counter() - start
+class _ChunkRunner:
+    """Runs one chunk, sending its results back in parts (``PART_SECONDS``) and noting in the
+    shared slot which item runs now."""
+
+    def __init__(self, sender: "_Sender", relay: "_OutputRelay", slot):
+        self.sender, self.relay, self.slot = sender, relay, slot
+
+    def run(self, chunk_id: int, fn, items: list, batch: bool) -> None:
+        slot = self.slot
+        slot[SLOT_CHUNK] = chunk_id
+        if batch:  # a pipeline stage after .batch(): one call for the list, one result per item
+            slot[SLOT_ITEM] = 0
+            start = time.perf_counter()
+            try:
+                results = list(fn(items))
+                if len(results) != len(items):
+                    raise ValueError(f"a batched stage must return one result per item, in order: it got "
+                                     f"{len(items)} items and returned {len(results)} results")
+                failures = []
+            except BaseException as exc:
+                described = _describe_exception(exc)
+                results, failures = [None] * len(items), [(o, *described) for o in range(len(items))]
+            self._send(DONE, chunk_id, 0, results, failures, time.perf_counter() - start)
+            return
+        results, failures = [], []
+        sent = 0                                  # offset of the first item not sent back yet
+        start = last = time.perf_counter()
+        for offset, item in enumerate(items):
+            slot[SLOT_ITEM] = offset
+            try:
+                results.append(fn(item))
+            except BaseException as exc:  # SystemExit from a task is a task failure, not a worker exit
+                results.append(None)
+                failures.append((offset, *_describe_exception(exc)))
+            now = time.perf_counter()
+            if now - last >= PART_SECONDS and offset + 1 < len(items):
+                self._send(PART, chunk_id, sent, results, failures, now - last)
+                sent, results, failures, last = offset + 1, [], [], now
+        self._send(DONE, chunk_id, sent, results, failures, time.perf_counter() - last)
+
+    def _send(self, kind: str, chunk_id: int, offset: int, results, failures, seconds: float) -> None:
+        self.slot[SLOT_ITEM] = -1 - offset        # a death from here on: while sending these results
+        self.relay.flush()
+        self.sender.send(_encode_results(kind, chunk_id, offset, results, failures, seconds))
 
 
-def _encode_done(chunk_id, results, failures, seconds) -> bytes:
-    """The "done" message; results are pickled apart so the parent can blame a bad one."""
+def _encode_results(kind, chunk_id, offset, results, failures, seconds) -> bytes:
+    """A "part" or "done" message; results are pickled apart so the parent can blame a bad one.
+    Failure offsets are relative to the chunk."""
     try:
-        results_bytes = pickle.dumps(results, PROTOCOL)
+        results_bytes = dumps(results)
     except BaseException:
         results_bytes = None
     if results_bytes is None:
         # Find the results that cannot be pickled and report them as failures of their items.
         failed = {f[0] for f in failures}
-        for offset, value in enumerate(results):
-            if offset in failed:
+        for position, value in enumerate(results):
+            if offset + position in failed:
                 continue
             try:
                 dumps(value)
             except BaseException as exc:
-                results[offset] = None
+                results[position] = None
                 err = SerializationError(
                     f"the result of this item ({type(value).__name__}) could not be pickled to send it "
                     f"back: {type(exc).__name__}: {exc}. Fix: return plain data (numbers, strings, "
                     "lists, dicts, DataFrames), not open files, locks or generators.")
-                failures.append((offset, pickle.dumps(err, PROTOCOL), f"SerializationError: {err}", []))
+                failures.append((offset + position, pickle.dumps(err, PROTOCOL), f"SerializationError: {err}", []))
         failures.sort(key=lambda f: f[0])
         results_bytes = dumps(results)
-    return pickle.dumps((DONE, chunk_id, results_bytes, failures, seconds), PROTOCOL)
+    return pickle.dumps((kind, chunk_id, offset, results_bytes, failures, seconds), PROTOCOL)
 
 
 def _leave(relay: _OutputRelay, sender: _Sender) -> None:
@@ -265,10 +296,13 @@ def _die_with_parent() -> None:
         forkserver._forkserver._forkserver_alive_fd = None
 
 
-def main(conn, worker_id: int, init_payload: bytes | None, idle_timeout: float) -> None:
+def main(conn, worker_id: int, init_payload: bytes | None, context: tuple | None, idle_timeout: float,
+         slot) -> None:
     """Entry point of a worker process (the target given to multiprocessing)."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the manager thread
+    _serialize.become_worker()
     sender = _Sender(conn)
     relay = _OutputRelay(sender)
     sys.stdout = _CapturedStream("stdout", relay)
@@ -277,10 +311,11 @@ def main(conn, worker_id: int, init_payload: bytes | None, idle_timeout: float) 
     threading.Thread(target=_receive_forever, args=(conn, inbox), daemon=True, name="mpkit-receiver").start()
     threading.Thread(target=relay.run_forever, daemon=True, name="mpkit-output").start()
 
+    if context is not None:
+        _apply_context(*context)
     if init_payload is not None:
         try:
-            init_fn, sys_path, cwd, environ = pickle.loads(init_payload)
-            _apply_environment(sys_path, cwd, environ)
+            init_fn = _serialize.loads(init_payload)
             init_fn()
         except BaseException as exc:
             relay.flush()
@@ -290,7 +325,8 @@ def main(conn, worker_id: int, init_payload: bytes | None, idle_timeout: float) 
     relay.flush()
     sender.send(pickle.dumps((READY, os.getpid()), PROTOCOL))
 
-    functions: dict[str, object] = {}
+    runner = _ChunkRunner(sender, relay, slot)
+    functions: dict[str, object] = {}   # kept until the manager says "forget"
     broken: dict[str, tuple] = {}
     while True:
         try:
@@ -307,30 +343,29 @@ def main(conn, worker_id: int, init_payload: bytes | None, idle_timeout: float) 
                 sender.send(pickle.dumps((FN_ERROR, chunk_id, text, frames), PROTOCOL))
                 continue
             try:
-                items = pickle.loads(items_bytes)
+                items = _serialize.loads(items_bytes)
             except BaseException as exc:
                 _, text, frames = _describe_exception(exc, skip_frames=0)
                 sender.send(pickle.dumps((UNDECODABLE, chunk_id, text, frames), PROTOCOL))
                 continue
             del items_bytes
-            results, failures, seconds = _run_chunk(fn, items, batch)
+            runner.run(chunk_id, fn, items, batch)
             del items
-            relay.flush()
-            sender.send(_encode_done(chunk_id, results, failures, seconds))
         elif kind == FN:
-            _, fn_id, payload, sys_path, cwd, environ = msg
-            _apply_environment(sys_path, cwd, environ)
+            _, fn_id, payload = msg
             try:
-                functions[fn_id] = pickle.loads(payload)
+                functions[fn_id] = _serialize.loads(payload)
                 broken.pop(fn_id, None)
             except BaseException as exc:
                 _, text, frames = _describe_exception(exc, skip_frames=0)
                 broken[fn_id] = (text, frames)
-            while len(functions) > FN_CACHE_SIZE:
-                functions.pop(next(iter(functions)))
+        elif kind == FORGET:
+            functions.pop(msg[1], None)
+            broken.pop(msg[1], None)
+        elif kind == CONTEXT:
+            _apply_context(*msg[1:])
         elif kind == STOP:
             _leave(relay, sender)
-
 
 
 def build(factory):

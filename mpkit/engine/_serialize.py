@@ -1,0 +1,306 @@
+"""How objects cross between the notebook and its workers: pickle, with notebook code by value.
+
+    notebook process                                        worker process
+    ────────────────                                        ──────────────
+    dumps(items)   C pickler; if the bytes name __main__       loads(bytes)
+                   or a cell module, again by value ──────►      classes rebuilt once (tracked)
+    dumps_by_value(fn)                                          functions rebuilt with
+      a function of __main__ / of a cell module:                globals = ONE namespace per
+      its code, and each global it uses with a token ─────►     origin ("__main__": the worker's
+      (what the value was when it was sent)                     own __main__; a cell module: a
+                                                                module object kept for life)
+
+A notebook's functions share one namespace; so do their copies in a worker. ``init`` setting
+``SCALE = 100``, a task appending to a global list, a helper called by both: every function sent
+from the notebook reads and writes the same globals there, as in the notebook.
+
+Each global a function uses travels with a token of its value in the notebook. The worker takes
+the value only if the token differs from the one it took last time for that name, or the name is
+new there. So a global the notebook changed reaches warm workers at the next call, while one the
+notebook left alone keeps what ``init`` or earlier tasks made of it there (the latest writer wins).
+Plain data goes through the C pickler untouched (cloudpickle's hooks run only for objects the C
+pickler cannot place), so this costs nothing on lists of numbers, strings, dicts or arrays.
+"""
+from __future__ import annotations
+
+import builtins
+import dis
+import hashlib
+import io
+import pickle
+import sys
+import types
+from functools import lru_cache
+
+import cloudpickle
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+#: Values up to this size (str, bytes) are their own token; bigger data is hashed.
+SMALL_VALUE = 256
+_ATOMS = (type(None), bool, int, float, complex)
+_MAIN = b"__main__"
+
+#: origin name -> the namespace (module dict) of that origin in this process
+_namespaces: dict[str, dict] = {}
+#: origin name -> {global name -> token of the value last taken from the notebook}
+_tokens: dict[str, dict[str, object]] = {}
+#: origin name -> the module object standing for a cell module sent by value
+_modules: dict[str, types.ModuleType] = {}
+_worker_mode = False
+
+
+def become_worker() -> None:
+    """In a worker, functions of the notebook's ``__main__`` live in this process's own
+    ``__main__``, so that a task's own pickling of a cell class finds it there too. (In the
+    notebook, a function sent back never writes into the user's namespace: each origin gets a
+    module of its own.)"""
+    global _worker_mode
+    _worker_mode = True
+
+
+def dumps(obj) -> bytes:
+    """Bytes for ``obj``: the C pickler's, unless they refer to code that only the notebook has."""
+    try:
+        data = pickle.dumps(obj, PROTOCOL)
+    except Exception:
+        return dumps_by_value(obj)
+    if _MAIN in data or any(name in data for name in _by_value_names()):
+        return dumps_by_value(obj)  # a class or function of a cell, named by reference: by value
+    return data
+
+
+def dumps_by_value(obj) -> bytes:
+    with io.BytesIO() as buffer:
+        Pickler(buffer).dump(obj)
+        return buffer.getvalue()
+
+
+loads = pickle.loads
+
+
+class Pickler(cloudpickle.Pickler):
+    """cloudpickle, with the notebook's functions sharing one namespace on the other side."""
+
+    def __init__(self, file, blobbing: set | None = None):
+        super().__init__(file, protocol=PROTOCOL)
+        self._blobbing = set() if blobbing is None else blobbing  # ids being hashed (recursion)
+        self._blobs: dict[int, tuple] = {}  # id -> (token, blob): a global used twice is sent once
+
+    def reducer_override(self, obj):
+        if isinstance(obj, types.ModuleType) and _module_by_value(obj):
+            origin = obj.__name__
+            return _module_namespace, (origin,), (origin, self._globals_state(vars(obj), _public(vars(obj)))), \
+                None, None, _set_module_state
+        return super().reducer_override(obj)
+
+    def _dynamic_function_reduce(self, func):  # cloudpickle's hook for functions sent by value
+        code = func.__code__
+        origin = _origin(func.__globals__)
+        closure = None if func.__closure__ is None else tuple(types.CellType() for _ in func.__closure__)
+        cells = None if func.__closure__ is None else [_cell_value(c) for c in func.__closure__]
+        state = {
+            "origin": origin,
+            "globals": self._globals_state(func.__globals__, _global_names(code)),
+            "cells": cells,
+            "attrs": {"__name__": func.__name__, "__qualname__": func.__qualname__,
+                      "__module__": func.__module__, "__doc__": func.__doc__,
+                      "__defaults__": func.__defaults__, "__kwdefaults__": func.__kwdefaults__,
+                      "__annotations__": func.__annotations__, "__dict__": dict(func.__dict__)},
+            "submodules": _submodules(code, func.__globals__),
+        }
+        return types.FunctionType, (code, _Namespace(origin), func.__name__, None, closure), state, \
+            None, None, _set_function_state
+
+    def _globals_state(self, namespace: dict, names) -> dict:
+        out = {}
+        for name in names:
+            if name in namespace and name != "__builtins__":
+                out[name] = self._tokened(namespace[name])
+        return out
+
+    def _tokened(self, value):
+        """(token, value) for a global: the value inline, or its pickled bytes for big data."""
+        if isinstance(value, _ATOMS):
+            return ("v", type(value).__name__, value), value
+        if isinstance(value, (str, bytes)) and len(value) <= SMALL_VALUE:
+            return ("v", type(value).__name__, value), value
+        if isinstance(value, (types.FunctionType, type, types.ModuleType, types.BuiltinFunctionType)) \
+                or id(value) in self._blobbing:
+            # code and classes: their identity in the notebook says whether they changed
+            return ("id", id(value), id(getattr(value, "__code__", None))), value
+        known = self._blobs.get(id(value))
+        if known is not None:
+            return known
+        self._blobbing.add(id(value))
+        try:
+            with io.BytesIO() as buffer:
+                Pickler(buffer, self._blobbing).dump(value)
+                data = buffer.getvalue()
+        finally:
+            self._blobbing.discard(id(value))
+        self._blobs[id(value)] = out = (("b", hashlib.blake2b(data, digest_size=16).digest()), _Blob(data))
+        return out
+
+
+class _Blob:
+    """A global's pickled value, unpickled in the worker only if it is taken."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def __reduce__(self):
+        return _Blob, (self.data,)
+
+
+class _Namespace:
+    """Pickles as "the namespace of this origin", whatever process unpickles it."""
+
+    def __init__(self, origin: str):
+        self.origin = origin
+
+    def __reduce__(self):
+        return namespace, (self.origin,)
+
+
+def namespace(origin: str) -> dict:
+    """The globals that functions of ``origin`` share in this process, made on first use."""
+    ns = _namespaces.get(origin)
+    if ns is None:
+        if origin == "__main__" and _worker_mode:
+            ns = vars(sys.modules["__main__"])
+        else:
+            ns = vars(types.ModuleType(origin))
+        ns.setdefault("__builtins__", builtins)
+        _namespaces[origin] = ns
+        _tokens[origin] = {}
+    return ns
+
+
+def _module_namespace(origin: str) -> types.ModuleType:
+    """A cell module sent by value: one module object per origin, over the shared namespace."""
+    module = _modules.get(origin)
+    if module is None:
+        module = _modules[origin] = _ModuleView(origin, namespace(origin))
+    return module
+
+
+class _ModuleView(types.ModuleType):
+    """A module whose attributes are the shared namespace of its origin."""
+
+    def __init__(self, origin: str, ns: dict):
+        super().__init__(origin)
+        object.__setattr__(self, "_ns", ns)
+
+    def __getattr__(self, name):
+        try:
+            return object.__getattribute__(self, "_ns")[name]
+        except KeyError:
+            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}") from None
+
+    def __setattr__(self, name, value):
+        object.__getattribute__(self, "_ns")[name] = value
+
+
+def _set_module_state(module, state) -> None:
+    origin, shipped = state
+    _take_globals(origin, shipped)
+
+
+def _set_function_state(func, state) -> None:
+    origin = state["origin"]
+    _take_globals(origin, state["globals"])
+    for cell, value in zip(func.__closure__ or (), state["cells"] or ()):
+        if value is not _EMPTY_CELL:
+            cell.cell_contents = value
+    attrs = state["attrs"]
+    func.__dict__.update(attrs.pop("__dict__"))
+    for key, value in attrs.items():
+        setattr(func, key, value)
+
+
+def _take_globals(origin: str, shipped: dict) -> None:
+    ns = namespace(origin)
+    taken = _tokens[origin]
+    for name, (token, value) in shipped.items():
+        if name in ns and taken.get(name) == token:
+            continue  # unchanged in the notebook: keep what init or earlier tasks made of it
+        ns[name] = pickle.loads(value.data) if isinstance(value, _Blob) else value
+        taken[name] = token
+
+
+class _EmptyCell:
+    def __reduce__(self):
+        return "_EMPTY_CELL"
+
+
+_EMPTY_CELL = _EmptyCell()
+
+
+def _cell_value(cell):
+    try:
+        return cell.cell_contents
+    except ValueError:
+        return _EMPTY_CELL
+
+
+def _origin(globals_: dict) -> str:
+    name = globals_.get("__name__")
+    return name if isinstance(name, str) else f"<namespace {id(globals_):x}>"
+
+
+def _public(namespace: dict) -> list[str]:
+    return [k for k in namespace if not (k.startswith("__") and k.endswith("__"))]
+
+
+_GLOBAL_OPS = frozenset({"LOAD_GLOBAL", "STORE_GLOBAL", "DELETE_GLOBAL"})
+
+
+@lru_cache(maxsize=4096)
+def _global_names(code: types.CodeType) -> tuple[str, ...]:
+    """Names a code object (and the code nested in it) uses as globals."""
+    names: dict[str, None] = {}
+    for instruction in dis.get_instructions(code):
+        if instruction.opname in _GLOBAL_OPS:
+            names[instruction.argval] = None
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names.update(dict.fromkeys(_global_names(const)))
+    return tuple(names)
+
+
+def _submodules(code: types.CodeType, globals_: dict) -> list[types.ModuleType]:
+    """Submodules the code reaches as attributes of a global module (``os.path``, ``xml.etree``):
+    sent by reference so that the worker imports them too."""
+    out = []
+    attrs = set(_attribute_names(code))
+    for name in _global_names(code):
+        module = globals_.get(name)
+        if isinstance(module, types.ModuleType):
+            prefix = module.__name__ + "."
+            out += [m for n, m in list(sys.modules.items())
+                    if n.startswith(prefix) and n[len(prefix):].split(".")[0] in attrs]
+    return out
+
+
+@lru_cache(maxsize=4096)
+def _attribute_names(code: types.CodeType) -> tuple[str, ...]:
+    names = list(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names += _attribute_names(const)
+    return tuple(names)
+
+
+def _module_by_value(module: types.ModuleType) -> bool:
+    return module.__name__ == "__main__" or module.__name__ in _by_value_modules()
+
+
+def _by_value_modules() -> set[str]:
+    """Modules registered with ``cloudpickle.register_pickle_by_value`` (``%%mp_module`` cells)."""
+    return getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", set())
+
+
+def _by_value_names() -> list[bytes]:
+    return [name.encode() for name in _by_value_modules()]

@@ -1,0 +1,177 @@
+"""What a notebook's code means in the workers: globals, init, classes, the environment.
+
+Every cell here runs in a real IPython shell, so what it defines lives in ``__main__`` as in a
+Jupyter kernel, and can reach a worker only by value.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+import mpkit
+from tests.shell import cell, ip, ipython  # noqa: F401  (fixtures)
+
+
+def test_init_sets_a_global_the_function_reads(ip, start_method):
+    out = cell(ip, """
+        import mpkit
+        SCALE = 1
+        def setup():
+            global SCALE
+            SCALE = 100
+        def work(x):
+            return x * SCALE + 5
+        mpkit.map(work, [1, 2, 3], init=setup, workers=2, progress=False)
+    """)
+    assert out == [105, 205, 305]  # as multiprocessing.Pool(initializer=setup) gives
+
+
+def test_init_mutates_a_dict_the_function_reads(ip, start_method):
+    out = cell(ip, """
+        import mpkit
+        STATE = {}
+        def load():
+            return {"model": "loaded"}
+        def setup():
+            STATE.update(load())
+        def work(x):
+            return f"{x}:{STATE.get('model', 'MISSING')}"
+        mpkit.map(work, ["a", "b"], init=setup, workers=2, progress=False)
+    """)
+    assert out == ["a:loaded", "b:loaded"]
+
+
+def test_init_state_survives_later_calls_and_other_functions(ip, start_method):
+    cell(ip, """
+        import mpkit
+        model = None
+        def setup():
+            global model
+            model = {"w": 3}
+        def predict(x):
+            return model["w"] * x
+        def describe(x):
+            return f"{x} with {model}"
+    """)
+    assert cell(ip, "mpkit.map(predict, [1, 2], init=setup, workers=1, progress=False)") == [3, 6]
+    assert cell(ip, "mpkit.map(describe, [1], init=setup, workers=1, progress=False)") == ["1 with {'w': 3}"]
+    assert cell(ip, "mpkit.map(predict, [5], init=setup, workers=1, progress=False)") == [15]
+
+
+def test_a_global_changed_in_the_notebook_reaches_warm_workers(ip, start_method):
+    cell(ip, """
+        import mpkit
+        OFFSET = 1
+        def shift(x):
+            return x + OFFSET
+    """)
+    assert cell(ip, "mpkit.map(shift, [1, 2], workers=2, progress=False)") == [2, 3]
+    assert cell(ip, "OFFSET = 10\nmpkit.map(shift, [1, 2], workers=2, progress=False)") == [11, 12]
+
+
+def test_functions_sent_by_value_share_one_namespace(ip, start_method):
+    """A task that sets a global through one function is seen by another, as in the notebook."""
+    out = cell(ip, """
+        import mpkit
+        seen = []
+        def remember(x):
+            seen.append(x)
+            return len(seen)
+        def count(_):
+            return len(seen)
+        mpkit.map(remember, [1, 2, 3], workers=1, progress=False)
+        mpkit.map(count, [0], workers=1, progress=False)
+    """)
+    assert out == [3]
+
+
+def test_dataclass_items_and_results_defined_in_a_cell(ip, start_method):
+    out = cell(ip, """
+        import mpkit
+        from dataclasses import dataclass
+        @dataclass
+        class Job:
+            n: int
+            label: str = ""
+        def double(job):
+            return Job(job.n * 2, job.label + "!")
+        res = mpkit.map(double, [Job(1, "a"), Job(2, "b")], workers=2, progress=False)
+        (res, [type(r) is Job for r in res])
+    """)
+    res, same_class = out
+    assert [(r.n, r.label) for r in res] == [(2, "a!"), (4, "b!")]
+    assert same_class == [True, True]
+
+
+def test_namedtuple_items_defined_in_a_cell(ip, start_method):
+    out = cell(ip, """
+        import mpkit
+        from typing import NamedTuple
+        class Point(NamedTuple):
+            x: float
+            y: float
+        def norm(p):
+            return (p.x ** 2 + p.y ** 2) ** 0.5
+        def flip(p):
+            return Point(p.y, p.x)
+        (mpkit.map(norm, [Point(3, 4), Point(6, 8)], workers=2, progress=False),
+         mpkit.map(flip, [Point(1, 2)], workers=1, progress=False)[0] == Point(2, 1))
+    """)
+    assert out == ([5.0, 10.0], True)
+
+
+def test_imap_with_cell_classes(ip, start_method):
+    out = cell(ip, """
+        import mpkit
+        class Box:
+            def __init__(self, v):
+                self.v = v
+        def unbox(b):
+            return b.v
+        list(mpkit.imap(unbox, (Box(i) for i in range(5)), workers=2, progress=False))
+    """)
+    assert out == [0, 1, 2, 3, 4]
+
+
+def test_many_functions_on_one_warm_pool(ip, start_method):
+    """More distinct functions than a worker keeps: the first is still mapped correctly later."""
+    out = cell(ip, """
+        import mpkit
+        def make(k):
+            def add(x):
+                return x + k
+            return add
+        adders = [make(k) for k in range(40)]
+        firsts = [mpkit.map(f, [0], workers=1, progress=False)[0] for f in adders]
+        (firsts, mpkit.map(adders[0], [1, 2], workers=1, progress=False))
+    """)
+    assert out == (list(range(40)), [1, 2])
+
+
+# ---- the environment, as it is at each call --------------------------------------------------
+def test_environment_cwd_and_path_follow_the_notebook_at_each_call(ip, start_method, tmp_path, monkeypatch):
+    monkeypatch.setenv("MPKIT_TEST_VAR", "one")
+    monkeypatch.chdir(tmp_path)
+    cell(ip, """
+        import mpkit, os, sys
+        def where(_):
+            return (os.environ.get("MPKIT_TEST_VAR"), os.getcwd(), sys.path[:2])
+    """)
+    first = cell(ip, "mpkit.map(where, [0], workers=1, progress=False)[0]")
+    assert first[:2] == ("one", str(tmp_path))
+
+    other = tmp_path / "sub"
+    other.mkdir()
+    os.chdir(other)
+    os.environ["MPKIT_TEST_VAR"] = "two"
+    sys.path.insert(0, str(tmp_path / "front"))
+    try:
+        second = cell(ip, "mpkit.map(where, [0], workers=1, progress=False)[0]")
+        assert second == ("two", str(other), sys.path[:2])
+        del os.environ["MPKIT_TEST_VAR"]
+        third = cell(ip, "mpkit.map(where, [0], workers=1, progress=False)[0]")
+        assert third[0] is None
+    finally:
+        sys.path.remove(str(tmp_path / "front"))
