@@ -9,8 +9,8 @@ from .engine._errors import ResultList
 
 def map(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize: int | str = "auto",
         ordered: bool = True, on_error: str = "raise", retries: int = 0, timeout: float | None = None,
-        init: Callable[[], Any] | None = None, progress: bool | None = None,
-        start_method: str | None = None) -> ResultList:
+        init: Callable[[], Any] | None = None, init_timeout: float | None = None,
+        progress: bool | None = None, start_method: str | None = None) -> ResultList:
     """Apply ``fn`` to every item in worker processes and return the results as a list.
 
     - ``fn`` may be defined in a notebook cell: it is sent to the workers by value (cloudpickle).
@@ -23,28 +23,71 @@ def map(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize:
     - ``retries``: attempts to repeat an item after an exception, a crash of its worker, or a timeout.
     - ``timeout``: seconds an item may run; past it its worker is killed and replaced.
     - ``init``: called once in each worker process before its first item (load a model there).
+      Globals it sets are the globals ``fn`` reads in that worker.
+    - ``init_timeout``: seconds a new worker may spend in ``init`` (default 300).
     - ``progress``: a progress bar; by default shown in IPython and Jupyter, not in scripts.
     - ``start_method``: ``"forkserver"`` (Linux default) or ``"spawn"``; never ``"fork"`` in a kernel.
     """
     __tracebackhide__ = True
-    pool = _default.get_pool(workers, init, start_method)
-    return pool.map(fn, items, workers=workers, chunksize=chunksize, ordered=ordered, on_error=on_error,
-                    retries=retries, timeout=timeout, progress=progress)
+    with _default.lease(workers, init, start_method) as pool:
+        if init_timeout is not None:
+            pool.set_init_timeout(init_timeout)
+        return pool.map(fn, items, workers=workers, chunksize=chunksize, ordered=ordered, on_error=on_error,
+                        retries=retries, timeout=timeout, progress=progress)
 
 
 def imap(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize: int | str = "auto",
          ordered: bool = True, on_error: str = "raise", retries: int = 0, timeout: float | None = None,
-         init: Callable[[], Any] | None = None, progress: bool | None = None,
-         start_method: str | None = None) -> Iterator:
+         init: Callable[[], Any] | None = None, init_timeout: float | None = None,
+         progress: bool | None = None, start_method: str | None = None) -> Iterator:
     """Like :func:`map`, but yield results as they come, taking items only as workers need them.
 
     Memory stays flat on an endless generator. With ``on_error="collect"`` a failed item yields
     its ``Failure`` in place of a result; with ``"skip"`` it yields nothing.
     """
     __tracebackhide__ = True
-    pool = _default.get_pool(workers, init, start_method)
-    return pool.imap(fn, items, workers=workers, chunksize=chunksize, ordered=ordered, on_error=on_error,
-                     retries=retries, timeout=timeout, progress=progress)
+    pool = _default.acquire(workers, init, start_method)
+    try:
+        if init_timeout is not None:
+            pool.set_init_timeout(init_timeout)
+        results = pool.imap(fn, items, workers=workers, chunksize=chunksize, ordered=ordered,
+                            on_error=on_error, retries=retries, timeout=timeout, progress=progress)
+    except BaseException:
+        _default.release(pool)
+        raise
+    return _Leased(results, pool)
+
+
+class _Leased:
+    """An imap's results, holding its pool until they are exhausted, closed or dropped."""
+
+    def __init__(self, results: Iterator, pool):
+        self._results, self._pool = results, pool
+
+    def __iter__(self) -> "_Leased":
+        return self
+
+    def __next__(self):
+        __tracebackhide__ = True
+        if self._pool is None:
+            raise StopIteration
+        try:
+            return next(self._results)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop early: the items still running are cancelled, the pool stays warm."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                self._results.close()
+            finally:
+                _default.release(pool)
+
+    def __del__(self):
+        self.close()
 
 
 def shutdown() -> None:

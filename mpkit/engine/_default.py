@@ -1,37 +1,90 @@
-"""The pool behind ``mpkit.map``: one per process, started on first use and kept warm.
+"""The pools behind ``mpkit.map``: started on first use and kept warm.
 
-A call that asks for another start method or another ``init`` gets a fresh pool (the old one is
-shut down: its workers ran the other init); a call that asks for more workers grows it.
+    map(fn, items, init=a)  ──lease──► pool for (start method, a)   ◄──lease── imap(...) from an earlier cell
+    map(fn, items, init=b)  ──lease──► pool for (start method, b)       (still running: untouched)
+
+One pool per start method and ``init``: a call that asks for another gets a pool of its own, and
+the pool it replaces as the default is shut down only once no call holds it any more (a map in
+another thread, an ``imap`` left open in an earlier cell), never under a running map. A call that
+asks for more workers grows the pool.
 """
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
-import cloudpickle
-
+from . import _serialize
 from ._pool import Pool, default_start_method, live_pools
 
 _lock = threading.Lock()
-_pool: Pool | None = None
+_pool: Pool | None = None          # the current default pool
 _pool_key: tuple | None = None
+_leases: dict[Pool, int] = {}      # calls holding a pool now
+_retired: list[Pool] = []          # former default pools, shut down when no call holds them
 
 
 def get_pool(workers: int | None = None, init: Callable[[], Any] | None = None,
              start_method: str | None = None) -> Pool:
     """The warm default pool, (re)started to fit ``workers``, ``init`` and ``start_method``."""
-    global _pool, _pool_key
-    key = (start_method or default_start_method(), cloudpickle.dumps(init) if init is not None else None)
     with _lock:
-        if _pool is not None and (_pool.closed or _pool_key != key):
+        return _current(workers, init, start_method)
+
+
+@contextmanager
+def lease(workers: int | None = None, init: Callable[[], Any] | None = None,
+          start_method: str | None = None) -> Iterator[Pool]:
+    """The default pool, held for the duration of a call: no other call shuts it down meanwhile."""
+    pool = acquire(workers, init, start_method)
+    try:
+        yield pool
+    finally:
+        release(pool)
+
+
+def acquire(workers: int | None = None, init: Callable[[], Any] | None = None,
+            start_method: str | None = None) -> Pool:
+    with _lock:
+        pool = _current(workers, init, start_method)
+        _leases[pool] = _leases.get(pool, 0) + 1
+        return pool
+
+
+def release(pool: Pool) -> None:
+    with _lock:
+        left = _leases.get(pool, 0) - 1
+        if left > 0:
+            _leases[pool] = left
+        else:
+            _leases.pop(pool, None)
+        idle = [p for p in _retired if p not in _leases]
+        for p in idle:
+            _retired.remove(p)
+    for p in idle:
+        p.shutdown()
+
+
+def _current(workers, init, start_method) -> Pool:
+    global _pool, _pool_key
+    key = (start_method or default_start_method(),
+           _serialize.dumps_by_value(init) if init is not None else None)
+    if _pool is not None and (_pool.closed or _pool_key != key):
+        if _pool.closed or _pool not in _leases:
             _pool.shutdown()
-            _pool = None
-        if _pool is None:
-            _pool = Pool(workers, start_method=key[0], init=init)
-            _pool_key = key
-        elif workers is not None and workers > _pool.size:
-            _pool.resize(workers)
-        return _pool
+        else:
+            _retired.append(_pool)
+        _pool = None
+    if _pool is None:
+        _pool = Pool(workers, start_method=key[0], init=init)
+        _pool_key = key
+    elif workers is not None and workers > _pool.size:
+        _pool.resize(workers)
+    return _pool
+
+
+def current() -> Pool | None:
+    """The default pool if one is running (for ``%mp_ps``), without starting one."""
+    return _pool
 
 
 def shutdown() -> None:
@@ -44,3 +97,5 @@ def shutdown() -> None:
         for pool in live_pools():  # the default pool among them: listed before it is let go
             pool.shutdown()
         _pool = None
+        _retired.clear()
+        _leases.clear()

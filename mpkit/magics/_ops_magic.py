@@ -69,7 +69,7 @@ class OpsMagics(Magics):
     def mp_ps(self, line: str = ""):
         """List the pools and pipelines alive in this kernel, with their workers' pids and states."""
         rows = []
-        default = _default._pool
+        default = _default.current()
         for pool in live_pools():
             label = "mpkit.map pool" if pool is default else "Pool"
             if pool.output.label:
