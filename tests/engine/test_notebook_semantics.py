@@ -175,3 +175,58 @@ def test_environment_cwd_and_path_follow_the_notebook_at_each_call(ip, start_met
         assert third[0] is None
     finally:
         sys.path.remove(str(tmp_path / "front"))
+
+
+def test_mp_module_init_and_function_share_the_module_namespace(ip, start_method):
+    ip.run_cell_magic("mp_module", "mp_sem_stages", (
+        "STATE = {}\n"
+        "def setup():\n"
+        "    STATE['scale'] = 7\n"
+        "def work(x):\n"
+        "    return x * STATE.get('scale', 0)\n"))
+    out = cell(ip, """
+        import mpkit
+        mpkit.map(mp_sem_stages.work, [1, 2], init=mp_sem_stages.setup, workers=2, progress=False)
+    """)
+    assert out == [7, 14]
+
+
+def test_a_notebook_function_calling_a_cell_module_sees_its_init_state(ip, start_method):
+    ip.run_cell_magic("mp_module", "mp_sem_models", (
+        "model = None\n"
+        "def load():\n"
+        "    global model\n"
+        "    model = 'big model'\n"))
+    out = cell(ip, """
+        import mpkit
+        def predict(x):
+            return f"{x} by {mp_sem_models.model}"
+        mpkit.map(predict, ["a"], init=mp_sem_models.load, workers=1, progress=False)
+    """)
+    assert out == ["a by big model"]
+
+
+def test_in_a_real_kernel_init_globals_and_cell_classes(start_method):
+    """The user's cells, as typed in Jupyter: a global set by init, items of a cell dataclass."""
+    import json
+
+    from tests.kernels import KernelSession
+
+    kernel = KernelSession()
+    try:
+        kernel.run("import json, mpkit\n"
+                   "from dataclasses import dataclass\n"
+                   "SCALE = 1\n"
+                   "def setup():\n"
+                   "    global SCALE\n"
+                   "    SCALE = 100\n"
+                   "@dataclass\n"
+                   "class Job:\n"
+                   "    n: int\n"
+                   "def work(job):\n"
+                   "    return Job(job.n * SCALE + 5)\n")
+        out = kernel.run("res = mpkit.map(work, [Job(1), Job(2), Job(3)], init=setup, workers=2, progress=False)\n"
+                         "print(json.dumps([[r.n for r in res], all(type(r) is Job for r in res)]))")
+        assert json.loads(out.text().strip().splitlines()[-1]) == [[105, 205, 305], True]
+    finally:
+        kernel.close()
