@@ -2,9 +2,9 @@
 
     notebook process                                        worker process
     ────────────────                                        ──────────────
-    dumps(items)   C pickler; if the bytes name __main__       loads(bytes)
-                   or a cell module, again by value ──────►      classes rebuilt once (tracked)
-    dumps_by_value(fn)                                          functions rebuilt with
+    dumps(items)   C pickler; classes and functions of         loads(bytes)
+                   __main__ or a cell module by value ────►      classes rebuilt once (tracked)
+    dumps(fn)                                                   functions rebuilt with
       a function of __main__ / of a cell module:                globals = ONE namespace per
       its code, and each global it uses with a token ─────►     origin ("__main__": the worker's
       (what the value was when it was sent)                     own __main__; a cell module: a
@@ -18,12 +18,15 @@ Each global a function uses travels with a token of its value in the notebook. T
 the value only if the token differs from the one it took last time for that name, or the name is
 new there. So a global the notebook changed reaches warm workers at the next call, while one the
 notebook left alone keeps what ``init`` or earlier tasks made of it there (the latest writer wins).
-Plain data goes through the C pickler untouched (cloudpickle's hooks run only for objects the C
-pickler cannot place), so this costs nothing on lists of numbers, strings, dicts or arrays.
+Plain data goes through the C pickler untouched: the Python hook runs only for objects the C
+pickler does not handle itself, and returns at once unless they are classes, functions or
+modules, so lists of numbers, strings, dicts or arrays cost what pickle costs
+(``benchmarks/bench_serialize.py``).
 """
 from __future__ import annotations
 
 import builtins
+import copyreg
 import dis
 import hashlib
 import io
@@ -38,7 +41,6 @@ PROTOCOL = pickle.HIGHEST_PROTOCOL
 #: Values up to this size (str, bytes) are their own token; bigger data is hashed.
 SMALL_VALUE = 256
 _ATOMS = (type(None), bool, int, float, complex)
-_MAIN = b"__main__"
 
 #: origin name -> the namespace (module dict) of that origin in this process
 _namespaces: dict[str, dict] = {}
@@ -59,39 +61,42 @@ def become_worker() -> None:
 
 
 def dumps(obj) -> bytes:
-    """Bytes for ``obj``: the C pickler's, unless they refer to code that only the notebook has."""
-    try:
-        data = pickle.dumps(obj, PROTOCOL)
-    except Exception:
-        return dumps_by_value(obj)
-    if _MAIN in data or any(name in data for name in _by_value_names()):
-        return dumps_by_value(obj)  # a class or function of a cell, named by reference: by value
-    return data
-
-
-def dumps_by_value(obj) -> bytes:
-    with io.BytesIO() as buffer:
+    """Bytes for ``obj``, with the notebook's classes and functions by value (see the module doc)."""
+    with io.BytesIO() as buffer:  # a file, not pickle.dumps: large buffers are written, not regrown
         Pickler(buffer).dump(obj)
         return buffer.getvalue()
 
 
+dumps_by_value = dumps
 loads = pickle.loads
+
+
+_CLOUD_REDUCERS = dict(cloudpickle.Pickler.dispatch_table.maps[0])
 
 
 class Pickler(cloudpickle.Pickler):
     """cloudpickle, with the notebook's functions sharing one namespace on the other side."""
 
     def __init__(self, file, blobbing: set | None = None):
+        # cloudpickle's reducers ahead of copyreg's, as one plain dict (read by the C pickler when
+        # it is initialised): cloudpickle's ChainMap is looked up in Python for every object,
+        # which makes 10,000 datetimes cost 3x what pickle costs.
+        self.dispatch_table = {**copyreg.dispatch_table, **_CLOUD_REDUCERS}
         super().__init__(file, protocol=PROTOCOL)
         self._blobbing = set() if blobbing is None else blobbing  # ids being hashed (recursion)
         self._blobs: dict[int, tuple] = {}  # id -> (token, blob): a global used twice is sent once
 
     def reducer_override(self, obj):
+        # Called for every object the C pickler does not handle itself (not for ints, strings,
+        # lists, dicts...). Only classes, functions and modules may need more than pickle does;
+        # everything else goes straight back to the C pickler.
+        if isinstance(obj, (type, types.FunctionType)):
+            return super().reducer_override(obj)  # cloudpickle: by reference if importable, else by value
         if isinstance(obj, types.ModuleType) and _module_by_value(obj):
             origin = obj.__name__
             return _module_namespace, (origin,), (origin, self._globals_state(vars(obj), _public(vars(obj)))), \
                 None, None, _set_module_state
-        return super().reducer_override(obj)
+        return NotImplemented
 
     def _dynamic_function_reduce(self, func):  # cloudpickle's hook for functions sent by value
         code = func.__code__
@@ -300,7 +305,3 @@ def _module_by_value(module: types.ModuleType) -> bool:
 def _by_value_modules() -> set[str]:
     """Modules registered with ``cloudpickle.register_pickle_by_value`` (``%%mp_module`` cells)."""
     return getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", set())
-
-
-def _by_value_names() -> list[bytes]:
-    return [name.encode() for name in _by_value_modules()]
