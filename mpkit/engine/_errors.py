@@ -1,17 +1,29 @@
 """Errors that cross the process boundary, and the result list that accounts for failures.
 
-A worker never raises into the notebook directly: it sends back the exception (pickled when it
-can be) and the frames of its traceback. The notebook side rebuilds them here, so that the
-exception the user sees is the worker's own type, chained to a :class:`RemoteTraceback` whose
-text names the worker, the item and the cell lines that failed.
+    worker: exc ──► ExceptionRecord(pickled exc or None, "Type: message", frames,
+                                     cause=record, context=record, suppress_context)
+            ──pipe──► notebook: ExceptionRecord.rebuild() ──► exc of its own type (RemoteError
+                      when it cannot be unpickled), __traceback__ = the worker's frames,
+                      __cause__ / __context__ = the rebuilt links of its chain
+
+A worker never raises into the notebook directly: it sends back a record of the exception and of
+every exception chained to it (``raise X from err``, an error raised while handling another). The
+notebook side rebuilds each link with a traceback made of the worker's frames, so Python and
+IPython show the chain as they show a local one: the inner exception with its frames, then the
+outer one, with the notebook's frames above the worker's and a note naming the worker and item.
+Errors whose frames travel without an exception (an ``init`` that failed) are chained to a
+:class:`RemoteTraceback` instead.
 """
 from __future__ import annotations
 
+import functools
 import linecache
+import pickle
 import signal
 import sys
+import types
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 __all__ = [
     "Failure", "ResultList", "RemoteTraceback", "RemoteError", "WorkerDied", "TaskTimeout",
@@ -64,6 +76,112 @@ class RemoteTraceback(Exception):
 
 class RemoteError(Exception):
     """Stands in for a worker exception that could not be pickled back to this process."""
+
+
+Frame = tuple[str, int, str, "str | None"]  # (filename, lineno, function, line) as the worker saw it
+
+
+@dataclass(frozen=True)
+class ExceptionRecord:
+    """An exception as it crosses back from a worker: pickled when it can be (else ``None``), its
+    ``Type: message`` text, its frames, and the records of the exceptions chained to it. Built by
+    the worker (``_worker._describe_exception``); a link seen twice (``raise X from err`` inside
+    ``except ... as err`` makes ``err`` both cause and context) is one shared record."""
+
+    pickled: bytes | None
+    text: str
+    frames: list[Frame]
+    cause: "ExceptionRecord | None" = None
+    context: "ExceptionRecord | None" = None
+    suppress_context: bool = False
+
+    def rebuild(self, fix_frames: Callable[[list[Frame]], list[Frame]] | None = None) -> BaseException:
+        """The exception in this process: its own type where it can be unpickled (else a
+        :class:`RemoteError` with its text), the worker's frames as its traceback, and its chain
+        rebuilt the same way. ``fix_frames`` may correct file names (code sent by value)."""
+        return self._rebuild({}, fix_frames)
+
+    def _rebuild(self, memo: dict, fix_frames) -> BaseException:
+        done = memo.get(id(self))
+        if done is not None:
+            return done
+        exc = None
+        if self.pickled is not None:
+            try:
+                exc = pickle.loads(self.pickled)
+            except BaseException:
+                exc = None
+        if not isinstance(exc, BaseException):
+            exc = RemoteError(self.text)
+        memo[id(self)] = exc
+        frames = fix_frames(self.frames) if fix_frames is not None else self.frames
+        exc.__traceback__ = worker_traceback(frames)
+        exc.__cause__ = self.cause._rebuild(memo, fix_frames) if self.cause is not None else None
+        exc.__context__ = self.context._rebuild(memo, fix_frames) if self.context is not None else None
+        exc.__suppress_context__ = self.suppress_context
+        return exc
+
+
+def _no_columns(code: types.CodeType) -> types.CodeType:
+    """``code`` with every instruction on its first line and no column range, so a traceback
+    shows the worker's line without carets measured against our stand-in source. Kept as it is
+    if this Python's location table works otherwise (the carets are only cosmetic)."""
+    units, table = len(code.co_code) // 2, bytearray()
+    while units:
+        n = min(units, 8)
+        table += bytes((0x80 | 13 << 3 | (n - 1), 0))  # "line, no columns", line delta 0
+        units -= n
+    try:
+        plain = code.replace(co_linetable=bytes(table))
+        line = plain.co_firstlineno
+        if all(p == (line, line, None, None) for p in plain.co_positions()):
+            return plain
+    except Exception:
+        pass
+    return code
+
+
+#: The code each stand-in frame runs: a name lookup that fails, so the frame ends raising.
+_FRAME_CODE = _no_columns(compile("_", "<mpkit worker>", "exec"))
+#: The globals of every stand-in frame: how :func:`raised_in_worker` recognises them.
+_WORKER_GLOBALS: dict[str, Any] = {"__name__": "<mpkit worker>"}
+#: Stand-in frames kept for reuse: a collect-mode map with thousands of failures in the same
+#: function builds each distinct (file, line, function) once; a frame is a few hundred bytes.
+FRAME_CACHE = 2048
+
+
+@functools.lru_cache(maxsize=FRAME_CACHE)
+def _frame(filename: str, lineno: int, name: str) -> types.TracebackType:
+    code = _FRAME_CODE.replace(co_filename=filename, co_name=name, co_qualname=name,
+                               co_firstlineno=max(lineno, 1))
+    try:
+        exec(code, _WORKER_GLOBALS)
+    except NameError as exc:
+        return exc.__traceback__.tb_next
+    raise AssertionError("the stand-in frame did not raise")  # pragma: no cover
+
+
+def worker_traceback(frames: list[Frame]) -> types.TracebackType | None:
+    """A real traceback object whose frames stand for the worker's: Python's and IPython's
+    traceback displays read file, line and function from it, and the line from the file."""
+    tb = None
+    for filename, lineno, name, _line in reversed(frames):
+        try:
+            entry = _frame(str(filename), int(lineno or 1), str(name))
+        except Exception:  # a frame that cannot be stood for is left out, not the whole error
+            continue
+        tb = types.TracebackType(tb, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+    return tb
+
+
+def raised_in_worker(exc: BaseException) -> bool:
+    """True for an exception rebuilt from a worker (its traceback holds the worker's frames)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals is _WORKER_GLOBALS:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 class WorkerDied(RuntimeError):

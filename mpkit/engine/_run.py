@@ -19,12 +19,12 @@ import pickle
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator
 
 from . import _worker
 from ._chunking import ChunkSizer
-from ._errors import (Failure, RemoteError, RemoteTraceback, SerializationError, TaskTimeout,
+from ._errors import (ExceptionRecord, Failure, RemoteError, SerializationError, TaskTimeout,
                       WorkerDied, _short_repr)
 
 ON_ERROR = ("raise", "skip", "collect")
@@ -186,7 +186,8 @@ class Run:
             for offset, exc_bytes, text, frames in failures:
                 failed.add(offset)
                 index, item = chunk.indices[offset], chunk.items[offset]
-                self._error(chunk, index, item, _rebuild(exc_bytes, text, self._frames(frames), worker_id, index, item))
+                self._error(chunk, index, item, _rebuild(exc_bytes, text, self._frames(frames), worker_id, index, item,
+                                                           self._frames))
             keep = [o for o in range(len(chunk.indices)) if o not in failed]
             if keep:
                 self.done.append(([chunk.indices[o] for o in keep], [results[o] for o in keep]))
@@ -255,19 +256,25 @@ class Run:
         self.cond.notify_all()
 
 
-def _rebuild(exc_bytes, text, frames, worker_id, index, item) -> BaseException:
-    exc = None
-    if exc_bytes is not None:
+def _rebuild(described, text, frames, worker_id, index, item, fix_frames=None) -> BaseException:
+    """A worker's exception in this process, from ``_worker._describe_exception`` (a pickled
+    :class:`ExceptionRecord`, chain included) or from a bare pickled exception (``None`` when it
+    could not be pickled), with a note naming the worker and the item."""
+    record = None
+    if described is not None:
         try:
-            exc = pickle.loads(exc_bytes)
+            record = pickle.loads(described)
         except BaseException:
-            exc = None
-    if exc is None:
-        exc = RemoteError(text)
+            record = None
+    if isinstance(record, BaseException):  # a bare exception: no chain, no record
+        record = ExceptionRecord(described, text, frames)
+    elif not isinstance(record, ExceptionRecord):
+        record = ExceptionRecord(None, text, frames)
+    else:
+        record = replace(record, frames=frames)  # the caller's frames are already fixed
+    exc = record.rebuild(fix_frames)
     if isinstance(index, tuple):  # a pipeline's item: its position in the input comes first
         index = index[0]
-    header = f"worker {worker_id} raised on item {index}: {_short_repr(item)}"
-    exc.__cause__ = RemoteTraceback(header, frames, text)
     try:
         exc.add_note(f"(raised in mpkit worker {worker_id} on item {index}: {_short_repr(item)})")
     except Exception:

@@ -28,7 +28,7 @@ import traceback
 
 import cloudpickle
 
-from ._errors import SerializationError
+from ._errors import ExceptionRecord, SerializationError
 
 # Message kinds, parent -> worker.
 FN, RUN, STOP = "fn", "run", "stop"
@@ -150,8 +150,24 @@ def _frames(tb) -> list[tuple[str, int, str, str | None]]:
     return [(f.filename, f.lineno, f.name, f.line) for f in traceback.extract_tb(tb)]
 
 
+#: Links of an exception chain sent back (``raise X from err`` nests one per link). Real chains
+#: are a few links long; the bound keeps a runaway chain from growing the message without end.
+MAX_CHAIN = 32
+
+
 def _describe_exception(exc: BaseException, skip_frames: int = 1):
-    """(pickled exception or None, 'Type: message' text, frames) for sending to the parent."""
+    """(pickled ExceptionRecord, 'Type: message' text, frames) for sending to the parent.
+
+    The record holds the chain too: each ``__cause__`` and ``__context__`` with its own frames,
+    pickled apart, so a link that cannot cross (a lock inside) costs only that link its type.
+    """
+    memo: dict[int, ExceptionRecord | None] = {}
+    record = _record(exc, skip_frames, memo)
+    return pickle.dumps(record, PROTOCOL), record.text, record.frames
+
+
+def _record(exc: BaseException, skip_frames: int, memo: dict) -> ExceptionRecord:
+    memo[id(exc)] = None  # in progress: a chain that loops back to it ends there
     try:
         exc_bytes = dumps(exc)
         pickle.loads(exc_bytes)  # some exceptions pickle but cannot be rebuilt (custom __init__)
@@ -162,7 +178,18 @@ def _describe_exception(exc: BaseException, skip_frames: int = 1):
     for _ in range(skip_frames):  # drop the worker's own frame, keep the user's
         if tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
-    return exc_bytes, text, _frames(tb)
+
+    def link(other):
+        if other is None or len(memo) >= MAX_CHAIN:
+            return None
+        if id(other) in memo:
+            return memo[id(other)]
+        return _record(other, 0, memo)
+
+    cause, context = link(exc.__cause__), link(exc.__context__)
+    record = ExceptionRecord(exc_bytes, text, _frames(tb), cause, context, exc.__suppress_context__)
+    memo[id(exc)] = record
+    return record
 
 
 def _apply_environment(sys_path: list[str], cwd: str, environ: dict[str, str]) -> None:

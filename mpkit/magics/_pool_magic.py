@@ -11,6 +11,7 @@ from IPython.core.magic import Magics, cell_magic, magics_class
 from IPython.core.magic_arguments import argument, kwds, magic_arguments, parse_argstring
 
 from .. import _api
+from ..engine._errors import raised_in_worker
 from ._cellmodule import CellError, CellFunction, CellModules, pick_function, register_cell_file
 
 _OPTION = re.compile(r"\s(-[a-zA-Z]\b|--[a-zA-Z][\w-]*)")
@@ -76,7 +77,7 @@ class PoolMagics(Magics):
                                on_error=args.on_error, retries=args.retries, timeout=args.timeout,
                                progress=not args.no_progress, start_method=args.start_method)
         except (TypeError, ValueError) as exc:
-            if exc.__cause__ is None and not type(exc).__module__.startswith("mpkit"):
+            if not raised_in_worker(exc) and not type(exc).__module__.startswith("mpkit"):
                 raise UsageError(str(exc)) from None
             self._hint_share(exc)
             raise

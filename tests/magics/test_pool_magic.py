@@ -71,6 +71,12 @@ def run_cell(ip, line: str, cell: str):
     return result, captured
 
 
+def ipython_shows(ip, exc: BaseException) -> str:
+    """The traceback IPython prints for ``exc`` (without colours)."""
+    ip.run_line_magic("colors", "nocolor")
+    return ip.InteractiveTB.text(type(exc), exc, exc.__traceback__)
+
+
 DOUBLE = """
 def double(x):
     return 2 * x
@@ -303,10 +309,9 @@ def check(x):
 def test_worker_exception_has_the_original_type_and_names_the_cell(ip, start_method):
     with pytest.raises(ValueError, match="bad item 2") as info:
         mp_pool(ip, "[1, 2, 3] -n 2 --no-progress", RAISES)
-    cause = str(info.value.__cause__)
-    assert "Cell In[" in cause
-    assert re.search(r"Cell In\[\d+\], line 4, in check", cause), cause  # line 1 is the magic
-    assert 'raise ValueError(f"bad item {x}")' in cause
+    text = ipython_shows(ip, info.value)
+    assert re.search(r"Cell In\[\d+\], line 4, in check", text), text  # line 1 is the magic
+    assert 'raise ValueError(f"bad item {x}")' in text
 
 
 def test_worker_exception_shown_in_a_cell(ip, start_method):
@@ -486,7 +491,8 @@ def test_cell_label_after_reload_ext(ip, start_method, request):
     mpkit.shutdown()  # workers started after the reload (a warm one may still hold the old module)
     with pytest.raises(ValueError) as info:
         mp_pool(ip, "[1, 2] -n 2 --no-progress", cell)
-    assert re.search(r"Cell In\[\d+\], line 4, in check", str(info.value.__cause__)), str(info.value.__cause__)
+    text = ipython_shows(ip, info.value)
+    assert re.search(r"Cell In\[\d+\], line 4, in check", text), text
 
 
 def _forget_cells_of_deleted_folders() -> None:
