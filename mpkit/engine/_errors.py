@@ -12,7 +12,7 @@ notebook side rebuilds each link with a traceback made of the worker's frames, s
 IPython show the chain as they show a local one: the inner exception with its frames, then the
 outer one, with the notebook's frames above the worker's and a note naming the worker and item.
 Errors whose frames travel without an exception (an ``init`` that failed) are chained to a
-:class:`RemoteTraceback` instead.
+:class:`RemoteTraceback` instead. Every exception class here survives a pickle round trip.
 """
 from __future__ import annotations
 
@@ -50,7 +50,24 @@ def frame_label(filename: str) -> str:
     return f'File "{filename}"'
 
 
-class RemoteTraceback(Exception):
+def _restore(cls, args, state):
+    """Unpickle one of mpkit's exceptions without calling its ``__init__`` (whose arguments are
+    not its ``args``): the message, the attributes and the notes come back as they were."""
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+class _Picklable:
+    """Mixin: pickle by state, so exceptions whose ``__init__`` takes other arguments than their
+    message (``WorkerDied(exitcode, pid, ...)``) survive a round trip (a cache, a nested pool)."""
+
+    def __reduce__(self):
+        return _restore, (type(self), self.args, dict(vars(self)))
+
+
+class RemoteTraceback(_Picklable, Exception):
     """The traceback of an exception raised in a worker, shown as the cause of the re-raised error.
 
     ``frames`` holds ``(filename, lineno, function, line)`` tuples as the worker saw them; lines the
@@ -74,7 +91,7 @@ class RemoteTraceback(Exception):
         return "\n".join(out)
 
 
-class RemoteError(Exception):
+class RemoteError(_Picklable, Exception):
     """Stands in for a worker exception that could not be pickled back to this process."""
 
 
@@ -184,7 +201,7 @@ def raised_in_worker(exc: BaseException) -> bool:
     return False
 
 
-class WorkerDied(RuntimeError):
+class WorkerDied(_Picklable, RuntimeError):
     """A worker process ended while it held the item: killed, crashed, or called ``os._exit``."""
 
     def __init__(self, exitcode: int | None, pid: int | None, item_repr: str, attempts: int):
@@ -219,7 +236,7 @@ def describe_exit(exitcode: int | None) -> str:
     return f"killed by {name}" + (f", {hint}" if hint else "")
 
 
-class TaskTimeout(TimeoutError):
+class TaskTimeout(_Picklable, TimeoutError):
     """An item ran past ``timeout=``; its worker was killed and replaced."""
 
     def __init__(self, timeout: float, item_repr: str, attempts: int):
@@ -231,7 +248,7 @@ class TaskTimeout(TimeoutError):
         )
 
 
-class SerializationError(TypeError):
+class SerializationError(_Picklable, TypeError):
     """An argument or result could not be pickled (or unpickled) to cross between processes."""
 
 
@@ -239,7 +256,7 @@ class MpkitWarning(UserWarning):
     """Something the user should know that did not stop the work (items skipped, output cut)."""
 
 
-class WorkerInitError(RuntimeError):
+class WorkerInitError(_Picklable, RuntimeError):
     """The ``init`` function failed in a new worker, so no item can run there."""
 
 
@@ -271,7 +288,7 @@ class ResultList(list):
         return f"{base} (+{len(self.failures)} failed)" if self.failures else base
 
 
-class MapInterrupted(KeyboardInterrupt):
+class MapInterrupted(_Picklable, KeyboardInterrupt):
     """The map was interrupted (kernel interrupt, Ctrl-C); what finished is kept.
 
     ``results`` is a :class:`ResultList` of the results finished so far in input order, with the

@@ -127,3 +127,112 @@ def test_the_notebook_frames_come_before_the_worker_frames(pool):
         notebook_cell()
     names = [f.name for f in traceback.extract_tb(info.value.__traceback__)]
     assert names.index("notebook_cell") < names.index("lookup"), names
+
+
+# ---- pickle round trips ------------------------------------------------------------------------
+
+def round_trip(obj, dumps=pickle.dumps):
+    return pickle.loads(dumps(obj))
+
+
+def same_exception(a: BaseException, b: BaseException) -> None:
+    assert type(a) is type(b), (a, b)
+    assert str(a) == str(b) and a.args == b.args
+    assert getattr(a, "__notes__", None) == getattr(b, "__notes__", None)
+    state_a = {k: v for k, v in vars(a).items() if k != "results"}
+    state_b = {k: v for k, v in vars(b).items() if k != "results"}
+    assert state_a == state_b
+
+
+def mpkit_exceptions() -> list[BaseException]:
+    results = mpkit.ResultList([1, 2], [mpkit.Failure(3, "x", ValueError("bad x"))])
+    made = [
+        mpkit.WorkerDied(-9, 4242, "3 ('x')", 2),
+        mpkit.WorkerDied(None, None, "0 (0)", 1),
+        mpkit.TaskTimeout(2.5, "7 (7)", 1),
+        mpkit.SerializationError("item 1 cannot be pickled"),
+        mpkit.WorkerInitError("init=setup failed in a new worker"),
+        mpkit.RemoteError("CarriesALock: the widget is jammed"),
+        mpkit.RemoteTraceback("init in worker 3", [("cell.py", 4, "setup", "open(path)")], "OSError: gone"),
+        mpkit.MapInterrupted(results, [0, 4, 5], 6),
+    ]
+    for exc in made[:3]:
+        exc.add_note("(failed on all 2 tries, retries=1)")
+    return made
+
+
+@pytest.mark.parametrize("exc", mpkit_exceptions(), ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize("dumps", [pickle.dumps, __import__("cloudpickle").dumps], ids=["pickle", "cloudpickle"])
+def test_mpkit_exceptions_survive_pickling(exc, dumps):
+    back = round_trip(exc, dumps)
+    same_exception(exc, back)
+    if isinstance(exc, mpkit.MapInterrupted):
+        assert back.results == exc.results and back.pending == exc.pending
+        assert [f.index for f in back.results.failures] == [3]
+        assert str(back.results.failures[0].exception) == "bad x"
+    if isinstance(exc, mpkit.WorkerDied):
+        assert (back.exitcode, back.pid) == (exc.exitcode, exc.pid)
+    if isinstance(exc, mpkit.TaskTimeout):
+        assert back.timeout == exc.timeout
+    if isinstance(exc, mpkit.RemoteTraceback):
+        assert back.frames == exc.frames and str(back) == str(exc)
+
+
+def test_failures_from_real_workers_survive_pickling_and_a_trip_through_a_worker(pool, tmp_path):
+    """A collect-mode result holding a worker's error, a crash and a timeout: cached with pickle,
+    and sent to a worker and back (nesting), it keeps every failure with its message."""
+    import functools
+
+    out = pool.map(error_tasks.lookup, [1, 3], on_error="collect")
+    died = pool.map(helpers.kill_self_on, [1, 3], on_error="collect")
+    slow = pool.map(helpers.sleep_then, [0, 30], on_error="collect", timeout=1.0)
+    unpicklable = pool.map(functools.partial(helpers.raise_unpicklable_exception, kind="lock"), [1, 2],
+                           on_error="collect")
+    for result in (out, died, slow, unpicklable):
+        assert len(result.failures) == 1
+        for back in (round_trip(result), pool.map(helpers.identity, [result])[0]):
+            assert type(back) is mpkit.ResultList and back == result
+            (failure,) = back.failures
+            assert (failure.index, failure.item) == (result.failures[0].index, result.failures[0].item)
+            same_exception(result.failures[0].exception, failure.exception)
+            assert repr(back) == repr(result)
+
+
+def test_map_interrupted_survives_a_trip_through_a_worker(pool):
+    exc = mpkit.MapInterrupted(mpkit.ResultList([0, 1]), [2, 3], 4)
+    (back,) = pool.map(helpers.identity, [exc])
+    same_exception(exc, back)
+    assert back.results == [0, 1] and back.pending == [2, 3]
+
+
+_messages = st.text(min_size=0, max_size=30)
+_items = st.one_of(st.integers(), st.text(max_size=10), st.none(), st.lists(st.integers(), max_size=3))
+_errors = st.one_of(
+    st.builds(ValueError, _messages),
+    st.builds(KeyError, _items),
+    st.builds(mpkit.WorkerDied, st.one_of(st.none(), st.integers(-15, 255)), st.one_of(st.none(), st.integers(1, 10**6)),
+              _messages, st.integers(1, 5)),
+    st.builds(mpkit.TaskTimeout, st.floats(0.001, 1e6), _messages, st.integers(1, 5)),
+    st.builds(mpkit.SerializationError, _messages),
+    st.builds(mpkit.RemoteError, _messages),
+    st.builds(mpkit.WorkerInitError, _messages),
+)
+_failures = st.lists(st.builds(mpkit.Failure, st.integers(0, 10**6), _items, _errors), max_size=8)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(results=st.lists(_items, max_size=20), failures=_failures, notes=st.lists(_messages, max_size=2))
+def test_result_lists_with_failures_round_trip(results, failures, notes):
+    for failure in failures:
+        for note in notes:
+            failure.exception.add_note(note)
+    original = mpkit.ResultList(results, failures)
+    for dumps in (pickle.dumps, __import__("cloudpickle").dumps):
+        back = round_trip(original, dumps)
+        assert type(back) is mpkit.ResultList and list(back) == list(original)
+        assert repr(back) == repr(original)
+        assert len(back.failures) == len(original.failures)
+        for a, b in zip(original.failures, back.failures):
+            assert type(b) is mpkit.Failure and (b.index, b.item) == (a.index, a.item)
+            same_exception(a.exception, b.exception)
+            assert repr(b) == repr(a)
