@@ -69,3 +69,28 @@ def cyclic(x):
     first.__cause__ = second
     second.__cause__ = first
     raise second
+
+
+async def fetch(x):
+    """A coroutine function: mapping it would only make coroutine objects."""
+    return x
+
+
+async def stream(x):
+    yield x
+
+
+def numbers(x):
+    """A generator function: its results would be generator objects."""
+    yield from range(x)
+
+
+class AsyncModel:
+    async def __call__(self, x):
+        return x
+
+
+def batch_numbers(batch):
+    """A batched stage may yield its results, one per item, in order."""
+    for x in batch:
+        yield 10 * x

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import cloudpickle
 
-from . import _worker
+from . import _arguments, _worker
 from ._errors import MapInterrupted, MpkitWarning, ResultList, _short_repr
 from ._manager import Manager
 from ._output import OutputRelay
@@ -79,9 +79,8 @@ class Pool:
 
     def __init__(self, workers: int | None = None, *, start_method: str | None = None,
                  init: Callable[[], Any] | None = None, idle_timeout: float = IDLE_TIMEOUT):
+        _arguments.check_pool(workers, start_method, init, idle_timeout)
         workers = default_workers() if workers is None else workers
-        if not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be a positive whole number, not {workers!r}")
         self.start_method = start_method or default_start_method()
         if self.start_method not in mp.get_all_start_methods():
             raise ValueError(f"start_method {self.start_method!r} is not available here; choose one of "
@@ -115,6 +114,8 @@ class Pool:
         ``(description, total) -> bar`` for a front-end of your own (see ``mpkit.widgets``).
         """
         __tracebackhide__ = True
+        _arguments.check_map(fn, workers=workers, chunksize=chunksize, ordered=ordered, on_error=on_error,
+                             retries=retries, timeout=timeout, progress=progress)
         total = _length(items)
         run = self._new_run(fn, items, total, workers, chunksize, ordered, on_error, retries, timeout)
         done: list[tuple[Any, list]] = []
@@ -154,6 +155,8 @@ class Pool:
         With ``on_error="collect"`` a failed item yields its :class:`Failure` in its place.
         """
         __tracebackhide__ = True
+        _arguments.check_map(fn, workers=workers, chunksize=chunksize, ordered=ordered, on_error=on_error,
+                             retries=retries, timeout=timeout, progress=progress)
         run = self._new_run(fn, items, _length(items), workers, chunksize, ordered, on_error, retries, timeout)
         return self._imap(run, progress)
 
@@ -190,8 +193,7 @@ class Pool:
 
     def resize(self, workers: int) -> None:
         """Change how many workers the pool keeps; extra ones leave when idle work runs out."""
-        if not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be a positive whole number, not {workers!r}")
+        _arguments.check_workers(workers, optional=False)
         self.size = self._manager.size = workers
         self._manager.wake()
 

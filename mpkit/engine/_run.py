@@ -23,11 +23,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator
 
 from . import _worker
+from ._arguments import ON_ERROR, check_run  # noqa: F401 - _pipeline imports ON_ERROR from here
 from ._chunking import ChunkSizer
 from ._errors import (ExceptionRecord, Failure, RemoteError, SerializationError, TaskTimeout,
                       WorkerDied, _short_repr)
 
-ON_ERROR = ("raise", "skip", "collect")
 #: The file name cloudpickle gives code it sends by value.
 DYNAMIC_CODE = "<dynamic-code>"
 _chunk_ids = itertools.count()
@@ -69,15 +69,7 @@ class Run:
                  chunksize: int | str, ordered: bool, on_error: str, retries: int,
                  timeout: float | None, fn_id: str, fn_payload: bytes, seconds_per_item: float | None = None,
                  cond: threading.Condition | None = None):
-        if on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {', '.join(map(repr, ON_ERROR))}, not {on_error!r}")
-        if not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be a whole number >= 0, not {retries!r}")
-        if timeout is not None and not timeout > 0:
-            raise ValueError(f"timeout must be a number of seconds > 0, or None; not {timeout!r}")
-        if timeout is not None and chunksize not in ("auto", 1):
-            raise ValueError("timeout= bounds each item, so items are sent one at a time; "
-                             f"drop chunksize={chunksize!r} or timeout=")
+        check_run(chunksize, on_error, retries, timeout)
         self.fn_name = getattr(fn, "__qualname__", repr(fn))
         self.code_files = _code_files(fn)
         self.fn_id, self.fn_payload = fn_id, fn_payload
