@@ -304,3 +304,13 @@ class MapInterrupted(_Picklable, KeyboardInterrupt):
             f"interrupted after {len(results)}{of} items finished ({len(results.failures)} failed); "
             "the finished results are in .results of this exception (sys.last_value.results in IPython)"
         )
+
+    def _render_traceback_(self) -> list[str]:
+        """IPython's hook for showing an exception: shown as usual, with a second interrupt held
+        until the cell ends, so that it cannot replace this one (and its results) in sys.last_value."""
+        from IPython import get_ipython
+
+        from ._interrupts import hold_while_shown
+
+        hold_while_shown()
+        return get_ipython().InteractiveTB.structured_traceback(type(self), self, self.__traceback__)

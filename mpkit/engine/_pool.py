@@ -30,6 +30,7 @@ import cloudpickle
 
 from . import _arguments, _worker
 from ._errors import MapInterrupted, MpkitWarning, ResultList, _short_repr
+from ._interrupts import held_interrupts
 from ._manager import Manager
 from ._output import OutputRelay
 from ._chunking import MAX_CHUNK
@@ -132,8 +133,10 @@ class Pool:
                 else:
                     failures.append(batch)
         except KeyboardInterrupt:  # the user's interrupt, not a task's (those come as _Fatal)
-            batches.close()
-            raise _interrupted(run, done, failures) from None
+            with held_interrupts():  # pressed again while stopping: the results are kept all the same
+                batches.close()
+                interrupted = _interrupted(run, done, failures)
+            raise interrupted from None
         finally:
             batches.close()  # cancels the run if it did not complete
         if fatal is not None:
@@ -308,15 +311,16 @@ class Pool:
                 if finished and not run.done and not run.failures:
                     break
         finally:
-            if not run.complete:
-                self._cancel(run)
-            manager.remove(run)
-            if run.sizer.seconds_per_item is not None:  # the next map of fn starts with big chunks
-                self._timings.pop(run.fn_id, None)
-                self._timings[run.fn_id] = run.sizer.seconds_per_item
-                while len(self._timings) > TIMINGS_KEPT:
-                    self._timings.pop(next(iter(self._timings)))
-            self._show(run, progress, final=True)
+            with held_interrupts():  # an interrupt must not leave busy workers or an open bar behind
+                if not run.complete:
+                    self._cancel(run)
+                manager.remove(run)
+                if run.sizer.seconds_per_item is not None:  # the next map of fn starts with big chunks
+                    self._timings.pop(run.fn_id, None)
+                    self._timings[run.fn_id] = run.sizer.seconds_per_item
+                    while len(self._timings) > TIMINGS_KEPT:
+                        self._timings.pop(next(iter(self._timings)))
+                self._show(run, progress, final=True)
 
     def _show(self, run: Run, progress, final: bool = False) -> None:
         for stream, text in self.output.drain(final):

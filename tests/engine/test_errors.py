@@ -236,3 +236,120 @@ def test_result_lists_with_failures_round_trip(results, failures, notes):
             assert type(b) is mpkit.Failure and (b.index, b.item) == (a.index, a.item)
             same_exception(a.exception, b.exception)
             assert repr(b) == repr(a)
+
+
+# ---- a second interrupt while the first is handled ---------------------------------------------
+
+#: A child Python in its own session: a map whose progress front-end (the public ``progress=``
+#: factory hook) sends real SIGINTs to its own process at the worst moments: the first while the
+#: map runs (or not at all), the second while the map is stopping and the bar is being closed.
+TWICE = r'''
+import json, os, signal, sys, time
+import mpkit
+from tests import timed_tasks
+
+FIRST = {first!r}
+
+class Bar:
+    closed = False
+
+    def __init__(self, description, total):
+        self.sent = False
+
+    def update(self, stats):
+        if FIRST and not self.sent and stats.done >= 4:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)  # the user's interrupt, as Jupyter sends it
+            time.sleep(10)                       # (where it lands)
+
+    def write(self, text, stream):
+        pass
+
+    def close(self, stats):
+        os.kill(os.getpid(), signal.SIGINT)      # pressed again: the map is slow to stop
+        time.sleep(0.5)
+        Bar.closed = True
+
+with mpkit.Pool(2) as pool:
+    items = range(400) if FIRST else range(12)
+    try:
+        out = pool.map(timed_tasks.slow_identity, items, chunksize=1, progress=Bar)
+        report = dict(type=None, results=list(out))
+    except BaseException as exc:
+        report = dict(type=type(exc).__name__, results=list(getattr(exc, "results", None) or []),
+                      pending=len(getattr(exc, "pending", None) or []))
+    report.update(closed=Bar.closed, runs=len(pool._manager.runs), busy=len(pool.workers()) and
+                  sum(state == "busy" for _, _, state in pool.workers()))
+    print("report", json.dumps(report), flush=True)
+'''
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["while-stopping", "while-cleaning-up-a-finished-map"])
+def test_a_second_interrupt_while_the_map_stops_keeps_the_results_and_the_clean_up(start_method, first):
+    import json
+
+    from tests.proctree import Script
+
+    script = Script(TWICE.format(first=first))
+    try:
+        report = json.loads(script.expect("report", timeout=90))
+    finally:
+        script.close()
+    assert report["type"] == "MapInterrupted", report
+    results = report["results"]
+    if first:
+        assert 4 <= len(results) < 400 and results == sorted(set(results)), report
+        assert len(results) + report["pending"] == 400
+    else:  # the map had finished: the interrupt during its clean-up keeps every result
+        assert results == list(range(12)), report
+    assert report["closed"], "the second interrupt broke off closing the progress bar"
+    assert report["runs"] == 0 and report["busy"] == 0, f"the clean-up was cut short: {report}"
+
+
+KERNEL_SETUP = """
+import json, sys, time
+import mpkit
+%load_ext mpkit
+"""
+SLOW_CELL = """%%mp_pool range(400) -n 2 -o out
+import time
+
+def slow(x):
+    time.sleep(0.05)
+    print("done", x)
+    return x
+"""
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("cell", ["magic", "map"])
+def test_a_second_kernel_interrupt_keeps_the_results_in_the_notebook(start_method, cell):
+    """Jupyter's interrupt pressed twice, a moment apart, as users do when stopping takes a
+    moment: the finished results stay in ``-o``'s variable and in ``sys.last_value``."""
+    import json
+    import time
+
+    from tests.kernels import KernelSession
+
+    code = SLOW_CELL if cell == "magic" else \
+        "from tests import timed_tasks\nout = mpkit.map(timed_tasks.slow_identity, range(400), workers=2)"
+    kernel = KernelSession()
+    try:
+        kernel.run(KERNEL_SETUP)
+        for gap in (0.0, 0.01, 0.03, 0.1):
+            msg_id = kernel.start(code)
+            time.sleep(3.0)  # some items finish
+            kernel.km.interrupt_kernel()
+            time.sleep(gap)
+            kernel.km.interrupt_kernel()
+            kernel.collect(msg_id, timeout=60)
+            seen = kernel.run("e = sys.last_value\n"
+                              "print(json.dumps({'type': type(e).__name__, 'results': len(getattr(e, 'results', [])),"
+                              " 'out': len(globals().get('out') or [])}))\n"
+                              "globals().pop('out', None)\nsys.last_value = None")
+            report = json.loads(seen.text().strip().splitlines()[-1])
+            assert report["type"] == "MapInterrupted" and report["results"] > 0, (gap, report)
+            if cell == "magic":
+                assert report["out"] == report["results"], (gap, report)
+    finally:
+        kernel.close()
