@@ -94,3 +94,29 @@ def batch_numbers(batch):
     """A batched stage may yield its results, one per item, in order."""
     for x in batch:
         yield 10 * x
+
+
+def _raise(exc):
+    raise exc
+
+
+def gather(x):
+    """Several failures at once, as asyncio.TaskGroup or concurrent code reports them."""
+    errors = []
+    for job in (ValueError(f"job a of {x}"), KeyError(f"job b of {x}")):
+        try:
+            _raise(job)
+        except Exception as err:
+            errors.append(err)
+    raise ExceptionGroup(f"2 jobs of {x} failed", errors)
+
+
+def gather_unpicklable(x):
+    """A group whose members include one that cannot cross back."""
+    errors = []
+    for job in (ValueError(f"job a of {x}"), CarriesALock(f"job b of {x}")):
+        try:
+            _raise(job)
+        except Exception as err:
+            errors.append(err)
+    raise ExceptionGroup(f"2 jobs of {x} failed", errors)

@@ -111,6 +111,8 @@ class ExceptionRecord:
     cause: "ExceptionRecord | None" = None
     context: "ExceptionRecord | None" = None
     suppress_context: bool = False
+    members: "tuple[ExceptionRecord, ...]" = ()  # an exception group's exceptions
+    group_message: str | None = None              # and its message
 
     def rebuild(self, fix_frames: Callable[[list[Frame]], list[Frame]] | None = None) -> BaseException:
         """The exception in this process: its own type where it can be unpickled (else a
@@ -128,15 +130,27 @@ class ExceptionRecord:
                 exc = pickle.loads(self.pickled)
             except BaseException:
                 exc = None
-        if not isinstance(exc, BaseException):
+        grouped = isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == len(self.members)
+        if not isinstance(exc, BaseException) or (self.members and not grouped):
             exc = RemoteError(self.text)
+            if self.members:  # a group that cannot cross: a plain group of its rebuilt members
+                members = [m._rebuild(memo, fix_frames) for m in self.members]
+                exc = BaseExceptionGroup(self.group_message or self.text, members)
         memo[id(self)] = exc
+        self._dress(exc, memo, fix_frames)
+        if grouped:  # the unpickled group holds its members: give them their frames and chains
+            for member, record in zip(exc.exceptions, self.members):
+                if id(record) not in memo:
+                    memo[id(record)] = member
+                    record._dress(member, memo, fix_frames)
+        return exc
+
+    def _dress(self, exc: BaseException, memo: dict, fix_frames) -> None:
         frames = fix_frames(self.frames) if fix_frames is not None else self.frames
         exc.__traceback__ = worker_traceback(frames)
         exc.__cause__ = self.cause._rebuild(memo, fix_frames) if self.cause is not None else None
         exc.__context__ = self.context._rebuild(memo, fix_frames) if self.context is not None else None
         exc.__suppress_context__ = self.suppress_context
-        return exc
 
 
 def _no_columns(code: types.CodeType) -> types.CodeType:

@@ -150,8 +150,9 @@ def _frames(tb) -> list[tuple[str, int, str, str | None]]:
     return [(f.filename, f.lineno, f.name, f.line) for f in traceback.extract_tb(tb)]
 
 
-#: Links of an exception chain sent back (``raise X from err`` nests one per link). Real chains
-#: are a few links long; the bound keeps a runaway chain from growing the message without end.
+#: Exceptions sent back for one failure: the chain (``raise X from err`` nests one per link) and
+#: the members of exception groups. Real chains are a few links long; the bound keeps a runaway
+#: chain or a group of thousands from growing the message without end.
 MAX_CHAIN = 32
 
 
@@ -187,7 +188,12 @@ def _record(exc: BaseException, skip_frames: int, memo: dict) -> ExceptionRecord
         return _record(other, 0, memo)
 
     cause, context = link(exc.__cause__), link(exc.__context__)
-    record = ExceptionRecord(exc_bytes, text, _frames(tb), cause, context, exc.__suppress_context__)
+    members, message = (), None
+    if isinstance(exc, BaseExceptionGroup):  # asyncio.TaskGroup and friends: each member too
+        members = tuple(m for m in (link(e) for e in exc.exceptions) if m is not None)
+        message = exc.message
+    record = ExceptionRecord(exc_bytes, text, _frames(tb), cause, context, exc.__suppress_context__,
+                             members, message)
     memo[id(exc)] = record
     return record
 

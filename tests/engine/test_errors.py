@@ -353,3 +353,24 @@ def test_a_second_kernel_interrupt_keeps_the_results_in_the_notebook(start_metho
                 assert report["out"] == report["results"], (gap, report)
     finally:
         kernel.close()
+
+
+# ---- exception groups --------------------------------------------------------------------------
+
+def test_an_exception_group_keeps_its_members_with_their_frames(pool):
+    err = raised(pool, error_tasks.gather, [6])
+    assert type(err) is ExceptionGroup and err.message == "2 jobs of 6 failed"
+    a, b = err.exceptions
+    assert (type(a), type(b)) == (ValueError, KeyError) and str(a) == "job a of 6"
+    assert [f.name for f in traceback.extract_tb(a.__traceback__)] == ["gather", "_raise"]
+    in_order(shown(err), "in gather", "ExceptionGroup: 2 jobs of 6 failed", "in _raise", "raise exc",
+             "ValueError: job a of 6", "in _raise", "KeyError: 'job b of 6'")
+
+
+def test_an_exception_group_with_a_member_that_cannot_cross_keeps_the_others(pool):
+    err = raised(pool, error_tasks.gather_unpicklable, [6])
+    assert isinstance(err, BaseExceptionGroup), repr(err)
+    a, b = err.exceptions
+    assert type(a) is ValueError and type(b) is mpkit.RemoteError and "CarriesALock" in str(b)
+    assert "2 jobs of 6 failed" in str(err)
+    in_order(shown(err), "ValueError: job a of 6", "in _raise", "CarriesALock: job b of 6")
