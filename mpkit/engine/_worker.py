@@ -16,6 +16,7 @@ living on as an orphan. SIGINT is ignored here: the notebook decides what an int
 """
 from __future__ import annotations
 
+import inspect
 import io
 import os
 import pickle
@@ -252,14 +253,28 @@ def _encode_done(chunk_id, results, failures, seconds) -> bytes:
                 dumps(value)
             except BaseException as exc:
                 results[offset] = None
-                err = SerializationError(
-                    f"the result of this item ({type(value).__name__}) could not be pickled to send it "
-                    f"back: {type(exc).__name__}: {exc}. Fix: return plain data (numbers, strings, "
-                    "lists, dicts, DataFrames), not open files, locks or generators.")
+                err = _unpicklable_result(value, exc)
                 failures.append((offset, pickle.dumps(err, PROTOCOL), f"SerializationError: {err}", []))
         failures.sort(key=lambda f: f[0])
         results_bytes = dumps(results)
     return pickle.dumps((DONE, chunk_id, results_bytes, failures, seconds), PROTOCOL)
+
+
+def _unpicklable_result(value, exc: BaseException) -> SerializationError:
+    """Why a result cannot go back, with the fix; a coroutine or generator says what made it."""
+    said = (f"the result of this item ({type(value).__name__}) could not be pickled to send it back: "
+            f"{type(exc).__name__}: {exc}. ")
+    if inspect.iscoroutine(value):
+        value.close()  # never awaited, and never will be: no warning about it in the output
+        return SerializationError(
+            said + "The function returned a coroutine (it is async, or calls an async function without "
+            "awaiting it), and mpkit does not run coroutines. Fix: run it inside the function, "
+            "return asyncio.run(coroutine), in a plain def.")
+    if inspect.isgenerator(value):
+        return SerializationError(said + "The function returned a generator (it yields, or returns one). "
+                                  "Fix: return a list, return list(...).")
+    return SerializationError(said + "Fix: return plain data (numbers, strings, lists, dicts, DataFrames), "
+                              "not open files, locks or generators.")
 
 
 def _leave(relay: _OutputRelay, sender: _Sender) -> None:

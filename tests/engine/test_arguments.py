@@ -180,3 +180,21 @@ def test_good_arguments_still_work(pool):
     assert pool.map(helpers.square, range(4), timeout=np.float64(5.0), retries=0, ordered=False,
                     chunksize=1, workers=1, progress=False) is not None
     assert list(pool.imap(helpers.square, range(4), timeout=float("inf"))) == [0, 1, 4, 9]
+
+
+# ---- what only the worker can see ----------------------------------------------------------------
+
+def test_a_function_that_returns_a_coroutine_is_told_to_run_it(pool):
+    """A lambda (or a plain def) calling an async function without awaiting it: only the worker
+    sees the coroutine; the failure says what it is and how to run it."""
+    out = pool.map(lambda x: error_tasks.fetch(x), [1, 2], on_error="collect")
+    assert len(out.failures) == 2
+    text = str(out.failures[0].exception)
+    assert isinstance(out.failures[0].exception, mpkit.SerializationError)
+    assert "returned a coroutine" in text and "asyncio.run(" in text, text
+
+
+def test_a_function_that_returns_a_generator_is_told_to_return_a_list(pool):
+    out = pool.map(lambda x: (i for i in range(x)), [3], on_error="collect")
+    text = str(out.failures[0].exception)
+    assert "returned a generator" in text and "list(" in text, text
