@@ -12,6 +12,7 @@ out of range ``ValueError``, as Python's own functions do. ``bool`` is an ``int`
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import math
 import multiprocessing as mp
@@ -148,7 +149,17 @@ def check_start_method(start_method: Any) -> None:
 
 
 def _name_of(fn: Any) -> str:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
     return getattr(fn, "__qualname__", None) or _short_repr(fn, 60)
+
+
+def _short_name(fn: Any) -> str:
+    """How the user calls ``fn`` in their code: its name, or ``fn`` for an object or a lambda."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    name = getattr(fn, "__name__", "fn")
+    return name if name.isidentifier() else "fn"
 
 
 def _called(fn: Any) -> Any:
@@ -165,15 +176,15 @@ def check_function(fn: Any, what: str = "fn", *, generators: bool = False) -> No
         raise TypeError(f"{what} must be callable (a function, a class, or an object with __call__) to "
                         f"call on each item, not {type(fn).__name__} {_short_repr(fn, 60)}. Fix: pass the "
                         "function itself, without calling it (f, not f(x)).")
-    called = _called(fn)
+    runs = (fn, _called(fn))  # inspect sees through functools.partial; a callable object's __call__
     name = _name_of(fn)
-    if inspect.iscoroutinefunction(called) or inspect.isasyncgenfunction(called):
+    if any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f) for f in runs):
         raise TypeError(f"{what} {name} is an async function (async def): a worker calls it as a plain "
                         "function, so each call would only create a coroutine and nothing would run. "
                         "mpkit does not run coroutines. Fix: wrap it in a plain function that runs it, "
-                        f"def run_one(item): return asyncio.run({getattr(fn, '__name__', 'fn')}(item)), "
+                        f"def run_one(item): return asyncio.run({_short_name(fn)}(item)), "
                         "and map run_one.")
-    if inspect.isgeneratorfunction(called) and not generators:
+    if any(inspect.isgeneratorfunction(f) for f in runs) and not generators:
         raise TypeError(f"{what} {name} is a generator function (it yields): each call returns a generator "
                         "object, which cannot be pickled to send it back from the worker, so every item "
                         "would fail. Fix: return a list instead (return list(...)), or use "

@@ -2,6 +2,7 @@
 any process starts: map, imap, Pool and Pipeline alike."""
 from __future__ import annotations
 
+import functools
 import re
 
 import pytest
@@ -50,6 +51,7 @@ BAD_FUNCTIONS = [
     pytest.param(error_tasks.fetch, r"fetch is an async function \(async def\).*mpkit does not run coroutines.*"
                  r"asyncio\.run\(fetch\(item\)\)", id="async-def"),
     pytest.param(error_tasks.stream, r"stream is an async function", id="async-generator"),
+    pytest.param(functools.partial(error_tasks.fetch), r"fetch is an async function", id="async-partial"),
     pytest.param(error_tasks.AsyncModel(), r"AsyncModel.*is an async function", id="async-call"),
     pytest.param(error_tasks.numbers, r"numbers is a generator function \(it yields\).*cannot be pickled.*"
                  r"Fix: return a list", id="generator"),
