@@ -322,9 +322,14 @@ class MapInterrupted(_Picklable, KeyboardInterrupt):
     def _render_traceback_(self) -> list[str]:
         """IPython's hook for showing an exception: shown as usual, with a second interrupt held
         until the cell ends, so that it cannot replace this one (and its results) in sys.last_value."""
+        import traceback
+
         from IPython import get_ipython
 
         from ._interrupts import hold_while_shown
 
         hold_while_shown()
-        return get_ipython().InteractiveTB.structured_traceback(type(self), self, self.__traceback__)
+        shell = get_ipython()
+        if shell is None:
+            return traceback.format_exception(self)
+        return shell.InteractiveTB.structured_traceback(type(self), self, self.__traceback__)
