@@ -86,9 +86,10 @@ class PoolMagics(Magics):
                                on_error=args.on_error, retries=args.retries, timeout=args.timeout,
                                progress=not args.no_progress, start_method=args.start_method)
         except (TypeError, ValueError) as exc:
-            if not raised_in_worker(exc) and not type(exc).__module__.startswith("mpkit"):
-                self._unpicklable_share(shared)
-                raise UsageError(str(exc)) from None
+            if not raised_in_worker(exc):
+                self._unpicklable_share(shared)  # the function or its globals could not be sent
+                if not type(exc).__module__.startswith("mpkit"):
+                    raise UsageError(str(exc)) from None
             self._hint_share(exc)
             raise
         except KeyboardInterrupt as exc:
