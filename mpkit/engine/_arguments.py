@@ -233,7 +233,7 @@ def check_pool(workers: Any, start_method: Any, init: Any, idle_timeout: Any) ->
 
 
 def check_stage(fn: Callable, *, workers: Any, name: Any, factory: Any, many: Any, maxsize: Any,
-                retries: Any, timeout: Any, key: Any, batched: bool) -> None:
+                retries: Any, timeout: Any, batched: bool) -> None:
     """``Pipeline.stage``: a generator function is fine with ``many=True`` (its yields are the
     results) and after ``.batch()`` (its yields are the batch's results, in order)."""
     if many is not None:

@@ -75,7 +75,7 @@ class Pipeline:
         if not callable(fn):
             raise TypeError(f"a stage must be a function or a class, not {type(fn).__name__} {_short_repr(fn)}")
         check_stage(fn, workers=workers, name=name, factory=factory, many=many, maxsize=maxsize, retries=retries,
-                    timeout=timeout, key=key, batched=self._batch is not None)
+                    timeout=timeout, batched=self._batch is not None)
         name = name or getattr(fn, "__name__", f"stage{len(self._specs)}")
         if any(s.name == name for s in self._specs):
             raise ValueError(f"two stages named {name!r}; give one another name with name=")
