@@ -16,6 +16,7 @@ import functools
 import inspect
 import math
 import multiprocessing as mp
+import threading
 from numbers import Real
 from typing import Any, Callable
 
@@ -68,11 +69,16 @@ def check_count(value: Any, name: str, what: str, minimum: int, example: int) ->
     raise TypeError(f"{_given(name, value)} is not a whole number; {accepted}. Fix: {name}={example}.")
 
 
-def check_seconds(value: Any, name: str, what: str, *, zero: bool = False, none: str | None = None) -> None:
-    """A number of seconds > 0 (>= 0 with ``zero``), or None when ``none`` says what None means."""
+def check_seconds(value: Any, name: str, what: str, *, zero: bool = False, none: str | None = None,
+                  maximum: float | None = None) -> None:
+    """A number of seconds > 0 (>= 0 with ``zero``), or None when ``none`` says what None means;
+    at most ``maximum`` where the value ends up in a blocking wait (which refuses larger ones)."""
     if value is None and none is not None:
         return
     ok_number = isinstance(value, Real) and not isinstance(value, bool) and not math.isnan(value)
+    if ok_number and maximum is not None and value > maximum:
+        raise ValueError(f"{name}={value!r} is more than this platform can wait ({maximum:.0f} s); {name}= "
+                         f"takes {what}. Fix: {name}=86400 (a day) or any smaller number of seconds.")
     if ok_number and (value > 0 or (zero and value == 0)):
         return
     bound = ">= 0" if zero else "greater than 0"
@@ -229,7 +235,8 @@ def check_pool(workers: Any, start_method: Any, init: Any, idle_timeout: Any) ->
     check_workers(workers)
     check_start_method(start_method)
     check_init(init)
-    check_seconds(idle_timeout, "idle_timeout", "the seconds an idle worker waits for work before it exits")
+    check_seconds(idle_timeout, "idle_timeout", "the seconds an idle worker waits for work before it exits",
+                  maximum=threading.TIMEOUT_MAX)
 
 
 def check_stage(fn: Callable, *, workers: Any, name: Any, factory: Any, many: Any, maxsize: Any,

@@ -105,6 +105,8 @@ def test_functions_a_worker_cannot_run_are_refused_at_the_call(call, fn, pattern
     pytest.param({"workers": 0}, ValueError, r"workers=0 leaves no process", id="workers-0"),
     pytest.param({"idle_timeout": 0}, ValueError, r"idle_timeout=0 is not greater than 0", id="idle-timeout-0"),
     pytest.param({"idle_timeout": "10"}, TypeError, r"idle_timeout='10' \(a str\)", id="idle-timeout-str"),
+    pytest.param({"idle_timeout": float("inf")}, ValueError, r"idle_timeout=inf is more than this platform can wait",
+                 id="idle-timeout-inf"),
     pytest.param({"init": "setup"}, TypeError, r"init='setup'", id="init-str"),
     pytest.param({"start_method": "threads"}, ValueError, r"start_method='threads'", id="start-method"),
 ])
