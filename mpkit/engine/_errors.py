@@ -68,7 +68,9 @@ class _Picklable:
 
 
 class RemoteTraceback(_Picklable, Exception):
-    """The traceback of an exception raised in a worker, shown as the cause of the re-raised error.
+    """A worker's traceback that travels without its exception, shown as the cause of the error
+    raised here: an ``init`` that failed, a function a worker could not load. (An item's error
+    carries the worker's frames in its own ``__traceback__`` instead.)
 
     ``frames`` holds ``(filename, lineno, function, line)`` tuples as the worker saw them; lines the
     worker could not read (code typed in a notebook cell) are filled in from this process.
