@@ -251,6 +251,11 @@ def check_stage(fn: Callable, *, workers: Any, name: Any, factory: Any, many: An
                    "False to call fn per item, or None to decide by whether fn is a class")
     if not (factory or isinstance(fn, type)):
         check_function(fn, "the stage function", generators=bool(many) or batched)
+    elif isinstance(fn, type) and inspect.iscoroutinefunction(getattr(fn, "__call__", None)):
+        raise TypeError(f"the stage class {fn.__name__} has an async __call__ (async def): a worker calls its "
+                        "object as a plain function, so each call would only create a coroutine. mpkit does "
+                        "not run coroutines. Fix: make __call__ a plain def that runs the async code, "
+                        "return asyncio.run(self.predict(item)).")
     check_workers(workers, optional=False)
     if name is not None and not isinstance(name, str):
         raise TypeError(f"{_given('name', name)} is not a string; name= takes the stage's name as shown "

@@ -140,6 +140,8 @@ def test_resize_refuses_a_bool():
     pytest.param(lambda: Pipeline().stage(helpers.double, name=3), TypeError, r"name=3 \(a int\)", id="stage-name"),
     pytest.param(lambda: Pipeline().stage(error_tasks.fetch), TypeError, r"fetch is an async function",
                  id="stage-async"),
+    pytest.param(lambda: Pipeline().stage(error_tasks.AsyncModel), TypeError, r"AsyncModel has an async __call__",
+                 id="stage-async-class"),
     pytest.param(lambda: Pipeline().stage(error_tasks.numbers), TypeError,
                  r"numbers is a generator function.*many=True", id="stage-generator-without-many"),
     pytest.param(lambda: Pipeline().batch(True), TypeError, r"max_size=True \(a bool\)", id="batch-size-bool"),
