@@ -47,15 +47,19 @@ def held_interrupts() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
+def _ignore_while_shown(signum, frame) -> None:
+    """The SIGINT handler while a MapInterrupted is shown: the map has stopped already."""
+
+
 def hold_while_shown() -> None:
     """Hold SIGINT until the running IPython cell ends: called when IPython starts showing a
     ``MapInterrupted``, so that a second interrupt cannot take its place in ``sys.last_value``.
     Outside IPython (or when there is no cell to wait for) nothing is held."""
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None else None
-    if shell is None or not _can_hold():
-        return
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    if shell is None or not _can_hold() or signal.getsignal(signal.SIGINT) is _ignore_while_shown:
+        return  # (IPython may render an exception twice: hold once, give back once)
+    previous = signal.signal(signal.SIGINT, _ignore_while_shown)
 
     def restore(*_) -> None:
         shell.events.unregister("post_run_cell", restore)

@@ -587,3 +587,16 @@ def test_a_chained_worker_exception_shows_both_errors_with_their_cell_lines(ip, 
         found = shown.find(part, at)
         assert found >= 0, f"{part!r} missing or out of order after position {at}:\n{shown}"
         at = found + len(part)
+
+
+def test_showing_a_map_interrupted_holds_interrupts_only_until_the_cell_ends(ip):
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    with capture_output() as captured:
+        result = ip.run_cell("import mpkit\nraise mpkit.MapInterrupted(mpkit.ResultList([10, 20]), [2], 3)",
+                             store_history=True)
+    assert isinstance(result.error_in_exec, mpkit.MapInterrupted)
+    assert "MapInterrupted: interrupted after 2 of 3 items finished" in captured.stdout + captured.stderr
+    assert signal.getsignal(signal.SIGINT) is before, "the interrupt handler was not given back after the cell"
+    assert sys.last_value.results == [10, 20]
