@@ -120,3 +120,13 @@ def gather_unpicklable(x):
         except Exception as err:
             errors.append(err)
     raise ExceptionGroup(f"2 jobs of {x} failed", errors)
+
+
+def mark_done(x, path, seconds=0.05):
+    """Takes a moment, then appends x to the file ``path``: a test waits for it before it acts."""
+    import time
+
+    time.sleep(seconds)
+    with open(path, "a") as f:
+        f.write(f"{x}\n")
+    return x

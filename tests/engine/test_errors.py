@@ -307,38 +307,49 @@ def test_a_second_interrupt_while_the_map_stops_keeps_the_results_and_the_clean_
 
 
 KERNEL_SETUP = """
-import json, sys, time
+import functools, json, sys, time
 import mpkit
+from tests import error_tasks
 %load_ext mpkit
 """
-SLOW_CELL = """%%mp_pool range(400) -n 2 -o out
-import time
+#: The two ways a notebook maps: the magic with -o, and mpkit.map with its progress bar. Each item
+#: appends to a marker file, so the test interrupts only once some items have finished.
+CELLS = {
+    "magic": """%%mp_pool range(400) -n 2 -o out
+from tests.error_tasks import mark_done
 
 def slow(x):
-    time.sleep(0.05)
-    print("done", x)
-    return x
-"""
+    return mark_done(x, {marker!r})
+""",
+    "map": "out = mpkit.map(functools.partial(error_tasks.mark_done, path={marker!r}), range(400), workers=2)",
+}
+
+
+def _finished(marker) -> int:
+    try:
+        return len(marker.read_text().split())
+    except FileNotFoundError:
+        return 0
 
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("cell", ["magic", "map"])
-def test_a_second_kernel_interrupt_keeps_the_results_in_the_notebook(start_method, cell):
+def test_a_second_kernel_interrupt_keeps_the_results_in_the_notebook(start_method, cell, tmp_path):
     """Jupyter's interrupt pressed twice, a moment apart, as users do when stopping takes a
     moment: the finished results stay in ``-o``'s variable and in ``sys.last_value``."""
     import json
     import time
 
     from tests.kernels import KernelSession
+    from tests.proctree import wait_until
 
-    code = SLOW_CELL if cell == "magic" else \
-        "from tests import timed_tasks\nout = mpkit.map(timed_tasks.slow_identity, range(400), workers=2)"
     kernel = KernelSession()
     try:
         kernel.run(KERNEL_SETUP)
         for gap in (0.0, 0.01, 0.05):
-            msg_id = kernel.start(code)
-            time.sleep(3.0)  # some items finish
+            marker = tmp_path / f"done-{gap}"
+            msg_id = kernel.start(CELLS[cell].format(marker=str(marker)))
+            assert wait_until(lambda: _finished(marker) >= 5, timeout=60), "no item finished within 60 s"
             kernel.km.interrupt_kernel()
             time.sleep(gap)
             kernel.km.interrupt_kernel()
