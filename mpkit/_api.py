@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Iterator
 
 from .engine import _default
+from .engine._arguments import check_map
 from .engine._errors import ResultList
 
 
@@ -29,6 +30,8 @@ def map(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize:
     - ``start_method``: ``"forkserver"`` (Linux default) or ``"spawn"``; never ``"fork"`` in a kernel.
     """
     __tracebackhide__ = True
+    check_map(fn, workers=workers, chunksize=chunksize, ordered=ordered, on_error=on_error, retries=retries,
+              timeout=timeout, progress=progress, init=init, start_method=start_method)
     with _default.lease(workers, init, start_method) as pool:
         if init_timeout is not None:
             pool.set_init_timeout(init_timeout)
@@ -46,6 +49,8 @@ def imap(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize
     its ``Failure`` in place of a result; with ``"skip"`` it yields nothing.
     """
     __tracebackhide__ = True
+    check_map(fn, workers=workers, chunksize=chunksize, ordered=ordered, on_error=on_error, retries=retries,
+              timeout=timeout, progress=progress, init=init, start_method=start_method)
     pool = _default.acquire(workers, init, start_method)
     try:
         if init_timeout is not None:

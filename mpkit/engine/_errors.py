@@ -1,17 +1,29 @@
 """Errors that cross the process boundary, and the result list that accounts for failures.
 
-A worker never raises into the notebook directly: it sends back the exception (pickled when it
-can be) and the frames of its traceback. The notebook side rebuilds them here, so that the
-exception the user sees is the worker's own type, chained to a :class:`RemoteTraceback` whose
-text names the worker, the item and the cell lines that failed.
+    worker: exc ──► ExceptionRecord(pickled exc or None, "Type: message", frames,
+                                     cause=record, context=record, suppress_context)
+            ──pipe──► notebook: ExceptionRecord.rebuild() ──► exc of its own type (RemoteError
+                      when it cannot be unpickled), __traceback__ = the worker's frames,
+                      __cause__ / __context__ = the rebuilt links of its chain
+
+A worker never raises into the notebook directly: it sends back a record of the exception and of
+every exception chained to it (``raise X from err``, an error raised while handling another). The
+notebook side rebuilds each link with a traceback made of the worker's frames, so Python and
+IPython show the chain as they show a local one: the inner exception with its frames, then the
+outer one, with the notebook's frames above the worker's and a note naming the worker and item.
+Errors whose frames travel without an exception (an ``init`` that failed) are chained to a
+:class:`RemoteTraceback` instead. Every exception class here survives a pickle round trip.
 """
 from __future__ import annotations
 
+import functools
 import linecache
+import pickle
 import signal
 import sys
+import types
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 __all__ = [
     "Failure", "ResultList", "RemoteTraceback", "RemoteError", "WorkerDied", "TaskTimeout",
@@ -38,8 +50,27 @@ def frame_label(filename: str) -> str:
     return f'File "{filename}"'
 
 
-class RemoteTraceback(Exception):
-    """The traceback of an exception raised in a worker, shown as the cause of the re-raised error.
+def _restore(cls, args, state):
+    """Unpickle one of mpkit's exceptions without calling its ``__init__`` (whose arguments are
+    not its ``args``): the message, the attributes and the notes come back as they were."""
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+class _Picklable:
+    """Mixin: pickle by state, so exceptions whose ``__init__`` takes other arguments than their
+    message (``WorkerDied(exitcode, pid, ...)``) survive a round trip (a cache, a nested pool)."""
+
+    def __reduce__(self):
+        return _restore, (type(self), self.args, dict(vars(self)))
+
+
+class RemoteTraceback(_Picklable, Exception):
+    """A worker's traceback that travels without its exception, shown as the cause of the error
+    raised here: an ``init`` that failed, a function a worker could not load. (An item's error
+    carries the worker's frames in its own ``__traceback__`` instead.)
 
     ``frames`` holds ``(filename, lineno, function, line)`` tuples as the worker saw them; lines the
     worker could not read (code typed in a notebook cell) are filled in from this process.
@@ -62,11 +93,131 @@ class RemoteTraceback(Exception):
         return "\n".join(out)
 
 
-class RemoteError(Exception):
+class RemoteError(_Picklable, Exception):
     """Stands in for a worker exception that could not be pickled back to this process."""
 
 
-class WorkerDied(RuntimeError):
+Frame = tuple[str, int, str, "str | None"]  # (filename, lineno, function, line) as the worker saw it
+
+
+@dataclass(frozen=True)
+class ExceptionRecord:
+    """An exception as it crosses back from a worker: pickled when it can be (else ``None``), its
+    ``Type: message`` text, its frames, and the records of the exceptions chained to it. Built by
+    the worker (``_worker._describe_exception``); a link seen twice (``raise X from err`` inside
+    ``except ... as err`` makes ``err`` both cause and context) is one shared record."""
+
+    pickled: bytes | None
+    text: str
+    frames: list[Frame]
+    cause: "ExceptionRecord | None" = None
+    context: "ExceptionRecord | None" = None
+    suppress_context: bool = False
+    members: "tuple[ExceptionRecord, ...]" = ()  # an exception group's exceptions
+    group_message: str | None = None              # and its message
+
+    def rebuild(self, fix_frames: Callable[[list[Frame]], list[Frame]] | None = None) -> BaseException:
+        """The exception in this process: its own type where it can be unpickled (else a
+        :class:`RemoteError` with its text), the worker's frames as its traceback, and its chain
+        rebuilt the same way. ``fix_frames`` may correct file names (code sent by value)."""
+        return self._rebuild({}, fix_frames)
+
+    def _rebuild(self, memo: dict, fix_frames) -> BaseException:
+        done = memo.get(id(self))
+        if done is not None:
+            return done
+        exc = None
+        if self.pickled is not None:
+            try:
+                exc = pickle.loads(self.pickled)
+            except BaseException:
+                exc = None
+        grouped = isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == len(self.members)
+        if not isinstance(exc, BaseException) or (self.members and not grouped):
+            exc = RemoteError(self.text)
+            if self.members:  # a group that cannot cross: a plain group of its rebuilt members
+                members = [m._rebuild(memo, fix_frames) for m in self.members]
+                exc = BaseExceptionGroup(self.group_message or self.text, members)
+        memo[id(self)] = exc
+        self._dress(exc, memo, fix_frames)
+        if grouped:  # the unpickled group holds its members: give them their frames and chains
+            for member, record in zip(exc.exceptions, self.members):
+                if id(record) not in memo:
+                    memo[id(record)] = member
+                    record._dress(member, memo, fix_frames)
+        return exc
+
+    def _dress(self, exc: BaseException, memo: dict, fix_frames) -> None:
+        frames = fix_frames(self.frames) if fix_frames is not None else self.frames
+        exc.__traceback__ = worker_traceback(frames)
+        exc.__cause__ = self.cause._rebuild(memo, fix_frames) if self.cause is not None else None
+        exc.__context__ = self.context._rebuild(memo, fix_frames) if self.context is not None else None
+        exc.__suppress_context__ = self.suppress_context
+
+
+def _no_columns(code: types.CodeType) -> types.CodeType:
+    """``code`` with every instruction on its first line and no column range, so a traceback
+    shows the worker's line without carets measured against our stand-in source. Kept as it is
+    if this Python's location table works otherwise (the carets are only cosmetic)."""
+    units, table = len(code.co_code) // 2, bytearray()
+    while units:
+        n = min(units, 8)
+        table += bytes((0x80 | 13 << 3 | (n - 1), 0))  # "line, no columns", line delta 0
+        units -= n
+    try:
+        plain = code.replace(co_linetable=bytes(table))
+        line = plain.co_firstlineno
+        if all(p == (line, line, None, None) for p in plain.co_positions()):
+            return plain
+    except Exception:
+        pass
+    return code
+
+
+#: The code each stand-in frame runs: a name lookup that fails, so the frame ends raising.
+_FRAME_CODE = _no_columns(compile("_", "<mpkit worker>", "exec"))
+#: The globals of every stand-in frame: how :func:`raised_in_worker` recognises them.
+_WORKER_GLOBALS: dict[str, Any] = {"__name__": "<mpkit worker>"}
+#: Stand-in frames kept for reuse: a collect-mode map with thousands of failures in the same
+#: function builds each distinct (file, line, function) once; a frame is a few hundred bytes.
+FRAME_CACHE = 2048
+
+
+@functools.lru_cache(maxsize=FRAME_CACHE)
+def _frame(filename: str, lineno: int, name: str) -> types.TracebackType:
+    code = _FRAME_CODE.replace(co_filename=filename, co_name=name, co_qualname=name,
+                               co_firstlineno=max(lineno, 1))
+    try:
+        exec(code, _WORKER_GLOBALS)
+    except NameError as exc:
+        return exc.__traceback__.tb_next
+    raise AssertionError("the stand-in frame did not raise")  # pragma: no cover
+
+
+def worker_traceback(frames: list[Frame]) -> types.TracebackType | None:
+    """A real traceback object whose frames stand for the worker's: Python's and IPython's
+    traceback displays read file, line and function from it, and the line from the file."""
+    tb = None
+    for filename, lineno, name, _line in reversed(frames):
+        try:
+            entry = _frame(str(filename), int(lineno or 1), str(name))
+        except Exception:  # a frame that cannot be stood for is left out, not the whole error
+            continue
+        tb = types.TracebackType(tb, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+    return tb
+
+
+def raised_in_worker(exc: BaseException) -> bool:
+    """True for an exception rebuilt from a worker (its traceback holds the worker's frames)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals is _WORKER_GLOBALS:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+class WorkerDied(_Picklable, RuntimeError):
     """A worker process ended while it held the item: killed, crashed, or called ``os._exit``."""
 
     def __init__(self, exitcode: int | None, pid: int | None, item_repr: str, attempts: int):
@@ -101,7 +252,7 @@ def describe_exit(exitcode: int | None) -> str:
     return f"killed by {name}" + (f", {hint}" if hint else "")
 
 
-class TaskTimeout(TimeoutError):
+class TaskTimeout(_Picklable, TimeoutError):
     """An item ran past ``timeout=``; its worker was killed and replaced."""
 
     def __init__(self, timeout: float, item_repr: str, attempts: int):
@@ -113,7 +264,7 @@ class TaskTimeout(TimeoutError):
         )
 
 
-class SerializationError(TypeError):
+class SerializationError(_Picklable, TypeError):
     """An argument or result could not be pickled (or unpickled) to cross between processes."""
 
 
@@ -121,7 +272,7 @@ class MpkitWarning(UserWarning):
     """Something the user should know that did not stop the work (items skipped, output cut)."""
 
 
-class WorkerInitError(RuntimeError):
+class WorkerInitError(_Picklable, RuntimeError):
     """The ``init`` function failed in a new worker, so no item can run there."""
 
 
@@ -153,7 +304,7 @@ class ResultList(list):
         return f"{base} (+{len(self.failures)} failed)" if self.failures else base
 
 
-class MapInterrupted(KeyboardInterrupt):
+class MapInterrupted(_Picklable, KeyboardInterrupt):
     """The map was interrupted (kernel interrupt, Ctrl-C); what finished is kept.
 
     ``results`` is a :class:`ResultList` of the results finished so far in input order, with the
@@ -169,3 +320,18 @@ class MapInterrupted(KeyboardInterrupt):
             f"interrupted after {len(results)}{of} items finished ({len(results.failures)} failed); "
             "the finished results are in .results of this exception (sys.last_value.results in IPython)"
         )
+
+    def _render_traceback_(self) -> list[str]:
+        """IPython's hook for showing an exception: shown as usual, with a second interrupt held
+        until the cell ends, so that it cannot replace this one (and its results) in sys.last_value."""
+        import traceback
+
+        from IPython import get_ipython
+
+        from ._interrupts import hold_while_shown
+
+        hold_while_shown()
+        shell = get_ipython()
+        if shell is None:
+            return traceback.format_exception(self)
+        return shell.InteractiveTB.structured_traceback(type(self), self, self.__traceback__)

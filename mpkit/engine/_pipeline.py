@@ -17,6 +17,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from ._arguments import check_batch, check_pipeline_run, check_stage, check_workers
 from ._errors import MapInterrupted, ResultList, _short_repr
 from ._flow import Flow
 from ._pipeline_stats import SNAPSHOT_HZ, PipelineStats
@@ -73,10 +74,8 @@ class Pipeline:
         """
         if not callable(fn):
             raise TypeError(f"a stage must be a function or a class, not {type(fn).__name__} {_short_repr(fn)}")
-        if not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be a positive whole number, not {workers!r}")
-        if not isinstance(maxsize, int) or maxsize < 1:
-            raise ValueError(f"maxsize must be a positive whole number, not {maxsize!r}")
+        check_stage(fn, workers=workers, name=name, factory=factory, many=many, maxsize=maxsize, retries=retries,
+                    timeout=timeout, batched=self._batch is not None)
         name = name or getattr(fn, "__name__", f"stage{len(self._specs)}")
         if any(s.name == name for s in self._specs):
             raise ValueError(f"two stages named {name!r}; give one another name with name=")
@@ -96,10 +95,7 @@ class Pipeline:
         """Group items for the next stage into lists: a list goes out when it holds ``max_size``
         items, or ``max_wait`` seconds after its first item arrived, even if no other item comes,
         or at the end of the stream. The stage returns one result per item, in order."""
-        if not isinstance(max_size, int) or max_size < 1:
-            raise ValueError(f"max_size must be a positive whole number, not {max_size!r}")
-        if not max_wait >= 0:
-            raise ValueError(f"max_wait must be a number of seconds >= 0, not {max_wait!r}")
+        check_batch(max_size, max_wait)
         self._batch = (max_size, float(max_wait))
         return self
 
@@ -118,6 +114,7 @@ class Pipeline:
         ``MapInterrupted`` with the results so far.
         """
         __tracebackhide__ = True
+        check_pipeline_run(on_error, start_method, ordered, progress)
         try:
             source = iter(items)
         except TypeError:
@@ -145,6 +142,7 @@ class Pipeline:
         """Start the stages as a background service; ``submit(x)`` returns a Future."""
         from ._service import Service
 
+        check_pipeline_run(on_error, start_method)
         flow = self._flow_for(on_error, False, start_method, progress=False)
         return Service(self, flow)
 
@@ -186,8 +184,7 @@ class Pipeline:
 
     def scale(self, stage: str, workers: int) -> None:
         """Change a stage's worker count, live: workers are added, or retired when idle."""
-        if not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be a positive whole number, not {workers!r}")
+        check_workers(workers, optional=False)
         if stage not in self.stages:
             raise KeyError(f"no stage named {stage!r}; stages: {', '.join(self.stages)}")
         if any(s.name == stage and s.key is not None for s in self._specs):

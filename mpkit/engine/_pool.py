@@ -26,8 +26,9 @@ import warnings
 import weakref
 from typing import Any, Callable, Iterable, Iterator
 
-from . import _serialize, _worker
+from . import _arguments, _serialize, _worker
 from ._errors import MapInterrupted, MpkitWarning, ResultList, _short_repr
+from ._interrupts import held_interrupts
 from ._manager import INIT_TIMEOUT, Manager
 from ._output import OutputRelay
 from ._chunking import MAX_CHUNK
@@ -80,9 +81,8 @@ class Pool:
     def __init__(self, workers: int | None = None, *, start_method: str | None = None,
                  init: Callable[[], Any] | None = None, init_timeout: float = INIT_TIMEOUT,
                  idle_timeout: float = IDLE_TIMEOUT):
+        _arguments.check_pool(workers, start_method, init, idle_timeout)
         workers = default_workers() if workers is None else workers
-        if not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be a positive whole number, not {workers!r}")
         self.start_method = start_method or default_start_method()
         if self.start_method not in mp.get_all_start_methods():
             raise ValueError(f"start_method {self.start_method!r} is not available here; choose one of "
@@ -117,6 +117,8 @@ class Pool:
         ``(description, total) -> bar`` for a front-end of your own (see ``mpkit.widgets``).
         """
         __tracebackhide__ = True
+        _arguments.check_map(fn, workers=workers, chunksize=chunksize, ordered=ordered, on_error=on_error,
+                             retries=retries, timeout=timeout, progress=progress)
         total = _length(items)
         run = self._new_run(fn, items, total, workers, chunksize, ordered, on_error, retries, timeout)
         done: list[tuple[Any, list]] = []
@@ -133,8 +135,10 @@ class Pool:
                 else:
                     failures.append(batch)
         except KeyboardInterrupt:  # the user's interrupt, not a task's (those come as _Fatal)
-            batches.close()
-            raise _interrupted(run, done, failures) from None
+            with held_interrupts():  # pressed again while stopping: the results are kept all the same
+                batches.close()
+                interrupted = _interrupted(run, done, failures)
+            raise interrupted from None
         finally:
             batches.close()  # cancels the run if it did not complete
         if fatal is not None:
@@ -156,6 +160,8 @@ class Pool:
         With ``on_error="collect"`` a failed item yields its :class:`Failure` in its place.
         """
         __tracebackhide__ = True
+        _arguments.check_map(fn, workers=workers, chunksize=chunksize, ordered=ordered, on_error=on_error,
+                             retries=retries, timeout=timeout, progress=progress)
         run = self._new_run(fn, items, _length(items), workers, chunksize, ordered, on_error, retries, timeout)
         return self._imap(run, progress)
 
@@ -198,8 +204,7 @@ class Pool:
 
     def resize(self, workers: int) -> None:
         """Change how many workers the pool keeps; extra ones leave when idle work runs out."""
-        if not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be a positive whole number, not {workers!r}")
+        _arguments.check_workers(workers, optional=False)
         self.size = self._manager.size = workers
         self._manager.wake()
 
@@ -315,15 +320,16 @@ class Pool:
                 if finished and not run.done and not run.failures:
                     break
         finally:
-            if not run.complete:
-                self._cancel(run)
-            manager.remove(run)
-            if run.sizer.seconds_per_item is not None:  # the next map of fn starts with big chunks
-                self._timings.pop(run.fn_id, None)
-                self._timings[run.fn_id] = run.sizer.seconds_per_item
-                while len(self._timings) > TIMINGS_KEPT:
-                    self._timings.pop(next(iter(self._timings)))
-            self._show(run, progress, final=True)
+            with held_interrupts():  # an interrupt must not leave busy workers or an open bar behind
+                if not run.complete:
+                    self._cancel(run)
+                manager.remove(run)
+                if run.sizer.seconds_per_item is not None:  # the next map of fn starts with big chunks
+                    self._timings.pop(run.fn_id, None)
+                    self._timings[run.fn_id] = run.sizer.seconds_per_item
+                    while len(self._timings) > TIMINGS_KEPT:
+                        self._timings.pop(next(iter(self._timings)))
+                self._show(run, progress, final=True)
 
     def _show(self, run: Run, progress, final: bool = False) -> None:
         for stream, text in self.output.drain(final):

@@ -27,15 +27,15 @@ import pickle
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator
 
 from . import _worker
+from ._arguments import ON_ERROR, check_run  # noqa: F401 - _pipeline imports ON_ERROR from here
 from ._chunking import ChunkSizer
-from ._errors import (Failure, RemoteError, RemoteTraceback, SerializationError, TaskTimeout,
+from ._errors import (ExceptionRecord, Failure, RemoteError, SerializationError, TaskTimeout,
                       WorkerDied, _short_repr)
 
-ON_ERROR = ("raise", "skip", "collect")
 #: The file name cloudpickle gives code it sends by value.
 DYNAMIC_CODE = "<dynamic-code>"
 _chunk_ids = itertools.count()
@@ -78,15 +78,7 @@ class Run:
                  chunksize: int | str, ordered: bool, on_error: str, retries: int,
                  timeout: float | None, fn_id: str, fn_payload: bytes, context: bytes, context_id: str,
                  seconds_per_item: float | None = None, cond: threading.Condition | None = None):
-        if on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {', '.join(map(repr, ON_ERROR))}, not {on_error!r}")
-        if not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be a whole number >= 0, not {retries!r}")
-        if timeout is not None and not timeout > 0:
-            raise ValueError(f"timeout must be a number of seconds > 0, or None; not {timeout!r}")
-        if timeout is not None and chunksize not in ("auto", 1):
-            raise ValueError("timeout= bounds each item, so items are sent one at a time; "
-                             f"drop chunksize={chunksize!r} or timeout=")
+        check_run(chunksize, on_error, retries, timeout)
         self.fn_name = getattr(fn, "__qualname__", repr(fn))
         self.code_files = _code_files(fn)
         self.fn_id, self.fn_payload = fn_id, fn_payload
@@ -201,7 +193,8 @@ class Run:
                 position -= offset
                 failed.add(position)
                 index, item = indices[position], items[position]
-                self._error(chunk, index, item, _rebuild(exc_bytes, text, self._frames(frames), worker_id, index, item))
+                self._error(chunk, index, item, _rebuild(exc_bytes, text, self._frames(frames), worker_id, index, item,
+                                                           self._frames))
             keep = [o for o in range(len(indices)) if o not in failed]
             if keep:
                 self.done.append(([indices[o] for o in keep], [results[o] for o in keep]))
@@ -305,19 +298,25 @@ class Run:
         self.cond.notify_all()
 
 
-def _rebuild(exc_bytes, text, frames, worker_id, index, item) -> BaseException:
-    exc = None
-    if exc_bytes is not None:
+def _rebuild(described, text, frames, worker_id, index, item, fix_frames=None) -> BaseException:
+    """A worker's exception in this process, from ``_worker._describe_exception`` (a pickled
+    :class:`ExceptionRecord`, chain included) or from a bare pickled exception (``None`` when it
+    could not be pickled), with a note naming the worker and the item."""
+    record = None
+    if described is not None:
         try:
-            exc = pickle.loads(exc_bytes)
+            record = pickle.loads(described)
         except BaseException:
-            exc = None
-    if exc is None:
-        exc = RemoteError(text)
+            record = None
+    if isinstance(record, BaseException):  # a bare exception: no chain, no record
+        record = ExceptionRecord(described, text, frames)
+    elif not isinstance(record, ExceptionRecord):
+        record = ExceptionRecord(None, text, frames)
+    else:
+        record = replace(record, frames=frames)  # the caller's frames are already fixed
+    exc = record.rebuild(fix_frames)
     if isinstance(index, tuple):  # a pipeline's item: its position in the input comes first
         index = index[0]
-    header = f"worker {worker_id} raised on item {index}: {_short_repr(item)}"
-    exc.__cause__ = RemoteTraceback(header, frames, text)
     try:
         exc.add_note(f"(raised in mpkit worker {worker_id} on item {index}: {_short_repr(item)})")
     except Exception:

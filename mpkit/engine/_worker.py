@@ -22,6 +22,7 @@ living on as an orphan. SIGINT is ignored here: the notebook decides what an int
 """
 from __future__ import annotations
 
+import inspect
 import io
 import os
 import pickle
@@ -33,7 +34,7 @@ import time
 import traceback
 
 from . import _serialize
-from ._errors import SerializationError
+from ._errors import ExceptionRecord, SerializationError
 
 # Message kinds, parent -> worker.
 CONTEXT, FN, FORGET, RUN, STOP = "context", "fn", "forget", "run", "stop"
@@ -154,8 +155,25 @@ def _frames(tb) -> list[tuple[str, int, str, str | None]]:
     return [(f.filename, f.lineno, f.name, f.line) for f in traceback.extract_tb(tb)]
 
 
+#: Exceptions sent back for one failure: the chain (``raise X from err`` nests one per link) and
+#: the members of exception groups. Real chains are a few links long; the bound keeps a runaway
+#: chain or a group of thousands from growing the message without end.
+MAX_CHAIN = 32
+
+
 def _describe_exception(exc: BaseException, skip_frames: int = 1):
-    """(pickled exception or None, 'Type: message' text, frames) for sending to the parent."""
+    """(pickled ExceptionRecord, 'Type: message' text, frames) for sending to the parent.
+
+    The record holds the chain too: each ``__cause__`` and ``__context__`` with its own frames,
+    pickled apart, so a link that cannot cross (a lock inside) costs only that link its type.
+    """
+    memo: dict[int, ExceptionRecord | None] = {}
+    record = _record(exc, skip_frames, memo)
+    return pickle.dumps(record, PROTOCOL), record.text, record.frames
+
+
+def _record(exc: BaseException, skip_frames: int, memo: dict) -> ExceptionRecord:
+    memo[id(exc)] = None  # in progress: a chain that loops back to it ends there
     try:
         exc_bytes = dumps(exc)
         pickle.loads(exc_bytes)  # some exceptions pickle but cannot be rebuilt (custom __init__)
@@ -166,7 +184,23 @@ def _describe_exception(exc: BaseException, skip_frames: int = 1):
     for _ in range(skip_frames):  # drop the worker's own frame, keep the user's
         if tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
-    return exc_bytes, text, _frames(tb)
+
+    def link(other):
+        if other is None or len(memo) >= MAX_CHAIN:
+            return None
+        if id(other) in memo:
+            return memo[id(other)]
+        return _record(other, 0, memo)
+
+    cause, context = link(exc.__cause__), link(exc.__context__)
+    members, message = (), None
+    if isinstance(exc, BaseExceptionGroup):  # asyncio.TaskGroup and friends: each member too
+        members = tuple(m for m in (link(e) for e in exc.exceptions) if m is not None)
+        message = exc.message
+    record = ExceptionRecord(exc_bytes, text, _frames(tb), cause, context, exc.__suppress_context__,
+                             members, message)
+    memo[id(exc)] = record
+    return record
 
 
 def _apply_context(sys_path: list[str], cwd: str, environ: dict[str, str]) -> None:
@@ -250,14 +284,28 @@ def _encode_results(kind, chunk_id, offset, results, failures, seconds) -> bytes
                 dumps(value)
             except BaseException as exc:
                 results[position] = None
-                err = SerializationError(
-                    f"the result of this item ({type(value).__name__}) could not be pickled to send it "
-                    f"back: {type(exc).__name__}: {exc}. Fix: return plain data (numbers, strings, "
-                    "lists, dicts, DataFrames), not open files, locks or generators.")
+                err = _unpicklable_result(value, exc)
                 failures.append((offset + position, pickle.dumps(err, PROTOCOL), f"SerializationError: {err}", []))
         failures.sort(key=lambda f: f[0])
         results_bytes = dumps(results)
     return pickle.dumps((kind, chunk_id, offset, results_bytes, failures, seconds), PROTOCOL)
+
+
+def _unpicklable_result(value, exc: BaseException) -> SerializationError:
+    """Why a result cannot go back, with the fix; a coroutine or generator says what made it."""
+    said = (f"the result of this item ({type(value).__name__}) could not be pickled to send it back: "
+            f"{type(exc).__name__}: {exc}. ")
+    if inspect.iscoroutine(value):
+        value.close()  # never awaited, and never will be: no warning about it in the output
+        return SerializationError(
+            said + "The function returned a coroutine (it is async, or calls an async function without "
+            "awaiting it), and mpkit does not run coroutines. Fix: run it inside the function, "
+            "return asyncio.run(coroutine), in a plain def.")
+    if inspect.isgenerator(value):
+        return SerializationError(said + "The function returned a generator (it yields, or returns one). "
+                                  "Fix: return a list, return list(...).")
+    return SerializationError(said + "Fix: return plain data (numbers, strings, lists, dicts, DataFrames), "
+                              "not open files, locks or generators.")
 
 
 def _leave(relay: _OutputRelay, sender: _Sender) -> None:

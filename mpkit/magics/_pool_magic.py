@@ -4,13 +4,18 @@ A thin adapter: parse the line, turn the cell into a module (``_cellmodule``), c
 """
 from __future__ import annotations
 
+import keyword
+import math
 import re
 
+import cloudpickle
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, magics_class
 from IPython.core.magic_arguments import argument, kwds, magic_arguments, parse_argstring
 
 from .. import _api
+from ..engine._arguments import check_function
+from ..engine._errors import raised_in_worker
 from ._cellmodule import CellError, CellFunction, CellModules, pick_function, register_cell_file
 
 _OPTION = re.compile(r"\s(-[a-zA-Z]\b|--[a-zA-Z][\w-]*)")
@@ -58,6 +63,7 @@ class PoolMagics(Magics):
         expression, args = self._parse(line)
         items = self._evaluate(expression)
         chunksize = args.chunksize if args.chunksize == "auto" else self._int(args.chunksize, "--chunksize")
+        self._check_options(args, chunksize)
         shared = self._shared(args.share)
         header = f"%%mp_pool {line}".strip()
         try:
@@ -70,14 +76,20 @@ class PoolMagics(Magics):
         for key, value in vars(module).items():
             if not key.startswith("__") and callable(value) and getattr(value, "__module__", None) == module.__name__:
                 self.shell.user_ns[key] = value
+        try:
+            check_function(getattr(module, name), f"the cell's function {name}")
+        except TypeError as exc:
+            raise UsageError(f"%%mp_pool: {exc}") from None
         fn = CellFunction(module, name, shared)
         try:
             results = _api.map(fn, items, workers=args.workers, chunksize=chunksize, ordered=not args.unordered,
                                on_error=args.on_error, retries=args.retries, timeout=args.timeout,
                                progress=not args.no_progress, start_method=args.start_method)
         except (TypeError, ValueError) as exc:
-            if exc.__cause__ is None and not type(exc).__module__.startswith("mpkit"):
-                raise UsageError(str(exc)) from None
+            if not raised_in_worker(exc):
+                self._unpicklable_share(shared)  # the function or its globals could not be sent
+                if not type(exc).__module__.startswith("mpkit"):
+                    raise UsageError(str(exc)) from None
             self._hint_share(exc)
             raise
         except KeyboardInterrupt as exc:
@@ -93,6 +105,40 @@ class PoolMagics(Magics):
             self.shell.user_ns[args.out] = results
             return None
         return results
+
+    @staticmethod
+    def _check_options(args, chunksize) -> None:
+        """The numbers argparse let through: one line each, naming the flag and the fix."""
+        if args.out is not None and not (args.out.isidentifier() and not keyword.iskeyword(args.out)):
+            raise UsageError(f"-o {args.out}: the results are stored in the notebook variable named by -o, "
+                             f"and {args.out!r} is not a valid Python variable name (letters, digits and _, "
+                             "not starting with a digit, not a keyword such as 'for'). Fix: -o results.")
+        if args.workers is not None and args.workers < 1:
+            raise UsageError(f"-n {args.workers}: the number of worker processes must be 1 or more. "
+                             "Fix: -n 4, or leave -n out for one per CPU.")
+        if args.retries < 0:
+            raise UsageError(f"--retries {args.retries}: the number of extra attempts per item must be 0 or "
+                             "more. Fix: --retries 1, or leave it out for none.")
+        if args.timeout is not None and not (args.timeout > 0 and not math.isnan(args.timeout)):
+            raise UsageError(f"--timeout {args.timeout:g}: the seconds one item may run must be more than 0. "
+                             "Fix: --timeout 60, or leave it out for no limit.")
+        if args.timeout is not None and chunksize not in ("auto", 1):
+            raise UsageError(f"--timeout {args.timeout:g} bounds each item, so items are sent one at a time, "
+                             f"but --chunksize {chunksize} asks for {chunksize} per message. Fix: drop "
+                             "--chunksize (or --timeout).")
+
+    @staticmethod
+    def _unpicklable_share(shared: dict) -> None:
+        """The function could not be pickled: if a --share value is why, say which one."""
+        for name, value in shared.items():
+            try:
+                cloudpickle.dumps(value)
+            except Exception as exc:
+                raise UsageError(
+                    f"--share {name}: the notebook variable {name!r} ({type(value).__name__}) cannot be "
+                    f"pickled to send it to the workers: {type(exc).__name__}: {exc}. Fix: share plain data "
+                    f"(numbers, strings, lists, dicts, arrays, DataFrames), or create the {type(value).__name__} "
+                    "inside the cell's function, in each worker.") from None
 
     def _hint_share(self, exc: BaseException) -> None:
         """A NameError in a worker for a notebook variable: say that workers need --share for it."""

@@ -71,6 +71,12 @@ def run_cell(ip, line: str, cell: str):
     return result, captured
 
 
+def ipython_shows(ip, exc: BaseException) -> str:
+    """The traceback IPython prints for ``exc`` (without colours)."""
+    ip.run_line_magic("colors", "nocolor")
+    return ip.InteractiveTB.text(type(exc), exc, exc.__traceback__)
+
+
 DOUBLE = """
 def double(x):
     return 2 * x
@@ -303,10 +309,9 @@ def check(x):
 def test_worker_exception_has_the_original_type_and_names_the_cell(ip, start_method):
     with pytest.raises(ValueError, match="bad item 2") as info:
         mp_pool(ip, "[1, 2, 3] -n 2 --no-progress", RAISES)
-    cause = str(info.value.__cause__)
-    assert "Cell In[" in cause
-    assert re.search(r"Cell In\[\d+\], line 4, in check", cause), cause  # line 1 is the magic
-    assert 'raise ValueError(f"bad item {x}")' in cause
+    text = ipython_shows(ip, info.value)
+    assert re.search(r"Cell In\[\d+\], line 4, in check", text), text  # line 1 is the magic
+    assert 'raise ValueError(f"bad item {x}")' in text
 
 
 def test_worker_exception_shown_in_a_cell(ip, start_method):
@@ -486,7 +491,8 @@ def test_cell_label_after_reload_ext(ip, start_method, request):
     mpkit.shutdown()  # workers started after the reload (a warm one may still hold the old module)
     with pytest.raises(ValueError) as info:
         mp_pool(ip, "[1, 2] -n 2 --no-progress", cell)
-    assert re.search(r"Cell In\[\d+\], line 4, in check", str(info.value.__cause__)), str(info.value.__cause__)
+    text = ipython_shows(ip, info.value)
+    assert re.search(r"Cell In\[\d+\], line 4, in check", text), text
 
 
 def _forget_cells_of_deleted_folders() -> None:
@@ -494,3 +500,103 @@ def _forget_cells_of_deleted_folders() -> None:
     for name, module in list(sys.modules.items()):
         if name.startswith("mp_cell_") and not os.path.exists(getattr(module, "__file__", "") or ""):
             del sys.modules[name]
+
+
+# ---- bad options and cells the workers cannot run: one line, named, before any work ----------
+ASYNC_CELL = """
+import asyncio
+
+async def fetch(x):
+    await asyncio.sleep(0)
+    return x
+"""
+GENERATOR_CELL = """
+def numbers(x):
+    yield from range(x)
+"""
+BAD_OPTIONS = [
+    pytest.param("[1, 2] -o 1abc", DOUBLE, r"-o 1abc: .*'1abc' is not a valid Python variable name", id="out-digit"),
+    pytest.param("[1, 2] -o x.y", DOUBLE, r"-o x\.y: .*'x\.y' is not a valid Python variable name", id="out-dotted"),
+    pytest.param("[1, 2] -o for", DOUBLE, r"-o for: .*not a keyword", id="out-keyword"),
+    pytest.param("[1, 2] -n 0", DOUBLE, r"-n 0: the number of worker processes must be 1 or more", id="workers-0"),
+    pytest.param("[1, 2] --retries -1", DOUBLE, r"--retries -1: .*must be 0 or more", id="retries"),
+    pytest.param("[1, 2] --timeout 0", DOUBLE, r"--timeout 0: .*more than 0", id="timeout-0"),
+    pytest.param("[1, 2] --timeout 5 --chunksize 10", DOUBLE, r"--timeout 5 bounds each item.*--chunksize 10",
+                 id="timeout-chunksize"),
+    pytest.param("[1, 2]", ASYNC_CELL, r"fetch is an async function \(async def\).*asyncio\.run", id="async-def"),
+    pytest.param("[1, 2]", GENERATOR_CELL, r"numbers is a generator function", id="generator"),
+]
+
+
+@pytest.mark.parametrize("line, cell, message", BAD_OPTIONS)
+def test_bad_options_raise_a_usage_error_before_any_work(ip, line, cell, message):
+    with pytest.raises(UsageError) as info:
+        mp_pool(ip, line, cell)
+    text = str(info.value)
+    assert re.search(message, text), text
+    assert "\n" not in text, f"not one line: {text!r}"
+    assert _default._pool is None, "bad input started a pool"
+    assert "for" not in ip.user_ns and "x.y" not in ip.user_ns and "1abc" not in ip.user_ns
+
+
+@pytest.mark.parametrize("line, cell, message", BAD_OPTIONS)
+def test_bad_options_in_a_cell_show_no_traceback(ip, line, cell, message):
+    result, captured = run_cell(ip, line, cell)
+    assert isinstance(result.error_in_exec, UsageError)
+    shown = captured.stdout + captured.stderr
+    assert re.search("UsageError: .*" + message, shown), shown
+    assert "Traceback" not in shown and "---->" not in shown, shown
+
+
+def test_share_of_an_unpicklable_variable_names_the_variable(ip, start_method):
+    ip.run_cell("import threading\nguard = threading.Lock()\nscale = 3")
+    result, captured = run_cell(ip, "[1, 2] -n 1 --no-progress --share scale,guard", """
+        def work(x):
+            with guard:
+                return x * scale
+    """)
+    assert isinstance(result.error_in_exec, UsageError), result.error_in_exec
+    shown = captured.stdout + captured.stderr
+    assert re.search(r"--share guard: the notebook variable 'guard' \(lock\) cannot be pickled", shown), shown
+    assert "CellFunction" not in shown and "Traceback" not in shown, shown
+
+
+CHAINED = """
+TABLE = {1: "one"}
+
+def look_up(x):
+    try:
+        return TABLE[x]
+    except KeyError as err:
+        raise LookupError(f"no entry for {x}") from err
+"""
+
+
+def test_a_chained_worker_exception_shows_both_errors_with_their_cell_lines(ip, start_method):
+    result, captured = run_cell(ip, "[1, 2] -n 1 --no-progress", CHAINED)
+    err = result.error_in_exec
+    assert type(err) is LookupError and type(err.__cause__) is KeyError, repr(err)
+    shown = captured.stdout + captured.stderr
+    number = result.execution_count
+    at = 0
+    for part in (f"Cell In[{number}], line 6, in look_up", "return TABLE[x]", "KeyError: 2",
+                 "The above exception was the direct cause of the following exception:",
+                 f"Cell In[{number}], line 1",  # the notebook's own frame, then the worker's
+                 f"Cell In[{number}], line 8, in look_up", 'raise LookupError(f"no entry for {x}") from err',
+                 "LookupError: no entry for 2", "raised in mpkit worker 1 on item 1: 2"):
+        found = shown.find(part, at)
+        assert found >= 0, f"{part!r} missing or out of order after position {at}:\n{shown}"
+        at = found + len(part)
+
+
+def test_showing_a_map_interrupted_holds_interrupts_only_until_the_cell_ends(ip):
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    with capture_output() as captured:
+        result = ip.run_cell("import mpkit\nraise mpkit.MapInterrupted(mpkit.ResultList([10, 20]), [2], 3)",
+                             store_history=True)
+    assert isinstance(result.error_in_exec, mpkit.MapInterrupted)
+    assert "MapInterrupted: interrupted after 2 of 3 items finished" in captured.stdout + captured.stderr
+    assert signal.getsignal(signal.SIGINT) is before, "the interrupt handler was not given back after the cell"
+    assert sys.last_value.results == [10, 20]
