@@ -120,8 +120,8 @@ class CellFunction:
         module.__dict__.update(shared)
         self._fn = getattr(module, function)
 
-    def __call__(self, item):
-        return self._fn(item)
+    def __call__(self, *args, **kwargs):
+        return self._fn(*args, **kwargs)
 
     def __reduce__(self):
         return load_cell_function, (self.module_name, self.function, self.shared)

@@ -16,7 +16,8 @@ from IPython.core.magic_arguments import argument, kwds, magic_arguments, parse_
 from .. import _api
 from ..engine._arguments import check_function
 from ..engine._errors import raised_in_worker
-from ._cellmodule import CellError, CellFunction, CellModules, pick_function, register_cell_file
+from ._cellmodule import (CellError, CellFunction, CellModules, pick_function, register_cell_file,
+                          top_level_functions)
 
 _OPTION = re.compile(r"\s(-[a-zA-Z]\b|--[a-zA-Z][\w-]*)")
 _UNDEFINED = re.compile(r"name '(\w+)' is not defined")
@@ -44,6 +45,9 @@ class PoolMagics(Magics):
     @argument("--timeout", type=float, default=None, help="Seconds an item may run.")
     @argument("--share", default=None, metavar="NAME[,NAME...]",
               help="Notebook variables sent to the workers as globals of the cell.")
+    @argument("--init", default=None, metavar="FUNC",
+              help="A function of the cell run once in each worker before its first item (load a "
+                   "model there); the globals it sets are the ones the mapped function reads.")
     @argument("--start-method", choices=("forkserver", "spawn"), default=None,
               help="How workers start (default: forkserver on Linux, spawn elsewhere).")
     @argument("--no-progress", action="store_true", help="No progress bar.")
@@ -69,6 +73,9 @@ class PoolMagics(Magics):
         try:
             module_name, path, tree = self.cells.write(header, cell)
             name = pick_function(tree, args.func)
+            if args.init is not None and args.init not in top_level_functions(tree):
+                raise CellError(f"--init {args.init}: no function named {args.init!r} at the top level of this "
+                                f"cell (functions defined here: {', '.join(top_level_functions(tree)) or 'none'}).")
         except CellError as exc:
             raise UsageError(str(exc)) from None
         register_cell_file(self.shell, path)  # before the import: an error there names the cell too
@@ -81,9 +88,10 @@ class PoolMagics(Magics):
         except TypeError as exc:
             raise UsageError(f"%%mp_pool: {exc}") from None
         fn = CellFunction(module, name, shared)
+        init = CellFunction(module, args.init, shared) if args.init is not None else None
         try:
             results = _api.map(fn, items, workers=args.workers, chunksize=chunksize, ordered=not args.unordered,
-                               on_error=args.on_error, retries=args.retries, timeout=args.timeout,
+                               on_error=args.on_error, retries=args.retries, timeout=args.timeout, init=init,
                                progress=not args.no_progress, start_method=args.start_method)
         except (TypeError, ValueError) as exc:
             if not raised_in_worker(exc):

@@ -600,3 +600,22 @@ def test_showing_a_map_interrupted_holds_interrupts_only_until_the_cell_ends(ip)
     assert "MapInterrupted: interrupted after 2 of 3 items finished" in captured.stdout + captured.stderr
     assert signal.getsignal(signal.SIGINT) is before, "the interrupt handler was not given back after the cell"
     assert sys.last_value.results == [10, 20]
+
+
+def test_init_option_sets_globals_the_cell_function_reads(ip, start_method):
+    out = mp_pool(ip, "[1, 2, 3] -n 2 --init setup --no-progress", """
+        SCALE = 1
+
+        def setup():
+            global SCALE
+            SCALE = 100
+
+        def work(x):
+            return x * SCALE + 5
+    """)
+    assert out == [105, 205, 305]
+
+
+def test_init_option_names_a_function_of_the_cell(ip, start_method):
+    with pytest.raises(UsageError, match="--init nope: no function named 'nope'"):
+        mp_pool(ip, "[1] --init nope --no-progress", DOUBLE)
