@@ -48,3 +48,10 @@ def init_hangs() -> None:
 
 def noop_init() -> None:
     pass
+
+
+def init_fails_with_a_cause() -> None:
+    try:
+        open("/nonexistent/mpkit-config.toml")
+    except OSError as exc:
+        raise RuntimeError("could not read the model's config") from exc

@@ -207,6 +207,18 @@ def worker_traceback(frames: list[Frame]) -> types.TracebackType | None:
     return tb
 
 
+def remote_exception(described: bytes | None, text: str, frames: list) -> BaseException:
+    """A worker's exception rebuilt in this process from ``_worker._describe_exception``'s record
+    (its own type, the worker's frames as its traceback, its chain), or a :class:`RemoteError`."""
+    try:
+        record = pickle.loads(described) if described is not None else None
+    except BaseException:
+        record = None
+    if not isinstance(record, ExceptionRecord):
+        record = ExceptionRecord(None, text, frames)
+    return record.rebuild()
+
+
 def raised_in_worker(exc: BaseException) -> bool:
     """True for an exception rebuilt from a worker (its traceback holds the worker's frames)."""
     tb = exc.__traceback__

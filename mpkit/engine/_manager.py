@@ -32,7 +32,7 @@ from collections import OrderedDict, deque
 from multiprocessing.connection import wait as mp_wait
 
 from . import _serialize, _worker
-from ._errors import RemoteTraceback, WorkerInitError, _short_repr, describe_exit
+from ._errors import WorkerInitError, _short_repr, describe_exit, remote_exception
 from ._output import OutputRelay
 from ._run import Run
 
@@ -53,6 +53,16 @@ INIT_TIMEOUT = 300.0
 #: After a worker could not even be started (a fork server killed by an interrupt while it booted),
 #: wait this long before the next try, so that MAX_FAILED_STARTS tries span a real recovery time.
 START_BACKOFF = 0.25
+
+
+def _cause(described, text: str, frames, note: str) -> BaseException:
+    """The worker's own exception (chain and frames included), as the cause of mpkit's error."""
+    exc = remote_exception(described, text, frames)
+    try:
+        exc.add_note(note)
+    except Exception:
+        pass
+    return exc
 
 
 class _Worker:
@@ -347,17 +357,17 @@ class Manager:
                     chunk.run.undecodable(chunk, text)
                 chunk.run.cond.notify_all()
         elif kind == _worker.FN_ERROR:
-            _, chunk_id, text, frames = msg
+            _, chunk_id, described, text, frames = msg
             chunk = self._answered(w, chunk_id)
             with chunk.run.cond:
                 if not chunk.run.cancelled:
-                    chunk.run.set_fatal(self._load_error(chunk.run, w, text, frames))
+                    chunk.run.set_fatal(self._load_error(chunk.run, w, described, text, frames))
                 chunk.run.cond.notify_all()
         elif kind == _worker.INIT_ERROR:
-            _, text, frames = msg
+            _, described, text, frames = msg
             err = WorkerInitError(f"init={_short_repr(self.init)} failed in a new worker, so no item can "
                                   f"run: {text}. Fix the init function and call again.")
-            err.__cause__ = RemoteTraceback(f"init in worker {w.id}", frames, text)
+            err.__cause__ = _cause(described, text, frames, f"(raised by init in mpkit worker {w.id})")
             self._start_failed(err)
 
     def _answered(self, w: _Worker, chunk_id: int):
@@ -370,7 +380,7 @@ class Manager:
         return chunk
 
     @staticmethod
-    def _load_error(run: Run, w: _Worker, text: str, frames) -> BaseException:
+    def _load_error(run: Run, w: _Worker, described, text: str, frames) -> BaseException:
         """Why a worker could not load a run's function: a stage object that failed to build,
         or a function whose module the worker cannot import."""
         if any(f[2] == "build" and f[0].endswith("_worker.py") for f in frames):
@@ -383,7 +393,7 @@ class Manager:
                 "Cause: it refers to a module the worker cannot import. Fix: make the module "
                 "importable there (install it, or put it on sys.path before the call), or "
                 "define the function in the notebook or with %%mp_pool.")
-        err.__cause__ = RemoteTraceback(f"loading {run.fn_name} in worker {w.id}", frames, text)
+        err.__cause__ = _cause(described, text, run._frames(frames), f"(raised loading {run.fn_name} in mpkit worker {w.id})")
         return err
 
     def _pop(self, w: _Worker, chunk_id: int):

@@ -367,8 +367,7 @@ def main(conn, worker_id: int, init_payload: bytes | None, context: tuple | None
             init_fn()
         except BaseException as exc:
             relay.flush()
-            _, text, frames = _describe_exception(exc, skip_frames=0)
-            sender.send(pickle.dumps((INIT_ERROR, text, frames), PROTOCOL))
+            sender.send(pickle.dumps((INIT_ERROR, *_describe_exception(exc, skip_frames=0)), PROTOCOL))
             os._exit(INIT_FAILED_EXIT)
     relay.flush()
     sender.send(pickle.dumps((READY, os.getpid()), PROTOCOL))
@@ -387,8 +386,8 @@ def main(conn, worker_id: int, init_payload: bytes | None, context: tuple | None
             _, chunk_id, fn_id, items_bytes, batch = msg
             fn = functions.get(fn_id)
             if fn is None:
-                text, frames = broken.get(fn_id, ("the function was never sent to this worker", []))
-                sender.send(pickle.dumps((FN_ERROR, chunk_id, text, frames), PROTOCOL))
+                described = broken.get(fn_id, (None, "the function was never sent to this worker", []))
+                sender.send(pickle.dumps((FN_ERROR, chunk_id, *described), PROTOCOL))
                 continue
             try:
                 items = _serialize.loads(items_bytes)
@@ -405,8 +404,7 @@ def main(conn, worker_id: int, init_payload: bytes | None, context: tuple | None
                 functions[fn_id] = _serialize.loads(payload)
                 broken.pop(fn_id, None)
             except BaseException as exc:
-                _, text, frames = _describe_exception(exc, skip_frames=0)
-                broken[fn_id] = (text, frames)
+                broken[fn_id] = _describe_exception(exc, skip_frames=0)
         elif kind == FORGET:
             functions.pop(msg[1], None)
             broken.pop(msg[1], None)

@@ -108,3 +108,16 @@ def test_an_interrupt_while_workers_start_does_not_brick_the_pool(start_method, 
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
     assert "[0, 1, 4, 9, 16, 25]" in out, (out, err[-3000:])
+
+
+def test_a_failing_init_keeps_its_chain_and_frames(start_method):
+    import traceback
+
+    from tests.side_effects import init_fails_with_a_cause
+
+    with pytest.raises(mpkit.WorkerInitError) as info:
+        mpkit.map(square, [1], init=init_fails_with_a_cause, workers=1, progress=False)
+    cause = info.value.__cause__
+    assert type(cause) is RuntimeError and type(cause.__cause__) is FileNotFoundError
+    shown = "".join(traceback.format_exception(info.value))
+    assert "init_fails_with_a_cause" in shown and "FileNotFoundError" in shown, shown
