@@ -50,15 +50,16 @@ def _cmdline(proc: psutil.Process) -> str:
 
 
 def is_helper(proc: psutil.Process, root_pid: int) -> bool:
-    """The resource tracker, or the fork server itself (a direct child of root running forkserver)."""
-    cmd = _cmdline(proc)
-    if "resource_tracker" in cmd:
-        return True
+    """multiprocessing's session helpers of ``root``: its resource tracker and its fork server,
+    each a direct child of ``root``. Anything deeper (a forkserver worker has the fork server's
+    command line, a task's child has anything) is not a helper."""
     try:
-        parent = proc.ppid()
+        if proc.ppid() != root_pid:
+            return False
     except psutil.Error:
         return False
-    return "forkserver" in cmd and parent == root_pid
+    cmd = _cmdline(proc)
+    return "multiprocessing.resource_tracker" in cmd or "multiprocessing.forkserver" in cmd
 
 
 def workers_of(pid: int) -> list[psutil.Process]:
