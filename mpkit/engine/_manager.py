@@ -8,8 +8,9 @@ worker was running is split, retried or failed; the chunks it had not started go
     wait(wake socket, worker pipes, process sentinels)
       ├─ wake: a run was added, fed, or cancelled ─► dispatch pending chunks, PREFETCH per worker
       ├─ pipe: "done" / "out" / "fn_error" / "undecodable" / "init_error" ─► the run, the relay
-      └─ sentinel: a worker ended ─► _bury
-    then: kill workers past a timeout, or busy with a cancelled run; start workers up to size
+      └─ sentinel: a worker ended ─► _bury (and the processes its tasks started: _proctree)
+    then: kill workers past a timeout, or busy with a cancelled run, each with its whole process
+    tree (Trees.end); start workers up to size
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import cloudpickle
 from . import _worker
 from ._errors import RemoteTraceback, WorkerInitError, _short_repr, describe_exit
 from ._output import OutputRelay
+from ._proctree import Trees
 from ._run import Run
 
 #: Chunks a worker holds at once: one running, one waiting in its inbox, so it never waits for
@@ -73,6 +75,7 @@ class Manager:
         self._thread: threading.Thread | None = None
         self._closing = False
         self._failed_starts = 0  # workers in a row that ended before they were ready
+        self.trees = Trees()     # each worker's processes, killed with it
 
     # ---- any thread ----------------------------------------------------------------------------
     def add(self, run: Run) -> None:
@@ -102,6 +105,9 @@ class Manager:
 
     def close(self, wait: bool) -> None:
         """Stop the thread, then every worker: politely first, killed after STOP_GRACE."""
+        # Under spawn a worker dies with the thread that started it (PR_SET_PDEATHSIG): note what
+        # its tasks started before that thread ends, so that what left its group is found too.
+        self.trees.watch([w.pid for w in list(self.workers.values())], now=True)
         with self.lock:
             self._closing = True
             runs = list(self.runs)
@@ -122,9 +128,8 @@ class Manager:
         for w in workers:
             w.process.join(timeout=max(0.0, deadline - time.monotonic()))
         for w in workers:
-            if w.process.is_alive():
-                w.process.kill()
-                w.process.join(timeout=5)
+            self.trees.end(w.pid, w.process)  # also what a worker that left on its own left running
+            w.process.join(timeout=5)
             w.conn.close()
         self.workers.clear()
         self._wake_r.close()
@@ -162,6 +167,8 @@ class Manager:
                     else:
                         self._service(obj)
                 self._check_timeouts()
+                self._notice_exits()
+                self.trees.watch([w.pid for w in self.workers.values() if w.in_flight])
         except BaseException as exc:  # a bug here must not leave callers waiting forever
             self.broken = RuntimeError(f"mpkit's pool manager failed ({type(exc).__name__}: {exc}); "
                                         "this is a bug in mpkit. mpkit.shutdown() resets the pool.")
@@ -341,6 +348,7 @@ class Manager:
         """A worker process ended: account for every chunk it held."""
         w.process.join(timeout=1)
         exitcode = w.process.exitcode
+        self.trees.end(w.pid)  # what its tasks started dies with it
         del self.workers[w.id]
         w.conn.close()
         if not w.ready and not w.stopping and not w.left and self.init_error is None:
@@ -374,7 +382,16 @@ class Manager:
             for w in self.workers.values():
                 if not w.stopping and any(c.run is run for c in w.in_flight):
                     w.stopping = True
-                    w.process.kill()
+                    self.trees.end(w.pid, w.process)
+
+    def _notice_exits(self) -> None:
+        """Bury workers that ended although their sentinel did not fire: under spawn a task's
+        forked child holds the sentinel pipe open, and the worker's death would go unnoticed
+        until that child ends (it is killed with the worker's group in _bury)."""
+        for w in list(self.workers.values()):
+            if not w.process.is_alive():
+                self._read(w)
+                self._bury(w)
 
     def _check_timeouts(self) -> None:
         now = time.monotonic()
@@ -385,7 +402,7 @@ class Manager:
                 if limit is not None and now - chunk.started > limit:
                     w.stopping = True
                     w.timed_out = chunk
-                    w.process.kill()
+                    self.trees.end(w.pid, w.process)
 
     def _next_deadline(self, runs: list[Run]) -> float | None:
         timeouts = [r.timeout for r in runs if r.timeout is not None]

@@ -11,7 +11,8 @@
 The pool stays alive between maps (warm workers: the next call starts at once); a worker idle for
 ``idle_timeout`` seconds exits on its own, and the pool starts workers again when work comes.
 Stopping a map early (an error raised, an interrupt, an abandoned ``imap``) kills the workers busy
-with its items, so nothing keeps running that nobody waits for; idle workers stay warm.
+with its items, with every process their tasks started (``_proctree``), so nothing keeps running
+that nobody waits for; idle workers stay warm.
 """
 from __future__ import annotations
 

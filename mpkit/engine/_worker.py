@@ -12,7 +12,9 @@ One duplex pipe per worker, so the manager always knows which items a worker hol
 process dies, exactly those are retried or reported. The receiver thread reads ahead into an
 inbox so the manager never blocks writing to a busy worker, and it doubles as a watchdog: EOF on
 the pipe means the notebook process is gone (killed, OOM), and the worker exits at once instead of
-living on as an orphan. SIGINT is ignored here: the notebook decides what an interrupt stops.
+living on as an orphan. SIGINT is ignored here, and the worker leads a process group of its own
+(``_proctree``), so a terminal's Ctrl-C reaches neither it nor what its tasks start: the notebook
+decides what an interrupt stops, and the pool kills a worker with its whole group.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import traceback
 
 import cloudpickle
 
+from . import _proctree
 from ._errors import SerializationError
 
 # Message kinds, parent -> worker.
@@ -235,6 +238,7 @@ def _leave(relay: _OutputRelay, sender: _Sender) -> None:
         relay.flush()
         sender.send(pickle.dumps((BYE,), PROTOCOL))
     finally:
+        _proctree.end_descendants()  # what its tasks started leaves with it
         os._exit(CLEAN_EXIT)
 
 
@@ -268,6 +272,7 @@ def _die_with_parent() -> None:
 def main(conn, worker_id: int, init_payload: bytes | None, idle_timeout: float) -> None:
     """Entry point of a worker process (the target given to multiprocessing)."""
     _die_with_parent()
+    _proctree.lead_group()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sender = _Sender(conn)
     relay = _OutputRelay(sender)
