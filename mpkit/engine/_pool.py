@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import cloudpickle
 
-from . import _worker
+from . import _sigterm, _worker
 from ._errors import MapInterrupted, MpkitWarning, ResultList, _short_repr
 from ._manager import Manager
 from ._output import OutputRelay
@@ -105,6 +105,7 @@ class Pool:
         self._timings: dict[str, float] = {}  # function id -> seconds per item, last measured
         self._closed = False
         _live_pools.add(self)
+        _sigterm.chain(_shutdown_all)  # SIGTERM (Jupyter's, kill's) also ends what workers started
 
     # ---- public ------------------------------------------------------------------------------
     def map(self, fn: Callable, items: Iterable, *, workers: int | None = None, chunksize: int | str = "auto",
