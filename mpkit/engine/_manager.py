@@ -281,7 +281,7 @@ class Manager:
         elif kind == _worker.BYE:
             w.left = True
         elif kind == _worker.OUT:
-            self.output.add(w.id, msg[1], msg[2])
+            self.output.add(w.id, *msg[1:])
         elif kind == _worker.DONE:
             _, chunk_id, results_bytes, failures, seconds = msg
             chunk = self._answered(w, chunk_id)

@@ -5,7 +5,8 @@
     ("fn", fn_id, payload, path, cwd, env)──pipe──► receiver thread ─► inbox ─► main loop:
     ("run", chunk_id, fn_id, items, batch)──pipe──►                     unpickle, call fn per
                                                                         item, catch exceptions
-    ◄──pipe── ("out", stream, text)   output thread: every OUTPUT_INTERVAL, and before a result
+    ◄──pipe── ("out", parts, dropped lines, dropped chars)   output thread: every OUTPUT_INTERVAL,
+              and before a result; fds 1 and 2 (os.write, subprocesses) feed it too (_capture)
     ◄──pipe── ("done", chunk_id, results, failures, seconds)
 
 One duplex pipe per worker, so the manager always knows which items a worker holds: when the
@@ -30,7 +31,7 @@ import traceback
 
 import cloudpickle
 
-from . import _proctree
+from . import _capture, _proctree
 from ._errors import SerializationError
 
 # Message kinds, parent -> worker.
@@ -100,7 +101,8 @@ class _CapturedStream(io.TextIOBase):
 
 class _OutputRelay:
     """Buffers a worker's output; past OUTPUT_BUFFER_LIMIT in one interval it drops text until
-    the next flush and counts the lines, which the notebook side reports with its own cuts."""
+    the next flush and counts the lines and characters, which the notebook side reports with its
+    own cuts."""
 
     def __init__(self, sender: _Sender):
         self._sender = sender
@@ -110,6 +112,8 @@ class _OutputRelay:
         self._dropping = False
         self._dropped = 0        # whole lines dropped in this interval
         self._dropped_tail = False  # and a line begun but not ended
+        self._dropped_chars = 0  # the size of what was dropped: a huge line is one "line"
+        self.before_flush = None  # drains the captured file descriptors (_capture)
 
     def add(self, stream: str, text: str) -> None:
         with self._lock:
@@ -117,6 +121,7 @@ class _OutputRelay:
                 if not self._dropping and self._parts and not self._parts[-1][1].endswith("\n"):
                     self._parts.append((self._parts[-1][0], "\n"))  # end the line cut short
                 self._dropping = True
+                self._dropped_chars += len(text)
                 self._dropped += text.count("\n")
                 self._dropped_tail = not text.endswith("\n")
                 return
@@ -124,12 +129,14 @@ class _OutputRelay:
             self._size += len(text)
 
     def flush(self) -> None:
+        if self.before_flush is not None:
+            self.before_flush()
         with self._lock:
-            parts, dropped = self._parts, self._dropped + self._dropped_tail
+            parts, dropped, chars = self._parts, self._dropped + self._dropped_tail, self._dropped_chars
             self._parts, self._size, self._dropped, self._dropped_tail = [], 0, 0, False
-            self._dropping = False
+            self._dropping, self._dropped_chars = False, 0
         if parts or dropped:
-            self._sender.send(pickle.dumps((OUT, parts, dropped), PROTOCOL))
+            self._sender.send(pickle.dumps((OUT, parts, dropped, chars), PROTOCOL))
 
     def run_forever(self) -> None:
         while True:
@@ -278,6 +285,7 @@ def main(conn, worker_id: int, init_payload: bytes | None, idle_timeout: float) 
     relay = _OutputRelay(sender)
     sys.stdout = _CapturedStream("stdout", relay)
     sys.stderr = _CapturedStream("stderr", relay)
+    relay.before_flush = _capture.Capture(relay.add).drain  # os.write(1, ...), subprocesses
     inbox: queue.SimpleQueue = queue.SimpleQueue()
     threading.Thread(target=_receive_forever, args=(conn, inbox), daemon=True, name="mpkit-receiver").start()
     threading.Thread(target=relay.run_forever, daemon=True, name="mpkit-output").start()
