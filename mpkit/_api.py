@@ -10,7 +10,7 @@ from .engine._errors import ResultList
 def map(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize: int | str = "auto",
         ordered: bool = True, on_error: str = "raise", retries: int = 0, timeout: float | None = None,
         init: Callable[[], Any] | None = None, progress: bool | None = None,
-        start_method: str | None = None) -> ResultList:
+        start_method: str | None = None, max_tasks_per_child: int | None = None) -> ResultList:
     """Apply ``fn`` to every item in worker processes and return the results as a list.
 
     - ``fn`` may be defined in a notebook cell: it is sent to the workers by value (cloudpickle).
@@ -25,17 +25,19 @@ def map(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize:
     - ``init``: called once in each worker process before its first item (load a model there).
     - ``progress``: a progress bar; by default shown in IPython and Jupyter, not in scripts.
     - ``start_method``: ``"forkserver"`` (Linux default) or ``"spawn"``; never ``"fork"`` in a kernel.
+    - ``max_tasks_per_child``: replace each worker by a fresh process after this many items (a
+      library that leaks memory); no item is lost or re-run for it.
     """
     __tracebackhide__ = True
     pool = _default.get_pool(workers, init, start_method)
     return pool.map(fn, items, workers=workers, chunksize=chunksize, ordered=ordered, on_error=on_error,
-                    retries=retries, timeout=timeout, progress=progress)
+                    retries=retries, timeout=timeout, progress=progress, max_tasks_per_child=max_tasks_per_child)
 
 
 def imap(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize: int | str = "auto",
          ordered: bool = True, on_error: str = "raise", retries: int = 0, timeout: float | None = None,
          init: Callable[[], Any] | None = None, progress: bool | None = None,
-         start_method: str | None = None) -> Iterator:
+         start_method: str | None = None, max_tasks_per_child: int | None = None) -> Iterator:
     """Like :func:`map`, but yield results as they come, taking items only as workers need them.
 
     Memory stays flat on an endless generator. With ``on_error="collect"`` a failed item yields
@@ -44,7 +46,7 @@ def imap(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize
     __tracebackhide__ = True
     pool = _default.get_pool(workers, init, start_method)
     return pool.imap(fn, items, workers=workers, chunksize=chunksize, ordered=ordered, on_error=on_error,
-                     retries=retries, timeout=timeout, progress=progress)
+                     retries=retries, timeout=timeout, progress=progress, max_tasks_per_child=max_tasks_per_child)
 
 
 def shutdown() -> None:

@@ -62,3 +62,18 @@ def children_then_hang(item, path):
     if action == "hang":
         time.sleep(CHILD_SECONDS)
     return pids
+
+
+def record_pid(x, path):
+    """Append this worker's pid to ``path.x`` (one line per run of the item); return the pid."""
+    with open(f"{path}.{x}", "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return os.getpid()
+
+
+def runs_of(path, x) -> list[int]:
+    try:
+        with open(f"{path}.{x}") as f:
+            return [int(line) for line in f.read().split()]
+    except FileNotFoundError:
+        return []

@@ -43,7 +43,8 @@ MAX_FAILED_STARTS = 3
 
 
 class _Worker:
-    __slots__ = ("id", "process", "conn", "in_flight", "fns", "stopping", "timed_out", "pid", "ready", "left")
+    __slots__ = ("id", "process", "conn", "in_flight", "fns", "stopping", "timed_out", "pid", "ready", "left",
+                 "tasks", "spent")
 
     def __init__(self, wid: int, process, conn):
         self.id, self.process, self.conn = wid, process, conn
@@ -54,14 +55,18 @@ class _Worker:
         self.timed_out = None       # the chunk it was killed for
         self.ready = False          # init done: timeouts count from here, not from the start
         self.left = False           # said BYE: it exits on purpose, what it held is not to blame
+        self.tasks = 0              # items sent to it, retries included (max_tasks_per_child)
+        self.spent = False          # it reached max_tasks_per_child: no more work, replaced
 
 
 
 class Manager:
     """Starts, feeds, watches and stops the worker processes of one pool."""
 
-    def __init__(self, ctx, size: int, init, idle_timeout: float, output: OutputRelay):
+    def __init__(self, ctx, size: int, init, idle_timeout: float, output: OutputRelay,
+                 max_tasks_per_child: int | None = None):
         self.ctx, self.size, self.idle_timeout, self.output = ctx, size, idle_timeout, output
+        self.max_tasks_per_child = max_tasks_per_child  # a run's own setting comes first
         self.init = init
         self._init_payload = cloudpickle.dumps(init) if init is not None else None
         self.workers: dict[int, _Worker] = {}
@@ -154,6 +159,7 @@ class Manager:
                     self._ensure_workers()
                 self._retire_extra()
                 self._dispatch(active)
+                self._retire_spent()
                 self._update_stats(runs)
                 waitables: list = [self._wake_r]
                 for w in self.workers.values():
@@ -179,7 +185,7 @@ class Manager:
 
     def _retire_extra(self) -> None:
         """After a resize down: idle workers beyond the size are asked to leave."""
-        alive = [w for w in self.workers.values() if not w.stopping and not w.left]
+        alive = [w for w in self.workers.values() if not w.stopping and not w.left and not w.spent]
         for w in [w for w in alive if not w.in_flight][: max(0, len(alive) - self.size)]:
             w.stopping = True
             try:
@@ -187,8 +193,29 @@ class Manager:
             except OSError:
                 pass
 
+    def _retire_spent(self) -> None:
+        """Workers that ran max_tasks_per_child items leave once they hold nothing (their
+        replacement is already starting: _ensure_workers does not count them)."""
+        for w in self.workers.values():
+            if w.spent and not w.in_flight and not w.stopping:
+                w.stopping = True
+                try:
+                    w.conn.send_bytes(pickle.dumps((_worker.STOP,)))
+                except OSError:
+                    pass
+
+    def _allowance(self, w: _Worker, run: Run) -> int | None:
+        """Items ``w`` may still take for ``run`` before it is replaced (None: no limit)."""
+        limit = run.max_tasks_per_child if run.max_tasks_per_child is not None else self.max_tasks_per_child
+        if limit is None:
+            return None
+        left = limit - w.tasks
+        if left <= 0:
+            w.spent = True
+        return left
+
     def _ensure_workers(self) -> None:
-        alive = [w for w in self.workers.values() if not w.stopping]
+        alive = [w for w in self.workers.values() if not w.stopping and not w.spent]
         for _ in range(self.size - len(alive)):
             if self.init_error is None:
                 self._start_worker()
@@ -226,16 +253,21 @@ class Manager:
                 limit = 1 if run.timeout is not None else PREFETCH
                 holders = sum(1 for w in workers if any(c.run is run for c in w.in_flight))
                 for w in sorted(workers, key=lambda w: len(w.in_flight)):
-                    if len(w.in_flight) >= limit:
+                    if len(w.in_flight) >= limit or w.spent:
                         continue
                     mine = any(c.run is run for c in w.in_flight)
                     if not mine and holders >= run.max_workers:
                         continue
+                    allowance = self._allowance(w, run)
+                    if w.spent:
+                        continue
                     with run.cond:
-                        chunk = run.take()
+                        chunk = run.take(allowance)
                         if chunk is None:
                             break
                         run.in_flight += 1
+                    w.tasks += len(chunk.indices)
+                    self._allowance(w, run)  # spent now: it gets nothing more
                     if not mine:
                         holders += 1
                     self._send(w, chunk)

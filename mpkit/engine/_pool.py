@@ -74,12 +74,16 @@ class Pool:
 
     ``workers`` processes (default: the CPUs this process may use) are started with
     ``start_method`` (default :func:`default_start_method`). ``init``, if given, runs once in each
-    new worker before any item: load a model or open a connection there. Use as a context manager,
-    or call :meth:`shutdown`; pools still open at interpreter exit are shut down then.
+    new worker before any item: load a model or open a connection there. With
+    ``max_tasks_per_child=N`` a worker is replaced by a fresh one after N items (a library that
+    leaks memory). Use as a context manager, or call :meth:`shutdown`; pools still open at
+    interpreter exit are shut down then.
     """
 
     def __init__(self, workers: int | None = None, *, start_method: str | None = None,
-                 init: Callable[[], Any] | None = None, idle_timeout: float = IDLE_TIMEOUT):
+                 init: Callable[[], Any] | None = None, idle_timeout: float = IDLE_TIMEOUT,
+                 max_tasks_per_child: int | None = None):
+        _check_max_tasks(max_tasks_per_child)
         workers = default_workers() if workers is None else workers
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be a positive whole number, not {workers!r}")
@@ -101,7 +105,7 @@ class Pool:
             # server, not by every worker); the worker module spares each worker its imports.
             ctx.set_forkserver_preload(["__main__", "mpkit.engine._worker"])
         self.output = OutputRelay()
-        self._manager = Manager(ctx, workers, init, idle_timeout, self.output)
+        self._manager = Manager(ctx, workers, init, idle_timeout, self.output, max_tasks_per_child)
         self._timings: dict[str, float] = {}  # function id -> seconds per item, last measured
         self._closed = False
         _live_pools.add(self)
@@ -110,7 +114,7 @@ class Pool:
     # ---- public ------------------------------------------------------------------------------
     def map(self, fn: Callable, items: Iterable, *, workers: int | None = None, chunksize: int | str = "auto",
             ordered: bool = True, on_error: str = "raise", retries: int = 0, timeout: float | None = None,
-            progress=None) -> ResultList:
+            progress=None, max_tasks_per_child: int | None = None) -> ResultList:
         """``fn`` applied to every item in worker processes; a :class:`ResultList` in input order.
 
         See :func:`mpkit.map` for the arguments; ``progress`` may also be a factory
@@ -119,6 +123,7 @@ class Pool:
         __tracebackhide__ = True
         total = _length(items)
         run = self._new_run(fn, items, total, workers, chunksize, ordered, on_error, retries, timeout)
+        run.max_tasks_per_child = _check_max_tasks(max_tasks_per_child)
         done: list[tuple[Any, list]] = []
         failures = []
         batches = self._drive(run, progress)
@@ -148,7 +153,7 @@ class Pool:
 
     def imap(self, fn: Callable, items: Iterable, *, workers: int | None = None, chunksize: int | str = "auto",
              ordered: bool = True, on_error: str = "raise", retries: int = 0, timeout: float | None = None,
-             progress=None) -> Iterator:
+             progress=None, max_tasks_per_child: int | None = None) -> Iterator:
         """Like :meth:`map`, lazily: items are taken from ``items`` only as workers need them.
 
         At most a few chunks per worker are in flight, and with ``ordered=True`` results waiting
@@ -157,6 +162,7 @@ class Pool:
         """
         __tracebackhide__ = True
         run = self._new_run(fn, items, _length(items), workers, chunksize, ordered, on_error, retries, timeout)
+        run.max_tasks_per_child = _check_max_tasks(max_tasks_per_child)
         return self._imap(run, progress)
 
     def shutdown(self, wait: bool = True) -> None:
@@ -341,6 +347,13 @@ class Pool:
 
 
 _SKIPPED = object()
+
+
+def _check_max_tasks(value):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"max_tasks_per_child must be a positive whole number (items a worker runs "
+                         f"before it is replaced by a fresh one) or None for no limit, not {value!r}")
+    return value
 
 
 def _progress_factory(progress):
