@@ -11,7 +11,8 @@ from .engine._errors import ResultList
 def map(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize: int | str = "auto",
         ordered: bool = True, on_error: str = "raise", retries: int = 0, timeout: float | None = None,
         init: Callable[[], Any] | None = None, init_timeout: float | None = None,
-        progress: bool | None = None, start_method: str | None = None) -> ResultList:
+        progress: bool | None = None, start_method: str | None = None,
+        max_tasks_per_child: int | None = None) -> ResultList:
     """Apply ``fn`` to every item in worker processes and return the results as a list.
 
     - ``fn`` may be defined in a notebook cell: it is sent to the workers by value (cloudpickle).
@@ -28,6 +29,8 @@ def map(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize:
     - ``init_timeout``: seconds a new worker may spend in ``init`` (default 300).
     - ``progress``: a progress bar; by default shown in IPython and Jupyter, not in scripts.
     - ``start_method``: ``"forkserver"`` (Linux default) or ``"spawn"``; never ``"fork"`` in a kernel.
+    - ``max_tasks_per_child``: replace each worker by a fresh process after this many items (a
+      library that leaks memory); no item is lost or re-run for it.
     """
     __tracebackhide__ = True
     check_map(fn, workers=workers, chunksize=chunksize, ordered=ordered, on_error=on_error, retries=retries,
@@ -36,13 +39,15 @@ def map(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize:
         if init_timeout is not None:
             pool.set_init_timeout(init_timeout)
         return pool.map(fn, items, workers=workers, chunksize=chunksize, ordered=ordered, on_error=on_error,
-                        retries=retries, timeout=timeout, progress=progress)
+                        retries=retries, timeout=timeout, progress=progress,
+                        max_tasks_per_child=max_tasks_per_child)
 
 
 def imap(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize: int | str = "auto",
          ordered: bool = True, on_error: str = "raise", retries: int = 0, timeout: float | None = None,
          init: Callable[[], Any] | None = None, init_timeout: float | None = None,
-         progress: bool | None = None, start_method: str | None = None) -> Iterator:
+         progress: bool | None = None, start_method: str | None = None,
+         max_tasks_per_child: int | None = None) -> Iterator:
     """Like :func:`map`, but yield results as they come, taking items only as workers need them.
 
     Memory stays flat on an endless generator. With ``on_error="collect"`` a failed item yields
@@ -56,7 +61,8 @@ def imap(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize
         if init_timeout is not None:
             pool.set_init_timeout(init_timeout)
         results = pool.imap(fn, items, workers=workers, chunksize=chunksize, ordered=ordered,
-                            on_error=on_error, retries=retries, timeout=timeout, progress=progress)
+                            on_error=on_error, retries=retries, timeout=timeout, progress=progress,
+                            max_tasks_per_child=max_tasks_per_child)
     except BaseException:
         _default.release(pool)
         raise

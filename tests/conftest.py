@@ -1,34 +1,22 @@
 """Shared fixtures: every test runs leak-checked, multiprocess tests under spawn and forkserver."""
 from __future__ import annotations
 
+import os
+
 import psutil
 import pytest
 
 import mpkit
-from tests.proctree import wait_until
+from tests.proctree import wait_until, workers_of
 
 START_METHODS = ["spawn", "forkserver"]
-# Helpers multiprocessing keeps for the whole session: not leaks.
-_SESSION_HELPERS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
-
-
-def _is_helper(proc: psutil.Process) -> bool:
-    try:
-        return any(h in " ".join(proc.cmdline()) for h in _SESSION_HELPERS)
-    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-        return True
 
 
 def live_children() -> list[psutil.Process]:
-    """Descendant processes of this test process, other than multiprocessing's own helpers."""
-    out = []
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE and not _is_helper(proc):
-                out.append(proc)
-        except psutil.NoSuchProcess:
-            pass
-    return out
+    """Descendant processes of this test process, other than multiprocessing's session helpers
+    (the resource tracker and the fork server, direct children): a forkserver worker, a child
+    of the fork server, counts."""
+    return workers_of(os.getpid())
 
 
 @pytest.fixture(autouse=True)

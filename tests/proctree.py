@@ -7,6 +7,7 @@ are multiprocessing's helpers, not workers: they leave when their parent does.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import psutil
 
+_WORKER_TAG = re.compile(r"^\[w\d+\] ")
 #: The repository root, put on PYTHONPATH of subprocesses and kernels so they import this mpkit.
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,15 +52,16 @@ def _cmdline(proc: psutil.Process) -> str:
 
 
 def is_helper(proc: psutil.Process, root_pid: int) -> bool:
-    """The resource tracker, or the fork server itself (a direct child of root running forkserver)."""
-    cmd = _cmdline(proc)
-    if "resource_tracker" in cmd:
-        return True
+    """multiprocessing's session helpers of ``root``: its resource tracker and its fork server,
+    each a direct child of ``root``. Anything deeper (a forkserver worker has the fork server's
+    command line, a task's child has anything) is not a helper."""
     try:
-        parent = proc.ppid()
+        if proc.ppid() != root_pid:
+            return False
     except psutil.Error:
         return False
-    return "forkserver" in cmd and parent == root_pid
+    cmd = _cmdline(proc)
+    return "multiprocessing.resource_tracker" in cmd or "multiprocessing.forkserver" in cmd
 
 
 def workers_of(pid: int) -> list[psutil.Process]:
@@ -106,6 +109,7 @@ class Script:
     """A Python child in its own session (its own process group, as Jupyter starts kernels).
 
     It talks in lines: ``expect(prefix)`` reads stdout lines until one starts with ``prefix``
+    (after the ``[wN] `` tag of a line a worker wrote, which mpkit's output relay adds)
     (with a timeout, from a reader thread so a silent child cannot hang the test).
     """
 
@@ -149,6 +153,7 @@ class Script:
                 raise AssertionError(f"the script ended (exit code {self.proc.poll()}) before printing "
                                      f"{prefix!r}; stdout:\n" + "\n".join(self.seen) + "\nstderr:\n" + self.stderr)
             self.seen.append(line)
+            line = _WORKER_TAG.sub("", line, count=1)
             if line.startswith(prefix):
                 return line[len(prefix):].strip()
 

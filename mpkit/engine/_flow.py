@@ -53,7 +53,8 @@ class _Lane:
     ``key=``, N lanes of one worker each, so that items of one key stay in order on one worker."""
 
     def __init__(self, spec, workers: int, cond: threading.Condition, start_method: str | None):
-        self.pool = Pool(workers, start_method=start_method, idle_timeout=24 * 3600)
+        self.pool = Pool(workers, start_method=start_method, idle_timeout=24 * 3600,
+                         max_tasks_per_child=spec.max_tasks_per_child)
         self.pool.output.label = spec.name
         target = Built(spec.target) if spec.factory else spec.target
         self.run = self.pool._open_run(target, cond, retries=spec.retries, timeout=spec.timeout)

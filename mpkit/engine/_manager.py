@@ -8,8 +8,10 @@ worker was running is split, retried or failed; the chunks it had not started go
     wait(wake socket, worker pipes, process sentinels)
       ├─ wake: a run was added, fed, or cancelled ─► dispatch pending chunks, PREFETCH per worker
       ├─ pipe: "part" / "done" / "out" / "fn_error" / "undecodable" / "init_error" ─► the run, the relay
-      └─ sentinel: a worker ended ─► _bury (its shared slot names the item it was running)
-    then: kill workers past a timeout or init_timeout, or busy with a cancelled run; start workers
+      └─ sentinel: a worker ended ─► _bury (its shared slot names the item it was running; the
+                                            processes its tasks started end too: _proctree)
+    then: kill workers past a timeout or init_timeout, or busy with a cancelled run, each with its
+    whole process tree (Trees.end); start workers as work needs them
 
 Before a chunk, a worker is sent what it lacks: the notebook's context (sys.path, cwd, environment)
 when the run's differs from the one it has, and the run's function when it does not hold it. The
@@ -34,6 +36,7 @@ from multiprocessing.connection import wait as mp_wait
 from . import _serialize, _worker
 from ._errors import WorkerInitError, _short_repr, describe_exit, remote_exception
 from ._output import OutputRelay
+from ._proctree import Trees
 from ._run import Run
 
 #: Chunks a worker holds at once: one running, one waiting in its inbox, so it never waits for
@@ -67,7 +70,7 @@ def _cause(described, text: str, frames, note: str) -> BaseException:
 
 class _Worker:
     __slots__ = ("id", "process", "conn", "in_flight", "fns", "context_id", "stopping", "timed_out", "pid",
-                 "ready", "left", "slot", "started")
+                 "ready", "left", "slot", "started", "tasks", "spent")
 
     def __init__(self, wid: int, process, conn, slot, context_id: str | None):
         self.id, self.process, self.conn, self.slot = wid, process, conn, slot
@@ -80,6 +83,8 @@ class _Worker:
         self.timed_out = None       # the chunk it was killed for
         self.ready = False          # init done: timeouts count from here, not from the start
         self.left = False           # said BYE: it exits on purpose, what it held is not to blame
+        self.tasks = 0              # items sent to it, retries included (max_tasks_per_child)
+        self.spent = False          # it reached max_tasks_per_child: no more work, replaced
 
 
 
@@ -87,8 +92,9 @@ class Manager:
     """Starts, feeds, watches and stops the worker processes of one pool."""
 
     def __init__(self, ctx, size: int, init, idle_timeout: float, output: OutputRelay,
-                 init_timeout: float = INIT_TIMEOUT):
+                 init_timeout: float = INIT_TIMEOUT, max_tasks_per_child: int | None = None):
         self.ctx, self.size, self.idle_timeout, self.output = ctx, size, idle_timeout, output
+        self.max_tasks_per_child = max_tasks_per_child  # a run's own setting comes first
         self.init = init
         self.init_timeout = init_timeout
         self._init_payload = _serialize.dumps_by_value(init) if init is not None else None
@@ -105,6 +111,7 @@ class Manager:
         self._closing = False
         self._failed_starts = 0  # workers in a row that ended before they were ready
         self._next_start = 0.0   # monotonic time before which no worker is started (START_BACKOFF)
+        self.trees = Trees()     # each worker's processes, killed with it
 
     # ---- any thread ----------------------------------------------------------------------------
     def add(self, run: Run) -> None:
@@ -138,6 +145,9 @@ class Manager:
 
     def close(self, wait: bool) -> None:
         """Stop the thread, then every worker: politely first, killed after STOP_GRACE."""
+        # Under spawn a worker dies with the thread that started it (PR_SET_PDEATHSIG): note what
+        # its tasks started before that thread ends, so that what left its group is found too.
+        self.trees.watch([w.pid for w in list(self.workers.values())], now=True)
         with self.lock:
             self._closing = True
             runs = list(self.runs)
@@ -158,9 +168,8 @@ class Manager:
         for w in workers:
             w.process.join(timeout=max(0.0, deadline - time.monotonic()))
         for w in workers:
-            if w.process.is_alive():
-                w.process.kill()
-                w.process.join(timeout=5)
+            self.trees.end(w.pid, w.process)  # also what a worker that left on its own left running
+            w.process.join(timeout=5)
             w.conn.close()
         self.workers.clear()
         self._wake_r.close()
@@ -189,6 +198,7 @@ class Manager:
                     self._ensure_workers()
                 self._retire_extra()
                 self._dispatch(active)
+                self._retire_spent()
                 self._update_stats(runs)
                 waitables: list = [self._wake_r]
                 for w in self.workers.values():
@@ -202,6 +212,8 @@ class Manager:
                     else:
                         self._service(obj)
                 self._check_timeouts()
+                self._notice_exits()
+                self.trees.watch([w.pid for w in self.workers.values() if w.in_flight])
         except BaseException as exc:  # a bug here must not leave callers waiting forever
             self.broken = RuntimeError(f"mpkit's pool manager failed ({type(exc).__name__}: {exc}); "
                                         "this is a bug in mpkit. mpkit.shutdown() resets the pool.")
@@ -212,7 +224,7 @@ class Manager:
 
     def _retire_extra(self) -> None:
         """After a resize down: idle workers beyond the size are asked to leave."""
-        alive = [w for w in self.workers.values() if not w.stopping and not w.left]
+        alive = [w for w in self.workers.values() if not w.stopping and not w.left and not w.spent]
         for w in [w for w in alive if not w.in_flight][: max(0, len(alive) - self.size)]:
             w.stopping = True
             try:
@@ -220,8 +232,29 @@ class Manager:
             except OSError:
                 pass
 
+    def _retire_spent(self) -> None:
+        """Workers that ran max_tasks_per_child items leave once they hold nothing (their
+        replacement is already starting: _ensure_workers does not count them)."""
+        for w in self.workers.values():
+            if w.spent and not w.in_flight and not w.stopping:
+                w.stopping = True
+                try:
+                    w.conn.send_bytes(pickle.dumps((_worker.STOP,)))
+                except OSError:
+                    pass
+
+    def _allowance(self, w: _Worker, run: Run) -> int | None:
+        """Items ``w`` may still take for ``run`` before it is replaced (None: no limit)."""
+        limit = run.max_tasks_per_child if run.max_tasks_per_child is not None else self.max_tasks_per_child
+        if limit is None:
+            return None
+        left = limit - w.tasks
+        if left <= 0:
+            w.spent = True
+        return left
+
     def _ensure_workers(self) -> None:
-        alive = [w for w in self.workers.values() if not w.stopping]
+        alive = [w for w in self.workers.values() if not w.stopping and not w.spent]
         for _ in range(self.size - len(alive)):
             if self.init_error is not None or time.monotonic() < self._next_start:
                 return
@@ -271,16 +304,21 @@ class Manager:
                 limit = 1 if run.timeout is not None else PREFETCH
                 holders = sum(1 for w in workers if any(c.run is run for c in w.in_flight))
                 for w in sorted(workers, key=lambda w: len(w.in_flight)):
-                    if len(w.in_flight) >= limit:
+                    if len(w.in_flight) >= limit or w.spent:
                         continue
                     mine = any(c.run is run for c in w.in_flight)
                     if not mine and holders >= run.max_workers:
                         continue
+                    allowance = self._allowance(w, run)
+                    if w.spent:
+                        continue
                     with run.cond:
-                        chunk = run.take()
+                        chunk = run.take(allowance)
                         if chunk is None:
                             break
                         run.in_flight += 1
+                    w.tasks += len(chunk.indices)
+                    self._allowance(w, run)  # spent now: it gets nothing more
                     if not mine:
                         holders += 1
                     self._send(w, chunk)
@@ -334,7 +372,7 @@ class Manager:
         elif kind == _worker.BYE:
             w.left = True
         elif kind == _worker.OUT:
-            self.output.add(w.id, msg[1], msg[2])
+            self.output.add(w.id, *msg[1:])
         elif kind == _worker.PART:
             _, chunk_id, offset, results_bytes, failures, seconds = msg
             chunk = w.in_flight[0]
@@ -405,6 +443,7 @@ class Manager:
         """A worker process ended: account for every chunk it held."""
         w.process.join(timeout=1)
         exitcode = w.process.exitcode
+        self.trees.end(w.pid)  # what its tasks started dies with it
         del self.workers[w.id]
         w.conn.close()
         interrupted = exitcode == -signal.SIGINT  # a kernel interrupt to the process group (spawn)
@@ -446,14 +485,23 @@ class Manager:
             for w in self.workers.values():
                 if not w.stopping and any(c.run is run for c in w.in_flight):
                     w.stopping = True
-                    w.process.kill()
+                    self.trees.end(w.pid, w.process)
+
+    def _notice_exits(self) -> None:
+        """Bury workers that ended although their sentinel did not fire: under spawn a task's
+        forked child holds the sentinel pipe open, and the worker's death would go unnoticed
+        until that child ends (it is killed with the worker's group in _bury)."""
+        for w in list(self.workers.values()):
+            if not w.process.is_alive():
+                self._read(w)
+                self._bury(w)
 
     def _check_timeouts(self) -> None:
         now = time.monotonic()
         for w in list(self.workers.values()):
             if not w.ready and not w.stopping and now - w.started > self.init_timeout:
                 w.stopping = True
-                w.process.kill()
+                self.trees.end(w.pid, w.process)
                 what = f"init={_short_repr(self.init)}" if self.init is not None else "starting the worker"
                 self._start_failed(WorkerInitError(
                     f"{what} did not finish within init_timeout={self.init_timeout:g} s in worker {w.id}, "
@@ -467,7 +515,7 @@ class Manager:
                 if limit is not None and now - chunk.started > limit:
                     w.stopping = True
                     w.timed_out = chunk
-                    w.process.kill()
+                    self.trees.end(w.pid, w.process)
 
     def _next_deadline(self, runs: list[Run]) -> float | None:
         timeouts = [r.timeout for r in runs if r.timeout is not None]

@@ -1,13 +1,16 @@
 """Worker print() output on its way to the cell that started the work.
 
-Workers send their stdout/stderr text every few tenths of a second (see ``_worker``); the pool's
+Workers send their stdout/stderr text every few tenths of a second (see ``_worker``; what they
+write to file descriptors 1 and 2, a subprocess's output too, see ``_capture``); the pool's
 manager thread hands it to an :class:`OutputRelay`, and the thread that runs the map drains it and
 writes it out, so output lands in the cell that is executing, prefixed with the worker's id.
 
 A worker printing in a tight loop can produce megabytes a second, more than a notebook can show
 (Jupyter drops output past its iopub rate limits, 1 MB/s by default, and warns). The relay lets
-through ``BYTES_PER_SECOND`` and counts the lines it holds back, so the user sees that output was
-cut and by how much instead of a frozen page.
+through ``BYTES_PER_SECOND`` and counts the lines and bytes it holds back (workers count what they
+drop too), so the user sees that output was cut and by how much instead of a frozen page. A line
+longer than ``MAX_LINE`` is shown cut there: a 100 MB write without a newline is one "line", so
+its size is what the note reports.
 """
 from __future__ import annotations
 
@@ -20,6 +23,13 @@ BYTES_PER_SECOND = 200_000
 NOTE_SECONDS = 1.0
 #: A line without its newline is shown anyway once it has waited this long.
 PARTIAL_LINE_SECONDS = 0.5
+#: Characters of one line that are shown; the rest of it is counted, not kept. Longer than any
+#: log line, short enough that a line never takes more than a third of a second's budget.
+MAX_LINE = 64_000
+
+
+def _size(chars: int) -> str:
+    return f"{chars / 1e6:.1f} MB" if chars >= 100_000 else f"{chars / 1e3:.1f} kB"
 
 
 class OutputRelay:
@@ -30,23 +40,43 @@ class OutputRelay:
         self._partial: dict[tuple[int, str], tuple[str, float]] = {}
         self._budget = float(BYTES_PER_SECOND)
         self._last = time.monotonic()
-        self._held_back = 0
+        self._held_back = 0        # lines not shown since the last note
+        self._held_back_chars = 0  # and their size, with the cut ends of overlong lines
+        self._overlong: set[tuple[int, str]] = set()  # (worker, stream) in a line cut at MAX_LINE
         self._last_note = time.monotonic()
 
-    def add(self, worker_id: int, parts: list[tuple[str, str]], dropped: int = 0) -> None:
-        """Take text a worker printed, and the count of lines it had to drop (manager thread)."""
+    def add(self, worker_id: int, parts: list[tuple[str, str]], dropped: int = 0,
+            dropped_chars: int = 0) -> None:
+        """Take text a worker printed, and the lines (and characters) it had to drop (manager thread)."""
         now = time.monotonic()
         with self._lock:
             self._held_back += dropped
+            self._held_back_chars += dropped_chars
             for stream, text in parts:
                 key = (worker_id, stream)
+                if key in self._overlong:  # the rest of a line already shown cut
+                    end = text.find("\n")
+                    self._held_back_chars += len(text) if end < 0 else end
+                    if end < 0:
+                        continue
+                    self._overlong.discard(key)
+                    text = text[end + 1:]
                 head, since = self._partial.pop(key, ("", now))
                 text = head + text
                 *complete, rest = text.split("\n")
                 for line in complete:
-                    self._lines.append((stream, f"{self._prefix(worker_id)}{line}\n"))
-                if rest:
+                    self._lines.append((stream, f"{self._prefix(worker_id)}{self._cut(line)}\n"))
+                if len(rest) > MAX_LINE:
+                    self._lines.append((stream, f"{self._prefix(worker_id)}{self._cut(rest)}\n"))
+                    self._overlong.add(key)
+                elif rest:
                     self._partial[key] = (rest, since)
+
+    def _cut(self, line: str) -> str:
+        if len(line) <= MAX_LINE:
+            return line
+        self._held_back_chars += len(line) - MAX_LINE
+        return line[:MAX_LINE] + " [...]"
 
     def _prefix(self, worker_id: int) -> str:
         return f"[{self.label} w{worker_id}] " if self.label else f"[w{worker_id}] "
@@ -66,16 +96,22 @@ class OutputRelay:
             for stream, line in lines:
                 if len(line) > self._budget:
                     self._held_back += 1
+                    self._held_back_chars += len(line)
                     continue
                 self._budget -= len(line)
                 if out and out[-1][0] == stream:
                     out[-1] = (stream, out[-1][1] + line)
                 else:
                     out.append((stream, line))
-            if self._held_back and (final or now - self._last_note >= NOTE_SECONDS):
+            if (self._held_back or self._held_back_chars) and (final or now - self._last_note >= NOTE_SECONDS):
                 self._last_note = now
-                out.append(("stderr", f"[mpkit] {self._held_back:,} lines of worker output were not "
-                                      f"shown: workers printed more than {BYTES_PER_SECOND // 1000} kB/s. "
-                                      "Write large logs to a file instead.\n"))
-                self._held_back = 0
+                size = _size(self._held_back_chars)
+                if self._held_back:
+                    what = (f"{self._held_back:,} lines of worker output were not shown ({size}): workers "
+                            f"printed more than {BYTES_PER_SECOND // 1000} kB/s")
+                else:
+                    what = (f"{size} of worker output were not shown: lines longer than "
+                            f"{MAX_LINE // 1000} kB are cut")
+                out.append(("stderr", f"[mpkit] {what}. Write large logs to a file instead.\n"))
+                self._held_back = self._held_back_chars = 0
             return out

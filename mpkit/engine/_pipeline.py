@@ -20,6 +20,7 @@ from typing import Callable, Iterable
 from ._arguments import check_batch, check_pipeline_run, check_stage, check_workers
 from ._errors import MapInterrupted, ResultList, _short_repr
 from ._flow import Flow
+from ._pool import _check_max_tasks
 from ._pipeline_stats import SNAPSHOT_HZ, PipelineStats
 from ._run import ON_ERROR
 
@@ -44,6 +45,7 @@ class StageSpec:
     retries: int
     timeout: float | None
     key: Callable | None   # route by key: items of one key stay in order on one worker
+    max_tasks_per_child: int | None = None  # replace a worker after this many items
 
 
 class Pipeline:
@@ -60,7 +62,8 @@ class Pipeline:
     # ---- building ---------------------------------------------------------------------------
     def stage(self, fn: Callable, *, workers: int = 1, name: str | None = None, factory: bool | None = None,
               many: bool = False, maxsize: int = DEFAULT_MAXSIZE, retries: int = 0,
-              timeout: float | None = None, key: Callable | None = None) -> "Pipeline":
+              timeout: float | None = None, key: Callable | None = None,
+              max_tasks_per_child: int | None = None) -> "Pipeline":
         """Add a stage of ``workers`` processes running ``fn``.
 
         ``fn`` is a function called per item (or per list, after :meth:`batch`), or a class (or,
@@ -70,7 +73,8 @@ class Pipeline:
 
         Items go to whichever worker is free. With ``key=fn``, items with the same ``fn(item)``
         always go to the same worker, in the order they came (e.g. the messages of one
-        conversation); the stage then has one queue per worker.
+        conversation); the stage then has one queue per worker. ``max_tasks_per_child=N`` replaces
+        a worker by a fresh one (its object built again) after N items.
         """
         if not callable(fn):
             raise TypeError(f"a stage must be a function or a class, not {type(fn).__name__} {_short_repr(fn)}")
@@ -87,7 +91,9 @@ class Pipeline:
             maxsize = max(maxsize, self._batch[0])  # a full batch must fit in the channel
         if key is not None and not callable(key):
             raise TypeError(f"key must be a function of the item, not {type(key).__name__} {_short_repr(key)}")
-        self._specs.append(StageSpec(fn, name, workers, build, many, maxsize, self._batch, retries, timeout, key))
+        _check_max_tasks(max_tasks_per_child)
+        self._specs.append(StageSpec(fn, name, workers, build, many, maxsize, self._batch, retries, timeout, key,
+                                     max_tasks_per_child))
         self._batch = None
         return self
 

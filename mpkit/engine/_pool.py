@@ -11,7 +11,8 @@
 The pool stays alive between maps (warm workers: the next call starts at once); a worker idle for
 ``idle_timeout`` seconds exits on its own, and the pool starts workers again when work comes.
 Stopping a map early (an error raised, an interrupt, an abandoned ``imap``) kills the workers busy
-with its items, so nothing keeps running that nobody waits for; idle workers stay warm.
+with its items, with every process their tasks started (``_proctree``), so nothing keeps running
+that nobody waits for; idle workers stay warm.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import warnings
 import weakref
 from typing import Any, Callable, Iterable, Iterator
 
-from . import _arguments, _serialize, _worker
+from . import _arguments, _serialize, _sigterm, _worker
 from ._errors import MapInterrupted, MpkitWarning, ResultList, _short_repr
 from ._interrupts import held_interrupts
 from ._manager import INIT_TIMEOUT, Manager
@@ -74,14 +75,16 @@ class Pool:
     ``start_method`` (default :func:`default_start_method`). ``init``, if given, runs once in each
     new worker before any item: load a model or open a connection there; the globals it sets are
     those the mapped functions read. A worker still in ``init`` after ``init_timeout`` seconds is
-    stopped and the map fails with ``WorkerInitError``. Use as a context manager,
+    stopped and the map fails with ``WorkerInitError``. With ``max_tasks_per_child=N`` a worker is
+    replaced by a fresh one after N items (a library that leaks memory). Use as a context manager,
     or call :meth:`shutdown`; pools still open at interpreter exit are shut down then.
     """
 
     def __init__(self, workers: int | None = None, *, start_method: str | None = None,
                  init: Callable[[], Any] | None = None, init_timeout: float = INIT_TIMEOUT,
-                 idle_timeout: float = IDLE_TIMEOUT):
+                 idle_timeout: float = IDLE_TIMEOUT, max_tasks_per_child: int | None = None):
         _arguments.check_pool(workers, start_method, init, idle_timeout)
+        _check_max_tasks(max_tasks_per_child)
         workers = default_workers() if workers is None else workers
         self.start_method = start_method or default_start_method()
         if self.start_method not in mp.get_all_start_methods():
@@ -101,16 +104,17 @@ class Pool:
             # server, not by every worker); the worker module spares each worker its imports.
             ctx.set_forkserver_preload(["__main__", "mpkit.engine._worker"])
         self.output = OutputRelay()
-        self._manager = Manager(ctx, workers, init, idle_timeout, self.output)
+        self._manager = Manager(ctx, workers, init, idle_timeout, self.output, max_tasks_per_child)
         self.set_init_timeout(init_timeout)
         self._timings: dict[str, float] = {}  # function id -> seconds per item, last measured
         self._closed = False
         _live_pools.add(self)
+        _sigterm.chain(_shutdown_all)  # SIGTERM (Jupyter's, kill's) also ends what workers started
 
     # ---- public ------------------------------------------------------------------------------
     def map(self, fn: Callable, items: Iterable, *, workers: int | None = None, chunksize: int | str = "auto",
             ordered: bool = True, on_error: str = "raise", retries: int = 0, timeout: float | None = None,
-            progress=None) -> ResultList:
+            progress=None, max_tasks_per_child: int | None = None) -> ResultList:
         """``fn`` applied to every item in worker processes; a :class:`ResultList` in input order.
 
         See :func:`mpkit.map` for the arguments; ``progress`` may also be a factory
@@ -121,6 +125,7 @@ class Pool:
                              retries=retries, timeout=timeout, progress=progress)
         total = _length(items)
         run = self._new_run(fn, items, total, workers, chunksize, ordered, on_error, retries, timeout)
+        run.max_tasks_per_child = _check_max_tasks(max_tasks_per_child)
         done: list[tuple[Any, list]] = []
         failures = []
         batches = self._drive(run, progress)
@@ -152,7 +157,7 @@ class Pool:
 
     def imap(self, fn: Callable, items: Iterable, *, workers: int | None = None, chunksize: int | str = "auto",
              ordered: bool = True, on_error: str = "raise", retries: int = 0, timeout: float | None = None,
-             progress=None) -> Iterator:
+             progress=None, max_tasks_per_child: int | None = None) -> Iterator:
         """Like :meth:`map`, lazily: items are taken from ``items`` only as workers need them.
 
         At most a few chunks per worker are in flight, and with ``ordered=True`` results waiting
@@ -163,6 +168,7 @@ class Pool:
         _arguments.check_map(fn, workers=workers, chunksize=chunksize, ordered=ordered, on_error=on_error,
                              retries=retries, timeout=timeout, progress=progress)
         run = self._new_run(fn, items, _length(items), workers, chunksize, ordered, on_error, retries, timeout)
+        run.max_tasks_per_child = _check_max_tasks(max_tasks_per_child)
         return self._imap(run, progress)
 
     def shutdown(self, wait: bool = True) -> None:
@@ -354,6 +360,13 @@ class Pool:
 
 
 _SKIPPED = object()
+
+
+def _check_max_tasks(value):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"max_tasks_per_child must be a positive whole number (items a worker runs "
+                         f"before it is replaced by a fresh one) or None for no limit, not {value!r}")
+    return value
 
 
 def _progress_factory(progress):

@@ -94,6 +94,7 @@ class Run:
         self.failures: deque[Failure] = deque()
         self.fatal: BaseException | None = None   # the map cannot go on (function not loadable...)
         self.cancelled = False
+        self.max_tasks_per_child: int | None = None  # this map's own; else the pool's
         self.in_flight = 0                       # chunks held by workers, kept by the manager
         self.submitted = self.finished = self.failed = self.retried = 0
         self.exhausted = False
@@ -172,8 +173,19 @@ class Run:
         return self.exhausted and not self.pending and self.in_flight == 0
 
     # ---- manager thread (all under self.cond) ---------------------------------------------
-    def take(self) -> Chunk | None:
-        return self.pending.popleft() if self.pending and not self.cancelled else None
+    def take(self, most: int | None = None) -> Chunk | None:
+        """The next chunk, cut to ``most`` items (a worker near max_tasks_per_child); the rest
+        stays first in line. A micro-batch is one call: it goes whole."""
+        if not self.pending or self.cancelled:
+            return None
+        chunk = self.pending.popleft()
+        if most is not None and 0 < most < len(chunk.indices) and not chunk.batch:
+            rest = Chunk(self, chunk.indices[most:], chunk.items[most:], _worker.dumps(chunk.items[most:]),
+                         chunk.attempts)
+            self.pending.appendleft(rest)
+            chunk = Chunk(self, chunk.indices[:most], chunk.items[:most], _worker.dumps(chunk.items[:most]),
+                          chunk.attempts)
+        return chunk
 
     def chunk_done(self, chunk: Chunk, offset: int, results_bytes: bytes, failures: list, seconds: float,
                    worker_id: int) -> None:

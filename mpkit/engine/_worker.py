@@ -5,7 +5,8 @@
     ("context", sys.path, cwd, environ) ──pipe──►   receiver thread ─► inbox ─► main loop:
     ("fn", fn_id, payload) / ("forget", fn_id) ──►                      unpickle, call fn per
     ("run", chunk_id, fn_id, items, batch) ─────►                       item, catch exceptions
-    ◄──pipe── ("out", stream, text)   output thread: every OUTPUT_INTERVAL, and before a result
+    ◄──pipe── ("out", parts, dropped lines, dropped chars)   output thread: every OUTPUT_INTERVAL,
+              and before a result; fds 1 and 2 (os.write, subprocesses) feed it too (_capture)
     ◄──pipe── ("part", chunk_id, offset, results, failures, seconds)   every PART_SECONDS of work
     ◄──pipe── ("done", chunk_id, offset, results, failures, seconds)   the rest, at the chunk's end
               slot (shared memory): (chunk id, item running now) ──► read by the manager after a death
@@ -18,7 +19,9 @@ last ``PART_SECONDS`` re-run) and which never started. The manager decides which
 worker keeps (``forget``), so the two never disagree. The receiver thread reads ahead into an
 inbox so the manager never blocks writing to a busy worker, and it doubles as a watchdog: EOF on
 the pipe means the notebook process is gone (killed, OOM), and the worker exits at once instead of
-living on as an orphan. SIGINT is ignored here: the notebook decides what an interrupt stops.
+living on as an orphan. SIGINT is ignored here, and the worker leads a process group of its own
+(``_proctree``), so a terminal's Ctrl-C reaches neither it nor what its tasks start: the notebook
+decides what an interrupt stops, and the pool kills a worker with its whole group.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ import threading
 import time
 import traceback
 
-from . import _serialize
+from . import _capture, _proctree, _serialize
 from ._errors import ExceptionRecord, SerializationError
 
 # Message kinds, parent -> worker.
@@ -102,7 +105,8 @@ class _CapturedStream(io.TextIOBase):
 
 class _OutputRelay:
     """Buffers a worker's output; past OUTPUT_BUFFER_LIMIT in one interval it drops text until
-    the next flush and counts the lines, which the notebook side reports with its own cuts."""
+    the next flush and counts the lines and characters, which the notebook side reports with its
+    own cuts."""
 
     def __init__(self, sender: _Sender):
         self._sender = sender
@@ -112,6 +116,8 @@ class _OutputRelay:
         self._dropping = False
         self._dropped = 0        # whole lines dropped in this interval
         self._dropped_tail = False  # and a line begun but not ended
+        self._dropped_chars = 0  # the size of what was dropped: a huge line is one "line"
+        self.before_flush = None  # drains the captured file descriptors (_capture)
 
     def add(self, stream: str, text: str) -> None:
         with self._lock:
@@ -119,6 +125,7 @@ class _OutputRelay:
                 if not self._dropping and self._parts and not self._parts[-1][1].endswith("\n"):
                     self._parts.append((self._parts[-1][0], "\n"))  # end the line cut short
                 self._dropping = True
+                self._dropped_chars += len(text)
                 self._dropped += text.count("\n")
                 self._dropped_tail = not text.endswith("\n")
                 return
@@ -126,12 +133,14 @@ class _OutputRelay:
             self._size += len(text)
 
     def flush(self) -> None:
+        if self.before_flush is not None:
+            self.before_flush()
         with self._lock:
-            parts, dropped = self._parts, self._dropped + self._dropped_tail
+            parts, dropped, chars = self._parts, self._dropped + self._dropped_tail, self._dropped_chars
             self._parts, self._size, self._dropped, self._dropped_tail = [], 0, 0, False
-            self._dropping = False
+            self._dropping, self._dropped_chars = False, 0
         if parts or dropped:
-            self._sender.send(pickle.dumps((OUT, parts, dropped), PROTOCOL))
+            self._sender.send(pickle.dumps((OUT, parts, dropped, chars), PROTOCOL))
 
     def run_forever(self) -> None:
         while True:
@@ -314,6 +323,7 @@ def _leave(relay: _OutputRelay, sender: _Sender) -> None:
         relay.flush()
         sender.send(pickle.dumps((BYE,), PROTOCOL))
     finally:
+        _proctree.end_descendants()  # what its tasks started leaves with it
         os._exit(CLEAN_EXIT)
 
 
@@ -348,6 +358,7 @@ def main(conn, worker_id: int, init_payload: bytes | None, context: tuple | None
          slot) -> None:
     """Entry point of a worker process (the target given to multiprocessing)."""
     _die_with_parent()
+    _proctree.lead_group()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the manager thread
     _serialize.become_worker()
@@ -355,6 +366,7 @@ def main(conn, worker_id: int, init_payload: bytes | None, context: tuple | None
     relay = _OutputRelay(sender)
     sys.stdout = _CapturedStream("stdout", relay)
     sys.stderr = _CapturedStream("stderr", relay)
+    relay.before_flush = _capture.Capture(relay.add).drain  # os.write(1, ...), subprocesses
     inbox: queue.SimpleQueue = queue.SimpleQueue()
     threading.Thread(target=_receive_forever, args=(conn, inbox), daemon=True, name="mpkit-receiver").start()
     threading.Thread(target=relay.run_forever, daemon=True, name="mpkit-output").start()

@@ -8,17 +8,31 @@
 The module name is a hash of the cell's code, so a cell changed and run again is a new module
 that warm workers import afresh; they never run the earlier version. Line 1 of the file is a
 comment standing for the magic line, so line numbers in tracebacks are the cell's own.
+
+The folder (``mpkit-cells-<kernel pid>-*`` in the temp dir) goes with the kernel: at exit, on
+SIGTERM (``_sigterm``), and, after a SIGKILL or a crash, at the next start, which removes the
+folders of kernels that no longer run.
 """
 from __future__ import annotations
 
 import ast
 import hashlib
 import importlib
+import os
+import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+import psutil
+
+from ..engine import _sigterm
+
+_PREFIX = "mpkit-cells-"
+_FOLDER = re.compile(re.escape(_PREFIX) + r"(\d+)-")
 
 
 class CellError(ValueError):
@@ -29,8 +43,10 @@ class CellModules:
     """Writes cells as modules into a temporary folder that lives as long as this object."""
 
     def __init__(self) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="mpkit-cells-")
+        sweep_stale_folders()
+        self._dir = tempfile.TemporaryDirectory(prefix=f"{_PREFIX}{os.getpid()}-")
         self.path = self._dir.name
+        _sigterm.chain(self._dir.cleanup)
         if self.path not in sys.path:
             sys.path.append(self.path)
 
@@ -77,6 +93,41 @@ class CellModules:
         if self.path in sys.path:
             sys.path.remove(self.path)
         self._dir.cleanup()
+
+
+def sweep_stale_folders(tmp: str | None = None) -> list[str]:
+    """Remove this user's cell-module folders whose kernel no longer runs (killed with SIGKILL,
+    crashed); return their paths. A folder whose pid runs again as a newer process is stale too."""
+    removed = []
+    tmp = tmp or tempfile.gettempdir()
+    try:
+        entries = list(os.scandir(tmp))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _FOLDER.match(entry.name)
+        if match is None:
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if not entry.is_dir(follow_symlinks=False) or info.st_uid != os.getuid():
+                continue
+            pid = int(match.group(1))
+            if pid == os.getpid() or _runs_since(pid, info.st_mtime):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(entry.path)
+    return removed
+
+
+def _runs_since(pid: int, moment: float) -> bool:
+    """True if process ``pid`` runs and started before ``moment`` (so it may own a folder made then)."""
+    try:
+        return psutil.Process(pid).create_time() <= moment + 1.0
+    except psutil.Error:
+        return False
 
 
 def top_level_functions(tree: ast.Module) -> list[str]:

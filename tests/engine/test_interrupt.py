@@ -136,7 +136,8 @@ HOG_SCRIPT = r'''
 import os, mpkit
 
 def hog(i):
-    os.write(1, f"hogging {i}\n".encode())
+    with open({marker!r}, "w") as f:  # a file, not stdout: the output relay needs the GIL
+        f.write(str(i))
     return sum(range(4_000_000_000))  # a minute of C code that never lets go of the GIL
 
 print("pid", os.getpid(), flush=True)
@@ -144,12 +145,13 @@ mpkit.map(hog, range(4), workers=1, progress=False)
 '''
 
 
-def test_sigkill_of_parent_ends_a_worker_stuck_in_c_code(start_method, request):
+def test_sigkill_of_parent_ends_a_worker_stuck_in_c_code(start_method, tmp_path):
     """The pipe watchdog needs the GIL; a task in C code that holds it must not outlive the parent."""
-    script = Script(HOG_SCRIPT)
+    marker = tmp_path / "hogging"
+    script = Script(HOG_SCRIPT.format(marker=str(marker)))
     try:
         script.expect("pid ")
-        script.expect("hogging ")
+        assert wait_until(marker.exists, timeout=60), "the task did not start"
         time.sleep(0.3)  # into the C loop
         workers = script.track(workers_of(script.pid))
         script.track(descendants(script.pid))
