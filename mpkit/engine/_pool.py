@@ -104,7 +104,8 @@ class Pool:
             # server, not by every worker); the worker module spares each worker its imports.
             ctx.set_forkserver_preload(["__main__", "mpkit.engine._worker"])
         self.output = OutputRelay()
-        self._manager = Manager(ctx, workers, init, idle_timeout, self.output, max_tasks_per_child)
+        self._manager = Manager(ctx, workers, init, idle_timeout, self.output,
+                                max_tasks_per_child=max_tasks_per_child)
         self.set_init_timeout(init_timeout)
         self._timings: dict[str, float] = {}  # function id -> seconds per item, last measured
         self._closed = False
