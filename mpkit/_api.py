@@ -6,6 +6,7 @@ from typing import Any, Callable, Iterable, Iterator
 from .engine import _default
 from .engine._arguments import check_map
 from .engine._errors import ResultList
+from .engine._manager import INIT_TIMEOUT
 
 
 def map(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize: int | str = "auto",
@@ -36,8 +37,7 @@ def map(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize:
     check_map(fn, workers=workers, chunksize=chunksize, ordered=ordered, on_error=on_error, retries=retries,
               timeout=timeout, progress=progress, init=init, start_method=start_method)
     with _default.lease(workers, init, start_method) as pool:
-        if init_timeout is not None:
-            pool.set_init_timeout(init_timeout)
+        pool.set_init_timeout(INIT_TIMEOUT if init_timeout is None else init_timeout)
         return pool.map(fn, items, workers=workers, chunksize=chunksize, ordered=ordered, on_error=on_error,
                         retries=retries, timeout=timeout, progress=progress,
                         max_tasks_per_child=max_tasks_per_child)
@@ -58,8 +58,7 @@ def imap(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize
               timeout=timeout, progress=progress, init=init, start_method=start_method)
     pool = _default.acquire(workers, init, start_method)
     try:
-        if init_timeout is not None:
-            pool.set_init_timeout(init_timeout)
+        pool.set_init_timeout(INIT_TIMEOUT if init_timeout is None else init_timeout)
         results = pool.imap(fn, items, workers=workers, chunksize=chunksize, ordered=ordered,
                             on_error=on_error, retries=retries, timeout=timeout, progress=progress,
                             max_tasks_per_child=max_tasks_per_child)

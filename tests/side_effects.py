@@ -55,3 +55,7 @@ def init_fails_with_a_cause() -> None:
         open("/nonexistent/mpkit-config.toml")
     except OSError as exc:
         raise RuntimeError("could not read the model's config") from exc
+
+
+def init_sleeps_a_second() -> None:
+    time.sleep(1.0)

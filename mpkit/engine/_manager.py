@@ -70,7 +70,7 @@ def _cause(described, text: str, frames, note: str) -> BaseException:
 
 class _Worker:
     __slots__ = ("id", "process", "conn", "in_flight", "fns", "context_id", "stopping", "timed_out", "pid",
-                 "ready", "left", "slot", "started", "tasks", "spent")
+                 "ready", "left", "slot", "started", "tasks", "spent", "globals_from")
 
     def __init__(self, wid: int, process, conn, slot, context_id: str | None):
         self.id, self.process, self.conn, self.slot = wid, process, conn, slot
@@ -78,6 +78,7 @@ class _Worker:
         self.in_flight: deque = deque()
         self.fns: OrderedDict[str, None] = OrderedDict()  # what the worker holds, least recent first
         self.context_id = context_id  # the notebook context it has
+        self.globals_from: str | None = None  # the function whose notebook globals it took last
         self.started = time.monotonic()
         self.stopping = False       # killed on purpose: what it held is not to blame
         self.timed_out = None       # the chunk it was killed for
@@ -332,11 +333,17 @@ class Manager:
             if w.context_id != run.context_id:
                 w.conn.send_bytes(run.context)
                 w.context_id = run.context_id
-            if run.fn_id in w.fns:
+            # A function with notebook globals is sent again when another one was sent after it:
+            # that one may have changed the globals they share, and the notebook's values as this
+            # run has them must win where they changed (see _serialize).
+            if run.fn_id in w.fns and (not run.fn_globals or w.globals_from == run.fn_id):
                 w.fns.move_to_end(run.fn_id)
             else:
                 w.conn.send_bytes(run.fn_payload)
                 w.fns[run.fn_id] = None
+                w.fns.move_to_end(run.fn_id)
+                if run.fn_globals:
+                    w.globals_from = run.fn_id
                 while len(w.fns) > FN_CACHE_SIZE:
                     old, _ = w.fns.popitem(last=False)
                     w.conn.send_bytes(pickle.dumps((_worker.FORGET, old), _worker.PROTOCOL))

@@ -238,8 +238,14 @@ class Pool:
         if workers is not None and (not isinstance(workers, int) or workers < 1):
             raise ValueError(f"workers must be a positive whole number, not {workers!r}")
         try:
-            fn_payload = _serialize.dumps_by_value(fn)
+            fn_payload, by_value = _serialize.dumps_code(fn)
         except Exception as exc:
+            culprit = _serialize.unpicklable_global(getattr(fn, "func", fn))
+            if culprit is not None:
+                raise TypeError(f"the function {_short_repr(fn)} cannot be sent to the workers: it uses the "
+                                f"global {culprit!r}, which cannot be pickled ({type(exc).__name__}: {exc}). "
+                                f"Fix: create {culprit} inside the function, or in init= (it runs in each "
+                                "worker), instead of in the notebook.") from None
             raise TypeError(f"the function {_short_repr(fn)} cannot be pickled to send it to the workers: "
                             f"{type(exc).__name__}: {exc}. Fix: define it at the top level of a "
                             "module or cell, not around an open file, lock or connection.") from None
@@ -248,7 +254,7 @@ class Pool:
         context = pickle.dumps((_worker.CONTEXT, list(sys.path), os.getcwd(), dict(os.environ)), _worker.PROTOCOL)
         run = Run(fn, iterator, total, workers=n, chunksize=chunksize, ordered=ordered,
                   on_error=on_error, retries=retries, timeout=timeout, fn_id=fn_id,
-                  fn_payload=pickle.dumps((_worker.FN, fn_id, fn_payload), _worker.PROTOCOL),
+                  fn_payload=pickle.dumps((_worker.FN, fn_id, fn_payload), _worker.PROTOCOL), fn_globals=by_value,
                   context=context, context_id=hashlib.blake2b(context, digest_size=10).hexdigest(),
                   seconds_per_item=self._timings.get(fn_id), cond=cond)
         return run

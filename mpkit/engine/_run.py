@@ -77,11 +77,12 @@ class Run:
     def __init__(self, fn: Callable, items: Iterator, total: int | None, *, workers: int,
                  chunksize: int | str, ordered: bool, on_error: str, retries: int,
                  timeout: float | None, fn_id: str, fn_payload: bytes, context: bytes, context_id: str,
-                 seconds_per_item: float | None = None, cond: threading.Condition | None = None):
+                 fn_globals: bool = False, seconds_per_item: float | None = None, cond: threading.Condition | None = None):
         check_run(chunksize, on_error, retries, timeout)
         self.fn_name = getattr(fn, "__qualname__", repr(fn))
         self.code_files = _code_files(fn)
         self.fn_id, self.fn_payload = fn_id, fn_payload
+        self.fn_globals = fn_globals  # sent by value with notebook globals: re-sent after another's
         self.context, self.context_id = context, context_id  # the notebook's sys.path, cwd, env now
         self.max_workers = workers
         self.ordered, self.on_error, self.retries, self.timeout = ordered, on_error, retries, timeout

@@ -49,6 +49,16 @@ _tokens: dict[str, dict[str, object]] = {}
 #: origin name -> the module object standing for a cell module sent by value
 _modules: dict[str, types.ModuleType] = {}
 _worker_mode = False
+_started_with: frozenset = frozenset()  # names in this worker's __main__ when it started
+_ABSENT = ("absent",)
+
+
+def _made_here(origin: str):
+    """Whether a name of ``origin``'s namespace was made in this process (and not brought by the
+    process's start, as a script's own globals are in a spawn worker's ``__main__``)."""
+    if origin == "__main__" and _worker_mode:
+        return lambda name: name not in _started_with
+    return lambda name: True
 
 
 def become_worker() -> None:
@@ -56,8 +66,9 @@ def become_worker() -> None:
     ``__main__``, so that a task's own pickling of a cell class finds it there too. (In the
     notebook, a function sent back never writes into the user's namespace: each origin gets a
     module of its own.)"""
-    global _worker_mode
+    global _worker_mode, _started_with
     _worker_mode = True
+    _started_with = frozenset(vars(sys.modules["__main__"]))
 
 
 def dumps(obj) -> bytes:
@@ -68,6 +79,29 @@ def dumps(obj) -> bytes:
 
 
 dumps_by_value = dumps
+
+
+def dumps_code(fn) -> tuple[bytes, bool]:
+    """``fn`` pickled, and whether it carries globals of the notebook (code sent by value)."""
+    with io.BytesIO() as buffer:
+        pickler = Pickler(buffer)
+        pickler.dump(fn)
+        return buffer.getvalue(), pickler.by_value
+
+
+def unpicklable_global(fn) -> str | None:
+    """The name of a global ``fn`` uses that cannot be pickled, to say which one in an error."""
+    code = getattr(fn, "__code__", None)
+    globals_ = getattr(fn, "__globals__", None)
+    if code is None or globals_ is None:
+        return None
+    for name in _global_names(code):
+        if name in globals_ and not isinstance(globals_[name], (types.FunctionType, type, types.ModuleType)):
+            try:
+                dumps(globals_[name])
+            except Exception:
+                return name
+    return None
 loads = pickle.loads
 
 
@@ -85,6 +119,7 @@ class Pickler(cloudpickle.Pickler):
         super().__init__(file, protocol=PROTOCOL)
         self._blobbing = set() if blobbing is None else blobbing  # ids being hashed (recursion)
         self._blobs: dict[int, tuple] = {}  # id -> (token, blob): a global used twice is sent once
+        self.by_value = False  # some code went by value, with the globals it uses
 
     def reducer_override(self, obj):
         # Called for every object the C pickler does not handle itself (not for ints, strings,
@@ -93,12 +128,14 @@ class Pickler(cloudpickle.Pickler):
         if isinstance(obj, (type, types.FunctionType)):
             return super().reducer_override(obj)  # cloudpickle: by reference if importable, else by value
         if isinstance(obj, types.ModuleType) and _module_by_value(obj):
-            origin = obj.__name__
-            return _module_namespace, (origin,), (origin, self._globals_state(vars(obj), _public(vars(obj)))), \
-                None, None, _set_module_state
+            self.by_value = True
+            origin = _origin(vars(obj))
+            return _module_namespace, (origin, obj.__name__), \
+                (origin, self._globals_state(vars(obj), _public(vars(obj)))), None, None, _set_module_state
         return NotImplemented
 
     def _dynamic_function_reduce(self, func):  # cloudpickle's hook for functions sent by value
+        self.by_value = True
         code = func.__code__
         origin = _origin(func.__globals__)
         closure = None if func.__closure__ is None else tuple(types.CellType() for _ in func.__closure__)
@@ -119,14 +156,17 @@ class Pickler(cloudpickle.Pickler):
     def _globals_state(self, namespace: dict, names) -> dict:
         out = {}
         for name in names:
-            if name in namespace and name != "__builtins__":
-                out[name] = self._tokened(namespace[name])
+            if name in namespace:
+                if name != "__builtins__":
+                    out[name] = self._tokened(namespace[name])
+            else:  # not (or no longer) a global in the notebook: builtins, or deleted there
+                out[name] = _ABSENT, None
         return out
 
     def _tokened(self, value):
         """(token, value) for a global: the value inline, or its pickled bytes for big data."""
-        if isinstance(value, _ATOMS):
-            return ("v", type(value).__name__, value), value
+        if isinstance(value, _ATOMS):  # repr: 0.0 and -0.0 are equal, nan is not equal to itself
+            return ("v", type(value).__name__, repr(value) if isinstance(value, (float, complex)) else value), value
         if isinstance(value, (str, bytes)) and len(value) <= SMALL_VALUE:
             return ("v", type(value).__name__, value), value
         if isinstance(value, (types.FunctionType, type, types.ModuleType, types.BuiltinFunctionType)) \
@@ -143,7 +183,9 @@ class Pickler(cloudpickle.Pickler):
                 data = buffer.getvalue()
         finally:
             self._blobbing.discard(id(value))
-        self._blobs[id(value)] = out = (("b", hashlib.blake2b(data, digest_size=16).digest()), _Blob(data))
+        # the object's identity too: `CACHE = {}` run again in the notebook is a new value there
+        token = ("b", hashlib.blake2b(data, digest_size=16).digest(), id(value))
+        self._blobs[id(value)] = out = (token, _Blob(data))
         return out
 
 
@@ -176,18 +218,18 @@ def namespace(origin: str) -> dict:
         if origin == "__main__" and _worker_mode:
             ns = vars(sys.modules["__main__"])
         else:
-            ns = vars(types.ModuleType(origin))
+            ns = vars(types.ModuleType(origin.split("@")[0]))
         ns.setdefault("__builtins__", builtins)
         _namespaces[origin] = ns
         _tokens[origin] = {}
     return ns
 
 
-def _module_namespace(origin: str) -> types.ModuleType:
+def _module_namespace(origin: str, name: str) -> types.ModuleType:
     """A cell module sent by value: one module object per origin, over the shared namespace."""
     module = _modules.get(origin)
     if module is None:
-        module = _modules[origin] = _ModuleView(origin, namespace(origin))
+        module = _modules[origin] = _ModuleView(name, namespace(origin))
     return module
 
 
@@ -226,13 +268,24 @@ def _set_function_state(func, state) -> None:
 
 
 def _take_globals(origin: str, shipped: dict) -> None:
+    """Take the notebook's value of each global that changed there since this process last took
+    it. A name the worker made itself (init, a task) is kept until the notebook changes it; a
+    name deleted in the notebook is deleted here too."""
     ns = namespace(origin)
     taken = _tokens[origin]
+    made_here = _made_here(origin)
     for name, (token, value) in shipped.items():
-        if name in ns and taken.get(name) == token:
-            continue  # unchanged in the notebook: keep what init or earlier tasks made of it
-        ns[name] = pickle.loads(value.data) if isinstance(value, _Blob) else value
+        before = taken.get(name)
         taken[name] = token
+        if before == token:
+            continue  # unchanged in the notebook: keep what init or earlier tasks made of it
+        if token == _ABSENT:
+            if before is not None and name in ns:
+                del ns[name]  # the notebook deleted it
+            continue
+        if before is None and name in ns and made_here(name):
+            continue  # made in this worker (init's globals()["model"] = ...): its value stands
+        ns[name] = pickle.loads(value.data) if isinstance(value, _Blob) else value
 
 
 class _EmptyCell:
@@ -251,8 +304,12 @@ def _cell_value(cell):
 
 
 def _origin(globals_: dict) -> str:
+    """The notebook's namespace is one for its life; a cell module run again is a new module, so
+    its namespace is told apart by identity (code of the old version keeps the old globals)."""
     name = globals_.get("__name__")
-    return name if isinstance(name, str) else f"<namespace {id(globals_):x}>"
+    if name == "__main__":
+        return name
+    return f"{name if isinstance(name, str) else '<namespace>'}@{id(globals_):x}"
 
 
 def _public(namespace: dict) -> list[str]:

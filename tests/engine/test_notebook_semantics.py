@@ -230,3 +230,115 @@ def test_in_a_real_kernel_init_globals_and_cell_classes(start_method):
         assert json.loads(out.text().strip().splitlines()[-1]) == [[105, 205, 305], True]
     finally:
         kernel.close()
+
+
+# ---- globals that change, go back, disappear ---------------------------------------------------
+def test_a_global_set_back_to_an_earlier_value_reaches_warm_workers(ip, start_method):
+    cell(ip, """
+        import mpkit
+        THRESH = 0.5
+        def f(x):
+            return (x, THRESH)
+    """)
+    assert cell(ip, "mpkit.map(f, [1], workers=1, progress=False)") == [(1, 0.5)]
+    assert cell(ip, "THRESH = 0.7\nmpkit.map(f, [1], workers=1, progress=False)") == [(1, 0.7)]
+    assert cell(ip, "THRESH = 0.5\nmpkit.map(f, [1, 2], workers=1, progress=False)") == [(1, 0.5), (2, 0.5)]
+
+
+def test_an_array_changed_in_place_and_back(ip, start_method):
+    cell(ip, """
+        import mpkit, numpy as np
+        arr = np.zeros(1000)
+        def total(_):
+            return float(arr.sum())
+    """)
+    assert cell(ip, "mpkit.map(total, [0], workers=1, progress=False)") == [0.0]
+    assert cell(ip, "arr[:] = 1\nmpkit.map(total, [0], workers=1, progress=False)") == [1000.0]
+    assert cell(ip, "arr[:] = 0\nmpkit.map(total, [0], workers=1, progress=False)") == [0.0]
+
+
+def test_a_global_deleted_in_the_notebook_is_gone_in_the_workers(ip, start_method):
+    cell(ip, """
+        import mpkit
+        GONE = 5
+        len = lambda x: 42
+        def uses(_):
+            try:
+                gone = GONE
+            except NameError:
+                gone = "deleted"
+            return gone, len("ab")
+    """)
+    assert cell(ip, "mpkit.map(uses, [0], workers=1, progress=False)") == [(5, 42)]
+    assert cell(ip, "del GONE, len\nmpkit.map(uses, [0], workers=1, progress=False)") == [("deleted", 2)]
+
+
+def test_init_that_sets_a_global_through_globals_keeps_it(ip, start_method):
+    out = cell(ip, """
+        import mpkit
+        model = None
+        def init_model():
+            globals()["model"] = "loaded"
+        def use_model(_):
+            return model
+        mpkit.map(use_model, [0, 1], init=init_model, workers=2, progress=False)
+    """)
+    assert out == ["loaded", "loaded"]
+
+
+def test_a_container_assigned_again_in_the_notebook_is_taken(ip, start_method):
+    cell(ip, """
+        import mpkit
+        CACHE = {}
+        def memo(key):
+            CACHE.setdefault(key, len(CACHE) + 1)
+            return CACHE[key]
+    """)
+    assert cell(ip, "mpkit.map(memo, ['a', 'b'], workers=1, progress=False)") == [1, 2]
+    assert cell(ip, "CACHE = {}\nmpkit.map(memo, ['b'], workers=1, progress=False)") == [1]
+
+
+def test_minus_zero_after_zero(ip, start_method):
+    cell(ip, """
+        import math, mpkit
+        SIGN = 0.0
+        def sign(_):
+            return math.copysign(1, SIGN)
+    """)
+    assert cell(ip, "mpkit.map(sign, [0], workers=1, progress=False)") == [1.0]
+    assert cell(ip, "SIGN = -0.0\nmpkit.map(sign, [0], workers=1, progress=False)") == [-1.0]
+
+
+def test_old_objects_of_a_rerun_module_cell_keep_their_own_globals(ip, start_method):
+    ip.run_cell_magic("mp_module", "mp_sem_versions", (
+        "def helper():\n    return 'v1'\n"
+        "class Item:\n    def score(self):\n        return helper()\n"
+        "def run(item):\n    return (helper(), item.score())\n"))
+    cell(ip, "old_items = [mp_sem_versions.Item()]")
+    ip.run_cell_magic("mp_module", "mp_sem_versions", (
+        "def helper():\n    return 'v2'\n"
+        "class Item:\n    def score(self):\n        return helper()\n"
+        "def run(item):\n    return (helper(), item.score())\n"))
+    out = cell(ip, "import mpkit\nmpkit.map(mp_sem_versions.run, old_items, workers=1, progress=False)")
+    assert out == [("v2", "v1")]  # as in the notebook: the new run, the old item's own method
+
+
+def test_init_timeout_is_not_kept_for_the_next_call(start_method):
+    from tests.helpers import square
+    from tests.side_effects import init_sleeps_a_second
+
+    with pytest.raises(mpkit.WorkerInitError):
+        mpkit.map(square, [1], init=init_sleeps_a_second, init_timeout=0.3, workers=1, progress=False)
+    assert mpkit.map(square, [2], init=init_sleeps_a_second, workers=1, progress=False) == [4]
+
+
+def test_an_unpicklable_global_is_named(ip):
+    with pytest.raises(TypeError, match="uses the global 'LOCK'"):
+        cell(ip, """
+            import mpkit, threading
+            LOCK = threading.Lock()
+            def locked(x):
+                with LOCK:
+                    return x
+            mpkit.map(locked, [1], workers=1, progress=False)
+        """)
