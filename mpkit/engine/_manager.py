@@ -464,12 +464,20 @@ class Manager:
                     "started processes at import time (no `if __name__ == '__main__':` guard). Fix: run "
                     "init in a plain Python process to see the crash, then call again."))
         chunks = list(w.in_flight)
+        loading = w.ready and chunks and w.slot[_worker.SLOT_CHUNK] == _worker.LOADING
         for position, chunk in enumerate(chunks):
             run = chunk.run
             with run.cond:
                 run.in_flight -= 1
                 if run.cancelled:
                     pass
+                elif loading and position == 0:  # unpickling the function killed it: no item is to blame
+                    run.requeue(chunk)
+                    run.set_fatal(WorkerInitError(
+                        f"worker {w.id} died while loading the function {run.fn_name} ({describe_exit(exitcode)}), "
+                        "before any item ran. Cause: something the function carries (a global it uses, a "
+                        "default argument, a closure) kills the process when it is unpickled. Fix: create "
+                        "that object inside the function or in init= instead."))
                 elif position > 0 or w.left or (w.stopping and w.timed_out is None) or not w.ready:
                     run.requeue(chunk)           # never started, or not its fault
                 elif w.timed_out is chunk:

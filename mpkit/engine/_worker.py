@@ -57,6 +57,8 @@ OUTPUT_BUFFER_LIMIT = 1 << 20
 PART_SECONDS = 0.05
 #: Slot values: the item running now is ``slot[1] >= 0``; sending results from offset k is -1-k.
 SLOT_CHUNK, SLOT_ITEM = 0, 1
+#: ``slot[SLOT_CHUNK]`` while a function is being unpickled: a death then is the function's fault.
+LOADING = -2
 #: Exit code of a worker that leaves on its own. A task may exit with any code too (os._exit(0)),
 #: so the code proves nothing: a worker that leaves on purpose says BYE first, and only then is
 #: nothing it held blamed.
@@ -412,11 +414,13 @@ def main(conn, worker_id: int, init_payload: bytes | None, context: tuple | None
             del items
         elif kind == FN:
             _, fn_id, payload = msg
+            slot[SLOT_CHUNK] = LOADING
             try:
                 functions[fn_id] = _serialize.loads(payload)
                 broken.pop(fn_id, None)
             except BaseException as exc:
                 broken[fn_id] = _describe_exception(exc, skip_frames=0)
+            slot[SLOT_CHUNK] = -1
         elif kind == FORGET:
             functions.pop(msg[1], None)
             broken.pop(msg[1], None)

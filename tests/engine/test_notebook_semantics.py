@@ -342,3 +342,15 @@ def test_an_unpicklable_global_is_named(ip):
                     return x
             mpkit.map(locked, [1], workers=1, progress=False)
         """)
+
+
+def test_a_function_whose_global_kills_the_worker_when_loaded_fails_once(ip, start_method):
+    with pytest.raises(mpkit.WorkerInitError, match="died while loading the function"):
+        cell(ip, """
+            import mpkit
+            from tests.helpers import ExitAtUnpickle
+            BOMB = ExitAtUnpickle()
+            def uses_bomb(x):
+                return (x, BOMB)
+            mpkit.map(uses_bomb, range(300), workers=2, on_error="collect", progress=False)
+        """)
