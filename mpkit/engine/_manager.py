@@ -25,6 +25,7 @@ that went away (a missing file now there) needs no ``mpkit.shutdown()``.
 from __future__ import annotations
 
 import itertools
+import os
 import pickle
 import signal
 import socket
@@ -44,6 +45,16 @@ from ._run import Run
 PREFETCH = 2
 #: Seconds given to workers to leave on their own at shutdown before they are killed.
 STOP_GRACE = 1.0
+#: Workers a pool starts as soon as there is work, without waiting for chunks to queue up: as
+#: many as CPUs, what CPU-bound work can use; the rest of a bigger pool starts on demand.
+WARM_WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+#: Workers that may be starting together (started, not yet ready). Starting a worker costs a
+#: process's imports in CPU time, so more at once than CPUs only slows each down; it also keeps
+#: workers=200 on a laptop from starting 200 processes before the first item runs.
+STARTS_AT_ONCE = max(2, WARM_WORKERS)
+#: A worker counts as starting this long at most: one whose init= waits on the network must not
+#: hold back the others' start.
+STARTING_SECONDS = 2.0
 #: New workers that may die before they are ready, in a row, before the pool gives up: a crash in
 #: init would otherwise restart workers forever.
 MAX_FAILED_STARTS = 3
@@ -70,7 +81,7 @@ def _cause(described, text: str, frames, note: str) -> BaseException:
 
 class _Worker:
     __slots__ = ("id", "process", "conn", "in_flight", "fns", "context_id", "stopping", "timed_out", "pid",
-                 "ready", "left", "slot", "started", "tasks", "spent", "globals_from")
+                 "ready", "left", "slot", "started", "tasks", "spent", "globals_from", "born")
 
     def __init__(self, wid: int, process, conn, slot, context_id: str | None):
         self.id, self.process, self.conn, self.slot = wid, process, conn, slot
@@ -86,6 +97,7 @@ class _Worker:
         self.left = False           # said BYE: it exits on purpose, what it held is not to blame
         self.tasks = 0              # items sent to it, retries included (max_tasks_per_child)
         self.spent = False          # it reached max_tasks_per_child: no more work, replaced
+        self.born = time.monotonic()  # when it was started (STARTING_SECONDS)
 
 
 
@@ -196,7 +208,7 @@ class Manager:
                             run.set_fatal(self.init_error)
                     active = []
                 if any(r.pending or r.in_flight for r in active) and self.init_error is None:
-                    self._ensure_workers()
+                    self._ensure_workers(active)
                 self._retire_extra()
                 self._dispatch(active)
                 self._retire_spent()
@@ -254,9 +266,19 @@ class Manager:
             w.spent = True
         return left
 
-    def _ensure_workers(self) -> None:
+    def _ensure_workers(self, runs: list[Run]) -> None:
+        """While there is work: the pool up to WARM_WORKERS at once (a warm pool, as before);
+        beyond that, workers as the work needs them: one per chunk that waits and that no idle
+        worker can take. Never more than the pool's size, nor STARTS_AT_ONCE starting together."""
         alive = [w for w in self.workers.values() if not w.stopping and not w.spent]
-        for _ in range(self.size - len(alive)):
+        wanted = 0
+        for run in runs:
+            holders = sum(1 for w in alive if any(c.run is run for c in w.in_flight))
+            wanted += min(len(run.pending), max(0, run.max_workers - holders))
+        wanted = max(wanted - sum(1 for w in alive if not w.in_flight), min(self.size, WARM_WORKERS) - len(alive))
+        now = time.monotonic()
+        starting = sum(1 for w in alive if not w.ready and now - w.born < STARTING_SECONDS)
+        for _ in range(min(self.size - len(alive), wanted, STARTS_AT_ONCE - starting)):
             if self.init_error is not None or time.monotonic() < self._next_start:
                 return
             self._start_worker()

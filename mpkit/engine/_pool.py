@@ -95,6 +95,7 @@ class Pool:
                           "state they are; in a Jupyter kernel (which runs threads) that can deadlock. "
                           "Use 'forkserver' or 'spawn' unless you know the process has no threads.",
                           MpkitWarning, stacklevel=2)
+        _warn_if_many(workers)
         self.size = workers
         self.idle_timeout = idle_timeout
         self.init = init
@@ -212,6 +213,8 @@ class Pool:
     def resize(self, workers: int) -> None:
         """Change how many workers the pool keeps; extra ones leave when idle work runs out."""
         _arguments.check_workers(workers, optional=False)
+        if workers > self.size:
+            _warn_if_many(workers)
         self.size = self._manager.size = workers
         self._manager.wake()
 
@@ -367,6 +370,31 @@ class Pool:
 
 
 _SKIPPED = object()
+
+
+#: Workers per CPU above which a pool warns. Work that waits on I/O (downloads, a database)
+#: gains from a few workers per CPU; past this, processes mostly cost memory (each holds its own
+#: interpreter, imports and data) and switching time, and threads or asyncio serve I/O better.
+MANY_WORKERS_PER_CPU = 4
+
+
+def _warn_if_many(workers: int) -> None:
+    cpus = default_workers()
+    if workers > MANY_WORKERS_PER_CPU * cpus:
+        warnings.warn(f"workers={workers} is more than {MANY_WORKERS_PER_CPU}x the {cpus} CPUs this "
+                      f"process may use: each worker is a process with its own memory, started as the "
+                      f"work needs it. For CPU-bound work use at most {cpus}; for work that waits on "
+                      "I/O, threads (concurrent.futures.ThreadPoolExecutor) cost far less.",
+                      MpkitWarning, stacklevel=_user_stacklevel())
+
+
+def _user_stacklevel() -> int:
+    """The stacklevel of the first frame outside mpkit: the user's call of map, imap, Pool..."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _check_max_tasks(value):

@@ -30,6 +30,7 @@ from typing import Any
 import psutil
 
 from ..engine import _sigterm
+from ._share import SharedValues
 
 _PREFIX = "mpkit-cells-"
 _FOLDER = re.compile(re.escape(_PREFIX) + r"(\d+)-")
@@ -153,6 +154,9 @@ def load_cell_function(module_name: str, function: str, shared: dict[str, Any]):
     """Import a cell module (in a worker), set the shared globals, return the function."""
     module = importlib.import_module(module_name)
     module.__dict__.update(shared)
+    segment = getattr(shared, "segment", None)
+    if segment is not None:  # numpy data in the globals points into it: keep it mapped
+        module.__dict__["__mpkit_shared_segment__"] = segment
     return getattr(module, function)
 
 
@@ -160,7 +164,9 @@ class CellFunction:
     """A cell's function, pickled as (module name, function name, shared globals).
 
     A worker unpickles it by importing the cell's module, so the function is found by name (no
-    code travels by value) and ``--share`` values land in that module's globals.
+    code travels by value) and ``--share`` values land in that module's globals. Large values
+    travel once, through shared memory (``_share``), made at the first pickling; call
+    :meth:`release` when the map is over.
     """
 
     def __init__(self, module: ModuleType, function: str, shared: dict[str, Any]):
@@ -170,12 +176,24 @@ class CellFunction:
         self.__qualname__ = self.__name__ = function
         module.__dict__.update(shared)
         self._fn = getattr(module, function)
+        self._segment: SharedValues | None = None
 
     def __call__(self, *args, **kwargs):
         return self._fn(*args, **kwargs)
 
+    def release(self) -> None:
+        """Free the shared-memory copy of the shared values (the map that used them is over)."""
+        if self._segment is not None:
+            self._segment.release()
+            self._segment = None
+
     def __reduce__(self):
-        return load_cell_function, (self.module_name, self.function, self.shared)
+        shared: Any = self.shared
+        if self._segment is None and shared and SharedValues.worth_it(shared):
+            self._segment = SharedValues(shared)
+        if self._segment is not None:
+            shared = self._segment
+        return load_cell_function, (self.module_name, self.function, shared)
 
 
 def register_cell_file(shell, path: str) -> None:

@@ -107,6 +107,8 @@ class PoolMagics(Magics):
         except Exception as exc:
             self._hint_share(exc)
             raise
+        finally:
+            fn.release()  # the shared-memory copy of --share values
         for failure in getattr(results, "failures", ()):
             self._hint_share(failure.exception)
         if args.out:

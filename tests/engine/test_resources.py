@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import collections
 import functools
+import os
 
 import pytest
 
 import mpkit
-from tests import helpers, tree_tasks
+from tests import helpers, timed_tasks, tree_tasks
+from tests.proctree import workers_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -68,3 +70,45 @@ def test_max_tasks_per_child_rejects_bad_values(bad):
         mpkit.Pool(1, max_tasks_per_child=bad)
     with pytest.raises(ValueError, match="max_tasks_per_child"):
         mpkit.Pipeline().stage(helpers.identity, max_tasks_per_child=bad)
+
+
+# ---- workers= far above the CPUs ------------------------------------------------------------------
+
+def _many() -> int:
+    from mpkit.engine._pool import MANY_WORKERS_PER_CPU, default_workers
+
+    return MANY_WORKERS_PER_CPU * default_workers() + 4
+
+
+def test_many_workers_start_as_the_work_needs_them(start_method):
+    many = _many()
+    with pytest.warns(mpkit.MpkitWarning, match=f"workers={many} is more than"):
+        pool = mpkit.Pool(many, start_method=start_method)
+    try:
+        assert pool.map(helpers.square, range(3), chunksize=1, progress=False) == [0, 1, 4]
+        started = len(workers_of(os.getpid()))
+        assert started <= 3, f"{started} workers were started for 3 items (workers={many})"
+    finally:
+        pool.shutdown()
+
+
+def test_many_workers_all_serve_a_long_map(start_method):
+    """Started a few at a time, the workers still all join in when there is work for them."""
+    many = _many()
+    with pytest.warns(mpkit.MpkitWarning):
+        pool = mpkit.Pool(many, start_method=start_method)
+    try:
+        pids = pool.map(timed_tasks.slow_pid, range(3 * many), chunksize=1, progress=False)
+        assert len(set(pids)) > many // 2, f"only {len(set(pids))} of {many} workers ran items"
+    finally:
+        pool.shutdown()
+
+
+def test_the_warning_points_at_the_callers_line(start_method):
+    with pytest.warns(mpkit.MpkitWarning) as caught:
+        mpkit.map(helpers.square, range(2), workers=_many(), progress=False)
+    assert caught[0].filename == __file__, caught[0].filename
+    mpkit.shutdown()
+    with pytest.warns(mpkit.MpkitWarning) as caught:
+        mpkit.Pool(_many(), start_method=start_method).shutdown()
+    assert caught[0].filename == __file__, caught[0].filename
