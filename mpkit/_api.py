@@ -36,11 +36,14 @@ def map(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize:
     __tracebackhide__ = True
     check_map(fn, workers=workers, chunksize=chunksize, ordered=ordered, on_error=on_error, retries=retries,
               timeout=timeout, progress=progress, init=init, start_method=start_method)
-    with _default.lease(workers, init, start_method) as pool:
+    pool = _default.acquire(workers, init, start_method)  # held until the map ends: see _default
+    try:
         pool.set_init_timeout(INIT_TIMEOUT if init_timeout is None else init_timeout)
         return pool.map(fn, items, workers=workers, chunksize=chunksize, ordered=ordered, on_error=on_error,
                         retries=retries, timeout=timeout, progress=progress,
                         max_tasks_per_child=max_tasks_per_child)
+    finally:
+        _default.release(pool)
 
 
 def imap(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize: int | str = "auto",

@@ -11,8 +11,7 @@ asks for more workers grows the pool.
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from . import _serialize
 from ._pool import Pool, default_start_method, live_pools
@@ -31,19 +30,9 @@ def get_pool(workers: int | None = None, init: Callable[[], Any] | None = None,
         return _current(workers, init, start_method)
 
 
-@contextmanager
-def lease(workers: int | None = None, init: Callable[[], Any] | None = None,
-          start_method: str | None = None) -> Iterator[Pool]:
-    """The default pool, held for the duration of a call: no other call shuts it down meanwhile."""
-    pool = acquire(workers, init, start_method)
-    try:
-        yield pool
-    finally:
-        release(pool)
-
-
 def acquire(workers: int | None = None, init: Callable[[], Any] | None = None,
             start_method: str | None = None) -> Pool:
+    """The default pool, held by a call until it ``release``s it: no other call shuts it down."""
     with _lock:
         pool = _current(workers, init, start_method)
         _leases[pool] = _leases.get(pool, 0) + 1
