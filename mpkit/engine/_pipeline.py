@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from ._errors import MapInterrupted, ResultList, _short_repr
-from ._flow import Flow
-from ._pipeline_stats import SNAPSHOT_HZ, PipelineStats
+from ._flow import Flow, FlowEnded
+from ._pipeline_stats import PipelineStats
 from ._run import ON_ERROR
 
 #: Items a channel between stages holds by default. Enough to keep a few workers' chunks of small
@@ -123,32 +123,38 @@ class Pipeline:
         except TypeError:
             raise TypeError(f"items must be iterable, got {type(items).__name__} {_short_repr(items)}") from None
         flow = self._flow_for(on_error, ordered, start_method, progress)
-        flow.source = source
-        tick = 1.0 / SNAPSHOT_HZ
+        flow.start()
         try:
-            while not flow.finished and flow.fatal is None:
-                flow.step(flow.next_timeout(tick))
+            # The source is read here, in the calling thread, never under the flow's lock: each item
+            # moves on as soon as it is read, a slow source never holds the router back, and the
+            # kernel's interrupt (which lands in this thread) ends even a next() blocked in recv().
+            try:
+                for item in source:
+                    flow.put(item)
+            except FlowEnded:
+                pass  # a stage failed (on_error="raise") or cannot run: flow.fatal says why
+            flow.close_input()
+            flow.wait()
         except KeyboardInterrupt:
-            flow.close(kill=True, state="stopped")
-            results = flow.result_list()
-            raise MapInterrupted(results, sorted(flow.live), None) from None
-        except BaseException:
-            flow.close(kill=True, state="failed")
+            flow.stop()
+            flow.wait_quietly()
+            raise MapInterrupted(flow.result_list(), list(flow.ledger.cancelled_roots), None) from None
+        except BaseException:  # the source raised: the run ends with its error
+            flow.stop()
+            flow.wait_quietly()
             raise
         if flow.fatal is not None:
-            flow.close(kill=True, state="failed")
             raise flow.fatal
-        flow.close(state="stopped")
         return flow.result_list()
 
     def start(self, *, on_error: str = "collect", start_method: str | None = None):
         """Start the stages as a background service; ``submit(x)`` returns a Future."""
         from ._service import Service
 
-        flow = self._flow_for(on_error, False, start_method, progress=False)
+        flow = self._flow_for(on_error, False, start_method, progress=False, service=True)
         return Service(self, flow)
 
-    def _flow_for(self, on_error, ordered, start_method, progress) -> Flow:
+    def _flow_for(self, on_error, ordered, start_method, progress, service: bool = False) -> Flow:
         if not self._specs:
             raise ValueError(f"pipeline {self.name!r} has no stage; add one with .stage(fn)")
         if self._batch is not None:
@@ -164,7 +170,7 @@ class Pipeline:
         if front is not None:
             observers.append(front)
         self._flow = Flow(self.name, self._specs, on_error=on_error, ordered=ordered,
-                          start_method=start_method, observers=observers)
+                          start_method=start_method, observers=observers, service=service)
         return self._flow
 
     # ---- watching ---------------------------------------------------------------------------

@@ -1,0 +1,125 @@
+"""The ledger of a running pipeline: every input item (a "root") from the moment it is taken in
+until it ends, in exactly one way.
+
+    taken in ──► live[root] = outputs on their way ──► the last one ends ──► completed (a result came out)
+    (submitted)   a many= stage adds its fan-out;                            failed    (some stage raised)
+                  a drop or a failure ends one                               dropped   (no result, no error)
+                                                  the flow stops first ───► cancelled (stop, interrupt, error)
+
+Each end is counted where it happens, and ``pending`` is the number of roots in ``live``: so
+``submitted == completed + failed + dropped + cancelled + pending`` is a check that a lost or
+twice-ended item breaks, not a definition. Only the router thread writes here.
+"""
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future, InvalidStateError
+from typing import Any
+
+from ._errors import Failure
+
+#: Failures a service keeps for display (``svc.failures``, the dashboard); older ones are only
+#: counted. A blocking ``run()`` keeps them all: they are part of its result. 1,000 is more than a
+#: person reads and, with tracebacks of a few KB each, a few MB at most in a kernel that runs for days.
+RECENT_FAILURES = 1000
+
+
+class Ledger:
+    def __init__(self, *, many: bool, keep_results: bool, keep_all_failures: bool):
+        self.many = many                 # a root's result is the list of its outputs
+        self.keep_results = keep_results  # run(): every output, for the ResultList
+        self.submitted = self.completed = self.failed = self.dropped = self.cancelled = 0
+        self.delivered = 0               # outputs that came out of the last stage
+        self.live: dict[int, int] = {}   # root -> outputs still on their way
+        self.outputs: dict[int, list] = {}   # root -> outputs so far (roots with a future)
+        self.produced: set[int] = set()      # roots with at least one output (run())
+        self.failures_of: dict[int, Failure] = {}
+        self.futures: dict[int, Future] = {}
+        self.results: list = []          # (key, value), run() only
+        self.failures: list[Failure] | deque[Failure] = [] if keep_all_failures else deque(maxlen=RECENT_FAILURES)
+        self.cancelled_roots: list[int] = []
+
+    def take(self, future: Future | None = None) -> int:
+        """A new root; its number is its position in the input."""
+        root = self.submitted
+        self.submitted += 1
+        self.live[root] = 1
+        if future is not None:
+            self.futures[root] = future
+        return root
+
+    def fan_out(self, root: int, outputs: int) -> None:
+        """One output of ``root`` became ``outputs`` (> 0) outputs."""
+        self.live[root] += outputs - 1
+
+    def output(self, key: tuple, value: Any) -> None:
+        """An output of ``key[0]`` came out of the last stage."""
+        root = key[0]
+        self.delivered += 1
+        if self.keep_results:
+            self.results.append((key, value))
+        if root in self.futures:
+            self.outputs.setdefault(root, []).append(value)
+        else:
+            self.produced.add(root)
+        self._one_ended(root)
+
+    def lost(self, key: tuple, failure: Failure | None = None) -> None:
+        """An output of ``key[0]`` was dropped, or failed (then the root fails)."""
+        if failure is not None:
+            self.failures_of.setdefault(key[0], failure)
+        self._one_ended(key[0])
+
+    def _one_ended(self, root: int) -> None:
+        self.live[root] -= 1
+        if self.live[root]:
+            return
+        del self.live[root]
+        outputs = self.outputs.pop(root, None)
+        produced = outputs is not None or root in self.produced
+        self.produced.discard(root)
+        future = self.futures.pop(root, None)
+        failure = self.failures_of.pop(root, None)
+        if failure is not None:
+            self.failed += 1
+            self.failures.append(failure)
+            _resolve(future, exception=failure.exception)
+        elif not produced:
+            self.dropped += 1
+            _resolve(future, value=None)
+        else:
+            self.completed += 1
+            _resolve(future, value=outputs if self.many else (outputs or [None])[0])
+
+    def cancel_all(self, error: BaseException | None) -> None:
+        """The flow stopped: every live root is cancelled; its future is cancelled, or gets the
+        error that stopped the flow."""
+        for root in sorted(self.live):
+            self.cancelled += 1
+            self.cancelled_roots.append(root)
+            future = self.futures.pop(root, None)
+            if future is not None:
+                if error is None:
+                    future.cancel()
+                else:
+                    _resolve(future, exception=error)
+        self.live.clear()
+        self.outputs.clear()
+        self.produced.clear()
+        self.failures_of.clear()
+
+    @property
+    def pending(self) -> int:
+        return len(self.live)
+
+
+def _resolve(future: Future | None, value: Any = None, exception: BaseException | None = None) -> None:
+    if future is None:
+        return
+    try:
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(value)
+    except InvalidStateError:
+        pass  # the caller cancelled it: the outcome has nobody to go to
