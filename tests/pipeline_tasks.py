@@ -1,6 +1,7 @@
 """Stage functions for the pipeline semantics tests, importable so workers find them by reference."""
 import os
 import signal
+import threading
 import time
 
 
@@ -104,3 +105,23 @@ def behave_batch(batch, rule):
 
 def parity(x):
     return x % 2
+
+
+# ---- for the tests themselves ---------------------------------------------------------------------
+def finishes(fn, timeout=60):
+    """Run fn in a thread; its result, or fail if it did not return within ``timeout`` s."""
+    box = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"did not return within {timeout} s"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

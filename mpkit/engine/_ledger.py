@@ -92,12 +92,18 @@ class Ledger:
             _resolve(future, value=outputs if self.many else (outputs or [None])[0])
 
     def cancel_all(self, error: BaseException | None) -> None:
-        """The flow stopped: every live root is cancelled; its future is cancelled, or gets the
-        error that stopped the flow."""
+        """The flow stopped: every live root is cancelled (its future is cancelled, or gets the
+        error that stopped the flow), unless one of its outputs failed already: then it failed."""
         for root in sorted(self.live):
+            future = self.futures.pop(root, None)
+            failure = self.failures_of.get(root)
+            if failure is not None:  # one of its outputs failed already: the item failed
+                self.failed += 1
+                self.failures.append(failure)
+                _resolve(future, exception=failure.exception)
+                continue
             self.cancelled += 1
             self.cancelled_roots.append(root)
-            future = self.futures.pop(root, None)
             if future is not None:
                 if error is None:
                     future.cancel()

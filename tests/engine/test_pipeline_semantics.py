@@ -13,26 +13,8 @@ import mpkit
 from mpkit import Pipeline
 from mpkit.recipes.inference import BatchPredictor
 from tests import helpers, pipeline_tasks as tasks
+from tests.pipeline_tasks import finishes
 from tests.proctree import wait_until
-
-
-def finishes(fn, timeout=60):
-    """Run fn in a thread; its result, or fail if it did not return within ``timeout`` s."""
-    box = {}
-
-    def target():
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    assert not thread.is_alive(), f"did not return within {timeout} s"
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
 
 
 def identity_holds(stats):
