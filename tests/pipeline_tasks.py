@@ -125,3 +125,10 @@ def finishes(fn, timeout=60):
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+def key_or_fail(x):
+    """A key= function that cannot handle one item."""
+    if x == 3:
+        raise KeyError(f"no key for {x}")
+    return x % 2

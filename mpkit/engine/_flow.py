@@ -425,6 +425,9 @@ class Flow:
             self.ledger.lost(key)
         elif isinstance(value, BadOutput):
             self._stage_failed(stage, key, value.item, TypeError(value.message))
+        elif self.ledger.futures and self.ledger.unwanted(key):  # its caller cancelled it meanwhile
+            stage.done += 1
+            self.ledger.lost(key)
         elif stage.spec.many:
             if not value:
                 stage.dropped += 1
@@ -496,6 +499,10 @@ class Flow:
                         size = 1 if lane.keyed and spec.retries else lane.run.sizer.next_size(0)
                         size, batch = min(size, len(lane.inbox)), False
                     picked = [lane.inbox.popleft() for _ in range(size)]
+                    if self.ledger.futures:
+                        picked = self._wanted(stage, picked)
+                        if not picked:
+                            continue
                     keys = [k for k, _, _ in picked]
                     lane.held.update(keys)
                     stage.batched += len(keys)
@@ -507,6 +514,17 @@ class Flow:
                     lane.run.exhausted = True
             for lane in woken:
                 lane.pool._manager.wake()
+
+    def _wanted(self, stage: _Stage, picked: list) -> list:
+        """A service's items whose Future the caller cancelled are not sent to a worker."""
+        keep = []
+        for entry in picked:
+            if self.ledger.unwanted(entry[0]):
+                stage.cancelled_queued += 1
+                self.ledger.lost(entry[0])
+            else:
+                keep.append(entry)
+        return keep
 
     def next_timeout(self, tick: float) -> float:
         """How long the router may sleep: until the oldest item of a forming batch is due."""

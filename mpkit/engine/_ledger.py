@@ -48,6 +48,11 @@ class Ledger:
             self.futures[root] = future
         return root
 
+    def unwanted(self, key: tuple) -> bool:
+        """Whether the caller cancelled the Future of ``key``'s item (then it need not run)."""
+        future = self.futures.get(key[0])
+        return future is not None and future.cancelled()
+
     def fan_out(self, root: int, outputs: int) -> None:
         """One output of ``root`` became ``outputs`` (> 0) outputs."""
         self.live[root] += outputs - 1
@@ -65,7 +70,7 @@ class Ledger:
         self._one_ended(root)
 
     def lost(self, key: tuple, failure: Failure | None = None) -> None:
-        """An output of ``key[0]`` was dropped, or failed (then the root fails)."""
+        """An output of ``key[0]`` was dropped, failed (then the root fails), or is not wanted."""
         if failure is not None:
             self.failures_of.setdefault(key[0], failure)
         self._one_ended(key[0])
@@ -80,7 +85,10 @@ class Ledger:
         self.produced.discard(root)
         future = self.futures.pop(root, None)
         failure = self.failures_of.pop(root, None)
-        if failure is not None:
+        if future is not None and future.cancelled():  # by its caller: its outcome goes nowhere
+            self.cancelled += 1
+            self.cancelled_roots.append(root)
+        elif failure is not None:
             self.failed += 1
             self.failures.append(failure)
             _resolve(future, exception=failure.exception)

@@ -173,3 +173,15 @@ def test_kills_from_outside_leave_every_item_accounted_for(start_method):
         stats = identities(svc.stop(timeout=60), bounded=False)
     assert (stats.submitted, stats.completed, stats.pending, stats.cancelled) == (30, 30, 0, 0)
     assert stats.stage("victim").done == 30 and watch.seen > 0
+
+
+def test_a_future_cancelled_by_its_caller_is_counted_as_cancelled(start_method):
+    svc = Pipeline().stage(helpers.sleep_then).stage(helpers.identity).start()
+    try:
+        futures = [svc.submit(0.3) for _ in range(8)]
+        assert all(f.cancel() for f in futures[4:])  # e.g. asyncio.wait_for timing out
+        assert [f.result(timeout=60) for f in futures[:4]] == [0.3] * 4
+    finally:
+        stats = identities(svc.stop(timeout=60))
+    assert (stats.submitted, stats.completed, stats.cancelled, stats.pending) == (8, 4, 4, 0)
+    assert stats.stage("identity").received == 4, "a cancelled item went on to the next stage"

@@ -193,6 +193,23 @@ def test_batch_before_a_keyed_stage_makes_full_batches(start_method):
     identity_holds(pipe.stats())
 
 
+def test_a_key_function_that_raises_fails_only_its_item(start_method):
+    pipe = Pipeline().stage(helpers.double, workers=2, key=tasks.key_or_fail, name="keyed")
+    out = pipe.run(range(8), on_error="collect", ordered=True, progress=False)
+    assert out == [2 * x for x in range(8) if x != 3]
+    [failure] = out.failures
+    assert failure.index == 3 and isinstance(failure.exception, KeyError)
+    assert "keyed" in " ".join(failure.exception.__notes__)
+    svc = pipe.start()
+    try:
+        with pytest.raises(KeyError):
+            svc.submit(3).result(timeout=30)
+        assert svc.submit(4).result(timeout=30) == 8
+    finally:
+        svc.stop()
+    identity_holds(pipe.stats())
+
+
 # ---- slow and streaming sources -------------------------------------------------------------------------
 def _waiting_source(path, count, timeout=30):
     """Yields 0..count-1, each only after the previous one came out of the pipeline (a file)."""
