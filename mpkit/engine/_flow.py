@@ -283,6 +283,14 @@ class Flow:
             self.input_closed = self.stop_now = True
             self.cond.notify_all()
 
+    def fail(self, error: BaseException) -> None:
+        """End now because of ``error`` (the source raised): what is inside is cancelled."""
+        with self.cond:
+            if self.fatal is None:
+                self.fatal = error
+            self.input_closed = True
+            self.cond.notify_all()
+
     @property
     def running(self) -> bool:
         return self._thread is not None and not self._ended.is_set()

@@ -8,7 +8,9 @@
     svc = pipe.start(); fut = svc.submit(x)        # a background service with futures
 
 A ``Pipeline`` is only a description (stage specs); each ``run()`` or ``start()`` builds a
-``Flow`` (``_flow``) with its own worker processes and tears it down at the end.
+``Flow`` (``_flow``) with its own worker processes and router thread, and tears it down at the
+end. ``run()`` feeds the flow from the calling thread; a ``Service`` (``_service``) from whichever
+threads call ``submit()``.
 """
 from __future__ import annotations
 
@@ -65,11 +67,16 @@ class Pipeline:
         ``fn`` is a function called per item (or per list, after :meth:`batch`), or a class (or,
         with ``factory=True``, a zero-argument function) whose object is built once inside each
         worker and then called: load models there. Return a result, ``None`` to drop the item,
-        or with ``many=True`` an iterable of results. ``maxsize`` bounds the stage's input.
+        or with ``many=True`` an iterable of results (a list, or a generator: ``fn`` may be a
+        generator function; it is consumed in the worker). ``maxsize`` bounds the stage's input.
+        ``timeout`` bounds one call: on an item, or after :meth:`batch` on a whole batch, whose
+        items then all fail (or, with ``retries``, the batch is tried again).
 
         Items go to whichever worker is free. With ``key=fn``, items with the same ``fn(item)``
         always go to the same worker, in the order they came (e.g. the messages of one
-        conversation); the stage then has one queue per worker.
+        conversation), also after a crash or a retry; the stage then has one queue per worker,
+        each worker holds one chunk at a time (one item at a time with ``retries``), and a batch
+        holds items of one worker's keys.
         """
         if not callable(fn):
             raise TypeError(f"a stage must be a function or a class, not {type(fn).__name__} {_short_repr(fn)}")
@@ -112,10 +119,14 @@ class Pipeline:
             progress: bool | None = None, start_method: str | None = None) -> ResultList:
         """Send every item through the stages and return the results (input order if ``ordered``).
 
-        Blocks until the end of the stream; the dashboard (Jupyter) or a text status (terminal)
-        shows it live. A blocking run cannot receive button clicks while its cell runs: stop it
-        with the kernel's interrupt, which stops every stage within about two seconds and raises
-        ``MapInterrupted`` with the results so far.
+        ``items`` is read here, in the calling thread, one item at a time while the first stage
+        has room, so a slow or endless source (a generator reading a socket) has each item
+        moving at once. Blocks until the end of the stream; the dashboard (Jupyter) or a text
+        status (terminal) shows it live. A blocking run cannot receive button clicks while its
+        cell runs: stop it with the kernel's interrupt (it also ends a source waiting in
+        ``next()``), which stops every stage within about two seconds and raises
+        ``MapInterrupted`` with the results so far; the items that did not finish are counted as
+        cancelled in ``stats()``.
         """
         __tracebackhide__ = True
         try:
@@ -139,8 +150,8 @@ class Pipeline:
             flow.stop()
             flow.wait_quietly()
             raise MapInterrupted(flow.result_list(), list(flow.ledger.cancelled_roots), None) from None
-        except BaseException:  # the source raised: the run ends with its error
-            flow.stop()
+        except BaseException as exc:  # the source raised: the run ends with its error
+            flow.fail(exc)
             flow.wait_quietly()
             raise
         if flow.fatal is not None:

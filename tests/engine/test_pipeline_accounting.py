@@ -98,7 +98,7 @@ def build(stages, folder):
     return pipe
 
 
-@settings(max_examples=6, deadline=None, database=None, derandomize=False,
+@settings(max_examples=15, deadline=None, database=None, derandomize=False,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(case=pipelines())
 def test_random_pipelines_account_for_every_item(start_method, case):

@@ -282,16 +282,28 @@ def test_an_interrupt_while_the_source_blocks_in_a_socket(start_method, tmp_path
     pipe = Pipeline().stage(functools.partial(tasks.touch, path=path)).stage(helpers.double)
     watcher = _interrupt_when(lambda: all(os.path.exists(f"{path}.{i}") for i in range(3))
                               and pipe.stats().completed == 3)
+    source = lines()
     try:
         with pytest.raises(mpkit.MapInterrupted) as info:
-            pipe.run(lines(), progress=False)
+            pipe.run(source, progress=False)
     finally:
         watcher.join(10)
         reader.close()
         writer.close()
     assert sorted(info.value.results) == [0, 2, 4]
-    assert not any(t.name.startswith("mpkit-") for t in threading.enumerate() if t.is_alive()
-                   and "feed" in t.name)
+    assert source.gi_frame is None, "the source is still suspended in recv()"  # the interrupt ended it
+    assert not [t for t in threading.enumerate() if t.name.startswith("mpkit-router")]
+
+
+def test_a_source_that_raises_ends_the_run_with_its_error(start_method):
+    def source():
+        yield from range(5)
+        raise ConnectionResetError("the socket closed")
+    pipe = Pipeline().stage(helpers.sleep_then)
+    with pytest.raises(ConnectionResetError, match="socket closed"):
+        pipe.run((0.01 * x for x in source()), progress=False)
+    stats = identity_holds(pipe.stats())
+    assert stats.state == "failed" and stats.pending == 0 and stats.submitted == 5
 
 
 # ---- fan-out -----------------------------------------------------------------------------------------
