@@ -132,3 +132,10 @@ def key_or_fail(x):
     if x == 3:
         raise KeyError(f"no key for {x}")
     return x % 2
+
+
+def crash_on_batch_with(batch, bad=3):
+    """A batched stage whose call kills its worker (a segfault in a model) on the batch holding ``bad``."""
+    if bad in batch:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return [(x, len(batch)) for x in batch]

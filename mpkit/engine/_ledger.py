@@ -37,7 +37,7 @@ class Ledger:
         self.futures: dict[int, Future] = {}
         self.results: list = []          # (key, value), run() only
         self.failures: list[Failure] | deque[Failure] = [] if keep_all_failures else deque(maxlen=RECENT_FAILURES)
-        self.cancelled_roots: list[int] = []
+        self.cancelled_roots: list[int] = []  # run() only: MapInterrupted.pending
 
     def take(self, future: Future | None = None) -> int:
         """A new root; its number is its position in the input."""
@@ -87,7 +87,6 @@ class Ledger:
         failure = self.failures_of.pop(root, None)
         if future is not None and future.cancelled():  # by its caller: its outcome goes nowhere
             self.cancelled += 1
-            self.cancelled_roots.append(root)
         elif failure is not None:
             self.failed += 1
             self.failures.append(failure)
@@ -111,7 +110,8 @@ class Ledger:
                 _resolve(future, exception=failure.exception)
                 continue
             self.cancelled += 1
-            self.cancelled_roots.append(root)
+            if self.keep_results:
+                self.cancelled_roots.append(root)
             if future is not None:
                 if error is None:
                     future.cancel()

@@ -37,6 +37,17 @@ def test_a_batch_that_times_out_fails_all_its_items_once_and_the_run_ends(start_
     assert stats.failed == len(failed) and stats.pending == 0
 
 
+def test_a_batch_that_kills_its_worker_blames_only_the_culprit(start_method):
+    """The batch is split and its items sent again one by one, so the item that kills the worker is
+    found, and its neighbours still get their results."""
+    pipe = Pipeline().batch(4, max_wait=0.2).stage(tasks.crash_on_batch_with, name="model")
+    out = finishes(lambda: pipe.run(range(8), on_error="collect", ordered=True, progress=False))
+    assert [f.index for f in out.failures] == [3]
+    assert isinstance(out.failures[0].exception, mpkit.WorkerDied)
+    assert [x for x, _ in out] == [0, 1, 2, 4, 5, 6, 7]
+    identity_holds(pipe.stats())
+
+
 # ---- many= -----------------------------------------------------------------------------------------
 def test_many_accepts_a_generator_function(start_method):
     pipe = Pipeline().stage(tasks.count_up, many=True).stage(helpers.identity)
