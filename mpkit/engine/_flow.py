@@ -34,174 +34,16 @@ from collections import deque
 from concurrent.futures import Future
 from typing import Any, Callable
 
-from . import _worker
 from ._errors import Failure, ResultList, _short_repr
 from ._ledger import Ledger
-from ._pipeline_stats import SNAPSHOT_HZ, PipelineStats, StageStats
-from ._pool import Pool
+from ._pipeline_stats import SNAPSHOT_HZ, PipelineStats, mark_bottleneck
+from ._stage import BadOutput, Fan, Stage
 
 #: Snapshots kept for ``timeline()``: at 10 a second, ten minutes of history.
 HISTORY = 6000
 #: How long another thread waits for the router to take a fresh snapshot before it settles for the
 #: last one: a router busy pickling a large chunk answers late, and a caller must not hang on it.
 SNAPSHOT_WAIT = 2.0
-
-
-class Built:
-    """A stage's class or factory, pickled so that the worker builds the object when it loads it."""
-
-    def __init__(self, factory: Callable[[], Any]):
-        self.factory = factory
-        self.__qualname__ = getattr(factory, "__qualname__", repr(factory))
-
-    def __reduce__(self):
-        return _worker.build, (self.factory,)
-
-    def __call__(self, item):  # never called here: the worker gets the built object instead
-        raise RuntimeError("a built stage runs only in its worker processes")
-
-
-class BadOutput:
-    """In a batched many= stage, the place of an item whose result was not iterable."""
-
-    def __init__(self, item: Any, message: str):
-        self.item, self.message = item, message
-
-
-class Many:
-    """A many= stage's function, run in the worker: each result becomes a list of outputs there
-    (a generator is consumed in the worker), and a result that is not iterable fails its item."""
-
-    def __init__(self, fn: Callable, stage: str, batched: bool):
-        self.fn, self.stage, self.batched = fn, stage, batched
-        self.__qualname__ = getattr(fn, "__qualname__", repr(fn))
-
-    @property
-    def factory(self):  # what _run reads to find the stage's source files
-        return getattr(self.fn, "factory", self.fn)
-
-    def __reduce__(self):
-        return Many, (self.fn, self.stage, self.batched)
-
-    def __call__(self, item):
-        if not self.batched:
-            return self._outputs(self.fn(item), item)
-        results = list(self.fn(item))
-        if len(results) != len(item):
-            return results  # the worker reports the wrong length for the whole batch
-        out = []
-        for result, x in zip(results, item):
-            try:
-                out.append(self._outputs(result, x))
-            except TypeError as exc:
-                out.append(BadOutput(x, str(exc)))
-        return out
-
-    def _outputs(self, result, item):
-        if result is None:
-            return None
-        try:
-            iterator = iter(result)
-        except TypeError:
-            raise TypeError(f"stage {self.stage!r} has many=True, so it must return an iterable of results "
-                            f"(a list, a generator) or None for each item, but for item {_short_repr(item, 80)} "
-                            f"it returned {type(result).__name__} {_short_repr(result, 60)}. Fix: return "
-                            f"[value] for one result, or drop many=True.") from None
-        return list(iterator)
-
-
-def stage_target(spec) -> Callable:
-    target = Built(spec.target) if spec.factory else spec.target
-    return Many(target, spec.name, spec.batch is not None) if spec.many else target
-
-
-class _Fan:
-    """The outputs of one item of a many= stage, handed on one by one as the next channel has room."""
-
-    __slots__ = ("key", "values", "next")
-
-    def __init__(self, key: tuple, values: list):
-        self.key, self.values, self.next = key, values, 0
-
-    def pop(self) -> tuple[tuple, Any]:
-        j = self.next
-        self.next += 1
-        value = self.values[j]
-        self.values[j] = None  # let it go as soon as it is handed on
-        return (*self.key, j), value
-
-    @property
-    def left(self) -> int:
-        return len(self.values) - self.next
-
-
-class _Lane:
-    """A pool, the open run that feeds it, and the items waiting for it. A stage has one lane of N
-    workers, or, with ``key=``, N lanes of one worker each, so that items of one key stay in order
-    on one worker."""
-
-    def __init__(self, spec, workers: int, cond: threading.Condition, start_method: str | None, keyed: bool):
-        self.keyed = keyed
-        self.pool = Pool(workers, start_method=start_method, idle_timeout=24 * 3600)
-        self.pool.output.label = spec.name
-        self.run = self.pool._open_run(stage_target(spec), cond, retries=spec.retries, timeout=spec.timeout)
-        self.inbox: deque = deque()   # (key, item, arrival time)
-        self.held: set = set()        # keys handed to the run and not answered yet
-
-    def room(self) -> bool:
-        if self.keyed:  # one chunk at a time: what a crash or a retry sends again cannot be overtaken
-            return not self.held
-        return len(self.run.pending) < 2 * self.pool.size
-
-
-class _Stage:
-    def __init__(self, spec, index: int, cond: threading.Condition, start_method: str | None):
-        self.spec, self.index, self.cond = spec, index, cond
-        self.lanes: list[_Lane] = []
-        keyed = spec.key is not None
-        try:
-            for _ in range(spec.workers if keyed else 1):
-                self.lanes.append(_Lane(spec, 1 if keyed else spec.workers, cond, start_method, keyed))
-        except BaseException:
-            self.close(kill=True)
-            raise
-        self.outbox: deque = deque()    # (key, value) or _Fan: results waiting for room downstream
-        self.waiting = 0                # outputs in the outbox (a fan counts its outputs left)
-        self.received = self.batched = self.done = self.emitted = self.failed = self.dropped = 0
-        self.failed_at_entry = 0        # key= raised: the item never reached a lane
-        self.cancelled_queued = self.cancelled_held = 0
-        self.input_closed = False
-        self.rates: deque = deque(maxlen=SNAPSHOT_HZ * 2)  # (time, finished) samples
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    def queued_in_inboxes(self) -> int:
-        return sum(len(lane.inbox) for lane in self.lanes)
-
-    def pending_items(self) -> int:
-        """Items in chunks waiting for a worker (the manager threads take from them: lock)."""
-        with self.cond:
-            return sum(len(c.indices) for lane in self.lanes for c in lane.run.pending)
-
-    def room(self) -> int:
-        """Items its channel can take now."""
-        return self.spec.maxsize - self.queued_in_inboxes() - self.pending_items()
-
-    def finished(self) -> bool:
-        return (self.input_closed and not self.outbox
-                and all(not lane.inbox and not lane.held for lane in self.lanes))
-
-    def workers(self) -> list[tuple[int, int, str]]:
-        return [w for lane in self.lanes for w in lane.pool.workers()]
-
-    def close(self, kill: bool) -> None:
-        for lane in self.lanes:
-            if kill:
-                with self.cond:
-                    lane.run.cancelled = True
-            lane.pool.shutdown(wait=not kill)
 
 
 class FlowEnded(Exception):
@@ -219,10 +61,10 @@ class Flow:
         #: a blocking run with on_error="raise" stops at the first failure; a service never does:
         #: the error goes to the failing item's Future
         self.stop_on_failure = on_error == "raise" and not service
-        self.stages: list[_Stage] = []
+        self.stages: list[Stage] = []
         try:
             for i, spec in enumerate(specs):
-                self.stages.append(_Stage(spec, i, self.cond, start_method))
+                self.stages.append(Stage(spec, i, self.cond, start_method))
         except BaseException:
             for stage in self.stages:
                 stage.close(kill=True)
@@ -409,7 +251,7 @@ class Flow:
         return any(lane.run.done or lane.run.failures or lane.run.fatal is not None
                    for s in self.stages for lane in s.lanes)
 
-    def _enter(self, stage: _Stage, key: tuple, item: Any, now: float) -> None:
+    def _enter(self, stage: Stage, key: tuple, item: Any, now: float) -> None:
         stage.received += 1
         if len(stage.lanes) == 1:
             stage.lanes[0].inbox.append((key, item, now))
@@ -427,7 +269,7 @@ class Flow:
             return
         lane.inbox.append((key, item, now))
 
-    def _stage_done(self, stage: _Stage, key: tuple, value: Any) -> None:
+    def _stage_done(self, stage: Stage, key: tuple, value: Any) -> None:
         if value is None:
             stage.dropped += 1
             self.ledger.lost(key)
@@ -443,14 +285,14 @@ class Flow:
                 return
             stage.done += 1
             self.ledger.fan_out(key[0], len(value))
-            stage.outbox.append(_Fan(key, value))
+            stage.outbox.append(Fan(key, value))
             stage.waiting += len(value)
         else:
             stage.done += 1
             stage.outbox.append((key, value))
             stage.waiting += 1
 
-    def _stage_failed(self, stage: _Stage, key: tuple, item: Any, exc: BaseException) -> None:
+    def _stage_failed(self, stage: Stage, key: tuple, item: Any, exc: BaseException) -> None:
         stage.failed += 1
         try:
             exc.add_note(f"(in pipeline {self.name!r}, stage {stage.name!r})")
@@ -469,7 +311,7 @@ class Flow:
             room = nxt.room() if nxt is not None else len(stage.outbox) + stage.waiting
             while stage.outbox and room > 0:
                 entry = stage.outbox[0]
-                if isinstance(entry, _Fan):
+                if isinstance(entry, Fan):
                     key, value = entry.pop()
                     if not entry.left:
                         stage.outbox.popleft()
@@ -523,7 +365,7 @@ class Flow:
             for lane in woken:
                 lane.pool._manager.wake()
 
-    def _wanted(self, stage: _Stage, picked: list) -> list:
+    def _wanted(self, stage: Stage, picked: list) -> list:
         """A service's items whose Future the caller cancelled are not sent to a worker."""
         keep = []
         for entry in picked:
@@ -603,40 +445,9 @@ class Flow:
         stages = []
         with self.cond:
             for stage in self.stages:
-                runs = [lane.run for lane in stage.lanes]
-                finished = stage.done + stage.failed + stage.dropped
-                stage.rates.append((now, finished))
-                t0, n0 = stage.rates[0]
-                rate = (finished - n0) / (now - t0) if now - t0 > 0.05 else 0.0
-                pending = stage.pending_items()
-                inboxes = stage.queued_in_inboxes()
-                in_flight = sum(len(lane.held) for lane in stage.lanes) - pending
-                workers = dict(workers=sum(r.pool_workers for r in runs),
-                               target_workers=sum(lane.pool.size for lane in stage.lanes),
-                               busy=sum(r.busy_workers for r in runs),
-                               mean_seconds=(sum(r.busy_seconds for r in runs) / stage.batched
-                                             if stage.batched else 0.0))
-                if stage.spec.batch is not None:
-                    stages.append(StageStats(
-                        name=f"batch {stage.spec.batch[0]} / {stage.spec.batch[1]:g} s", kind="batch",
-                        workers=0, target_workers=0, busy=0, capacity=stage.spec.maxsize, queued=inboxes,
-                        in_flight=0, received=stage.received, done=stage.batched, emitted=stage.batched,
-                        failed=stage.failed_at_entry, dropped=0, rate=rate, mean_seconds=0.0,
-                        cancelled=stage.cancelled_queued))
-                    stages.append(StageStats(
-                        name=stage.name, kind="stage", capacity=stage.spec.maxsize, queued=pending,
-                        in_flight=in_flight, received=stage.batched, done=stage.done, emitted=stage.emitted,
-                        failed=stage.failed - stage.failed_at_entry, dropped=stage.dropped, rate=rate,
-                        cancelled=stage.cancelled_held, waiting=stage.waiting, **workers))
-                else:
-                    stages.append(StageStats(
-                        name=stage.name, kind="stage", capacity=stage.spec.maxsize, queued=inboxes + pending,
-                        in_flight=in_flight, received=stage.received, done=stage.done, emitted=stage.emitted,
-                        failed=stage.failed, dropped=stage.dropped, rate=rate,
-                        cancelled=stage.cancelled_queued + stage.cancelled_held, waiting=stage.waiting,
-                        **workers))
+                stages += stage.stats(now)
             waiting = len(self.incoming)
-        stages = _mark_bottleneck(stages)
+        stages = mark_bottleneck(stages)
         led = self.ledger
         return PipelineStats(self.name, self.state, now - self.started, led.submitted + waiting, led.completed,
                              led.failed, led.dropped, led.pending + waiting, led.delivered, tuple(stages),
@@ -682,18 +493,3 @@ class Flow:
                 stage.lanes[0].run.max_workers = workers
                 return
         raise KeyError(f"no stage named {name!r}; stages: {', '.join(s.name for s in self.stages)}")
-
-
-def _mark_bottleneck(stages: list[StageStats]) -> list[StageStats]:
-    """The stage holding the pipeline back: its input at least half full while the stage after it
-    has almost nothing queued (or it is the last)."""
-    from dataclasses import replace
-
-    out = list(stages)
-    for i, stage in enumerate(stages):
-        if stage.kind != "stage" or stage.fill < 0.5:
-            continue
-        after = stages[i + 1] if i + 1 < len(stages) else None
-        if after is None or after.fill < 0.1:
-            out[i] = replace(stage, bottleneck=True)
-    return out

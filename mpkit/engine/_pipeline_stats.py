@@ -12,7 +12,7 @@ finished twice, breaks. At the end of a run or service ``queued == in_flight == 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 #: Snapshots a second at most, and so dashboard updates a second: enough to look live, few enough
 #: that a notebook's message rate stays far under Jupyter's limits.
@@ -81,3 +81,16 @@ class PipelineStats:
             if stage.name == name:
                 return stage
         raise KeyError(f"no stage named {name!r}; stages: {', '.join(s.name for s in self.stages)}")
+
+
+def mark_bottleneck(stages: list[StageStats]) -> list[StageStats]:
+    """The stage holding the pipeline back: its input at least half full while the stage after it
+    has almost nothing queued (or it is the last)."""
+    out = list(stages)
+    for i, stage in enumerate(stages):
+        if stage.kind != "stage" or stage.fill < 0.5:
+            continue
+        after = stages[i + 1] if i + 1 < len(stages) else None
+        if after is None or after.fill < 0.1:
+            out[i] = replace(stage, bottleneck=True)
+    return out
