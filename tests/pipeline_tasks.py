@@ -139,3 +139,8 @@ def crash_on_batch_with(batch, bad=3):
     if bad in batch:
         os.kill(os.getpid(), signal.SIGKILL)
     return [(x, len(batch)) for x in batch]
+
+
+def batch_with_a_number_for(batch, bad=3):
+    """A batched many=True stage: a list of results per item, but a number for ``bad``."""
+    return [7 if x == bad else [x] * 2 for x in batch]

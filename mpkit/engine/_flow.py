@@ -18,8 +18,10 @@ for it), so the counts in a snapshot always agree with each other.
 Bounds: ``incoming`` plus stage 0's channel hold at most its ``maxsize``; a stage's channel (lane
 inboxes plus chunks not yet taken by a worker) holds at most its ``maxsize``; a stage is given
 more work only while the results it already made (its outbox, including the rest of a many=
-fan-out, expanded one by one) fit in the next channel. A keyed lane holds one chunk at a time, so
-a crash or a retry never lets a key's items overtake each other.
+fan-out, expanded one by one) fit in the next channel, and a many= stage's workers hold at most
+FAN_OUT_ITEMS items each, so the notebook holds the fan-outs of at most 1 + FAN_OUT_ITEMS x
+workers items. A keyed lane holds one chunk at a time, so a crash or a retry never lets a key's
+items overtake each other.
 
 End of stream: the feeder closes the input, each stage in turn drains (a batcher flushes its
 partial batch), and the pools are shut down. Stopping early (stop(drain=False), an interrupt, a
@@ -346,8 +348,7 @@ class Flow:
                             break
                         size, batch = min(max_size, len(lane.inbox)), True
                     else:
-                        size = 1 if lane.keyed and spec.retries else lane.run.sizer.next_size(0)
-                        size, batch = min(size, len(lane.inbox)), False
+                        size, batch = min(lane.chunk_size(spec), len(lane.inbox)), False
                     picked = [lane.inbox.popleft() for _ in range(size)]
                     if self.ledger.futures:
                         picked = self._wanted(stage, picked)

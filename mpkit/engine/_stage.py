@@ -21,6 +21,11 @@ from ._errors import _short_repr
 from ._pipeline_stats import SNAPSHOT_HZ, StageStats
 from ._pool import Pool
 
+#: Items a worker of a many= stage holds at once. Each may fan out to any number of results, and
+#: the notebook holds them all until the next channel takes them, so few; two keep the worker busy
+#: while the router collects the last one. (Smaller chunks cost ~0.1 ms each: fine for fan-outs.)
+FAN_OUT_ITEMS = 2
+
 
 class Built:
     """A stage's class or factory, pickled so that the worker builds the object when it loads it."""
@@ -116,7 +121,7 @@ class Lane:
     on one worker."""
 
     def __init__(self, spec, workers: int, cond: threading.Condition, start_method: str | None, keyed: bool):
-        self.keyed = keyed
+        self.keyed, self.fans_out = keyed, spec.many
         self.pool = Pool(workers, start_method=start_method, idle_timeout=24 * 3600)
         self.pool.output.label = spec.name
         self.run = self.pool._open_run(stage_target(spec), cond, retries=spec.retries, timeout=spec.timeout)
@@ -126,7 +131,18 @@ class Lane:
     def room(self) -> bool:
         if self.keyed:  # one chunk at a time: what a crash or a retry sends again cannot be overtaken
             return not self.held
+        if self.fans_out:
+            return len(self.held) < FAN_OUT_ITEMS * self.pool.size
         return len(self.run.pending) < 2 * self.pool.size
+
+    def chunk_size(self, spec) -> int:
+        """Items in the next chunk of an unbatched stage."""
+        if self.keyed and spec.retries:
+            return 1  # a retried item runs again before its successors, not after the rest of its chunk
+        size = self.run.sizer.next_size(0)
+        if self.fans_out:
+            size = min(size, max(1, FAN_OUT_ITEMS * self.pool.size - len(self.held)))
+        return size
 
 
 class Stage:
