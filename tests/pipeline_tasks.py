@@ -24,8 +24,8 @@ def not_iterable_on(x, bad=3):
 
 
 def fan_out(x, n=20_000):
-    """A many=True stage fanning one item out to ``n`` results, lazily."""
-    return (x * n + i for i in range(n))
+    """A many=True stage fanning one item out to ``n`` results."""
+    return [x * n + i for i in range(n)]
 
 
 class BrokenModel:
