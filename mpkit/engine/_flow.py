@@ -86,6 +86,8 @@ class Flow:
         self._last: PipelineStats | None = None
         self._snapshots = 0                  # [cond] snapshots taken so far
         self._snapshot_wanted = False        # [cond] another thread waits for a fresh one
+        self._first_load = 0                 # [cond] items in stage 0's channel, as of the last step
+        self._budget = 0                     # put()s that fit without looking again (feeder side)
         self._thread: threading.Thread | None = None
         # Waits are on this event, not Thread.join: a join cut short by an interrupt can leave the
         # thread looking dead while it still runs (CPython 3.11).
@@ -100,20 +102,31 @@ class Flow:
     def put(self, item: Any, future: Future | None = None, timeout: float | None = None) -> None:
         """Send an item in; blocks while the first stage's channel is full (up to ``timeout`` s).
         Raises ``FlowEnded`` if the flow takes no more items, ``TimeoutError`` if it stayed full."""
+        if self._budget > 0 and not (self.input_closed or self.fatal is not None):
+            # Room known from the last look: no lock per item. Only the append that finds the
+            # router possibly asleep (nothing was waiting) takes the lock, to wake it.
+            self._budget -= 1
+            self.incoming.append((item, future))
+            if len(self.incoming) == 1:
+                with self.cond:
+                    self.cond.notify_all()
+            return
         first = self.stages[0]
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.cond:
             while True:
                 if self.input_closed or self.stop_now or self.fatal is not None or self.state != "running":
                     raise FlowEnded(self.name)
-                if len(self.incoming) + first.queued_in_inboxes() + first.pending_items() < first.spec.maxsize:
+                if len(self.incoming) + self._first_load < first.spec.maxsize:
                     break
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise TimeoutError(f"the first stage of {self.name!r} stayed full for {timeout} s")
                 self.cond.wait(min(0.1, left) if left is not None else 0.1)  # short: an interrupt lands
             self.incoming.append((item, future))
-            self.cond.notify_all()
+            self._budget = first.spec.maxsize - self._first_load - len(self.incoming)
+            if len(self.incoming) == 1:
+                self.cond.notify_all()  # the router may sleep; with more waiting, it was told already
 
     def close_input(self) -> None:
         """No more items: the stages drain, then the flow ends."""
@@ -214,6 +227,7 @@ class Flow:
             first = self.stages[0]
             room = first.room()
             new = [self.incoming.popleft() for _ in range(min(max(0, room), len(self.incoming)))]
+            self._first_load = first.spec.maxsize - room + len(new)
             input_closed = self.input_closed and not self.incoming
             self.cond.notify_all()  # feeders waiting for room
         for stage in self.stages:
@@ -307,25 +321,32 @@ class Flow:
     def _move(self) -> None:
         last = len(self.stages) - 1
         now = time.monotonic()
+        output = self.ledger.output
         for i in range(last, -1, -1):
             stage = self.stages[i]
             nxt = self.stages[i + 1] if i < last else None
             room = nxt.room() if nxt is not None else len(stage.outbox) + stage.waiting
-            while stage.outbox and room > 0:
-                entry = stage.outbox[0]
-                if isinstance(entry, Fan):
+            outbox, moved = stage.outbox, 0
+            # the next stage's one inbox, when it has one lane (no key= to compute): the hot path
+            inbox = nxt.lanes[0].inbox if nxt is not None and len(nxt.lanes) == 1 else None
+            while outbox and moved < room:
+                entry = outbox[0]
+                if entry.__class__ is Fan:
                     key, value = entry.pop()
                     if not entry.left:
-                        stage.outbox.popleft()
+                        outbox.popleft()
                 else:
-                    key, value = stage.outbox.popleft()
-                stage.waiting -= 1
-                stage.emitted += 1
-                room -= 1
+                    key, value = outbox.popleft()
+                moved += 1
                 if nxt is None:
-                    self.ledger.output(key, value)
+                    output(key, value)
+                elif inbox is not None:
+                    nxt.received += 1
+                    inbox.append((key, value, now))
                 else:
                     self._enter(nxt, key, value, now)
+            stage.waiting -= moved
+            stage.emitted += moved
             if nxt is not None and stage.finished():
                 nxt.input_closed = True
 

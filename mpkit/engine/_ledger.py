@@ -65,26 +65,30 @@ class Ledger:
             self.results.append((key, value))
         if root in self.futures:
             self.outputs.setdefault(root, []).append(value)
-        else:
+        elif self.many:
             self.produced.add(root)
-        self._one_ended(root)
+        self._one_ended(root, True)
 
     def lost(self, key: tuple, failure: Failure | None = None) -> None:
         """An output of ``key[0]`` was dropped, failed (then the root fails), or is not wanted."""
         if failure is not None:
             self.failures_of.setdefault(key[0], failure)
-        self._one_ended(key[0])
+        self._one_ended(key[0], False)
 
-    def _one_ended(self, root: int) -> None:
-        self.live[root] -= 1
-        if self.live[root]:
+    def _one_ended(self, root: int, produced: bool) -> None:
+        left = self.live[root] - 1
+        if left:
+            self.live[root] = left
             return
         del self.live[root]
-        outputs = self.outputs.pop(root, None)
-        produced = outputs is not None or root in self.produced
-        self.produced.discard(root)
-        future = self.futures.pop(root, None)
-        failure = self.failures_of.pop(root, None)
+        failure = self.failures_of.pop(root, None) if self.failures_of else None
+        future = self.futures.pop(root, None) if self.futures else None
+        outputs = self.outputs.pop(root, None) if future is not None else None
+        if outputs is not None:
+            produced = True
+        if self.produced and root in self.produced:  # many=: an earlier output came out
+            self.produced.discard(root)
+            produced = True
         if future is not None and future.cancelled():  # by its caller: its outcome goes nowhere
             self.cancelled += 1
         elif failure is not None:
