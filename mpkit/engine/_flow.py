@@ -106,8 +106,11 @@ class Flow:
             # Room known from the last look: no lock per item. Only the append that finds the
             # router possibly asleep (nothing was waiting) takes the lock, to wake it.
             self._budget -= 1
-            self.incoming.append((item, future))
-            if len(self.incoming) == 1:
+            entry = (item, future)
+            self.incoming.append(entry)
+            if self.state != "running":
+                self._withdraw(entry)  # the flow ended as this item came in
+            elif len(self.incoming) == 1:
                 with self.cond:
                     self.cond.notify_all()
             return
@@ -127,6 +130,15 @@ class Flow:
             self._budget = first.spec.maxsize - self._first_load - len(self.incoming)
             if len(self.incoming) == 1:
                 self.cond.notify_all()  # the router may sleep; with more waiting, it was told already
+
+    def _withdraw(self, entry: tuple) -> None:
+        """Take back an item put without the lock after the router's last look at ``incoming``; if
+        that look took it, it was counted as cancelled (and its Future cancelled)."""
+        with self.cond:
+            for i, waiting in enumerate(self.incoming):
+                if waiting is entry:
+                    del self.incoming[i]
+                    raise FlowEnded(self.name)
 
     def close_input(self) -> None:
         """No more items: the stages drain, then the flow ends."""
