@@ -185,3 +185,33 @@ def test_a_future_cancelled_by_its_caller_is_counted_as_cancelled(start_method):
         stats = identities(svc.stop(timeout=60))
     assert (stats.submitted, stats.completed, stats.cancelled, stats.pending) == (8, 4, 4, 0)
     assert stats.stage("identity").received == 4, "a cancelled item went on to the next stage"
+
+
+def test_submitters_racing_a_stop_lose_no_item(start_method):
+    """Threads keep submitting while the service is stopped: every Future they got resolves (a
+    result or cancelled), every other submit raises, and the counts add up."""
+    import threading
+
+    svc = Pipeline().stage(helpers.identity, workers=2, maxsize=16).start()
+    got, refused = [], []
+
+    def submitter():
+        for i in range(300):
+            try:
+                got.append(svc.submit(i))
+            except RuntimeError:
+                refused.append(i)
+    threads = [threading.Thread(target=submitter) for _ in range(3)]
+    for t in threads:
+        t.start()
+    assert wait_until(lambda: len(got) >= 100, timeout=60)
+    stats = svc.stop(drain=False, timeout=60)
+    for t in threads:
+        t.join(60)
+    assert len(got) + len(refused) == 900
+    for f in got:
+        assert f.cancelled() or f.result(timeout=30) is not None
+    stats = identities(svc.stats(), bounded=False)
+    assert stats.pending == 0 and stats.submitted == len(got)
+    assert stats.completed + stats.cancelled == len(got)
+    assert stats.cancelled == sum(f.cancelled() for f in got)
