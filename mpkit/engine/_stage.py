@@ -199,7 +199,7 @@ class Stage:
                       workers=sum(r.pool_workers for r in runs),
                       target_workers=sum(lane.pool.size for lane in self.lanes),
                       busy=sum(r.busy_workers for r in runs),
-                      mean_seconds=sum(r.busy_seconds for r in runs) / self.batched if self.batched else 0.0)
+                      mean_seconds=sum(r.busy_seconds for r in runs) / finished if finished else 0.0)
         if self.spec.batch is None:
             return [StageStats(queued=inboxes + pending, received=self.received, failed=self.failed,
                                cancelled=self.cancelled_queued + self.cancelled_held, **common)]
