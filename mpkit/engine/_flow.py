@@ -1,21 +1,31 @@
-"""A running pipeline: one router moving every item between stages of worker processes.
+"""A running pipeline: one router thread moving every item between stages of worker processes.
 
-    source ──► [inbox 0] ─► stage 0 pool ─► outbox 0 ──► [inbox 1] ─batcher─► stage 1 pool ─► ... ─► sink
-    (items,       bounded       workers       │            bounded      max_size / max_wait        (results,
-     submit())                                └ results come back to the router, which passes    futures)
-                                                them on only while the next inbox has room
+    feeder (the thread calling run(), or    ┌──────────────────── router thread ───────────────────────┐
+    any thread calling svc.submit())        │                                                          │
+    put(item) ──► incoming ─(room)─► lane inbox ─► Run.pending ─► stage 0 pool ─► Run.done ─► outbox ─(room)─► next stage ...
+    blocks while   [cond]            per lane:      chunks [cond]   workers          [cond]     results     its lanes' inboxes
+    stage 0 is full                  key= picks it   (a batch = one chunk)                       and fan-outs
+                                                                                        last stage ─► ledger ─► ResultList / Futures
 
-The router (the thread calling ``run()``, or a service's thread) is the only one that touches the
-inboxes and outboxes, and every item passes through it, so its counts are exact and a stage's
-depth is known without ``Queue.qsize()``. Each stage is a ``Pool`` fed by the router through an
-open ``Run``; what a dead worker held is retried or failed by the pool's own accounting. Between
-stages items travel in chunks (one pickle and one pipe message per chunk, not per item), sized
-from the measured work of the stage; a batched stage gets one chunk per micro-batch.
+One lock, ``cond`` (a Condition shared with every stage's Run and so with the pools' manager
+threads), guards only what other threads touch: ``incoming`` and each Run's ``pending`` / ``done``
+/ ``failures``. Everything else (inboxes, outboxes, counts, the ledger) belongs to the router
+thread alone, so user code never runs under the lock: the source is read by the feeder, key
+functions and observers run in the router without the lock, and Future callbacks run in the
+service's callback thread. Snapshots are taken by the router (other threads ask for one and wait
+for it), so the counts in a snapshot always agree with each other.
 
-Backpressure: a stage is given more work only while its outbox fits in the next stage's inbox,
-and the source is read only while the first inbox has room, so a fast producer waits instead of
-filling memory. End of stream: the source is exhausted, then each stage in turn drains its inbox
-(the batcher flushes its partial batch), and the pools are shut down.
+Bounds: ``incoming`` plus stage 0's channel hold at most its ``maxsize``; a stage's channel (lane
+inboxes plus chunks not yet taken by a worker) holds at most its ``maxsize``; a stage is given
+more work only while the results it already made (its outbox, including the rest of a many=
+fan-out, expanded one by one) fit in the next channel, and a many= stage's workers hold at most
+FAN_OUT_ITEMS items each, so the notebook holds the fan-outs of at most 1 + FAN_OUT_ITEMS x
+workers items. A keyed lane holds one chunk at a time, so a crash or a retry never lets a key's
+items overtake each other.
+
+End of stream: the feeder closes the input, each stage in turn drains (a batcher flushes its
+partial batch), and the pools are shut down. Stopping early (stop(drain=False), an interrupt, a
+fatal error) kills the pools, and every item still inside is counted as cancelled.
 """
 from __future__ import annotations
 
@@ -23,155 +33,192 @@ import sys
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 from typing import Any, Callable
 
-from . import _worker
-from ._errors import Failure, ResultList
-from ._pipeline_stats import SNAPSHOT_HZ, PipelineStats, StageStats
-from ._pool import Pool
+from ._errors import Failure, ResultList, _short_repr
+from ._ledger import Ledger
+from ._pipeline_stats import SNAPSHOT_HZ, PipelineStats, mark_bottleneck
+from ._stage import BadOutput, Fan, Stage
 
 #: Snapshots kept for ``timeline()``: at 10 a second, ten minutes of history.
 HISTORY = 6000
+#: How long another thread waits for the router to take a fresh snapshot before it settles for the
+#: last one: a router busy pickling a large chunk answers late, and a caller must not hang on it.
+SNAPSHOT_WAIT = 2.0
 
 
-class Built:
-    """A stage's class or factory, pickled so that the worker builds the object when it loads it."""
-
-    def __init__(self, factory: Callable[[], Any]):
-        self.factory = factory
-        self.__qualname__ = getattr(factory, "__qualname__", repr(factory))
-
-    def __reduce__(self):
-        return _worker.build, (self.factory,)
-
-    def __call__(self, item):  # never called here: the worker gets the built object instead
-        raise RuntimeError("a built stage runs only in its worker processes")
-
-
-class _Lane:
-    """A pool and the open run that feeds it. A stage has one lane of N workers, or, with
-    ``key=``, N lanes of one worker each, so that items of one key stay in order on one worker."""
-
-    def __init__(self, spec, workers: int, cond: threading.Condition, start_method: str | None):
-        self.pool = Pool(workers, start_method=start_method, idle_timeout=24 * 3600,
-                         max_tasks_per_child=spec.max_tasks_per_child)
-        self.pool.output.label = spec.name
-        target = Built(spec.target) if spec.factory else spec.target
-        self.run = self.pool._open_run(target, cond, retries=spec.retries, timeout=spec.timeout)
-
-    def room(self) -> bool:
-        return len(self.run.pending) < 2 * self.pool.size
-
-
-class _Stage:
-    def __init__(self, spec, index: int, cond: threading.Condition, start_method: str | None):
-        self.spec, self.index, self.cond = spec, index, cond
-        self.lanes: list[_Lane] = []
-        try:
-            for _ in range(spec.workers if spec.key is not None else 1):
-                self.lanes.append(_Lane(spec, 1 if spec.key is not None else spec.workers, cond, start_method))
-        except BaseException:
-            self.close(kill=True)
-            raise
-        self.inbox: deque = deque()     # (key, item, arrival time)
-        self.outbox: deque = deque()    # (key, value) finished, waiting for room downstream
-        self.received = self.done = self.emitted = self.failed = self.dropped = 0
-        self.input_closed = False
-        self.rates: deque = deque(maxlen=SNAPSHOT_HZ * 2)  # (time, finished) samples
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    def pending_items(self) -> int:
-        """Items in chunks waiting for a worker (the manager threads take from them: lock)."""
-        with self.cond:
-            return sum(len(c.indices) for lane in self.lanes for c in lane.run.pending)
-
-    def finished(self) -> bool:
-        return (self.input_closed and not self.inbox and not self.outbox
-                and all(not lane.run.pending and lane.run.in_flight == 0 and not lane.run.done
-                        and not lane.run.failures for lane in self.lanes))
-
-    def lane_of(self, item) -> _Lane:
-        if len(self.lanes) == 1:
-            return self.lanes[0]
-        return self.lanes[hash(self.spec.key(item)) % len(self.lanes)]
-
-    def workers(self) -> list[tuple[int, int, str]]:
-        return [w for lane in self.lanes for w in lane.pool.workers()]
-
-    def close(self, kill: bool) -> None:
-        for lane in self.lanes:
-            if kill:
-                with self.cond:
-                    lane.run.cancelled = True
-            lane.pool.shutdown(wait=not kill)
+class FlowEnded(Exception):
+    """put() on a flow that no longer takes items (stopped, or failed: see ``Flow.fatal``)."""
 
 
 class Flow:
-    """Stages, channels and accounting of one run or one service of a pipeline."""
+    """Stages, channels, router thread and ledger of one run or one service of a pipeline."""
 
     def __init__(self, name: str, specs: list, *, on_error: str = "raise", ordered: bool = False,
-                 start_method: str | None = None, observers: list | None = None):
+                 start_method: str | None = None, observers: list | None = None, service: bool = False):
         self.name = name
         self.cond = threading.Condition()
         self.on_error, self.ordered = on_error, ordered
-        self.stages: list[_Stage] = []
+        #: a blocking run with on_error="raise" stops at the first failure; a service never does:
+        #: the error goes to the failing item's Future
+        self.stop_on_failure = on_error == "raise" and not service
+        self.stages: list[Stage] = []
         try:
             for i, spec in enumerate(specs):
-                self.stages.append(_Stage(spec, i, self.cond, start_method))
+                self.stages.append(Stage(spec, i, self.cond, start_method))
         except BaseException:
             for stage in self.stages:
                 stage.close(kill=True)
             raise
         self.observers = list(observers or [])
-        self.incoming: deque = deque()       # items submitted by other threads (a service)
-        self.source = None                   # an iterator (run())
-        self.source_closed = False
-        self.seq = 0
-        self.live: dict[int, int] = {}        # root -> outputs still on their way
-        self.outputs: dict[int, list] = {}    # root -> results collected (many-stages give several)
-        self.root_failures: dict[int, Failure] = {}
-        self.results: list = []               # (key, value) for run()
-        self.failures: list[Failure] = []
-        self.completed = self.failed = self.dropped = self.delivered = 0
+        self.ledger = Ledger(many=any(s.spec.many for s in self.stages), keep_results=not service,
+                             keep_all_failures=not service)
+        self.incoming: deque = deque()       # (item, future or None), from the feeder [cond]
+        self.input_closed = False            # [cond] no more put()
+        self.stop_now = False                # [cond] stop without draining
         self.fatal: BaseException | None = None
         self.state = "running"
         self.started = time.perf_counter()
         self.history: deque[PipelineStats] = deque(maxlen=HISTORY)
+        self.on_finish: list[Callable[[], None]] = []
         self._last_snapshot = 0.0
-        self.on_root_done: Callable[[int, str, Any], None] | None = None  # a service's futures
-        self.many = any(s.spec.many for s in self.stages)
+        self._last: PipelineStats | None = None
+        self._snapshots = 0                  # [cond] snapshots taken so far
+        self._snapshot_wanted = False        # [cond] another thread waits for a fresh one
+        self._first_load = 0                 # [cond] items in stage 0's channel, as of the last step
+        self._budget = 0                     # put()s that fit without looking again (feeder side)
+        self._thread: threading.Thread | None = None
+        # Waits are on this event, not Thread.join: a join cut short by an interrupt can leave the
+        # thread looking dead while it still runs (CPython 3.11).
+        self._ended = threading.Event()
 
-    # ---- feeding ------------------------------------------------------------------------------
-    def _new_root(self, item) -> None:
-        seq = self.seq
-        self.seq += 1
-        self.live[seq] = 1
-        first = self.stages[0]
-        first.inbox.append(((seq,), item, time.monotonic()))
-        first.received += 1
+    # ---- any thread ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._last = self._take_snapshot()
+        self._thread = threading.Thread(target=self._route, name=f"mpkit-router-{self.name}", daemon=True)
+        self._thread.start()
 
-    def _read_source(self) -> None:
+    def put(self, item: Any, future: Future | None = None, timeout: float | None = None) -> None:
+        """Send an item in; blocks while the first stage's channel is full (up to ``timeout`` s).
+        Raises ``FlowEnded`` if the flow takes no more items, ``TimeoutError`` if it stayed full."""
+        if self._budget > 0 and not (self.input_closed or self.fatal is not None):
+            # Room known from the last look: no lock per item. Only the append that finds the
+            # router possibly asleep (nothing was waiting) takes the lock, to wake it.
+            self._budget -= 1
+            entry = (item, future)
+            self.incoming.append(entry)
+            if self.state != "running":
+                self._withdraw(entry)  # the flow ended as this item came in
+            elif len(self.incoming) == 1:
+                with self.cond:
+                    self.cond.notify_all()
+            return
         first = self.stages[0]
-        room = first.spec.maxsize - len(first.inbox) - first.pending_items()
-        while self.incoming and room > 0:
-            self._new_root(self.incoming.popleft())
-            room -= 1
-        while self.source is not None and room > 0:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.cond:
+            while True:
+                if self.input_closed or self.stop_now or self.fatal is not None or self.state != "running":
+                    raise FlowEnded(self.name)
+                if len(self.incoming) + self._first_load < first.spec.maxsize:
+                    break
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"the first stage of {self.name!r} stayed full for {timeout} s")
+                self.cond.wait(min(0.1, left) if left is not None else 0.1)  # short: an interrupt lands
+            self.incoming.append((item, future))
+            self._budget = first.spec.maxsize - self._first_load - len(self.incoming)
+            if len(self.incoming) == 1:
+                self.cond.notify_all()  # the router may sleep; with more waiting, it was told already
+
+    def _withdraw(self, entry: tuple) -> None:
+        """Take back an item put without the lock after the router's last look at ``incoming``; if
+        that look took it, it was counted as cancelled (and its Future cancelled)."""
+        with self.cond:
+            for i, waiting in enumerate(self.incoming):
+                if waiting is entry:
+                    del self.incoming[i]
+                    raise FlowEnded(self.name)
+
+    def close_input(self) -> None:
+        """No more items: the stages drain, then the flow ends."""
+        with self.cond:
+            self.input_closed = True
+            self.cond.notify_all()
+
+    def stop(self) -> None:
+        """End now: what is inside is cancelled."""
+        with self.cond:
+            self.input_closed = self.stop_now = True
+            self.cond.notify_all()
+
+    def fail(self, error: BaseException) -> None:
+        """End now because of ``error`` (the source raised): what is inside is cancelled."""
+        with self.cond:
+            if self.fatal is None:
+                self.fatal = error
+            self.input_closed = True
+            self.cond.notify_all()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and not self._ended.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the router to end (interruptible); True if it has."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.running:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            self._ended.wait(0.1 if left is None else min(0.1, left))
+        return True
+
+    def wait_quietly(self) -> None:
+        """Wait for the router to end; a further interrupt does not cut the clean-up short."""
+        while self.running:
             try:
-                item = next(self.source)
-            except StopIteration:
-                self.source = None
-                self.source_closed = True
-                break
-            self._new_root(item)
-            room -= 1
-        if self.source_closed and not self.incoming:
-            first.input_closed = True
+                self._ended.wait(0.1)
+            except KeyboardInterrupt:
+                self.stop()
 
-    # ---- the router's step ---------------------------------------------------------------------
+    def snapshot(self) -> PipelineStats:
+        """A snapshot of now, taken by the router so that its counts agree with each other (the
+        last one if the router is busy for longer than SNAPSHOT_WAIT; the final one once it ended)."""
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return self._take_snapshot()
+        with self.cond:
+            wanted = self._snapshots + 1
+            self._snapshot_wanted = True
+            self.cond.notify_all()
+            self.cond.wait_for(lambda: self._snapshots >= wanted or self._ended.is_set(), SNAPSHOT_WAIT)
+            return self._last
+
+    def last_snapshot(self) -> PipelineStats:
+        """The router's latest snapshot, without waiting for a new one."""
+        return self._last if self._last is not None else self._take_snapshot()
+
+    # ---- the router thread -----------------------------------------------------------------------
+    def _route(self) -> None:
+        tick = 1.0 / SNAPSHOT_HZ
+        try:
+            while True:
+                with self.cond:
+                    if self.stop_now or self.fatal is not None:
+                        break
+                if self.finished:
+                    break
+                self.step(self.next_timeout(tick))
+        except BaseException as exc:  # noqa: BLE001 - an observer or mpkit itself: the flow fails with it
+            if self.fatal is None:
+                self.fatal = exc
+        finally:
+            try:
+                self._finish()
+            finally:
+                self._ended.set()
+
     def step(self, timeout: float) -> None:
         """Collect what the workers finished, move items along, dispatch, take a snapshot."""
         with self.cond:
@@ -179,254 +226,295 @@ class Flow:
                 self.cond.wait(timeout)
             taken = []
             for stage in self.stages:
-                batches, failures, fatal = [], [], None
                 for lane in stage.lanes:
                     run = lane.run
-                    batches += run.done
-                    failures += run.failures
-                    fatal = fatal or run.fatal
+                    taken.append((stage, lane, list(run.done), list(run.failures)))
                     run.done.clear()
                     run.failures.clear()
-                taken.append((batches, failures, fatal))
-            self._read_source()
+                    if run.fatal is not None and self.fatal is None:
+                        self.fatal = run.fatal  # the stage cannot run at all (its object failed to build...)
+                    broken = lane.pool._manager.broken
+                    if broken is not None and self.fatal is None:
+                        self.fatal = broken
+            first = self.stages[0]
+            room = first.room()
+            new = [self.incoming.popleft() for _ in range(min(max(0, room), len(self.incoming)))]
+            self._first_load = first.spec.maxsize - room + len(new)
+            input_closed = self.input_closed and not self.incoming
+            self.cond.notify_all()  # feeders waiting for room
         for stage in self.stages:
             for lane in stage.lanes:
                 for stream, text in lane.pool.output.drain():
                     (sys.stderr if stream == "stderr" else sys.stdout).write(text)
-        for stage, (batches, failures, fatal) in zip(self.stages, taken):
-            if fatal is not None and self.fatal is None:
-                self.fatal = fatal
+        for item, future in new:
+            root = self.ledger.take(future)
+            self._enter(first, (root,), item, time.monotonic())
+        if input_closed:
+            first.input_closed = True
+        for stage, lane, batches, failures in taken:
             for failure in failures:
-                self._stage_failed(stage, failure)
+                if failure.index in lane.held:
+                    lane.held.discard(failure.index)
+                    self._stage_failed(stage, failure.index, failure.item, failure.exception)
+                else:
+                    stage.failed += 1  # answered twice: counted, so that the identity shows it
             for keys, values in batches:
-                self._stage_done(stage, keys, values)
+                for key, value in zip(keys, values):
+                    if key in lane.held:
+                        lane.held.discard(key)
+                        self._stage_done(stage, key, value)
+                    else:
+                        stage.done += 1
         self._move()
         self._dispatch()
         self._snapshot()
 
     def _anything_ready(self) -> bool:
         """Work the router can do now (else it sleeps until a worker finishes or a batch is due)."""
-        if self.source is not None or self.incoming:  # new items, if the first stage has room
-            first = self.stages[0]
-            if len(first.inbox) + first.pending_items() < first.spec.maxsize:
-                return True
-        return any(lane.run.done or lane.run.failures or lane.run.fatal
+        if self.stop_now or self._snapshot_wanted or (self.input_closed and not self.incoming
+                                                      and not self.stages[0].input_closed):
+            return True
+        if self.incoming and self.stages[0].room() > 0:
+            return True
+        return any(lane.run.done or lane.run.failures or lane.run.fatal is not None
                    for s in self.stages for lane in s.lanes)
 
-    def _stage_done(self, stage: _Stage, keys, values) -> None:
-        stage.done += len(values)
-        for key, value in zip(keys, values):
-            if value is None:
-                stage.dropped += 1
-                self._end_output(key, "dropped", None)
-            elif stage.spec.many:
-                outs = list(value)
-                if not outs:
-                    stage.dropped += 1
-                    self._end_output(key, "dropped", None)
-                    continue
-                self.live[key[0]] += len(outs) - 1
-                for j, out in enumerate(outs):
-                    stage.outbox.append(((*key, j), out))
-            else:
-                stage.outbox.append((key, value))
-
-    def _stage_failed(self, stage: _Stage, failure: Failure) -> None:
-        stage.failed += 1
-        key = failure.index
+    def _enter(self, stage: Stage, key: tuple, item: Any, now: float) -> None:
+        stage.received += 1
+        if len(stage.lanes) == 1:
+            stage.lanes[0].inbox.append((key, item, now))
+            return
         try:
-            failure.exception.add_note(f"(in pipeline {self.name!r}, stage {stage.name!r})")
+            lane_key = stage.spec.key(item)
+            lane = stage.lanes[hash(lane_key) % len(stage.lanes)]
+        except Exception as exc:  # noqa: BLE001 - the user's key function: this item fails
+            stage.failed_at_entry += 1
+            try:
+                exc.add_note(f"(raised by the key= function of stage {stage.name!r} on {_short_repr(item, 80)})")
+            except Exception:
+                pass
+            self._stage_failed(stage, key, item, exc)
+            return
+        lane.inbox.append((key, item, now))
+
+    def _stage_done(self, stage: Stage, key: tuple, value: Any) -> None:
+        if value is None:
+            stage.dropped += 1
+            self.ledger.lost(key)
+        elif isinstance(value, BadOutput):
+            self._stage_failed(stage, key, value.item, TypeError(value.message))
+        elif self.ledger.futures and self.ledger.unwanted(key):  # its caller cancelled it meanwhile
+            stage.done += 1
+            self.ledger.lost(key)
+        elif stage.spec.many:
+            if not value:
+                stage.dropped += 1
+                self.ledger.lost(key)
+                return
+            stage.done += 1
+            self.ledger.fan_out(key[0], len(value))
+            stage.outbox.append(Fan(key, value))
+            stage.waiting += len(value)
+        else:
+            stage.done += 1
+            stage.outbox.append((key, value))
+            stage.waiting += 1
+
+    def _stage_failed(self, stage: Stage, key: tuple, item: Any, exc: BaseException) -> None:
+        stage.failed += 1
+        try:
+            exc.add_note(f"(in pipeline {self.name!r}, stage {stage.name!r})")
         except Exception:
             pass
-        self.root_failures.setdefault(key[0], Failure(key[0], failure.item, failure.exception))
-        if self.on_error == "raise" and self.fatal is None:
-            self.fatal = failure.exception
-        self._end_output(key, "failed", None)
-
-    def _end_output(self, key, how: str, value) -> None:
-        root = key[0]
-        if how == "result":
-            self.outputs.setdefault(root, []).append(value)
-            self.delivered += 1
-            if self.source is not None or self.on_root_done is None:
-                self.results.append((key, value))
-        self.live[root] -= 1
-        if self.live[root] == 0:
-            del self.live[root]
-            outputs = self.outputs.pop(root, [])
-            failure = self.root_failures.pop(root, None)
-            if failure is not None:
-                self.failed += 1
-                self.failures.append(failure)
-                outcome, payload = "failed", failure.exception
-            elif not outputs:
-                self.dropped += 1
-                outcome, payload = "dropped", None
-            else:
-                self.completed += 1
-                outcome, payload = "result", outputs if self.many else outputs[0]
-            if self.on_root_done is not None:
-                self.on_root_done(root, outcome, payload)
+        if self.stop_on_failure and self.fatal is None:
+            self.fatal = exc
+        self.ledger.lost(key, Failure(key[0], item, exc))
 
     def _move(self) -> None:
         last = len(self.stages) - 1
+        now = time.monotonic()
+        output = self.ledger.output
         for i in range(last, -1, -1):
             stage = self.stages[i]
-            if i == last:
-                while stage.outbox:
-                    key, value = stage.outbox.popleft()
-                    stage.emitted += 1
-                    self._end_output(key, "result", value)
-            else:
-                nxt = self.stages[i + 1]
-                room = nxt.spec.maxsize - len(nxt.inbox) - nxt.pending_items()
-                now = time.monotonic()
-                while stage.outbox and room > 0:
-                    key, value = stage.outbox.popleft()
-                    stage.emitted += 1
-                    nxt.inbox.append((key, value, now))
+            nxt = self.stages[i + 1] if i < last else None
+            room = nxt.room() if nxt is not None else len(stage.outbox) + stage.waiting
+            outbox, moved = stage.outbox, 0
+            # the next stage's one inbox, when it has one lane (no key= to compute): the hot path
+            inbox = nxt.lanes[0].inbox if nxt is not None and len(nxt.lanes) == 1 else None
+            while outbox and moved < room:
+                entry = outbox[0]
+                if entry.__class__ is Fan:
+                    key, value = entry.pop()
+                    if not entry.left:
+                        outbox.popleft()
+                else:
+                    key, value = outbox.popleft()
+                moved += 1
+                if nxt is None:
+                    output(key, value)
+                elif inbox is not None:
                     nxt.received += 1
-                    room -= 1
-            if stage.finished() and i < last:
-                self.stages[i + 1].input_closed = True
+                    inbox.append((key, value, now))
+                else:
+                    self._enter(nxt, key, value, now)
+            stage.waiting -= moved
+            stage.emitted += moved
+            if nxt is not None and stage.finished():
+                nxt.input_closed = True
 
     def _dispatch(self) -> None:
         now = time.monotonic()
         for i, stage in enumerate(self.stages):
             spec = stage.spec
             downstream = self.stages[i + 1].spec.maxsize if i + 1 < len(self.stages) else None
-            woken: set = set()
-            if len(stage.lanes) > 1 and spec.batch is None:
-                self._dispatch_by_key(stage, downstream, woken)
-                for lane in woken:
-                    lane.pool._manager.wake()
-                continue
-            with self.cond:
-                while stage.inbox:
-                    if downstream is not None and len(stage.outbox) >= downstream:
+            woken = []
+            for lane in stage.lanes:
+                sent = False
+                while lane.inbox and lane.room():
+                    if downstream is not None and stage.waiting >= downstream:
                         break  # backpressure: the next stage cannot take more yet
-                    lane = stage.lane_of(stage.inbox[0][1])
-                    if not lane.room():
-                        break  # in order: a key's items never overtake each other
                     if spec.batch is not None:
                         max_size, max_wait = spec.batch
-                        ready = (len(stage.inbox) >= max_size or stage.input_closed
-                                 or now - stage.inbox[0][2] >= max_wait)
+                        ready = (len(lane.inbox) >= max_size or stage.input_closed
+                                 or now - lane.inbox[0][2] >= max_wait)
                         if not ready:
                             break
-                        size, batch = min(max_size, len(stage.inbox)), True
+                        size, batch = min(max_size, len(lane.inbox)), True
                     else:
-                        size, batch = min(lane.run.sizer.next_size(0), len(stage.inbox)), False
-                    picked = [stage.inbox.popleft()]
-                    while len(picked) < size and stage.inbox and stage.lane_of(stage.inbox[0][1]) is lane:
-                        picked.append(stage.inbox.popleft())
-                    lane.run.submit([k for k, _, _ in picked], [x for _, x, _ in picked], batch)
-                    woken.add(lane)
-                if stage.input_closed and not stage.inbox:
-                    for lane in stage.lanes:
-                        lane.run.exhausted = True
+                        size, batch = min(lane.chunk_size(spec), len(lane.inbox)), False
+                    picked = [lane.inbox.popleft() for _ in range(size)]
+                    if self.ledger.futures:
+                        picked = self._wanted(stage, picked)
+                        if not picked:
+                            continue
+                    keys = [k for k, _, _ in picked]
+                    lane.held.update(keys)
+                    stage.batched += len(keys)
+                    lane.run.submit(keys, [x for _, x, _ in picked], batch)
+                    sent = True
+                if sent:
+                    woken.append(lane)
+                if stage.input_closed and not lane.inbox:
+                    lane.run.exhausted = True
             for lane in woken:
                 lane.pool._manager.wake()
 
-    def _dispatch_by_key(self, stage: _Stage, downstream: int | None, woken: set) -> None:
-        """A keyed stage: one pass over the inbox, each item to its key's lane. A lane without room
-        stops taking items for this pass, so a key's items never overtake each other, while the
-        other keys' items go on (no waiting behind one busy worker)."""
-        if downstream is not None and len(stage.outbox) >= downstream:
-            return  # backpressure: the next stage cannot take more yet
-        picks: dict = {}
-        blocked: set = set()
-        keep: deque = deque()
-        with self.cond:
-            for entry in stage.inbox:
-                lane = stage.lane_of(entry[1])
-                if lane in blocked or not (lane in picks or lane.room()):
-                    blocked.add(lane)
-                    keep.append(entry)
-                    continue
-                picked = picks.setdefault(lane, [])
-                picked.append(entry)
-                if len(picked) >= lane.run.sizer.next_size(0):
-                    blocked.add(lane)  # a full chunk: the rest of this key waits for the next pass
-            stage.inbox = keep
-            for lane, picked in picks.items():
-                lane.run.submit([k for k, _, _ in picked], [x for _, x, _ in picked], False)
-                woken.add(lane)
-            if stage.input_closed and not stage.inbox:
-                for lane in stage.lanes:
-                    lane.run.exhausted = True
+    def _wanted(self, stage: Stage, picked: list) -> list:
+        """A service's items whose Future the caller cancelled are not sent to a worker."""
+        keep = []
+        for entry in picked:
+            if self.ledger.unwanted(entry[0]):
+                stage.cancelled_queued += 1
+                self.ledger.lost(entry[0])
+            else:
+                keep.append(entry)
+        return keep
 
     def next_timeout(self, tick: float) -> float:
         """How long the router may sleep: until the oldest item of a forming batch is due."""
         timeout = tick
         now = time.monotonic()
         for i, stage in enumerate(self.stages):
-            if stage.spec.batch is None or not stage.inbox:
+            if stage.spec.batch is None:
                 continue
             downstream = self.stages[i + 1].spec.maxsize if i + 1 < len(self.stages) else None
-            with self.cond:
-                blocked = (not stage.lane_of(stage.inbox[0][1]).room()
-                           or (downstream is not None and len(stage.outbox) >= downstream))
-            if not blocked:  # a batch that cannot leave yet is no reason to wake: a worker's end is
-                timeout = min(timeout, max(0.0, stage.inbox[0][2] + stage.spec.batch[1] - now))
+            if downstream is not None and stage.waiting >= downstream:
+                continue
+            for lane in stage.lanes:
+                # a batch that cannot leave yet is no reason to wake: a worker's end is
+                if lane.inbox and lane.room():
+                    timeout = min(timeout, max(0.0, lane.inbox[0][2] + stage.spec.batch[1] - now))
         return timeout
 
     @property
     def finished(self) -> bool:
-        return self.source_closed and not self.incoming and not self.live and all(s.finished() for s in self.stages)
+        return (self.stages[0].input_closed and not self.ledger.live
+                and all(s.finished() for s in self.stages))
+
+    def _finish(self) -> None:
+        """The router's last act: shut the pools down, count what is left as cancelled, resolve or
+        cancel its futures, take the final snapshot and tell the observers."""
+        kill = self.stop_now or self.fatal is not None or not self.finished
+        for stage in self.stages:
+            try:
+                stage.close(kill)
+            except Exception:  # noqa: BLE001 - the others must close anyway
+                pass
+        with self.cond:
+            left = list(self.incoming)
+            self.incoming.clear()
+            for stage in self.stages:
+                for lane in stage.lanes:
+                    lane.run.pending.clear()  # cancelled: no worker takes them any more
+            self.input_closed = True
+            self.state = "failed" if self.fatal is not None and not self.stop_now else "stopped"
+        for _, future in left:  # taken in, never reached a stage
+            self.ledger.take(future)
+        for stage in self.stages:
+            for lane in stage.lanes:
+                stage.cancelled_queued += len(lane.inbox)
+                stage.cancelled_held += len(lane.held)
+                lane.inbox.clear()
+                lane.held.clear()
+            stage.outbox.clear()
+            stage.waiting = 0
+        self.ledger.cancel_all(self.fatal if self.state == "failed" else None)
+        stats = self._take_snapshot()
+        self.history.append(stats)
+        with self.cond:
+            self._last = stats
+            self._snapshots += 1
+            self.cond.notify_all()
+        for observer in self.observers:
+            try:
+                observer.close(stats)
+            except Exception:  # noqa: BLE001 - a broken front-end must not hide the result
+                pass
+        for hook in self.on_finish:
+            hook()
 
     # ---- stats ---------------------------------------------------------------------------------
-    def snapshot(self) -> PipelineStats:
+    def _take_snapshot(self) -> PipelineStats:
         now = time.perf_counter()
         stages = []
         with self.cond:
             for stage in self.stages:
-                runs = [lane.run for lane in stage.lanes]
-                finished = stage.done + stage.failed
-                stage.rates.append((now, finished))
-                t0, n0 = stage.rates[0]
-                rate = (finished - n0) / (now - t0) if now - t0 > 0.05 else 0.0
-                queued = len(stage.inbox) + stage.pending_items()
-                in_flight = stage.received - stage.done - stage.failed - queued
-                common = dict(capacity=stage.spec.maxsize, queued=queued, received=stage.received)
-                if stage.spec.batch is not None:
-                    stages.append(StageStats(
-                        name=f"batch {stage.spec.batch[0]} / {stage.spec.batch[1]:g} s", kind="batch",
-                        workers=0, target_workers=0, busy=0, in_flight=0,
-                        done=stage.received - len(stage.inbox), emitted=stage.received - len(stage.inbox),
-                        failed=0, dropped=0, rate=rate, mean_seconds=0.0, **common))
-                    common = dict(capacity=stage.spec.maxsize, queued=stage.pending_items(),
-                                  received=stage.received - len(stage.inbox))
-                stages.append(StageStats(
-                    name=stage.name, kind="stage", workers=sum(r.pool_workers for r in runs),
-                    target_workers=sum(lane.pool.size for lane in stage.lanes),
-                    busy=sum(r.busy_workers for r in runs), in_flight=max(0, in_flight),
-                    done=stage.done - stage.dropped, emitted=stage.emitted, failed=stage.failed,
-                    dropped=stage.dropped, rate=rate,
-                    mean_seconds=sum(r.busy_seconds for r in runs) / stage.done if stage.done else 0.0,
-                    **common))
-        stages = _mark_bottleneck(stages)
-        pending = self.seq - self.completed - self.failed - self.dropped
-        return PipelineStats(self.name, self.state, now - self.started, self.seq, self.completed,
-                             self.failed, self.dropped, pending, self.delivered, tuple(stages))
+                stages += stage.stats(now)
+            waiting = len(self.incoming)
+        stages = mark_bottleneck(stages)
+        led = self.ledger
+        return PipelineStats(self.name, self.state, now - self.started, led.submitted + waiting, led.completed,
+                             led.failed, led.dropped, led.pending + waiting, led.delivered, tuple(stages),
+                             cancelled=led.cancelled)
 
-    def _snapshot(self, force: bool = False) -> PipelineStats | None:
+    def _snapshot(self) -> None:
         now = time.perf_counter()
-        if not force and now - self._last_snapshot < 1.0 / SNAPSHOT_HZ:
-            return None
+        with self.cond:
+            wanted = self._snapshot_wanted
+        if not wanted and now - self._last_snapshot < 1.0 / SNAPSHOT_HZ:
+            return
         self._last_snapshot = now
-        stats = self.snapshot()
+        stats = self._take_snapshot()
         self.history.append(stats)
+        with self.cond:
+            self._last = stats
+            self._snapshots += 1
+            self._snapshot_wanted = False
+            self.cond.notify_all()
         for observer in self.observers:
             observer.update(stats)
-        return stats
 
-    # ---- results and the end --------------------------------------------------------------------
+    # ---- results and control -----------------------------------------------------------------------
+    @property
+    def failures(self) -> list[Failure]:
+        return list(self.ledger.failures)
+
     def result_list(self) -> ResultList:
         """The results, handed over once: the flow keeps no reference to them afterwards."""
-        pairs = sorted(self.results, key=lambda kv: kv[0]) if self.ordered else self.results
-        out = ResultList([v for _, v in pairs], sorted(self.failures, key=lambda f: f.index))
-        self.results = []
+        led = self.ledger
+        pairs = sorted(led.results, key=lambda kv: kv[0]) if self.ordered else led.results
+        out = ResultList([v for _, v in pairs], sorted(led.failures, key=lambda f: f.index))
+        led.results = []
         return out
 
     def scale(self, name: str, workers: int) -> None:
@@ -439,31 +527,3 @@ class Flow:
                 stage.lanes[0].run.max_workers = workers
                 return
         raise KeyError(f"no stage named {name!r}; stages: {', '.join(s.name for s in self.stages)}")
-
-    def close(self, kill: bool = False, state: str = "stopped") -> PipelineStats | None:
-        """Shut every stage's pool down (at once if ``kill``) and tell the observers, last."""
-        for stage in self.stages:
-            stage.close(kill)
-        self.state = state
-        if not self.stages:
-            return None
-        stats = self.snapshot()
-        self.history.append(stats)
-        for observer in self.observers:
-            observer.close(stats)
-        return stats
-
-
-def _mark_bottleneck(stages: list[StageStats]) -> list[StageStats]:
-    """The stage holding the pipeline back: its input at least half full while the stage after it
-    has almost nothing queued (or it is the last)."""
-    from dataclasses import replace
-
-    out = list(stages)
-    for i, stage in enumerate(stages):
-        if stage.kind != "stage" or stage.fill < 0.5:
-            continue
-        after = stages[i + 1] if i + 1 < len(stages) else None
-        if after is None or after.fill < 0.1:
-            out[i] = replace(stage, bottleneck=True)
-    return out

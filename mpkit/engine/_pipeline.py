@@ -8,7 +8,9 @@
     svc = pipe.start(); fut = svc.submit(x)        # a background service with futures
 
 A ``Pipeline`` is only a description (stage specs); each ``run()`` or ``start()`` builds a
-``Flow`` (``_flow``) with its own worker processes and tears it down at the end.
+``Flow`` (``_flow``) with its own worker processes and router thread, and tears it down at the
+end. ``run()`` feeds the flow from the calling thread; a ``Service`` (``_service``) from whichever
+threads call ``submit()``.
 """
 from __future__ import annotations
 
@@ -19,9 +21,9 @@ from typing import Callable, Iterable
 
 from ._arguments import check_batch, check_pipeline_run, check_stage, check_workers
 from ._errors import MapInterrupted, ResultList, _short_repr
-from ._flow import Flow
+from ._flow import Flow, FlowEnded
 from ._pool import _check_max_tasks
-from ._pipeline_stats import SNAPSHOT_HZ, PipelineStats
+from ._pipeline_stats import PipelineStats
 from ._run import ON_ERROR
 
 #: Items a channel between stages holds by default. Enough to keep a few workers' chunks of small
@@ -69,12 +71,17 @@ class Pipeline:
         ``fn`` is a function called per item (or per list, after :meth:`batch`), or a class (or,
         with ``factory=True``, a zero-argument function) whose object is built once inside each
         worker and then called: load models there. Return a result, ``None`` to drop the item,
-        or with ``many=True`` an iterable of results. ``maxsize`` bounds the stage's input.
+        or with ``many=True`` an iterable of results (a list, or a generator: ``fn`` may be a
+        generator function; it is consumed in the worker). ``maxsize`` bounds the stage's input.
+        ``timeout`` bounds one call: on an item, or after :meth:`batch` on a whole batch, whose
+        items then all fail (or, with ``retries``, the batch is tried again).
 
         Items go to whichever worker is free. With ``key=fn``, items with the same ``fn(item)``
         always go to the same worker, in the order they came (e.g. the messages of one
-        conversation); the stage then has one queue per worker. ``max_tasks_per_child=N`` replaces
-        a worker by a fresh one (its object built again) after N items.
+        conversation), also after a crash or a retry; the stage then has one queue per worker,
+        each worker holds one chunk at a time (one item at a time with ``retries``), and a batch
+        holds items of one worker's keys. ``max_tasks_per_child=N``
+        replaces a worker by a fresh one (its object built again) after N items.
         """
         if not callable(fn):
             raise TypeError(f"a stage must be a function or a class, not {type(fn).__name__} {_short_repr(fn)}")
@@ -114,10 +121,14 @@ class Pipeline:
             progress: bool | None = None, start_method: str | None = None) -> ResultList:
         """Send every item through the stages and return the results (input order if ``ordered``).
 
-        Blocks until the end of the stream; the dashboard (Jupyter) or a text status (terminal)
-        shows it live. A blocking run cannot receive button clicks while its cell runs: stop it
-        with the kernel's interrupt, which stops every stage within about two seconds and raises
-        ``MapInterrupted`` with the results so far.
+        ``items`` is read here, in the calling thread, one item at a time while the first stage
+        has room, so a slow or endless source (a generator reading a socket) has each item
+        moving at once. Blocks until the end of the stream; the dashboard (Jupyter) or a text
+        status (terminal) shows it live. A blocking run cannot receive button clicks while its
+        cell runs: stop it with the kernel's interrupt (it also ends a source waiting in
+        ``next()``), which stops every stage within about two seconds and raises
+        ``MapInterrupted`` with the results so far; the items that did not finish are counted as
+        cancelled in ``stats()``.
         """
         __tracebackhide__ = True
         check_pipeline_run(on_error, start_method, ordered, progress)
@@ -126,22 +137,28 @@ class Pipeline:
         except TypeError:
             raise TypeError(f"items must be iterable, got {type(items).__name__} {_short_repr(items)}") from None
         flow = self._flow_for(on_error, ordered, start_method, progress)
-        flow.source = source
-        tick = 1.0 / SNAPSHOT_HZ
+        flow.start()
         try:
-            while not flow.finished and flow.fatal is None:
-                flow.step(flow.next_timeout(tick))
+            # The source is read here, in the calling thread, never under the flow's lock: each item
+            # moves on as soon as it is read, a slow source never holds the router back, and the
+            # kernel's interrupt (which lands in this thread) ends even a next() blocked in recv().
+            try:
+                for item in source:
+                    flow.put(item)
+            except FlowEnded:
+                pass  # a stage failed (on_error="raise") or cannot run: flow.fatal says why
+            flow.close_input()
+            flow.wait()
         except KeyboardInterrupt:
-            flow.close(kill=True, state="stopped")
-            results = flow.result_list()
-            raise MapInterrupted(results, sorted(flow.live), None) from None
-        except BaseException:
-            flow.close(kill=True, state="failed")
+            flow.stop()
+            flow.wait_quietly()
+            raise MapInterrupted(flow.result_list(), list(flow.ledger.cancelled_roots), None) from None
+        except BaseException as exc:  # the source raised: the run ends with its error
+            flow.fail(exc)
+            flow.wait_quietly()
             raise
         if flow.fatal is not None:
-            flow.close(kill=True, state="failed")
             raise flow.fatal
-        flow.close(state="stopped")
         return flow.result_list()
 
     def start(self, *, on_error: str = "collect", start_method: str | None = None):
@@ -149,10 +166,10 @@ class Pipeline:
         from ._service import Service
 
         check_pipeline_run(on_error, start_method)
-        flow = self._flow_for(on_error, False, start_method, progress=False)
+        flow = self._flow_for(on_error, False, start_method, progress=False, service=True)
         return Service(self, flow)
 
-    def _flow_for(self, on_error, ordered, start_method, progress) -> Flow:
+    def _flow_for(self, on_error, ordered, start_method, progress, service: bool = False) -> Flow:
         if not self._specs:
             raise ValueError(f"pipeline {self.name!r} has no stage; add one with .stage(fn)")
         if self._batch is not None:
@@ -168,7 +185,7 @@ class Pipeline:
         if front is not None:
             observers.append(front)
         self._flow = Flow(self.name, self._specs, on_error=on_error, ordered=ordered,
-                          start_method=start_method, observers=observers)
+                          start_method=start_method, observers=observers, service=service)
         return self._flow
 
     # ---- watching ---------------------------------------------------------------------------

@@ -259,8 +259,23 @@ class Run:
         return Chunk(self, indices, items, _worker.dumps(items), chunk.attempts, batch=chunk.batch)
 
     def timed_out(self, chunk: Chunk) -> None:
+        if chunk.batch and len(chunk.indices) > 1:
+            self._batch_timed_out(chunk)
+            return
         index, item = chunk.indices[0], chunk.items[0]
         self._error(chunk, index, item, TaskTimeout(self.timeout, f"{index} ({_short_repr(item)})", chunk.attempts))
+
+    def _batch_timed_out(self, chunk: Chunk) -> None:
+        """A pipeline micro-batch is one call on the whole list: when the call times out, every item
+        of it did. The batch is tried again whole (retries=), or each of its items fails, once."""
+        if chunk.attempts <= self.retries:
+            self.retried += len(chunk.indices)
+            self.pending.appendleft(Chunk(self, chunk.indices, chunk.items, chunk.payload, chunk.attempts + 1,
+                                          batch=True))
+            return
+        for index, item in zip(chunk.indices, chunk.items):
+            where = f"{index} ({_short_repr(item)}, in a batch of {len(chunk.indices)})"
+            self._fail(index, item, TaskTimeout(self.timeout, where, chunk.attempts), chunk)
 
     def undecodable(self, chunk: Chunk, text: str) -> None:
         self._undecodable(chunk, "it could not be unpickled in the worker", RemoteError(text))

@@ -1,53 +1,97 @@
 """A pipeline running in the background: ``submit(x)`` returns a ``concurrent.futures.Future``.
 
-    submit(x) ──► flow.incoming ──► router thread: flow.step() ... ──► the item's Future resolves
-    (blocks while the first channel is full)                           with its result, None if a
-                                                                       stage dropped it, or the error
+    submit(x) ──► flow.put ──► router thread: stages ... ──► ledger: the item's Future is set ──► callback thread:
+    (blocks while the                                        (result, None if dropped, its own      done-callbacks, in
+     first channel is full)                                   error if it failed)                   the order set
 
-The router thread takes snapshots ten times a second for the dashboard, whose Stop button calls
-:meth:`Service.stop` (it takes effect within a router tick, 0.1 s).
+The router sets each Future itself, so ``result()`` returns at once; the Future's done-callbacks
+run in one small callback thread, in order, never in the router: a slow callback delays only the
+callbacks after it, and a callback may ``submit()`` a follow-up (it waits for room while the
+router goes on). An item's failure reaches only its own Future, whatever ``on_error`` is; the
+service stops only when asked, or when a stage cannot run at all (its object fails to build, its
+workers cannot start): then every Future still pending gets that error. The dashboard's Stop
+button calls :meth:`Service.stop` (it takes effect within a router tick, 0.1 s).
 """
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Callable
 
-from ._pipeline_stats import SNAPSHOT_HZ, PipelineStats
+from ._errors import Failure
+from ._flow import FlowEnded
+from ._pipeline_stats import PipelineStats
+
+
+class _Callbacks:
+    """One thread that runs the done-callbacks of a service's futures, in order."""
+
+    def __init__(self, name: str):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._ended = False
+        self._thread = threading.Thread(target=self._run, name=f"mpkit-callbacks-{name}", daemon=True)
+        self._thread.start()
+
+    def put(self, call: Callable[[], None]) -> None:
+        with self._lock:
+            if not self._ended:
+                self._queue.put(call)
+                return
+        call()  # the service is over: in the caller's thread, as a plain Future does
+
+    def close(self) -> None:
+        """Run what is queued, then end."""
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while True:
+            call = self._queue.get()
+            if call is not None:
+                call()  # Future._invoke_callbacks logs a callback's exception itself
+                continue
+            with self._lock:
+                self._ended = True
+            while True:  # what was queued before the end, behind the marker
+                try:
+                    call = self._queue.get_nowait()
+                except queue.Empty:
+                    return
+                if call is not None:
+                    call()
+
+
+class _ServiceFuture(Future):
+    """A Future whose done-callbacks run in the service's callback thread, not the one setting it."""
+
+    def __init__(self, callbacks: _Callbacks):
+        super().__init__()
+        self._mpkit_callbacks = callbacks
+
+    def _invoke_callbacks(self) -> None:
+        self._mpkit_callbacks.put(super()._invoke_callbacks)
 
 
 class Service:
     def __init__(self, pipeline, flow):
         self.pipeline, self.flow = pipeline, flow
-        self._futures: dict[int, Future] = {}
-        self._accepting = True
-        self._stop_now = False
-        flow.source_closed = False
-        flow.on_root_done = self._resolve
+        self._callbacks = _Callbacks(flow.name)
+        flow.on_finish.append(self._callbacks.close)
         pipeline._service = self
-        self._thread = threading.Thread(target=self._route, name=f"mpkit-service-{flow.name}", daemon=True)
-        self._thread.start()
+        flow.start()
 
     def submit(self, item: Any, timeout: float | None = None) -> Future:
         """Send ``item`` in; blocks while the first stage's channel is full (up to ``timeout`` s)."""
-        flow = self.flow
-        future: Future = Future()
-        with flow.cond:
-            if not self._accepting:
-                raise RuntimeError(f"the service of pipeline {flow.name!r} is stopped; start a new one "
-                                   "with pipeline.start()")
-            first = flow.stages[0]
-            room = lambda: len(flow.incoming) + len(first.inbox) + first.pending_items() < first.spec.maxsize  # noqa: E731
-            if not flow.cond.wait_for(lambda: room() or not self._accepting, timeout):
-                raise TimeoutError(f"the first stage of {flow.name!r} stayed full for {timeout} s")
-            if not self._accepting:
-                raise RuntimeError(f"the service of pipeline {flow.name!r} stopped while this item "
-                                   f"waited for room" + (f": {flow.fatal!r}" if flow.fatal else ""))
-            seq = flow.seq + len(flow.incoming)
-            self._futures[seq] = future
-            flow.incoming.append(item)
-            flow.cond.notify_all()
+        future = _ServiceFuture(self._callbacks)
+        try:
+            self.flow.put(item, future, timeout)
+        except FlowEnded:
+            fatal = self.flow.fatal
+            raise RuntimeError(f"the service of pipeline {self.flow.name!r} is stopped"
+                               + (f" because of {type(fatal).__name__}: {fatal}" if fatal is not None else "")
+                               + "; start a new one with pipeline.start()") from fatal
         return future
 
     async def asubmit(self, item: Any) -> Any:
@@ -60,53 +104,26 @@ class Service:
         return self.flow.snapshot()
 
     @property
+    def failures(self) -> list[Failure]:
+        """The most recent failures (up to ``RECENT_FAILURES``, oldest first); ``stats().failed``
+        counts them all. Each failing item's error also went to its own Future."""
+        return self.flow.failures
+
+    @property
     def running(self) -> bool:
-        return self._thread.is_alive()
+        return self.flow.running
 
     def stop(self, drain: bool = True, timeout: float | None = None) -> PipelineStats:
-        """Stop taking items; with ``drain`` wait for those inside to finish, else cancel them."""
-        flow = self.flow
-        with flow.cond:
-            self._accepting = False
-            flow.source_closed = True
-            if not drain:
-                self._stop_now = True
-            flow.cond.notify_all()
-        if threading.current_thread() is not self._thread and timeout != 0:
-            self._thread.join(timeout)
-        return flow.history[-1] if flow.history else flow.snapshot()
-
-    def _resolve(self, root: int, outcome: str, payload: Any) -> None:
-        future = self._futures.pop(root, None)
-        if future is None or future.done():
-            return
-        if outcome == "failed":
-            future.set_exception(payload)
+        """Stop taking items; with ``drain`` wait for those inside to finish, else cancel them
+        (their futures are cancelled, and counted in ``stats().cancelled``)."""
+        if drain:
+            self.flow.close_input()
         else:
-            future.set_result(payload)
-
-    def _route(self) -> None:
-        flow = self.flow
-        tick = 1.0 / SNAPSHOT_HZ
-        try:
-            while not self._stop_now and not (flow.source_closed and flow.finished):
-                flow.step(flow.next_timeout(tick))
-                if flow.fatal is not None and flow.on_error == "raise":
-                    break
-        except BaseException as exc:  # noqa: BLE001 - reported through every pending future
-            flow.fatal = flow.fatal or exc
-        finally:
-            with flow.cond:  # submitters waiting for room must not wait forever
-                self._accepting = False
-                flow.cond.notify_all()
-            killed = self._stop_now or flow.fatal is not None
-            for future in list(self._futures.values()):
-                if flow.fatal is not None and not self._stop_now:
-                    future.set_exception(flow.fatal)
-                else:
-                    future.cancel()
-            self._futures.clear()
-            flow.close(kill=killed, state="failed" if flow.fatal is not None and not self._stop_now else "stopped")
+            self.flow.stop()
+        if timeout == 0 or threading.current_thread() is self.flow._thread:
+            return self.flow.last_snapshot()  # a click handler must return at once
+        self.flow.wait(timeout)
+        return self.flow.snapshot()
 
     def __repr__(self) -> str:
         return f"<mpkit pipeline service {self.flow.name!r} ({'running' if self.running else 'stopped'})>"

@@ -27,7 +27,7 @@ from ._stage_card import StageCard, close_tree, set_if_changed
 #: Colour of the state text; a state not listed keeps the default colour.
 STATE_COLORS = {"running": "#1f77b4", "stopping": "#e67e22", "stopped": "#2e7d32",
                 "failed": "#d9534f"}
-TOTALS = ("submitted", "completed", "failed", "dropped", "pending")
+TOTALS = ("submitted", "completed", "failed", "dropped", "cancelled", "pending")
 DONE_STATES = ("stopped", "failed")
 
 

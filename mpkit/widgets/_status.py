@@ -29,7 +29,7 @@ COLUMNS = ("stage", "workers", "queued", "in", "out", "failed", "dropped", "item
 def status_line(title: str, stats: PipelineStats) -> str:
     """``title running 12.3s | 80/100 done, 1 failed, 19 pending | parse 2/2 q2/8 45.2/s | ...``."""
     totals = f"{stats.completed}/{stats.submitted} done"
-    for name in ("failed", "dropped"):
+    for name in ("failed", "dropped", "cancelled"):
         if getattr(stats, name):
             totals += f", {getattr(stats, name)} {name}"
     totals += f", {stats.pending} pending"
@@ -45,6 +45,8 @@ def summary(title: str, stats: PipelineStats) -> str:
     head = (f"pipeline {title!r} {stats.state} after {fmt.elapsed(stats.elapsed)}: "
             f"submitted {stats.submitted}, completed {stats.completed}, failed {stats.failed}, "
             f"dropped {stats.dropped}, pending {stats.pending}")
+    if stats.cancelled:
+        head += f", cancelled {stats.cancelled}"
     if stats.results != stats.completed:
         head += f", results {stats.results}"
     rows = [COLUMNS] + [_row(s) for s in stats.stages]

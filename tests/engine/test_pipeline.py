@@ -2,6 +2,9 @@
 import asyncio
 import functools
 import itertools
+import os
+import signal
+import threading
 import time
 
 import pytest
@@ -9,13 +12,15 @@ import pytest
 import mpkit
 from mpkit import Pipeline
 from tests import helpers
+from tests.proctree import wait_until
 
 
 def accounted(stats):
     assert stats.accounted, stats
     for stage in stats.stages:
         if stage.kind == "stage":
-            assert stage.received == stage.done + stage.failed + stage.dropped + stage.queued + stage.in_flight, stage
+            assert stage.received == (stage.done + stage.failed + stage.dropped + stage.queued + stage.in_flight
+                                      + stage.cancelled), stage
     return stats
 
 
@@ -179,24 +184,20 @@ def test_scale_a_stage_while_it_runs(start_method):
 
 
 def test_interrupt_stops_every_stage(start_method):
-    class InterruptSoon:
-        def __init__(self):
-            self.calls = 0
-
-        def update(self, stats):
-            self.calls += 1
-            if stats.completed >= 5:
-                raise KeyboardInterrupt
-
-        def close(self, stats):
-            pass
-
     pipe = Pipeline().stage(helpers.sleep_then, workers=2)
-    pipe._dashboards.append(InterruptSoon())
+
+    def interrupt_soon():  # the kernel's interrupt: SIGINT to this process, once 5 items are done
+        if wait_until(lambda: pipe.stats().completed >= 5, timeout=60):
+            os.kill(os.getpid(), signal.SIGINT)
+    watcher = threading.Thread(target=interrupt_soon, daemon=True)
+    watcher.start()
     with pytest.raises(mpkit.MapInterrupted) as info:
         pipe.run([0.05] * 200, progress=False)
+    watcher.join(10)
     assert len(info.value.results) >= 5
-    assert pipe.stats().state == "stopped"
+    stats = accounted(pipe.stats())
+    assert stats.state == "stopped" and stats.pending == 0
+    assert stats.cancelled == len(info.value.pending) == 200 - len(info.value.results)
 
 
 @pytest.mark.parametrize("build, message", [

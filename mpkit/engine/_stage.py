@@ -1,0 +1,223 @@
+"""A pipeline stage while it runs: what its workers call, its lanes, its channel and its counts.
+
+    items from the router ──► lane inbox ──► Run.pending (chunks) ──► the lane's Pool ──► Run.done
+                              (one per lane:  ◄─ held: keys handed to the run, not answered yet ─┘
+                               key= picks it)                                 ──► outbox ──► next stage
+
+A stage has one lane of N workers, or with ``key=`` N lanes of one worker each. What a worker
+calls is the stage's function, or, for a class or factory stage, the object that ``Built`` has it
+build once; a many= stage's function is wrapped in ``Many``, which turns each result into a list
+in the worker. Only the router thread touches a stage; the manager threads touch its Runs, under
+the shared condition.
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any, Callable
+
+from . import _worker
+from ._errors import _short_repr
+from ._pipeline_stats import SNAPSHOT_HZ, StageStats
+from ._pool import Pool
+
+#: Items a worker of a many= stage holds at once. Each may fan out to any number of results, and
+#: the notebook holds them all until the next channel takes them, so few; two keep the worker busy
+#: while the router collects the last one. (Smaller chunks cost ~0.1 ms each: fine for fan-outs.)
+FAN_OUT_ITEMS = 2
+
+
+class Built:
+    """A stage's class or factory, pickled so that the worker builds the object when it loads it."""
+
+    def __init__(self, factory: Callable[[], Any]):
+        self.factory = factory
+        self.__qualname__ = getattr(factory, "__qualname__", repr(factory))
+
+    def __reduce__(self):
+        return _worker.build, (self.factory,)
+
+    def __call__(self, item):  # never called here: the worker gets the built object instead
+        raise RuntimeError("a built stage runs only in its worker processes")
+
+
+class BadOutput:
+    """In a batched many= stage, the place of an item whose result was not iterable."""
+
+    def __init__(self, item: Any, message: str):
+        self.item, self.message = item, message
+
+
+class Many:
+    """A many= stage's function, run in the worker: each result becomes a list of outputs there
+    (a generator is consumed in the worker), and a result that is not iterable fails its item."""
+
+    def __init__(self, fn: Callable, stage: str, batched: bool):
+        self.fn, self.stage, self.batched = fn, stage, batched
+        self.__qualname__ = getattr(fn, "__qualname__", repr(fn))
+
+    @property
+    def factory(self):  # what _run reads to find the stage's source files
+        return getattr(self.fn, "factory", self.fn)
+
+    def __reduce__(self):
+        return Many, (self.fn, self.stage, self.batched)
+
+    def __call__(self, item):
+        if not self.batched:
+            return self._outputs(self.fn(item), item)
+        results = list(self.fn(item))
+        if len(results) != len(item):
+            return results  # the worker reports the wrong length for the whole batch
+        out = []
+        for result, x in zip(results, item):
+            try:
+                out.append(self._outputs(result, x))
+            except TypeError as exc:
+                out.append(BadOutput(x, str(exc)))
+        return out
+
+    def _outputs(self, result, item):
+        if result is None:
+            return None
+        try:
+            iterator = iter(result)
+        except TypeError:
+            raise TypeError(f"stage {self.stage!r} has many=True, so it must return an iterable of results "
+                            f"(a list, a generator) or None for each item, but for item {_short_repr(item, 80)} "
+                            f"it returned {type(result).__name__} {_short_repr(result, 60)}. Fix: return "
+                            f"[value] for one result, or drop many=True.") from None
+        return list(iterator)
+
+
+def stage_target(spec) -> Callable:
+    target = Built(spec.target) if spec.factory else spec.target
+    return Many(target, spec.name, spec.batch is not None) if spec.many else target
+
+
+class Fan:
+    """The outputs of one item of a many= stage, handed on one by one as the next channel has room."""
+
+    __slots__ = ("key", "values", "next")
+
+    def __init__(self, key: tuple, values: list):
+        self.key, self.values, self.next = key, values, 0
+
+    def pop(self) -> tuple[tuple, Any]:
+        j = self.next
+        self.next += 1
+        value = self.values[j]
+        self.values[j] = None  # let it go as soon as it is handed on
+        return (*self.key, j), value
+
+    @property
+    def left(self) -> int:
+        return len(self.values) - self.next
+
+
+class Lane:
+    """A pool, the open run that feeds it, and the items waiting for it. A stage has one lane of N
+    workers, or, with ``key=``, N lanes of one worker each, so that items of one key stay in order
+    on one worker."""
+
+    def __init__(self, spec, workers: int, cond: threading.Condition, start_method: str | None, keyed: bool):
+        self.keyed, self.fans_out = keyed, spec.many
+        self.pool = Pool(workers, start_method=start_method, idle_timeout=24 * 3600,
+                         max_tasks_per_child=spec.max_tasks_per_child)
+        self.pool.output.label = spec.name
+        self.run = self.pool._open_run(stage_target(spec), cond, retries=spec.retries, timeout=spec.timeout)
+        self.inbox: deque = deque()   # (key, item, arrival time)
+        self.held: set = set()        # keys handed to the run and not answered yet
+
+    def room(self) -> bool:
+        if self.keyed:  # one chunk at a time: what a crash or a retry sends again cannot be overtaken
+            return not self.held
+        if self.fans_out:
+            return len(self.held) < FAN_OUT_ITEMS * self.pool.size
+        return len(self.run.pending) < 2 * self.pool.size
+
+    def chunk_size(self, spec) -> int:
+        """Items in the next chunk of an unbatched stage."""
+        if self.keyed and spec.retries:
+            return 1  # a retried item runs again before its successors, not after the rest of its chunk
+        size = self.run.sizer.next_size(0)
+        if self.fans_out:
+            size = min(size, max(1, FAN_OUT_ITEMS * self.pool.size - len(self.held)))
+        return size
+
+
+class Stage:
+    def __init__(self, spec, index: int, cond: threading.Condition, start_method: str | None):
+        self.spec, self.index, self.cond = spec, index, cond
+        self.lanes: list[Lane] = []
+        keyed = spec.key is not None
+        try:
+            for _ in range(spec.workers if keyed else 1):
+                self.lanes.append(Lane(spec, 1 if keyed else spec.workers, cond, start_method, keyed))
+        except BaseException:
+            self.close(kill=True)
+            raise
+        self.outbox: deque = deque()    # (key, value) or Fan: results waiting for room downstream
+        self.waiting = 0                # outputs in the outbox (a fan counts its outputs left)
+        self.received = self.batched = self.done = self.emitted = self.failed = self.dropped = 0
+        self.failed_at_entry = 0        # key= raised: the item never reached a lane
+        self.cancelled_queued = self.cancelled_held = 0
+        self.input_closed = False
+        self.rates: deque = deque(maxlen=SNAPSHOT_HZ * 2)  # (time, finished) samples
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def queued_in_inboxes(self) -> int:
+        return sum(len(lane.inbox) for lane in self.lanes)
+
+    def pending_items(self) -> int:
+        """Items in chunks waiting for a worker (the manager threads take from them: lock)."""
+        with self.cond:
+            return sum(len(c.indices) for lane in self.lanes for c in lane.run.pending)
+
+    def room(self) -> int:
+        """Items its channel can take now."""
+        return self.spec.maxsize - self.queued_in_inboxes() - self.pending_items()
+
+    def finished(self) -> bool:
+        return (self.input_closed and not self.outbox
+                and all(not lane.inbox and not lane.held for lane in self.lanes))
+
+    def stats(self, now: float) -> list[StageStats]:
+        """Its snapshot (two, a batcher's and its own, after .batch()); router thread, under cond."""
+        runs = [lane.run for lane in self.lanes]
+        finished = self.done + self.failed + self.dropped
+        self.rates.append((now, finished))
+        t0, n0 = self.rates[0]
+        rate = (finished - n0) / (now - t0) if now - t0 > 0.05 else 0.0
+        pending = self.pending_items()
+        inboxes = self.queued_in_inboxes()
+        in_flight = sum(len(lane.held) for lane in self.lanes) - pending  # both measured
+        common = dict(name=self.name, kind="stage", capacity=self.spec.maxsize, in_flight=in_flight,
+                      done=self.done, emitted=self.emitted, dropped=self.dropped, rate=rate, waiting=self.waiting,
+                      workers=sum(r.pool_workers for r in runs),
+                      target_workers=sum(lane.pool.size for lane in self.lanes),
+                      busy=sum(r.busy_workers for r in runs),
+                      mean_seconds=sum(r.busy_seconds for r in runs) / finished if finished else 0.0)
+        if self.spec.batch is None:
+            return [StageStats(queued=inboxes + pending, received=self.received, failed=self.failed,
+                               cancelled=self.cancelled_queued + self.cancelled_held, **common)]
+        batcher = StageStats(
+            name=f"batch {self.spec.batch[0]} / {self.spec.batch[1]:g} s", kind="batch", workers=0,
+            target_workers=0, busy=0, capacity=self.spec.maxsize, queued=inboxes, in_flight=0,
+            received=self.received, done=self.batched, emitted=self.batched, failed=self.failed_at_entry,
+            dropped=0, rate=rate, mean_seconds=0.0, cancelled=self.cancelled_queued)
+        return [batcher, StageStats(queued=pending, received=self.batched, failed=self.failed - self.failed_at_entry,
+                                    cancelled=self.cancelled_held, **common)]
+
+    def workers(self) -> list[tuple[int, int, str]]:
+        return [w for lane in self.lanes for w in lane.pool.workers()]
+
+    def close(self, kill: bool) -> None:
+        for lane in self.lanes:
+            if kill:
+                with self.cond:
+                    lane.run.cancelled = True
+            lane.pool.shutdown(wait=not kill)
