@@ -37,10 +37,22 @@ def test_a_batch_that_times_out_fails_all_its_items_once_and_the_run_ends(start_
     assert stats.failed == len(failed) and stats.pending == 0
 
 
-def test_a_batch_that_kills_its_worker_blames_only_the_culprit(start_method):
-    """The batch is split and its items sent again one by one, so the item that kills the worker is
-    found, and its neighbours still get their results."""
+def test_a_batch_that_kills_its_worker_fails_as_a_whole(start_method):
+    """One call for the batch: which item killed the worker cannot be known, and with retries=0 no
+    item runs twice, so the batch fails as a whole, as a batch that times out does."""
     pipe = Pipeline().batch(4, max_wait=0.2).stage(tasks.crash_on_batch_with, name="model")
+    out = finishes(lambda: pipe.run(range(8), on_error="collect", ordered=True, progress=False))
+    failed = sorted(f.index for f in out.failures)
+    assert len(failed) == 4 and 3 in failed, failed
+    assert all(isinstance(f.exception, mpkit.WorkerDied) for f in out.failures)
+    assert [x for x, _ in out] == [x for x in range(8) if x not in failed]
+    identity_holds(pipe.stats())
+
+
+def test_with_retries_a_batch_that_kills_its_worker_blames_only_the_culprit(start_method):
+    """With retries= the batch is split and its items tried one by one: the culprit is found and its
+    neighbours get their results."""
+    pipe = Pipeline().batch(4, max_wait=0.2).stage(tasks.crash_on_batch_with, name="model", retries=1)
     out = finishes(lambda: pipe.run(range(8), on_error="collect", ordered=True, progress=False))
     assert [f.index for f in out.failures] == [3]
     assert isinstance(out.failures[0].exception, mpkit.WorkerDied)
