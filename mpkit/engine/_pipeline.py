@@ -22,6 +22,7 @@ from typing import Callable, Iterable
 from ._arguments import check_batch, check_pipeline_run, check_stage, check_workers
 from ._errors import MapInterrupted, ResultList, _short_repr
 from ._flow import Flow, FlowEnded
+from ._interrupts import held_interrupts
 from ._pool import _check_max_tasks
 from ._pipeline_stats import PipelineStats
 from ._run import ON_ERROR
@@ -150,9 +151,11 @@ class Pipeline:
             flow.close_input()
             flow.wait()
         except KeyboardInterrupt:
-            flow.stop()
-            flow.wait_quietly()
-            raise MapInterrupted(flow.result_list(), list(flow.ledger.cancelled_roots), None) from None
+            with held_interrupts():  # a second interrupt while the stages stop keeps the results
+                flow.stop()
+                flow.wait_quietly()
+                interrupted = MapInterrupted(flow.result_list(), list(flow.ledger.cancelled_roots), None)
+            raise interrupted from None
         except BaseException as exc:  # the source raised: the run ends with its error
             flow.fail(exc)
             flow.wait_quietly()
