@@ -223,7 +223,7 @@ class Run:
         or None if no item of this chunk had started."""
         rest = chunk.reported
         if chunk.batch and running is not None and running >= 0:
-            if len(chunk.indices) > 1 and chunk.attempts <= self.retries:
+            if chunk.attempts <= self.retries:
                 self.retried += len(chunk.indices)
                 self._split(chunk, chunk.attempts + 1)  # each item its own tries, to find the culprit
                 return
