@@ -208,6 +208,8 @@ class Manager:
         """Workers that ran max_tasks_per_child items leave once they hold nothing (their
         replacement is already starting: _ensure_workers does not count them)."""
         for w in self.workers.values():
+            if self.trees.crowded(w.pid):
+                w.spent = True  # it holds its tasks' exited orphans: a fresh process is clean
             if w.spent and not w.in_flight and not w.stopping:
                 w.stopping = True
                 try:
