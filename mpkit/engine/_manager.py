@@ -10,7 +10,8 @@ worker was running is split, retried or failed; the chunks it had not started go
       ├─ pipe: "done" / "out" / "fn_error" / "undecodable" / "init_error" ─► the run, the relay
       └─ sentinel: a worker ended ─► _bury (and the processes its tasks started: _proctree)
     then: kill workers past a timeout, or busy with a cancelled run, each with its whole process
-    tree (Trees.end); start workers up to size
+    tree (Trees.end); retire workers past max_tasks_per_child; start workers as the work needs
+    them (the first WARM_WORKERS at once, then one per waiting chunk), up to size
 """
 from __future__ import annotations
 
