@@ -11,7 +11,8 @@ worker was running is split, retried or failed; the chunks it had not started go
       └─ sentinel: a worker ended ─► _bury (its shared slot names the item it was running; the
                                             processes its tasks started end too: _proctree)
     then: kill workers past a timeout or init_timeout, or busy with a cancelled run, each with its
-    whole process tree (Trees.end); start workers as work needs them
+    whole process tree (Trees.end); retire workers past max_tasks_per_child; start workers as the
+    work needs them (the first WARM_WORKERS at once, then one per waiting chunk), up to size
 
 Before a chunk, a worker is sent what it lacks: the notebook's context (sys.path, cwd, environment)
 when the run's differs from the one it has, and the run's function when it does not hold it. The
@@ -249,6 +250,8 @@ class Manager:
         """Workers that ran max_tasks_per_child items leave once they hold nothing (their
         replacement is already starting: _ensure_workers does not count them)."""
         for w in self.workers.values():
+            if self.trees.crowded(w.pid):
+                w.spent = True  # it holds its tasks' exited orphans: a fresh process is clean
             if w.spent and not w.in_flight and not w.stopping:
                 w.stopping = True
                 try:

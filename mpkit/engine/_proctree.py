@@ -17,7 +17,8 @@ A task's children stay in the worker's group unless they ask for a session of th
 once, also after the worker itself died (a group outlives its leader while it has members, and
 its id is not given to a new process meanwhile). The ones that left the group are found while
 the worker lives, as its descendants (the subreaper keeps double-forked daemons below it), and
-after it died from the last snapshot. A group of its own also means a terminal's Ctrl-C does not
+after it died from the last snapshot. Orphans it adopted and that ended stay its zombies: a worker
+with MAX_ZOMBIES of them is replaced like one past max_tasks_per_child. A group of its own also means a terminal's Ctrl-C does not
 reach the workers or their children: the notebook decides what an interrupt stops.
 
 Linux only (process groups and psutil work elsewhere on POSIX too; the subreaper is Linux's).
@@ -37,6 +38,10 @@ import psutil
 #: second keeps that under 1% of a core, and a child started since the last one is missed only
 #: if it also left the group.
 SNAPSHOT_SECONDS = 1.0
+#: Exited orphans a worker may hold as zombies before it is replaced. As a subreaper it adopts
+#: its tasks' orphans, and reaping them itself would steal exit codes that a task's own
+#: subprocess.Popen waits for; a new process starts clean (the old one's zombies go to init).
+MAX_ZOMBIES = 64
 
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -62,6 +67,13 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return psutil.Process(pid).children(recursive=True)
     except psutil.Error:
         return []
+
+
+def _zombie_child(proc: psutil.Process, parent: int) -> bool:
+    try:
+        return proc.ppid() == parent and proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _kill(procs) -> None:
@@ -90,6 +102,7 @@ class Trees:
 
     def __init__(self) -> None:
         self._seen: dict[int, list[psutil.Process]] = {}  # worker pid -> descendants last seen
+        self._zombies: dict[int, int] = {}               # worker pid -> its zombie children then
         self._last = 0.0
 
     def watch(self, pids: list[int], now: bool = False) -> None:
@@ -100,6 +113,11 @@ class Trees:
         self._last = moment
         for pid in pids:
             self._seen[pid] = _descendants(pid)
+            self._zombies[pid] = sum(1 for p in self._seen[pid] if _zombie_child(p, pid))
+
+    def crowded(self, pid: int) -> bool:
+        """True if worker ``pid`` held MAX_ZOMBIES exited orphans at the last snapshot."""
+        return self._zombies.get(pid, 0) >= MAX_ZOMBIES
 
     def known(self, pid: int) -> list[int]:
         """Pids of the descendants of worker ``pid`` in the last snapshot."""
@@ -115,3 +133,4 @@ class Trees:
         if alive:
             process.kill()
         _kill(tree + self._seen.pop(pid, []))
+        self._zombies.pop(pid, None)
