@@ -199,8 +199,10 @@ class Run:
         chunk.reported = offset + len(results)
         self.sizer.observe(len(results), seconds)
         self.busy_seconds += seconds
-        indices, items = chunk.indices[offset:offset + len(results)], chunk.items[offset:offset + len(results)]
+        whole = offset == 0 and len(results) == len(chunk.indices)
+        indices = chunk.indices if whole else chunk.indices[offset:offset + len(results)]
         if failures:
+            items = chunk.items[offset:offset + len(results)]
             failed = set()
             for position, exc_bytes, text, frames in failures:
                 position -= offset
