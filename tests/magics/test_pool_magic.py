@@ -1,7 +1,6 @@
 """``%%mp_pool`` in a real IPython shell: the line, the cell, worker output, errors, help."""
 from __future__ import annotations
 
-import builtins
 import os
 import re
 import sys
@@ -9,52 +8,13 @@ import textwrap
 
 import IPython
 import pytest
-from IPython.core import page
 from IPython.core.error import UsageError
-from IPython.testing.globalipapp import start_ipython
 from IPython.utils.capture import capture_output
 
 import mpkit
 from mpkit.engine import _default
 from tests.proctree import wait_until
-
-
-@pytest.fixture(scope="module")
-def ipython():
-    """One IPython shell with the extension loaded, like a notebook session.
-
-    The shell is put away afterwards, so that tests in other modules run outside IPython again
-    (mpkit shows a progress bar by default only under IPython).
-    """
-    started_here = IPython.get_ipython() is None
-    start_ipython()
-    shell = IPython.get_ipython()
-    shell.run_line_magic("load_ext", "mpkit")
-    yield shell
-    shell.run_line_magic("unload_ext", "mpkit")
-    if started_here:
-        _stop_ipython(shell)
-
-
-def _stop_ipython(shell) -> None:
-    """Undo ``start_ipython``: its builtins, its pager, the shell singleton."""
-    shell.builtin_trap.deactivate()
-    for name in ("_ip", "ip", "get_ipython"):
-        vars(builtins).pop(name, None)
-    if hasattr(page, "orig_page"):
-        page.pager_page = page.orig_page
-    type(shell).clear_instance()
-    if hasattr(start_ipython, "already_called"):
-        del start_ipython.already_called  # a later module may start a shell of its own
-
-
-@pytest.fixture
-def ip(ipython):
-    """The shell, with the names a test defines removed afterwards."""
-    before = set(ipython.user_ns)
-    yield ipython
-    for name in set(ipython.user_ns) - before:
-        ipython.user_ns.pop(name, None)
+from tests.shell import ip, ipython  # noqa: F401  (fixtures: a kernel-like shell)
 
 
 def mp_pool(ip, line: str, cell: str):
