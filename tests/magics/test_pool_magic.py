@@ -6,7 +6,6 @@ import re
 import sys
 import textwrap
 
-import IPython
 import pytest
 from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
