@@ -227,7 +227,9 @@ class Run:
         if chunk.batch and running is not None and running >= 0:
             if chunk.attempts <= self.retries:
                 self.retried += len(chunk.indices)
-                self._split(chunk, chunk.attempts + 1)  # each item its own tries, to find the culprit
+                # Split to find the culprit: that is not an item's own try (it may not be its
+                # fault); a batch of one that kills its worker is, and is retried as such.
+                self._split(chunk, chunk.attempts + (len(chunk.indices) == 1))
                 return
             for index, item in zip(chunk.indices, chunk.items):
                 self._fail(index, item, WorkerDied(exitcode, pid, f"{index} ({_short_repr(item)}) in a batch of "
