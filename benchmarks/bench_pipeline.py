@@ -324,7 +324,7 @@ def med(samples: list[Sample], attr: str = "rate") -> float:
 def facts(cfg, work_b: tasks.Work, per_second: float) -> list[str]:
     import mpkit
     from benchmarks.article_reference import START_METHOD
-    from mpkit.engine._pool import default_start_method
+    from mpkit.engine.process import default_start_method
 
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return [

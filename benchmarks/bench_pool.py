@@ -227,7 +227,7 @@ def facts(cfg, n_iter) -> list[str]:
     from joblib.externals import loky
 
     import mpkit
-    from mpkit.engine._pool import default_start_method
+    from mpkit.engine.process import default_start_method
 
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return [

@@ -6,7 +6,7 @@ from typing import Any, Callable, Iterable, Iterator
 from .engine import _default
 from .engine._arguments import check_map
 from .engine._errors import ResultList
-from .engine._manager import INIT_TIMEOUT
+from .engine.process._manager import INIT_TIMEOUT
 
 
 def map(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize: int | str = "auto",

@@ -63,7 +63,7 @@ def one_huge_print(x, lines=15_000):
 
 def newline_at_the_limit(x):
     """Fill a worker's output buffer to the byte with a print()'s text, so its newline does not fit."""
-    from mpkit.engine._worker import OUTPUT_BUFFER_LIMIT
+    from mpkit.engine.process._worker import OUTPUT_BUFFER_LIMIT
 
     print("a" * (OUTPUT_BUFFER_LIMIT - 82))   # one long line: LIMIT - 81 characters with its newline
     print("b" * 81)                            # the buffer is full after these 81; "\n" is over

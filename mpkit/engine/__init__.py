@@ -4,7 +4,7 @@ No IPython and no widgets here; front-ends read :class:`MapStats` snapshots.
 """
 from ._errors import (Failure, MapInterrupted, RemoteError, RemoteTraceback, ResultList,
                       SerializationError, TaskTimeout, WorkerDied, WorkerInitError, MpkitWarning)
-from ._pool import Pool, default_start_method, default_workers
+from .process import Pool, default_start_method, default_workers
 from ._run import MapStats
 from ._pipeline import Pipeline
 from ._pipeline_stats import PipelineStats, StageStats

@@ -36,7 +36,7 @@ def _is_count(value: Any) -> bool:
 
 
 def _cpus() -> int:
-    from ._pool import default_workers
+    from .process._pool import default_workers
 
     return default_workers()
 

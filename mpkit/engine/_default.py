@@ -14,7 +14,7 @@ import threading
 from typing import Any, Callable
 
 from . import _serialize
-from ._pool import Pool, default_start_method, live_pools
+from .process._pool import Pool, default_start_method, live_pools
 
 _lock = threading.Lock()
 _pool: Pool | None = None          # the current default pool

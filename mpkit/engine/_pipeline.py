@@ -23,7 +23,7 @@ from ._arguments import check_batch, check_pipeline_run, check_stage, check_work
 from ._errors import MapInterrupted, ResultList, _short_repr
 from ._flow import Flow, FlowEnded
 from ._interrupts import held_interrupts
-from ._pool import _check_max_tasks
+from .process._pool import _check_max_tasks
 from ._pipeline_stats import PipelineStats
 from ._run import ON_ERROR
 

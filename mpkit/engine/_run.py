@@ -7,7 +7,7 @@
     results() ◄── done: [(indices, results)] ◄────────────┘ complete() / crashed() / timed_out()
               ◄── failures: [Failure]                        retry: chunk back to the front of pending
 
-Results of a chunk come back in parts while it runs (``_worker.PART_SECONDS``). When its worker
+Results of a chunk come back in parts while it runs (``PART_SECONDS`` of the backend's worker). When its worker
 dies, the worker's shared slot says which item was running: only that item is blamed (retried or
 failed); the items before it whose results had not come back yet (at most the last part's worth of
 work) are sent again, and the items after it, which never started, are sent again unchanged. So a
@@ -30,7 +30,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator
 
-from . import _worker
+from . import _serialize
 from ._arguments import ON_ERROR, check_run  # noqa: F401 - _pipeline imports ON_ERROR from here
 from ._chunking import ChunkSizer
 from ._errors import (ExceptionRecord, Failure, RemoteError, SerializationError, TaskTimeout,
@@ -65,7 +65,7 @@ class Chunk:
     run: "Run"
     indices: range | list[int]
     items: list
-    payload: bytes
+    payload: _serialize.Pickled
     attempts: int = 1
     batch: bool = False    # a pipeline micro-batch: one call with the list
     reported: int = 0      # items whose outcome came back already (parts of a running chunk)
@@ -137,7 +137,7 @@ class Run:
 
     def _make_chunk(self, indices, items) -> Chunk | None:
         try:
-            return Chunk(self, indices, items, _worker.dumps(items))
+            return Chunk(self, indices, items, _serialize.pack(items))
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise
@@ -145,7 +145,7 @@ class Run:
         good_idx, good = [], []
         for index, item in zip(indices, items):
             try:
-                _worker.dumps(item)
+                _serialize.dumps(item)  # only to name the items that cannot cross
             except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt):
                     raise
@@ -158,7 +158,7 @@ class Run:
             else:
                 good_idx.append(index)
                 good.append(item)
-        return Chunk(self, good_idx, good, _worker.dumps(good)) if good else None
+        return Chunk(self, good_idx, good, _serialize.pack(good)) if good else None
 
     def _frames(self, frames):
         """Give frames of functions sent by value their notebook file back (cloudpickle drops it)."""
@@ -181,10 +181,10 @@ class Run:
             return None
         chunk = self.pending.popleft()
         if most is not None and 0 < most < len(chunk.indices) and not chunk.batch:
-            rest = Chunk(self, chunk.indices[most:], chunk.items[most:], _worker.dumps(chunk.items[most:]),
+            rest = Chunk(self, chunk.indices[most:], chunk.items[most:], _serialize.pack(chunk.items[most:]),
                          chunk.attempts)
             self.pending.appendleft(rest)
-            chunk = Chunk(self, chunk.indices[:most], chunk.items[:most], _worker.dumps(chunk.items[:most]),
+            chunk = Chunk(self, chunk.indices[:most], chunk.items[:most], _serialize.pack(chunk.items[:most]),
                           chunk.attempts)
         return chunk
 
@@ -192,7 +192,7 @@ class Run:
                    worker_id: int) -> None:
         """Results of ``chunk``'s items from ``offset`` on (a part, or the rest at its end)."""
         try:
-            results = pickle.loads(results_bytes)
+            results = _serialize.unpack(results_bytes)
         except BaseException as exc:
             self._undecodable(chunk, "its result could not be unpickled in this process", exc, offset)
             return
@@ -260,7 +260,7 @@ class Run:
         indices, items = chunk.indices[start:stop], chunk.items[start:stop]
         if not len(indices):
             return None
-        return Chunk(self, indices, items, _worker.dumps(items), chunk.attempts, batch=chunk.batch)
+        return Chunk(self, indices, items, _serialize.pack(items), chunk.attempts, batch=chunk.batch)
 
     def timed_out(self, chunk: Chunk) -> None:
         if chunk.batch and len(chunk.indices) > 1:
@@ -305,14 +305,14 @@ class Run:
         self._fail(index, item, err, chunk)
 
     def _split(self, chunk: Chunk, attempts: int = 1, start: int = 0) -> None:
-        singles = [Chunk(self, [i], [x], _worker.dumps([x]), attempts, batch=chunk.batch)
+        singles = [Chunk(self, [i], [x], _serialize.pack([x]), attempts, batch=chunk.batch)
                    for i, x in zip(chunk.indices[start:], chunk.items[start:])]
         self.pending.extendleft(reversed(singles))
 
     def _error(self, chunk: Chunk, index: int, item: Any, exc: BaseException) -> None:
         if chunk.attempts <= self.retries:
             self.retried += 1
-            self.pending.appendleft(Chunk(self, [index], [item], _worker.dumps([item]), chunk.attempts + 1,
+            self.pending.appendleft(Chunk(self, [index], [item], _serialize.pack([item]), chunk.attempts + 1,
                                           batch=chunk.batch))
         else:
             self._fail(index, item, exc, chunk)

@@ -16,10 +16,9 @@ import threading
 from collections import deque
 from typing import Any, Callable
 
-from . import _worker
 from ._errors import _short_repr
 from ._pipeline_stats import SNAPSHOT_HZ, StageStats
-from ._pool import Pool
+from .process._pool import Pool
 
 #: Items a worker of a many= stage holds at once. Each may fan out to any number of results, and
 #: the notebook holds them all until the next channel takes them, so few; two keep the worker busy
@@ -35,10 +34,15 @@ class Built:
         self.__qualname__ = getattr(factory, "__qualname__", repr(factory))
 
     def __reduce__(self):
-        return _worker.build, (self.factory,)
+        return build, (self.factory,)
 
     def __call__(self, item):  # never called here: the worker gets the built object instead
         raise RuntimeError("a built stage runs only in its worker processes")
+
+
+def build(factory):
+    """Unpickled in a worker: build a pipeline stage's object there, once (a model loads here)."""
+    return factory()
 
 
 class BadOutput:

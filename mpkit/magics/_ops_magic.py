@@ -12,7 +12,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 from ..engine import _default
 from ..engine._pipeline import Pipeline, live_pipelines
-from ..engine._pool import live_pools
+from ..engine.process._pool import live_pools
 from ._cellmodule import CellError, register_cell_file
 
 

@@ -92,7 +92,7 @@ def clean_dialogues(paths: Iterable[str | Path], out_dir: str | Path, *, compat:
     """
     started = time.perf_counter()
     from .. import _api
-    from ..engine._pool import default_start_method
+    from ..engine.process import default_start_method
     from ._dialogue_write import write_splits
 
     if compat not in (None, "seed"):

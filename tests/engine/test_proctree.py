@@ -154,7 +154,7 @@ def test_worker_killed_from_outside_takes_its_children(pool, tmp_path):
 def test_a_worker_full_of_its_tasks_zombies_is_replaced(start_method):
     """Each item leaves an exited orphan (a shell's background job): the worker adopts them as
     zombies, and past a bound it is replaced, so a long map cannot fill the process table."""
-    from mpkit.engine._proctree import MAX_ZOMBIES
+    from mpkit.engine.process._proctree import MAX_ZOMBIES
 
     with mpkit.Pool(1, start_method=start_method) as pool:
         pids = pool.map(tree_tasks.leave_zombie, range(3 * MAX_ZOMBIES), chunksize=1, progress=False)

@@ -75,7 +75,7 @@ def test_max_tasks_per_child_rejects_bad_values(bad):
 # ---- workers= far above the CPUs ------------------------------------------------------------------
 
 def _many() -> int:
-    from mpkit.engine._pool import MANY_WORKERS_PER_CPU, default_workers
+    from mpkit.engine.process._pool import MANY_WORKERS_PER_CPU, default_workers
 
     return MANY_WORKERS_PER_CPU * default_workers() + 4
 

@@ -83,4 +83,4 @@ def test_mp_ps_lists_pools_and_services(ip, start_method, capsys):
     with pytest.raises(UsageError, match="no pipeline named"):
         ip.run_line_magic("mp_stop", "nothing_like_this")
     ip.run_line_magic("mp_stop", "--all")
-    assert not mpkit.engine._pool.live_pools()
+    assert not mpkit.engine.process._pool.live_pools()

@@ -35,11 +35,12 @@ import time
 from collections import OrderedDict, deque
 from multiprocessing.connection import wait as mp_wait
 
-from . import _serialize, _worker
-from ._errors import WorkerInitError, _short_repr, describe_exit, remote_exception
-from ._output import OutputRelay
+from .. import _serialize
+from . import _worker
+from .._errors import WorkerInitError, _short_repr, describe_exit, remote_exception
+from .._output import OutputRelay
 from ._proctree import Trees
-from ._run import Run
+from .._run import Run
 
 #: Chunks a worker holds at once: one running, one waiting in its inbox, so it never waits for
 #: the manager between chunks. More would only make the tail of a map less even.
@@ -150,6 +151,10 @@ class Manager:
             self._wake_w.send(b"x")
         except OSError:
             pass  # the socket buffer is full (a wake-up is pending anyway) or closed
+
+    def resize(self, workers: int) -> None:
+        self.size = workers
+        self.wake()
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -453,7 +458,7 @@ class Manager:
     def _load_error(run: Run, w: _Worker, described, text: str, frames) -> BaseException:
         """Why a worker could not load a run's function: a stage object that failed to build,
         or a function whose module the worker cannot import."""
-        if any(f[2] == "build" and f[0].endswith("_worker.py") for f in frames):
+        if any(f[2] == "build" and f[0].endswith("_stage.py") for f in frames):
             err: BaseException = WorkerInitError(
                 f"building the stage object {run.fn_name}() failed in worker {w.id}: {text}. "
                 "Fix the class's __init__ (or the factory); it runs once in each worker.")

@@ -36,8 +36,9 @@ import threading
 import time
 import traceback
 
-from . import _capture, _proctree, _serialize
-from ._errors import ExceptionRecord, SerializationError
+from .. import _serialize
+from . import _capture, _proctree
+from .._errors import ExceptionRecord, SerializationError
 
 # Message kinds, parent -> worker.
 CONTEXT, FN, FORGET, RUN, STOP = "context", "fn", "forget", "run", "stop"
@@ -293,7 +294,7 @@ def _encode_results(kind, chunk_id, offset, results, failures, seconds) -> bytes
     """A "part" or "done" message; results are pickled apart so the parent can blame a bad one.
     Failure offsets are relative to the chunk."""
     try:
-        results_bytes = dumps(results)
+        results_bytes = _serialize.pack(results)
     except BaseException:
         results_bytes = None
     if results_bytes is None:
@@ -309,7 +310,7 @@ def _encode_results(kind, chunk_id, offset, results, failures, seconds) -> bytes
                 err = _unpicklable_result(value, exc)
                 failures.append((offset + position, pickle.dumps(err, PROTOCOL), f"SerializationError: {err}", []))
         failures.sort(key=lambda f: f[0])
-        results_bytes = dumps(results)
+        results_bytes = _serialize.pack(results)
     return pickle.dumps((kind, chunk_id, offset, results_bytes, failures, seconds), PROTOCOL)
 
 
@@ -415,7 +416,7 @@ def main(conn, worker_id: int, init_payload: bytes | None, context: tuple | None
                 sender.send(pickle.dumps((FN_ERROR, chunk_id, *described), PROTOCOL))
                 continue
             try:
-                items = _serialize.loads(items_bytes)
+                items = _serialize.unpack(items_bytes)
             except BaseException as exc:
                 _, text, frames = _describe_exception(exc, skip_frames=0)
                 sender.send(pickle.dumps((UNDECODABLE, chunk_id, text, frames), PROTOCOL))
@@ -440,7 +441,3 @@ def main(conn, worker_id: int, init_payload: bytes | None, context: tuple | None
         elif kind == STOP:
             _leave(relay, sender)
 
-
-def build(factory):
-    """Unpickled in a worker: build a pipeline stage's object there, once (a model loads here)."""
-    return factory()
