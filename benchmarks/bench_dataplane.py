@@ -146,6 +146,19 @@ def check_worker_mpkit(start_method: str) -> None:
 
 
 # ---- measuring ----------------------------------------------------------------------------------------
+def release_free_memory() -> None:
+    """Give the allocator's free pages back to the system (glibc's malloc_trim) before a baseline.
+
+    Without it, memory freed by an earlier round stays in this process and is reused by the next
+    one, whose growth then reads near zero: the order of the rounds, not the system, would decide."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the baseline keeps what the allocator holds
+        pass
+
+
 class ParentRss:
     """``with ParentRss() as r: ...`` then ``r.growth``: this process's peak RSS minus its RSS at entry."""
 
@@ -163,6 +176,7 @@ class ParentRss:
 
     def __enter__(self):
         gc.collect()
+        release_free_memory()
         self.base = self.peak = self.proc.memory_info().rss
         self._thread.start()
         return self
@@ -691,7 +705,8 @@ NOTES = [
     "- Pipelines start their stage processes inside each timed run (Pipeline.run/imap does), and so does "
     "the direct chain; mpkit's default pool and multiprocessing.Pool are warm before any timed call.",
     "- Peak RSS growth: this process only (the notebook's), sampled every 50 ms, minus its RSS just "
-    "before the run. With Pipeline.run (no Pipeline.imap in the checkout) every result is kept until "
+    "before the run (after gc and malloc_trim, so that memory freed by an earlier round does not hide "
+    "this one's); max over rounds. With Pipeline.run (no Pipeline.imap in the checkout) every result is kept until "
     "the end: n x 1 MB counts in (b)'s growth by design.",
     "- Other processes share the machine: compare ratios, not absolute times; --quick sizes are too "
     "small for the targets (fixed start-up costs weigh more, and (b)'s memory target is for 1,000 items): "
