@@ -216,7 +216,10 @@ def paired(samples: dict, num: str, den: str, key: str = "seconds") -> float:
 
 
 def row(case: str, what: str, value: float | None, shown: str, target: str = "", met: bool | None = None) -> dict:
-    return {"case": case, "what": what, "value": value, "shown": shown, "target": target, "met": met}
+    """A line of the report; ``key`` matches it across checkouts (which may consume a Pipeline
+    through run or imap)."""
+    key = case + ":" + what.replace("Pipeline.imap", "Pipeline").replace("Pipeline.run", "Pipeline")
+    return {"case": case, "key": key, "what": what, "value": value, "shown": shown, "target": target, "met": met}
 
 
 # ---- (a) and (b): two identity stages, mpkit vs direct pipes -----------------------------------------
@@ -670,20 +673,26 @@ def table(rows: list[dict]) -> list[str]:
 
 
 def side_by_side(runs: dict[str, dict]) -> list[str]:
-    """One table for several checkouts: per case, the rows of each matched by position (a case that
-    failed for one checkout shows a dash there)."""
+    """One table for several checkouts, rows matched by key (Pipeline.run and Pipeline.imap rows
+    are one row: the header says which API each checkout used); a dash where a checkout has no
+    such row (its case failed, or the row is only for one API)."""
     labels = list(runs)
     out = ["| case | measured | target | " + " | ".join(labels) + " |",
            "|---|---|---:|" + "---:|" * len(labels)]
+    by_key = {label: {r["key"]: r for r in runs[label]["rows"]} for label in labels}
+    keys: dict[str, dict] = {}
     for case in CASES:
-        per = {label: [r for r in runs[label]["rows"] if r["case"] == case] for label in labels}
-        for i in range(max(len(rows) for rows in per.values())):
-            first = next(rows[i] for rows in per.values() if i < len(rows))
-            cells = []
-            for label in labels:
-                o = per[label][i] if i < len(per[label]) else None
-                cells.append("—" if o is None else o["shown"] + (f" ({verdict(o['met'])})" if o["met"] is not None else ""))
-            out.append(f"| ({case}) | {first['what']} | {first['target']} | " + " | ".join(cells) + " |")
+        for label in labels:
+            for r in runs[label]["rows"]:
+                if r["case"] == case:
+                    keys.setdefault(r["key"], r)
+    for key, first in keys.items():
+        cells = []
+        for label in labels:
+            o = by_key[label].get(key)
+            cells.append("—" if o is None else o["shown"] + (f" ({verdict(o['met'])})" if o["met"] is not None else ""))
+        what = key.split(":", 1)[1]
+        out.append(f"| ({first['case']}) | {what} | {first['target']} | " + " | ".join(cells) + " |")
     return out
 
 
