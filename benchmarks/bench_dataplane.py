@@ -1,14 +1,15 @@
 """Benchmark: mpkit's data plane (issue 8) next to direct pipes and multiprocessing.Pool, in one run.
 
-    python benchmarks/bench_dataplane.py                  # full run (R=3 rounds), several minutes on 2 cores
-    python benchmarks/bench_dataplane.py --quick          # smoke run: R=1, small sizes
-    python benchmarks/bench_dataplane.py --cases a,d      # only some cases
+    python benchmarks/bench_dataplane.py                  # full run (R=3 rounds); ~10 min on 2 cores
+                                                          # with the landed code, most of it in (b)
+    python benchmarks/bench_dataplane.py --quick          # smoke run: R=1, small sizes, under a minute
+    python benchmarks/bench_dataplane.py --cases a,d      # only some cases (--repeats R: other rounds)
     python benchmarks/bench_dataplane.py --mpkit DIR      # import mpkit from another checkout DIR
 
 Landed version beside this one, in one run: make a checkout of the older commit and name it with
 ``--against``; every case then runs twice, each time in a fresh child process of this script, one
 with the older mpkit and one with this checkout's (the order alternating from case to case), and
-the table shows both side by side:
+the table shows both side by side (twice the time of one run):
 
     git worktree add ../mpkit-landed <commit>            # from the repo root; any checkout will do
     python benchmarks/bench_dataplane.py --against ../mpkit-landed
@@ -45,7 +46,10 @@ from other work on the machine falls on all alike; reported are medians over R r
 are the median of the per-round ratios (paired). Pipelines start their workers inside each run and
 the direct chain its processes inside the timing too; pools (mpkit's default pool, Pool) are warm.
 Every system uses the same start method (mpkit's default on the platform, or --start-method).
-Results: printed as markdown, and written to benchmarks/results/dataplane.md and dataplane.json.
+Results: printed as markdown, and written to benchmarks/results/dataplane.md and dataplane.json
+(rows: case, what, value in seconds / bytes / items per second / ratio, shown, target, met). A case
+that fails is reported as such and the others still run; the exit code is 1 then, or if a worker
+process is left behind.
 """
 from __future__ import annotations
 
@@ -63,6 +67,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -751,12 +756,18 @@ def run_cases(cfg, opts) -> dict:
     print("\n".join(["## Machine", ""] + head), file=sys.stderr, flush=True)
     check_worker_mpkit(opts.start_method)
     rows: list[dict] = []
+    failed = []
     try:
         for case in opts.cases:
-            rows += RUNNERS[case](cfg, opts)
+            try:
+                rows += RUNNERS[case](cfg, opts)
+            except Exception as exc:  # noqa: BLE001 - the other cases still run; the exit code says it
+                traceback.print_exc()
+                failed.append(case)
+                rows.append(row(case, "the case failed", None, f"{type(exc).__name__}: {str(exc)[:120]}", "", False))
     finally:
         mpkit.shutdown()
-    return {"checkout": checkout, "facts": head, "rows": rows}
+    return {"checkout": checkout, "facts": head, "rows": rows, "failed": failed}
 
 
 def write(report: dict, text: list[str]) -> None:
@@ -773,7 +784,7 @@ def against(cfg, opts) -> int:
     """Each case in two child processes of this script: the other checkout's mpkit and this one's."""
     runs: dict[str, dict] = {opts.against_label: {"rows": []}, "this checkout": {"rows": []}}
     dirs = {opts.against_label: os.path.abspath(opts.against), "this checkout": None}
-    order = list(runs)
+    order, failures = list(runs), 0
     with tempfile.TemporaryDirectory(prefix="mpkit-bench-") as tmp:
         for i, case in enumerate(opts.cases):
             for label in (order if i % 2 == 0 else order[::-1]):
@@ -781,11 +792,16 @@ def against(cfg, opts) -> int:
                 cmd = [sys.executable, os.path.abspath(__file__), "--cases", case, "--json-out", out,
                        "--start-method", opts.start_method, "--pipeline-api", opts.pipeline_api]
                 cmd += ["--quick"] if opts.quick else []
+                cmd += ["--repeats", str(opts.repeats)] if opts.repeats else []
                 cmd += ["--mpkit", dirs[label]] if dirs[label] else []
                 print(f"== ({case}) with {label} mpkit", file=sys.stderr, flush=True)
-                if subprocess.run(cmd).returncode != 0:
-                    print(f"(case {case} with {label} failed: its rows are missing)", file=sys.stderr)
+                code = subprocess.run(cmd).returncode
+                if not os.path.exists(out):
+                    print(f"(case {case} with {label} mpkit: the child exited with {code} and wrote "
+                          "nothing; its rows are missing)", file=sys.stderr)
+                    failures += 1
                     continue
+                failures += code != 0
                 with open(out) as f:
                     got = json.load(f)
                 runs[label]["rows"] += got["rows"]
@@ -796,7 +812,7 @@ def against(cfg, opts) -> int:
     text += ["## Results", ""] + side_by_side(runs) + ["", "## Notes", ""] + NOTES
     print("\n".join(text))
     write({"config": cfg, "runs": runs}, text)
-    return 0
+    return 1 if failures else 0
 
 
 def main() -> int:
@@ -809,10 +825,13 @@ def main() -> int:
     parser.add_argument("--start-method", default=None, help="forkserver or spawn (default: mpkit's default)")
     parser.add_argument("--pipeline-api", choices=("auto", "run", "imap"), default="auto",
                         help="how (a)/(b) consume a Pipeline (default: imap if the checkout has it, else run)")
+    parser.add_argument("--repeats", type=int, metavar="R", help="rounds per case (default: 3, --quick 1)")
     parser.add_argument("--json-out", help=argparse.SUPPRESS)  # a child of --against: rows to this file
     opts = parser.parse_args()
     opts.cases = [c for c in opts.cases.replace(",", "") if c in CASES]
-    cfg = QUICK if opts.quick else FULL
+    cfg = dict(QUICK if opts.quick else FULL)
+    if opts.repeats:
+        cfg["repeats"] = cfg["d_repeats"] = opts.repeats
     if opts.start_method is None:
         import multiprocessing as mp
 
@@ -835,7 +854,9 @@ def main() -> int:
     for proc in left:
         print(f"LEAK: child process {proc.pid} still alive: {' '.join(proc.cmdline())}", file=sys.stderr)
         proc.kill()
-    return 1 if left else 0
+    if report["failed"]:
+        print(f"cases that failed: {', '.join(report['failed'])} (tracebacks above)", file=sys.stderr)
+    return 1 if left or report["failed"] else 0
 
 
 if __name__ == "__main__":
