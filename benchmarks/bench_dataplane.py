@@ -18,7 +18,8 @@ the table shows both side by side (twice the time of one run):
 Only ``mpkit`` is taken from DIR (its ``mpkit/`` folder); the benchmark's own modules always come
 from this checkout (DIR may predate them): both are linked into a temporary folder that goes first
 on sys.path and PYTHONPATH, for this process and every child. The header prints the commit and file
-of the mpkit in use, and a worker reports which mpkit it imported (checked).
+of the mpkit in use, and a worker reports which mpkit it imported (checked). Pointing PYTHONPATH at
+the other checkout is not enough: the script puts its own folder first; use --mpkit or --against.
 
 Cases (public API only: mpkit.map, mpkit.imap, Pipeline.run/imap/start):
   (a) Pipeline of 2 identity stages, 1 worker each, 1 KB bytes items from a generator: items/s,
@@ -45,7 +46,8 @@ Method: in each round the systems take turns, the order rotated from round to ro
 from other work on the machine falls on all alike; reported are medians over R rounds, and ratios
 are the median of the per-round ratios (paired). Pipelines start their workers inside each run and
 the direct chain its processes inside the timing too; pools (mpkit's default pool, Pool) are warm.
-Every system uses the same start method (mpkit's default on the platform, or --start-method).
+Every system uses the same start method: --start-method, else MPKIT_START_METHOD, else mpkit's
+default (forkserver where the platform has it, else spawn).
 Results: printed as markdown, and written to benchmarks/results/dataplane.md and dataplane.json
 (rows: case, what, value in seconds / bytes / items per second / ratio, shown, target, met). A case
 that fails is reported as such and the others still run; the exit code is 1 then, or if a worker
@@ -122,7 +124,7 @@ def set_paths(first: str) -> None:
     os.chdir(first)
 
 
-def checkout_facts(first: str) -> dict:
+def checkout_facts() -> dict:
     """Which mpkit this process imports: its file, and the commit of its checkout (if a git one)."""
     import mpkit
 
@@ -751,7 +753,7 @@ def leftover_children(timeout: float = 10.0) -> list:
 def run_cases(cfg, opts) -> dict:
     import mpkit
 
-    checkout = checkout_facts(sys.path[0])
+    checkout = checkout_facts()
     head = facts(cfg, opts, checkout)
     print("\n".join(["## Machine", ""] + head), file=sys.stderr, flush=True)
     check_worker_mpkit(opts.start_method)
@@ -835,7 +837,8 @@ def main() -> int:
     if opts.start_method is None:
         import multiprocessing as mp
 
-        opts.start_method = ("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+        opts.start_method = (os.environ.get("MPKIT_START_METHOD")  # mpkit's own override, if set
+                             or ("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"))
     if opts.against:
         path_dir(opts.against)  # checks it now, before the first child
         return against(cfg, opts)
