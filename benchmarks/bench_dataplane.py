@@ -720,7 +720,8 @@ def facts(cfg, opts, checkout: dict) -> list[str]:
 NOTES = [
     "- Medians of R rounds; ratios are medians of per-round ratios (paired), speed ratios above 1 mean mpkit is faster.",
     "- Pipelines start their stage processes inside each timed run (Pipeline.run/imap does), and so does "
-    "the direct chain; mpkit's default pool and multiprocessing.Pool are warm before any timed call.",
+    "the direct chain (its time ends at its last item received; its processes exit right after, untimed); "
+    "mpkit's default pool and multiprocessing.Pool are warm before any timed call.",
     "- Peak RSS growth: this process only (the notebook's), sampled every 50 ms, minus its RSS just "
     "before the run (after gc and malloc_trim, so that memory freed by an earlier round does not hide "
     "this one's); max over rounds. With Pipeline.run (no Pipeline.imap in the checkout) every result is kept until "
