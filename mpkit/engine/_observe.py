@@ -20,6 +20,7 @@ The engine chooses no front-end: a pool's or a pipeline's ``front_end`` (a :data
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from typing import Callable, Generic, Protocol, TypeVar, Union, runtime_checkable
@@ -88,7 +89,8 @@ S = TypeVar("S", MapStats, PipelineStats)
 
 class Watcher(Generic[S]):
     """Calls one observer off the engine's threads: ``update`` keeps only the latest snapshot for
-    the watcher's thread (started on the first one), ``close`` waits for it, then closes."""
+    the watcher's thread (started on the first one), ``close`` waits for it, then closes. Make it
+    in the thread whose output the observer's should join (the one calling map() or run())."""
 
     def __init__(self, observer, name: str):
         self.observer = observer
@@ -98,6 +100,9 @@ class Watcher(Generic[S]):
         self._closing = False
         self._thread: threading.Thread | None = None
         self._reported = False
+        # the thread runs in the context of the one that made the watcher (the cell's, in a
+        # kernel), so what an observer prints goes where that thread's output goes
+        self._context = contextvars.copy_context()
 
     def update(self, stats: S) -> None:
         """Hand over a snapshot; returns at once (a snapshot not yet shown is replaced)."""
@@ -106,8 +111,8 @@ class Watcher(Generic[S]):
                 return
             self._latest = stats
             if self._thread is None:
-                self._thread = threading.Thread(target=self._deliver, daemon=True,
-                                                name=f"mpkit-observer-{self.name}")
+                self._thread = threading.Thread(target=self._context.run, args=(self._deliver,),
+                                                daemon=True, name=f"mpkit-observer-{self.name}")
                 self._thread.start()
             self._cond.notify()
 

@@ -312,3 +312,57 @@ def test_magics_and_recipes_use_no_private_engine_attribute():
                         and node.args[1].value not in NOT_THE_ENGINES:
                     found.append(f"{folder}/{path.name}:{node.lineno} getattr {node.args[1].value}")
     assert not found, found
+
+
+# ---- the default front-ends, through the interface, in a real kernel --------------------------------
+def _outputs(kernel, code, timeout=120):
+    """Run a cell; its reply status, stdout text and the mimetypes of what it displayed."""
+    import queue
+    import time
+
+    msg_id = kernel.start(code)
+    shown, text, deadline = [], [], time.monotonic() + timeout
+    while True:
+        assert time.monotonic() < deadline, f"the cell did not finish within {timeout} s"
+        try:
+            msg = kernel.kc.get_iopub_msg(timeout=1)
+        except queue.Empty:
+            continue
+        if msg.get("parent_header", {}).get("msg_id") != msg_id:
+            continue
+        kind, content = msg["msg_type"], msg["content"]
+        if kind in ("display_data", "execute_result"):
+            shown += list(content["data"])
+        elif kind == "stream" and content["name"] == "stdout":
+            text.append(content["text"])
+        elif kind == "error":
+            raise AssertionError("\n".join(content["traceback"]))
+        elif kind == "status" and content["execution_state"] == "idle":
+            return shown, "".join(text)
+
+
+def test_a_kernel_shows_the_default_bar_dashboard_and_timeline(start_method):
+    pytest.importorskip("ipywidgets")
+    pytest.importorskip("matplotlib")
+    from tests.kernels import KernelSession
+
+    widget = "application/vnd.jupyter.widget-view+json"
+    kernel = KernelSession()
+    try:
+        _outputs(kernel, "import mpkit\nfrom tests import helpers, pipeline_tasks")
+        shown, text = _outputs(kernel, "r = mpkit.map(pipeline_tasks.slow, range(30), workers=2)\n"
+                                       "print(len(r))")
+        assert widget in shown and text.strip() == "30"      # tqdm's widget bar, by default
+        shown, _ = _outputs(kernel, "r = mpkit.map(helpers.square, range(3), workers=2, progress=False)")
+        assert widget not in shown
+        shown, text = _outputs(kernel, "pipe = mpkit.Pipeline('k').stage(pipeline_tasks.slow, workers=2)\n"
+                                       "out = pipe.run(range(40))\n"
+                                       "print(len(out), pipe.stats().completed)")
+        assert widget in shown and text.strip() == "40 40"   # the dashboard of a blocking run
+        shown, text = _outputs(kernel, "dash = pipe.dashboard()\nsvc = pipe.start()\n"
+                                       "print(svc.submit(7).result(timeout=60)); svc.stop(timeout=60)\n"
+                                       "print(dash.closed, dash.totals['completed'].value)\n"
+                                       "fig = pipe.timeline(); print(type(fig).__name__)")
+        assert text.split() == ["7", "True", "completed", "1", "Figure"], text
+    finally:
+        kernel.close()
