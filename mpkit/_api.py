@@ -10,13 +10,18 @@ The engine imports no front-end; it calls the ``front_end`` these set (``mpkit.e
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from . import engine
 from .engine import _default
 from .engine._arguments import check_map
 from .engine._errors import ResultList
 from .engine.process._manager import INIT_TIMEOUT
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from .widgets._dashboard import Dashboard
 
 
 def _map_front_end(progress: bool | None):
@@ -55,13 +60,13 @@ class Pipeline(engine.Pipeline):
     """
     front_end = staticmethod(_pipeline_front_end)
 
-    def dashboard(self):
+    def dashboard(self) -> Dashboard:
         """A live ipywidgets panel of this pipeline; shown by the runs and services that follow."""
         from .widgets._live import dashboard_for
 
         return dashboard_for(self)
 
-    def timeline(self):
+    def timeline(self) -> Figure:
         """A matplotlib figure of queue depth and throughput per stage over the last run."""
         from .widgets._timeline import timeline
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from ._arguments import check_batch, check_pipeline_run, check_stage, check_workers
 from ._errors import MapInterrupted, ResultList, _short_repr
@@ -40,6 +40,9 @@ from ._run import ON_ERROR
 #: MB. Lower it with ``maxsize=`` when items are big, raise it when they are tiny and the stage is
 #: fast. If in doubt, keep it: a full channel only makes the producer wait.
 DEFAULT_MAXSIZE = 1024
+
+if TYPE_CHECKING:
+    from ._service import Service
 
 _live: "weakref.WeakSet[Pipeline]" = weakref.WeakSet()
 
@@ -233,7 +236,7 @@ class Pipeline:
         return self._flow.started if self._flow is not None else None
 
     @property
-    def service(self):
+    def service(self) -> Service | None:
         """The service started last with :meth:`start` (running or not), or None."""
         return self._service
 
