@@ -183,6 +183,10 @@ def test_progress_true_without_a_front_end_says_what_to_do(start_method):
     with mpkit.engine.Pool(1, start_method=start_method) as pool:
         with pytest.raises(ValueError, match=r"progress=True.*mpkit\.Pool.*factory"):
             pool.map(helpers.square, range(3), progress=True)
+        with pytest.raises(ValueError, match=r"progress=True.*mpkit\.Pool.*factory"):
+            pool.imap(helpers.square, range(3), progress=True)  # at the call, not at the first next()
+    with pytest.raises(ValueError, match=r"progress=True.*'plain'.*mpkit\.Pipeline.*pipe\.observe"):
+        mpkit.engine.Pipeline("plain").stage(helpers.double).run([1], progress=True, start_method=start_method)
 
 
 # ---- pipelines ----------------------------------------------------------------------------------
@@ -251,11 +255,9 @@ def test_a_stuck_pipeline_front_end_does_not_hold_the_stages_back(start_method, 
 def test_a_front_end_watching_from_another_thread_gets_the_final_close(start_method):
     """The close reaches the observer after its last update, even when updates run long."""
     order = []
-    busy = threading.Event()
 
     class Slow:
         def update(self, stats):
-            busy.set()
             order.append("update")
             threading.Event().wait(0.2)
 
