@@ -248,15 +248,18 @@ class Pipeline:
         return {stage.name: stage.workers() for stage in flow.stages}
 
     def observe(self, observer: PipelineObserver) -> PipelineObserver:
-        """Attach a front-end: it gets the snapshots of the running flow (at once) and of every run
-        and service after it, until it has a true ``closed`` attribute (see ``PipelineObserver``).
-        While one is attached, ``run()`` shows no front-end of its own. Returns ``observer``."""
+        """Attach a front-end: it gets a snapshot at once (of the running or last run, if any), the
+        snapshots of the running flow, and those of every run and service after it, until it has a
+        true ``closed`` attribute (see ``PipelineObserver``). While one is attached, ``run()``
+        shows no front-end of its own. Returns ``observer``."""
         self._dashboards.append(observer)
         flow = self._flow
         if flow is not None and flow.state == "running":
             watcher = Watcher(observer, f"pipeline {self.name!r}")
             flow.observers.append(watcher)
             watcher.update(flow.snapshot())
+        elif flow is not None:
+            observer.update(flow.snapshot())  # the last run, as it ended (in this thread: nothing runs)
         return observer
 
     def scale(self, stage: str, workers: int) -> None:

@@ -212,6 +212,13 @@ def test_a_pipeline_front_end_of_ones_own_sees_counts_grow_and_every_item_at_the
     assert len(watch.finals) == 2
 
 
+def test_a_front_end_attached_after_a_run_shows_how_it_ended(start_method):
+    pipe = mpkit.engine.Pipeline("ended").stage(helpers.double)
+    pipe.run(range(5), start_method=start_method)
+    late = pipe.observe(PipelineRecorder())
+    assert [(s.state, s.completed) for s in late.updates] == [("stopped", 5)] and not late.finals
+
+
 def test_a_pipeline_front_end_that_raises_does_not_break_the_run(start_method, caplog):
     class Broken:
         def update(self, stats):
