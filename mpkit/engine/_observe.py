@@ -11,8 +11,11 @@ A front-end gets frozen snapshots only (:class:`MapStats`, :class:`PipelineStats
 a run or a process, so it can neither slow nor break what it watches: the engine hands each
 snapshot to a :class:`Watcher`, which calls the observer from a thread of its own. A slow observer
 skips snapshots (it gets the latest when it is ready) while the workers go on; an observer that
-raises is reported once through the ``mpkit`` logger and keeps getting snapshots; ``close`` comes
-once, after the last ``update`` returned (the engine waits up to ``CLOSE_WAIT`` for it).
+raises an ``Exception`` is reported once through the ``mpkit`` logger and keeps getting
+snapshots, while a ``KeyboardInterrupt`` (or ``SystemExit``) it raises is raised again in the
+engine's thread (the map's caller, the pipeline's router) as if it had been raised there: it stops
+the run. ``close`` comes once, after the last ``update`` returned (the engine waits up to
+``CLOSE_WAIT`` for it).
 
 The engine chooses no front-end: a pool's or a pipeline's ``front_end`` (a :data:`MapFrontEnd` or
 :data:`PipelineFrontEnd`) turns ``progress=True/None`` into one, and ``mpkit.Pool`` /
@@ -100,13 +103,18 @@ class Watcher(Generic[S]):
         self._closing = False
         self._thread: threading.Thread | None = None
         self._reported = False
+        self._raised: BaseException | None = None  # an interrupt the observer raised, for the engine
         # the thread runs in the context of the one that made the watcher (the cell's, in a
         # kernel), so what an observer prints goes where that thread's output goes
         self._context = contextvars.copy_context()
 
     def update(self, stats: S) -> None:
-        """Hand over a snapshot; returns at once (a snapshot not yet shown is replaced)."""
+        """Hand over a snapshot; returns at once (a snapshot not yet shown is replaced). Raises
+        here what the observer raised that is not an ``Exception`` (``KeyboardInterrupt``...)."""
         with self._cond:
+            raised, self._raised = self._raised, None
+            if raised is not None:
+                raise raised
             if self._closing:
                 return
             self._latest = stats
@@ -121,17 +129,20 @@ class Watcher(Generic[S]):
         return self._call("write", text, stream)
 
     def close(self, stats: S) -> None:
-        """The final snapshot, once: after the update running now (up to ``CLOSE_WAIT`` s)."""
+        """The final snapshot, once: after the updates handed over (up to ``CLOSE_WAIT`` s)."""
         with self._cond:
             if self._closing:
                 return
             self._closing = True
-            self._latest = None  # the final snapshot says more than any still waiting
             thread = self._thread
             self._cond.notify()
         if thread is not None and thread is not threading.current_thread():
             thread.join(CLOSE_WAIT)
         self._call("close", stats)
+        with self._cond:
+            raised, self._raised = self._raised, None
+        if raised is not None:
+            raise raised
 
     @property
     def closed(self) -> bool:
@@ -142,10 +153,14 @@ class Watcher(Generic[S]):
             with self._cond:
                 while self._latest is None and not self._closing:
                     self._cond.wait()
-                if self._closing:
-                    return
+                if self._latest is None:
+                    return  # closing, every snapshot handed over delivered
                 stats, self._latest = self._latest, None
-            self._call("update", stats)
+            try:
+                self._call("update", stats)
+            except BaseException as exc:  # noqa: BLE001 - an interrupt or exit: the engine's thread raises it
+                with self._cond:
+                    self._raised = exc
 
     def _call(self, method: str, *args) -> bool:
         try:
