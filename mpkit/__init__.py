@@ -6,8 +6,8 @@
     %load_ext mpkit
     %%mp_pool items -n 4 -o results         # a cell's function mapped over items
 """
-from ._api import imap, map, shutdown
-from .engine import (Failure, MapInterrupted, MapStats, Pipeline, PipelineStats, Pool, Service, StageStats, RemoteError, RemoteTraceback,
+from ._api import Pipeline, Pool, imap, map, shutdown
+from .engine import (Failure, MapInterrupted, MapStats, PipelineStats, Service, StageStats, RemoteError, RemoteTraceback,
                      ResultList, SerializationError, TaskTimeout, WorkerDied, WorkerInitError, MpkitWarning)
 
 __version__ = "0.1.0"

@@ -1,12 +1,76 @@
-"""``mpkit.map`` and ``mpkit.imap``: the default pool with a progress display chosen for where they run."""
+"""The user-facing layer: the engine with front-ends chosen for where it runs.
+
+    mpkit.map / mpkit.imap ─► the default pool (engine) ─ progress= resolved here ─► a bar (widgets)
+    mpkit.Pool             = engine Pool      + front_end: a bar in IPython / Jupyter
+    mpkit.Pipeline         = engine Pipeline  + front_end: a dashboard in Jupyter, text in a terminal,
+                                              + dashboard() and timeline()
+
+The engine imports no front-end; it calls the ``front_end`` these set (``mpkit.engine.MapFrontEnd``,
+``PipelineFrontEnd``), and the widgets are imported only when one is shown.
+"""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
+from . import engine
 from .engine import _default
 from .engine._arguments import check_map
 from .engine._errors import ResultList
 from .engine.process._manager import INIT_TIMEOUT
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from .widgets._dashboard import Dashboard
+
+
+def _map_front_end(progress: bool | None):
+    """``mpkit.widgets``' choice of bar (imported only now: ``import mpkit`` stays light)."""
+    from .widgets._live import map_front_end
+
+    return map_front_end(progress)
+
+
+def _pipeline_front_end(progress: bool | None, title: str):
+    from .widgets._live import pipeline_front_end
+
+    return pipeline_front_end(progress, title)
+
+
+def _progress_for(progress):
+    """``progress=`` of mpkit.map for the default pool (which has no front-end): a factory or False."""
+    if progress is None or isinstance(progress, bool):
+        return _map_front_end(progress) or False
+    return progress
+
+
+class Pool(engine.Pool):
+    __doc__ = engine.Pool.__doc__ + """
+    ``progress=`` of its maps shows a bar by default under IPython and Jupyter (``mpkit.widgets``);
+    the engine's ``mpkit.engine.Pool`` shows none unless given a factory.
+    """
+    front_end = staticmethod(_map_front_end)
+
+
+class Pipeline(engine.Pipeline):
+    __doc__ = engine.Pipeline.__doc__ + """
+
+    A blocking ``run()`` shows a live dashboard in Jupyter, or a status line in a terminal;
+    :meth:`dashboard` and :meth:`timeline` show it on demand.
+    """
+    front_end = staticmethod(_pipeline_front_end)
+
+    def dashboard(self) -> Dashboard:
+        """A live ipywidgets panel of this pipeline; shown by the runs and services that follow."""
+        from .widgets._live import dashboard_for
+
+        return dashboard_for(self)
+
+    def timeline(self) -> Figure:
+        """A matplotlib figure of queue depth and throughput per stage over the last run."""
+        from .widgets._timeline import timeline
+
+        return timeline(self.history())
 
 
 def map(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize: int | str = "auto",
@@ -40,7 +104,7 @@ def map(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize:
     try:
         pool.set_init_timeout(INIT_TIMEOUT if init_timeout is None else init_timeout)
         return pool.map(fn, items, workers=workers, chunksize=chunksize, ordered=ordered, on_error=on_error,
-                        retries=retries, timeout=timeout, progress=progress,
+                        retries=retries, timeout=timeout, progress=_progress_for(progress),
                         max_tasks_per_child=max_tasks_per_child)
     finally:
         _default.release(pool)
@@ -63,8 +127,8 @@ def imap(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize
     try:
         pool.set_init_timeout(INIT_TIMEOUT if init_timeout is None else init_timeout)
         results = pool.imap(fn, items, workers=workers, chunksize=chunksize, ordered=ordered,
-                            on_error=on_error, retries=retries, timeout=timeout, progress=progress,
-                            max_tasks_per_child=max_tasks_per_child)
+                            on_error=on_error, retries=retries, timeout=timeout,
+                            progress=_progress_for(progress), max_tasks_per_child=max_tasks_per_child)
     except BaseException:
         _default.release(pool)
         raise

@@ -71,8 +71,9 @@ def _current(workers, init, start_method) -> Pool:
     return _pool
 
 
-def current() -> Pool | None:
-    """The default pool if one is running (for ``%mp_ps``), without starting one."""
+def default_pool() -> Pool | None:
+    """The pool behind ``mpkit.map`` and ``mpkit.imap`` if one is running, without starting one
+    (``None`` before the first map and after ``mpkit.shutdown()``)."""
     return _pool
 
 

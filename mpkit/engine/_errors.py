@@ -338,12 +338,11 @@ class MapInterrupted(_Picklable, KeyboardInterrupt):
         until the cell ends, so that it cannot replace this one (and its results) in sys.last_value."""
         import traceback
 
-        from IPython import get_ipython
-
         from ._interrupts import hold_while_shown
 
         hold_while_shown()
-        shell = get_ipython()
+        ipython = sys.modules.get("IPython")  # only IPython calls this hook: it is imported already
+        shell = ipython.get_ipython() if ipython is not None else None
         if shell is None:
             return traceback.format_exception(self)
         return shell.InteractiveTB.structured_traceback(type(self), self, self.__traceback__)

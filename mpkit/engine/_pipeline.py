@@ -11,18 +11,26 @@ A ``Pipeline`` is only a description (stage specs); each ``run()`` or ``start()`
 ``Flow`` (``_flow``) with its own worker processes and router thread, and tears it down at the
 end. ``run()`` feeds the flow from the calling thread; a ``Service`` (``_service``) from whichever
 threads call ``submit()``.
+
+    pipe.observe(obs) ─► kept ─► each flow: Watcher(obs) ◄── PipelineStats, 10/s, from the router
+    run(progress=...) ─► front_end(progress, name) ─► one more observer for that run only
+
+Front-ends plug in through ``_observe``: ``observe()`` attaches any ``PipelineObserver``, and a
+blocking ``run()`` with no observer attached shows what the pipeline's ``front_end`` makes of
+``progress=``. The engine has no front-end of its own; ``mpkit.Pipeline`` (a dashboard in Jupyter,
+a status line in a terminal, plus ``dashboard()`` and ``timeline()``) sets it.
 """
 from __future__ import annotations
 
-import sys
 import weakref
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from ._arguments import check_batch, check_pipeline_run, check_stage, check_workers
 from ._errors import MapInterrupted, ResultList, _short_repr
 from ._flow import Flow, FlowEnded
 from ._interrupts import held_interrupts
+from ._observe import PipelineFrontEnd, PipelineObserver, Watcher
 from .process._pool import _check_max_tasks
 from ._pipeline_stats import PipelineStats
 from ._run import ON_ERROR
@@ -32,6 +40,9 @@ from ._run import ON_ERROR
 #: MB. Lower it with ``maxsize=`` when items are big, raise it when they are tiny and the stage is
 #: fast. If in doubt, keep it: a full channel only makes the producer wait.
 DEFAULT_MAXSIZE = 1024
+
+if TYPE_CHECKING:
+    from ._service import Service
 
 _live: "weakref.WeakSet[Pipeline]" = weakref.WeakSet()
 
@@ -54,12 +65,17 @@ class StageSpec:
 class Pipeline:
     """A chain of process stages; see the module docstring."""
 
+    #: What a blocking ``run(progress=...)`` shows when no observer is attached (see
+    #: ``_observe.PipelineFrontEnd``); the engine's pipelines have none. ``mpkit.Pipeline`` sets one.
+    front_end: PipelineFrontEnd | None = None
+
     def __init__(self, name: str = "pipeline"):
         self.name = name
         self._specs: list[StageSpec] = []
         self._batch: tuple[int, float] | None = None
         self._flow: Flow | None = None      # the running or last flow
-        self._dashboards: list = []
+        self._dashboards: list = []         # observers attached with observe() (dashboards among them)
+        self._service = None                # the last service started (set by Service)
         _live.add(self)
 
     # ---- building ---------------------------------------------------------------------------
@@ -116,6 +132,12 @@ class Pipeline:
     @property
     def stages(self) -> list[str]:
         return [s.name for s in self._specs]
+
+    @property
+    def specs(self) -> tuple[StageSpec, ...]:
+        """The stages as built, in order: each a frozen ``StageSpec`` (name, workers, maxsize of its
+        input channel, batch, retries, timeout, key...)."""
+        return tuple(self._specs)
 
     # ---- running ----------------------------------------------------------------------------
     def run(self, items: Iterable, *, ordered: bool = False, on_error: str = "raise",
@@ -184,9 +206,10 @@ class Pipeline:
             raise RuntimeError(f"pipeline {self.name!r} is already running; stop it first (svc.stop())")
         self._dashboards = [d for d in self._dashboards if not getattr(d, "closed", False)]
         observers = list(self._dashboards)  # a closed dashboard showed an earlier run: a new one shows this
-        front = _front_end(progress, self.name) if not observers else None
+        front = self._front_end_for(progress) if not observers else None
         if front is not None:
             observers.append(front)
+        observers = [Watcher(o, f"pipeline {self.name!r}") for o in observers]
         self._flow = Flow(self.name, self._specs, on_error=on_error, ordered=ordered,
                           start_method=start_method, observers=observers, service=service)
         return self._flow
@@ -202,11 +225,42 @@ class Pipeline:
         """The snapshots of the last run, about ten a second."""
         return list(self._flow.history) if self._flow is not None else []
 
-    def timeline(self):
-        """A matplotlib figure of queue depth and throughput per stage over the last run."""
-        from ..widgets._timeline import timeline
+    @property
+    def state(self) -> str:
+        """``"ready"`` (never run), ``"running"``, ``"stopped"`` or ``"failed"``: of the last run or service."""
+        return self._flow.state if self._flow is not None else "ready"
 
-        return timeline(self.history())
+    @property
+    def started(self) -> float | None:
+        """When the last run or service started (``time.perf_counter()``), or None."""
+        return self._flow.started if self._flow is not None else None
+
+    @property
+    def service(self) -> Service | None:
+        """The service started last with :meth:`start` (running or not), or None."""
+        return self._service
+
+    def workers(self) -> dict[str, list[tuple[int, int, str]]]:
+        """``{stage: [(worker id, pid, "busy" or "idle"), ...]}`` while it runs; ``{}`` otherwise."""
+        flow = self._flow
+        if flow is None or flow.state != "running":
+            return {}
+        return {stage.name: stage.workers() for stage in flow.stages}
+
+    def observe(self, observer: PipelineObserver) -> PipelineObserver:
+        """Attach a front-end: it gets a snapshot at once (of the running or last run, if any), the
+        snapshots of the running flow, and those of every run and service after it, until it has a
+        true ``closed`` attribute (see ``PipelineObserver``). While one is attached, ``run()``
+        shows no front-end of its own. Returns ``observer``."""
+        self._dashboards.append(observer)
+        flow = self._flow
+        if flow is not None and flow.state == "running":
+            watcher = Watcher(observer, f"pipeline {self.name!r}")
+            flow.observers.append(watcher)
+            watcher.update(flow.snapshot())
+        elif flow is not None:
+            observer.update(flow.snapshot())  # the last run, as it ended (in this thread: nothing runs)
+        return observer
 
     def scale(self, stage: str, workers: int) -> None:
         """Change a stage's worker count, live: workers are added, or retired when idle."""
@@ -220,23 +274,16 @@ class Pipeline:
         if self._flow is not None and self._flow.state == "running":
             self._flow.scale(stage, workers)
 
-    def dashboard(self):
-        """A live ipywidgets panel of this pipeline; shown by the runs and services that follow."""
-        from ..widgets._dashboard import Dashboard
-
-        dash = Dashboard(self.name, on_stop=self._stop_from_dashboard, on_scale=self.scale)
-        self._dashboards.append(dash)
-        if self._flow is not None:
-            self._flow.observers.append(dash)
-            dash.update(self._flow.snapshot())
-        return dash
-
-    def _stop_from_dashboard(self) -> None:
-        """The Stop button: stop the running service without waiting (the click handler must
-        return at once); what is still inside is cancelled, and the processes leave within a tick."""
-        service = getattr(self, "_service", None)
-        if service is not None and service.running:
-            service.stop(drain=False, timeout=0)
+    def _front_end_for(self, progress: bool | None) -> PipelineObserver | None:
+        if self.front_end is not None:
+            return self.front_end(progress, self.name)
+        if progress:
+            raise ValueError(f"progress=True asks for a live view of pipeline {self.name!r}, but it has no "
+                             "front-end to draw one (a pipeline of mpkit.engine, which imports no widgets). "
+                             "Fix: use mpkit.Pipeline (a dashboard in Jupyter, a status line in a terminal), "
+                             "or attach a front-end of your own with pipe.observe(obj), obj having "
+                             "update(stats) and close(stats) (mpkit.engine.PipelineObserver).")
+        return None
 
     def __repr__(self) -> str:
         state = self._flow.state if self._flow is not None else "ready"
@@ -248,24 +295,6 @@ def _replace(spec: StageSpec, **changes) -> StageSpec:
     from dataclasses import replace
 
     return replace(spec, **changes)
-
-
-def _front_end(progress: bool | None, title: str):
-    """The live view of a blocking run: a dashboard in Jupyter, a text status in a terminal."""
-    from ..widgets._progress import in_ipython, in_kernel
-
-    if progress is False or (progress is None and not in_ipython()):
-        return None
-    if in_kernel():
-        from ..widgets._dashboard import Dashboard
-        from IPython.display import display
-
-        dash = Dashboard(title)
-        display(dash)
-        return dash
-    from ..widgets._status import TextStatus
-
-    return TextStatus(title, stream=sys.stderr)
 
 
 def live_pipelines() -> list[Pipeline]:

@@ -5,12 +5,14 @@
     Run.feed(): items ─► Run.pending chunks ─wake()──► takes chunks, runs them on its workers,
     _drive() ◄── Run.done batches / Run.failures ◄──── reports each chunk back into the Run
              ◄── OutputRelay (prints) ◄─────────────── (chunk_done / crashed / timed_out ...)
-    progress.update(MapStats) at most 10/s
+    Watcher(progress bar) ◄── MapStats snapshots, at most 10/s ── the bar's own thread: update()
+                        ◄── worker output, in order ─────────── this thread: write()
 
 ``BasePool`` holds what does not depend on where workers run: the Run (the ledger of one map),
 feeding it within bounds, handing results over in order, cancelling on an error or an interrupt,
-and the progress front-end. A backend's pool (``process.Pool``) subclasses it and adds how
-workers are started.
+and feeding the progress front-end (any ``_observe.MapObserver``; what ``progress=True`` shows is
+the pool's ``front_end``: the engine has none, ``mpkit.Pool`` and ``mpkit.map`` set one). A
+backend's pool (``process.Pool``) subclasses it and adds how workers are started.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from ._backend import Backend
 from ._chunking import MAX_CHUNK
 from ._errors import MapInterrupted, MpkitWarning, ResultList, _short_repr
 from ._interrupts import held_interrupts
+from ._observe import MapFrontEnd, Watcher
 from ._output import OutputRelay
 from ._run import Run
 
@@ -45,6 +48,10 @@ class BasePool:
     _backend: Backend
     output: OutputRelay
     size: int
+    #: What ``progress=True`` / ``None`` shows (see ``_observe.MapFrontEnd``); the engine's pools
+    #: have none (no bar by default, and ``progress=True`` asks for a factory). Set it on a
+    #: subclass or an instance: ``mpkit.Pool`` shows a bar in IPython and Jupyter.
+    front_end: MapFrontEnd | None = None
 
     def __init__(self) -> None:
         self._timings: dict[str, float] = {}  # function id -> seconds per item, last measured
@@ -57,11 +64,12 @@ class BasePool:
         """``fn`` applied to every item in worker processes; a :class:`ResultList` in input order.
 
         See :func:`mpkit.map` for the arguments; ``progress`` may also be a factory
-        ``(description, total) -> bar`` for a front-end of your own (see ``mpkit.widgets``).
+        ``(description, total) -> bar`` for a front-end of your own (``mpkit.engine.MapObserver``).
         """
         __tracebackhide__ = True
         _arguments.check_map(fn, workers=workers, chunksize=chunksize, ordered=ordered, on_error=on_error,
                              retries=retries, timeout=timeout, progress=progress)
+        progress = self._progress_factory(progress)
         total = _length(items)
         run = self._new_run(fn, items, total, workers, chunksize, ordered, on_error, retries, timeout)
         run.max_tasks_per_child = _check_max_tasks(max_tasks_per_child)
@@ -106,6 +114,7 @@ class BasePool:
         __tracebackhide__ = True
         _arguments.check_map(fn, workers=workers, chunksize=chunksize, ordered=ordered, on_error=on_error,
                              retries=retries, timeout=timeout, progress=progress)
+        progress = self._progress_factory(progress)
         run = self._new_run(fn, items, _length(items), workers, chunksize, ordered, on_error, retries, timeout)
         run.max_tasks_per_child = _check_max_tasks(max_tasks_per_child)
         return self._imap(run, progress)
@@ -208,9 +217,8 @@ class BasePool:
         """
         __tracebackhide__ = True
         manager = self._backend
+        progress = Watcher(progress(run.fn_name, run.total), run.fn_name) if progress is not None else None
         manager.add(run)
-        progress = _progress_factory(progress)
-        progress = progress(run.fn_name, run.total) if progress is not None else None
         max_pending = 2 * run.max_workers
         # ordered imap: results held back for an earlier slow item are bounded, so memory stays
         # flat; the bound leaves room for every worker's chunks in flight.
@@ -258,9 +266,7 @@ class BasePool:
 
     def _show(self, run: Run, progress, final: bool = False) -> None:
         for stream, text in self.output.drain(final):
-            if progress is not None:
-                progress.write(text, stream)
-            else:
+            if progress is None or not progress.write(text, stream):  # a broken bar: printed instead
                 (sys.stderr if stream == "stderr" else sys.stdout).write(text)
         if progress is not None:
             stats = run.snapshot()
@@ -282,6 +288,20 @@ class BasePool:
         """What the backend sends a worker to give it a function (the backend's own format)."""
         return payload
 
+    def _progress_factory(self, progress):
+        """``progress=`` as given to map: a factory ``(description, total) -> MapObserver`` (used as
+        is), or True/False/None, which this pool's ``front_end`` turns into one (or into none)."""
+        if progress is not None and not isinstance(progress, bool):
+            return progress
+        if self.front_end is not None:
+            return self.front_end(progress)
+        if progress:
+            raise ValueError("progress=True asks for a progress bar, but this pool has no front-end to "
+                             "draw one (a pool of mpkit.engine, which imports no widgets). Fix: use "
+                             "mpkit.Pool or mpkit.map, which show a bar, or pass progress=a factory (description, total) -> an object with update(stats), "
+                             "write(text, stream) and close(stats) (mpkit.engine.MapObserver).")
+        return None
+
 
 _SKIPPED = object()
 
@@ -291,17 +311,6 @@ def _check_max_tasks(value):
         raise ValueError(f"max_tasks_per_child must be a positive whole number (items a worker runs "
                          f"before it is replaced by a fresh one) or None for no limit, not {value!r}")
     return value
-
-
-def _progress_factory(progress):
-    """``progress=`` as given to map: True/False/None (a bar by default only under IPython), or a
-    factory ``(description, total) -> bar`` with ``update(stats)``, ``write(text, stream)`` and
-    ``close(stats)``. The bar itself is a front-end (``mpkit.widgets``), imported only when used."""
-    if progress is None or isinstance(progress, bool):
-        from ..widgets._progress import progress_factory
-
-        return progress_factory(progress)
-    return progress
 
 
 class _Fatal:

@@ -10,9 +10,8 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from ..engine import _default
-from ..engine._pipeline import Pipeline, live_pipelines
-from ..engine.process._pool import live_pools
+from .. import shutdown
+from ..engine import Pipeline, default_pool, live_pipelines, live_pools
 from ._cellmodule import CellError, register_cell_file
 
 
@@ -62,14 +61,15 @@ class OpsMagics(Magics):
     def mp_dashboard(self, line: str):
         """Show the live dashboard of a pipeline: by name, by variable, or the one used last."""
         args = parse_argstring(self.mp_dashboard, line)
-        pipe = self._pipeline(args.name)
-        return pipe.dashboard()
+        from ..widgets._live import dashboard_for
+
+        return dashboard_for(self._pipeline(args.name))
 
     @line_magic
     def mp_ps(self, line: str = ""):
         """List the pools and pipelines alive in this kernel, with their workers' pids and states."""
         rows = []
-        default = _default.current()
+        default = default_pool()
         for pool in live_pools():
             label = "mpkit.map pool" if pool is default else "Pool"
             if pool.output.label:
@@ -77,14 +77,10 @@ class OpsMagics(Magics):
             rows.append(f"{label} ({pool.start_method}, {pool.size} workers)")
             rows += [f"    worker {wid}  pid {pid}  {state}" for wid, pid, state in pool.workers()]
         for pipe in live_pipelines():
-            flow = pipe._flow
-            state = flow.state if flow is not None else "ready"
-            rows.append(f"Pipeline {pipe.name!r} ({state}): {' -> '.join(pipe.stages)}")
-            if flow is not None and state == "running":
-                for stage in flow.stages:
-                    workers = stage.workers()
-                    rows.append(f"    stage {stage.name}" + ("" if workers else " (no worker started yet)"))
-                    rows += [f"        worker {wid}  pid {pid}  {st}" for wid, pid, st in workers]
+            rows.append(f"Pipeline {pipe.name!r} ({pipe.state}): {' -> '.join(pipe.stages)}")
+            for stage, workers in pipe.workers().items():  # while it runs
+                rows.append(f"    stage {stage}" + ("" if workers else " (no worker started yet)"))
+                rows += [f"        worker {wid}  pid {pid}  {st}" for wid, pid, st in workers]
         print("\n".join(rows) if rows else "no mpkit pools or pipelines alive")
 
     @magic_arguments()
@@ -96,15 +92,15 @@ class OpsMagics(Magics):
         args = parse_argstring(self.mp_stop, line)
         if args.all:
             for pipe in live_pipelines():
-                service = getattr(pipe, "_service", None)
+                service = pipe.service
                 if service is not None and service.running:
                     service.stop(drain=False, timeout=5)
-            _default.shutdown()
+            shutdown()
             return
         if args.name is None:
             raise UsageError("%mp_stop NAME stops a pipeline service; %mp_stop --all stops everything")
         pipe = self._pipeline(args.name)
-        service = getattr(pipe, "_service", None)
+        service = pipe.service
         if service is None or not service.running:
             raise UsageError(f"pipeline {pipe.name!r} has no running service (a blocking run stops "
                              "with the kernel's interrupt)")
@@ -125,7 +121,6 @@ class OpsMagics(Magics):
             raise UsageError(f"no pipeline named {name!r} (pipelines alive: {known})")
 
         def recency(p: Pipeline):
-            flow = p._flow
-            return (flow is not None and flow.state == "running", flow.started if flow is not None else 0.0)
+            return (p.state == "running", p.started or 0.0)
 
         return max(named, key=recency)

@@ -63,7 +63,7 @@ def write_splits(splits: dict[str, list[list[str]]], out_dir: Path, start_method
     """
     from functools import partial
 
-    from ..engine._pipeline import Pipeline
+    from .. import Pipeline
 
     std_dir, mmi_dir = out_dir / "std", out_dir / "mmi"
     for folder in (std_dir, mmi_dir):

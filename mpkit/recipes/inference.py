@@ -31,7 +31,7 @@ import zlib
 from concurrent.futures import Future, wait
 from typing import Any, Callable, Iterable
 
-from ..engine import Pipeline, PipelineStats
+from .. import Pipeline, PipelineStats
 from ..engine._errors import _short_repr
 
 __all__ = ["BatchPredictor", "NumpyEmbedder", "MiniLM", "minilm_available"]
@@ -131,7 +131,7 @@ class BatchPredictor:
 
         At most one channel's worth of requests (1024, or ``max_batch`` if larger) is inside at
         once: the rest are sent as earlier ones come out, so any number of inputs is fine."""
-        window = max(self.pipeline._specs[0].maxsize, self.max_batch)
+        window = max(self.pipeline.specs[0].maxsize, self.max_batch)
         futures: list[Future] = []
         oldest = 0
         for x in xs:

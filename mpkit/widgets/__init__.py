@@ -1,1 +1,4 @@
-"""Front-ends: progress bars (and later dashboards) that read engine snapshots, never queues."""
+"""Front-ends over the engine's observer interface (``mpkit.engine.MapObserver`` /
+``PipelineObserver``): progress bars (``_progress``), the pipeline dashboard (``_dashboard``), a
+text status for terminals (``_status``), the timeline figure (``_timeline``), and which of them
+fits where mpkit runs (``_live``). They read frozen snapshots, never queues or processes."""

@@ -9,8 +9,8 @@
     | +-----------------+      +-----------------+      +== bottleneck =====+      |
     +----------------------------------------------------------------------------+
 
-The engine (or a poller) calls ``update(stats)`` at most ``SNAPSHOT_HZ`` times a second and
-``close(stats)`` once; the controls only call back (``on_stop()``, ``on_scale(name, n)``), so this
+A ``mpkit.engine.PipelineObserver``: the engine (from an observer thread of its own) or a poller
+calls ``update(stats)`` at most ``SNAPSHOT_HZ`` times a second and ``close(stats)`` once; the controls only call back (``on_stop()``, ``on_scale(name, n)``), so this
 module never touches a queue or a process. Cards are built from the first snapshot that has
 stages and rebuilt only if the stage names change. ipywidgets is imported when a Dashboard is made.
 """

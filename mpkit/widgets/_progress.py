@@ -1,7 +1,8 @@
 """A progress bar over ``MapStats`` snapshots: tqdm's widget bar in Jupyter, its text bar elsewhere.
 
-The engine calls ``update(stats)`` at most ten times a second, ``write(text, stream)`` for worker
-output, and ``close(stats)`` once at the end; this adapter never sees a queue or a process.
+A ``mpkit.engine.MapObserver``: the engine calls ``update(stats)`` at most ten times a second
+(from a thread of its own), ``write(text, stream)`` for worker output (from the thread running the
+map), and ``close(stats)`` once at the end; this adapter never sees a queue or a process.
 """
 from __future__ import annotations
 
