@@ -36,7 +36,7 @@ from collections import OrderedDict, deque
 from multiprocessing.connection import wait as mp_wait
 
 from .. import _serialize
-from . import _worker
+from . import _wire, _worker
 from .._errors import WorkerInitError, _short_repr, describe_exit, remote_exception
 from .._output import OutputRelay
 from ._proctree import Trees
@@ -377,8 +377,7 @@ class Manager:
                 while len(w.fns) > FN_CACHE_SIZE:
                     old, _ = w.fns.popitem(last=False)
                     w.conn.send_bytes(pickle.dumps((_worker.FORGET, old), _worker.PROTOCOL))
-            w.conn.send_bytes(pickle.dumps((_worker.RUN, chunk.id, run.fn_id, chunk.payload, chunk.batch),
-                                           _worker.PROTOCOL))
+            _wire.send(w.conn, (_worker.RUN, chunk.id, run.fn_id, chunk.payload, chunk.batch))
         except OSError:
             pass  # the worker died; its sentinel fires and what it held is handled in _bury
 
@@ -395,7 +394,7 @@ class Manager:
     def _read(self, w: _Worker) -> None:
         try:
             while w.conn.poll():
-                self._handle(w, pickle.loads(w.conn.recv_bytes()))
+                self._handle(w, _wire.receive(w.conn))
         except (EOFError, OSError):
             pass
 

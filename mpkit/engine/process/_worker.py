@@ -37,7 +37,7 @@ import time
 import traceback
 
 from .. import _serialize
-from . import _capture, _proctree
+from . import _capture, _proctree, _wire
 from .._errors import ExceptionRecord, SerializationError
 
 # Message kinds, parent -> worker.
@@ -84,6 +84,12 @@ class _Sender:
     def send(self, data: bytes) -> None:
         with self._lock:
             self._conn.send_bytes(data)
+
+    def send_message(self, msg: tuple) -> None:
+        """A message whose large buffers go through shared memory (``_wire``): the frame and its
+        fd leave under the lock, so the output thread cannot come between them."""
+        with self._lock:
+            _wire.send(self._conn, msg)
 
 
 class _CapturedStream(io.TextIOBase):
@@ -159,10 +165,10 @@ class _OutputRelay:
 def _receive_forever(conn, inbox: queue.SimpleQueue) -> None:
     while True:
         try:
-            data = conn.recv_bytes()
+            msg = _wire.receive(conn)  # with its shared memory, taken right after the frame
         except (EOFError, OSError):
             os._exit(CLEAN_EXIT)  # the notebook process is gone: never outlive it
-        inbox.put(data)
+        inbox.put(msg)
 
 
 def _frames(tb) -> list[tuple[str, int, str, str | None]]:
@@ -287,10 +293,10 @@ class _ChunkRunner:
     def _send(self, kind: str, chunk_id: int, offset: int, results, failures, seconds: float) -> None:
         self.slot[SLOT_ITEM] = -1 - offset        # a death from here on: while sending these results
         self.relay.flush()
-        self.sender.send(_encode_results(kind, chunk_id, offset, results, failures, seconds))
+        self.sender.send_message(_results_message(kind, chunk_id, offset, results, failures, seconds))
 
 
-def _encode_results(kind, chunk_id, offset, results, failures, seconds) -> bytes:
+def _results_message(kind, chunk_id, offset, results, failures, seconds) -> tuple:
     """A "part" or "done" message; results are pickled apart so the parent can blame a bad one.
     Failure offsets are relative to the chunk."""
     try:
@@ -311,7 +317,7 @@ def _encode_results(kind, chunk_id, offset, results, failures, seconds) -> bytes
                 failures.append((offset + position, pickle.dumps(err, PROTOCOL), f"SerializationError: {err}", []))
         failures.sort(key=lambda f: f[0])
         results_bytes = _serialize.pack(results)
-    return pickle.dumps((kind, chunk_id, offset, results_bytes, failures, seconds), PROTOCOL)
+    return kind, chunk_id, offset, results_bytes, failures, seconds
 
 
 def _unpicklable_result(value, exc: BaseException) -> SerializationError:
@@ -403,10 +409,9 @@ def main(conn, worker_id: int, init_payload: bytes | None, context: tuple | None
     broken: dict[str, tuple] = {}
     while True:
         try:
-            data = inbox.get(timeout=idle_timeout)
+            msg = inbox.get(timeout=idle_timeout)  # unpickled by the receiver: str, int, bytes, Pickled
         except queue.Empty:
             _leave(relay, sender)
-        msg = pickle.loads(data)  # the envelope holds only str, int and bytes: it always loads
         kind = msg[0]
         if kind == RUN:
             _, chunk_id, fn_id, items_bytes, batch = msg
@@ -421,7 +426,7 @@ def main(conn, worker_id: int, init_payload: bytes | None, context: tuple | None
                 _, text, frames = _describe_exception(exc, skip_frames=0)
                 sender.send(pickle.dumps((UNDECODABLE, chunk_id, text, frames), PROTOCOL))
                 continue
-            del items_bytes
+            del items_bytes, msg  # the shared memory goes with the last array that points into it
             runner.run(chunk_id, fn, items, batch)
             del items
         elif kind == FN:

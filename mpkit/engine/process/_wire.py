@@ -1,0 +1,178 @@
+"""The wire of the process backend: one message over a worker's duplex pipe, its large buffers
+through shared memory.
+
+    sender (the manager thread; in a worker, under its _Sender lock)    receiver
+    ─────────────────────────────────────────────────────────────────   ───────────────────────────
+    pickle(msg, protocol 5, buffer_callback): the out-of-band buffers
+    of its Pickled parts (_serialize.pack) set apart
+      fewer than SHM_BYTES in all: in band ──── frame: the pickle ───►  pickle.loads(frame)
+      else: copied into ONE memfd segment (64-byte aligned)
+            frame: "S" + (offset, size) per buffer + pickle ──pipe──►  recv_bytes()
+            the segment's fd ──SCM_RIGHTS, same socket, right after──►  recvmsg(): the fd
+            the sender closes its fd at once                            mmap (private, copy on write),
+                                                                        fd closed; pickle.loads(frame,
+                                                                        buffers=slices of the mapping):
+                                                                        arrays point into it, zero copy
+
+Leak-free by construction: a memfd segment has no name (nothing in /dev/shm), and the kernel frees
+its memory when the last fd or mapping of it goes. The fd in flight belongs to the socket until it
+is received, so a SIGKILL of the sender, of the receiver, or of the notebook leaves nothing behind;
+a mapping lives as long as the arrays that point into it, then is unmapped. memfd memory counts
+against the process's memory limit (cgroup), not against the size of /dev/shm.
+
+A message and its fd travel as a pair on one socket: the two writes are made under the sender's
+lock (a worker's main loop and output thread share its pipe; the manager is the only sender on its
+side), and the receiver (a worker's receiver thread, the manager thread) takes the fd right after
+the frame that announces it. Where memfd is missing (not Linux) or fails (ENOMEM, EMFILE...), the
+buffers go in band, with a one-time ``MpkitWarning`` that says what it costs.
+"""
+from __future__ import annotations
+
+import array
+import errno
+import mmap
+import os
+import pickle
+import socket
+import struct
+import warnings
+
+from .._errors import MpkitWarning
+from .._serialize import Pickled
+
+PROTOCOL = 5
+#: Out-of-band bytes in one message from which they go through a memfd segment instead of the
+#: pipe. A segment costs a fixed ~40 us (memfd_create, ftruncate, sendmsg, recvmsg, mmap, munmap)
+#: and saves the pipe's two extra copies and the pickle copy (~0.3 ms per MB here): below about
+#: 128 KB the fixed cost wins, above it the copies do (measured with 64 KB - 100 MB buffers).
+SHM_BYTES = 128 << 10
+#: Alignment of each buffer inside a segment: numpy's SIMD loops want it (a cache line).
+_ALIGN = 64
+_SHM = b"S"
+_TABLE = struct.Struct("<I")
+_ENTRY = struct.Struct("<QQ")
+_memfd_create = getattr(os, "memfd_create", None)
+_populate = getattr(mmap, "MAP_POPULATE", 0)  # fault the pages in at once, not one by one
+_warned = False  # the fallback is said once per process
+
+
+def send(conn, msg: tuple) -> None:
+    """Send ``msg`` on ``conn``; the caller holds the lock shared with other senders on it."""
+    frame, fd = _encode(msg)
+    try:
+        conn.send_bytes(frame)
+        if fd is not None:
+            _send_fd(conn, fd)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def receive(conn):
+    """The next message on ``conn``, its shared-memory buffers mapped (EOFError: the peer is gone)."""
+    data = conn.recv_bytes()
+    if data[:1] != _SHM:
+        return pickle.loads(data)
+    (count,) = _TABLE.unpack_from(data, 1)
+    start = 1 + _TABLE.size
+    table = [_ENTRY.unpack_from(data, start + i * _ENTRY.size) for i in range(count)]
+    fd = _receive_fd(conn)
+    try:
+        size = os.fstat(fd).st_size
+        mapping = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE | _populate,
+                            prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
+    view = memoryview(mapping)  # freed (unmapped) with the last array that points into it
+    buffers = [view[offset:offset + nbytes] for offset, nbytes in table]
+    return pickle.loads(memoryview(data)[start + count * _ENTRY.size:], buffers=buffers)
+
+
+def _encode(msg: tuple) -> tuple[bytes, int | None]:
+    """The frame for ``msg`` and the fd of its shared-memory segment (None: all in band)."""
+    out_of_band = sum(p.nbytes - len(p.data) for p in msg if isinstance(p, Pickled))
+    if out_of_band < SHM_BYTES or _memfd_create is None:
+        if out_of_band >= SHM_BYTES:
+            _fall_back(f"os.memfd_create does not exist on this platform ({os.name})", out_of_band)
+        return pickle.dumps(msg, PROTOCOL), None
+    buffers: list[memoryview] = []
+
+    def set_apart(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            buffers.append(buffer.raw())
+        except BufferError:  # not contiguous: copied in band
+            return True
+        return False
+
+    data = pickle.dumps(msg, PROTOCOL, buffer_callback=set_apart)
+    try:
+        fd, table = _segment(buffers)
+    except OSError as exc:
+        _fall_back(f"{type(exc).__name__}: {exc}", out_of_band)
+        return pickle.dumps(msg, PROTOCOL), None
+    head = _SHM + _TABLE.pack(len(table)) + b"".join(_ENTRY.pack(*entry) for entry in table)
+    return head + data, fd
+
+
+def _segment(buffers: list[memoryview]) -> tuple[int, list[tuple[int, int]]]:
+    """A memfd holding ``buffers`` at aligned offsets, and (offset, size) of each."""
+    table, size = [], 0
+    for buffer in buffers:
+        size = -(-size // _ALIGN) * _ALIGN
+        table.append((size, buffer.nbytes))
+        size += buffer.nbytes
+    fd = _memfd_create("mpkit", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+        for (offset, nbytes), buffer in zip(table, buffers):
+            written = 0
+            while written < nbytes:
+                written += os.pwrite(fd, buffer[written:], offset + written)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, table
+
+
+def _send_fd(conn, fd: int) -> None:
+    sock = socket.socket(fileno=conn.fileno())
+    try:
+        sock.sendmsg([b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+    finally:
+        sock.detach()  # the fd stays the connection's
+
+
+def _receive_fd(conn) -> int:
+    sock = socket.socket(fileno=conn.fileno())
+    try:
+        data, ancillary, flags, _ = sock.recvmsg(1, socket.CMSG_SPACE(array.array("i").itemsize))
+    finally:
+        sock.detach()
+    fds = array.array("i")
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+    if not data and not fds:
+        raise EOFError("the peer left between a message and its shared memory")
+    if flags & socket.MSG_CTRUNC or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise OSError(errno.EMFILE, "the shared memory of a message could not be received (this process "
+                                    "has too many open files)")
+    return fds[0]
+
+
+def _fall_back(why: str, nbytes: int) -> None:
+    global _warned
+    if _warned:
+        return
+    _warned = True
+    try:
+        warnings.warn(
+            f"mpkit could not use shared memory for a message of {nbytes / 1e6:.1f} MB of arrays or "
+            f"bytes ({why}), so large data now goes through the worker pipes: that costs two more "
+            "copies of it (about 0.3 s per GB) and the notebook's CPU for them. Cause: a memory limit "
+            "reached, too many open files, or a system without memfd (not Linux). Results stay right; "
+            "the next message tries shared memory again. This is said once.", MpkitWarning, stacklevel=2)
+    except Warning:
+        pass  # warnings turned into errors: the manager thread must not fail for a warning
