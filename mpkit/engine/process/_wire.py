@@ -29,6 +29,7 @@ buffers go in band, with a one-time ``MpkitWarning`` that says what it costs.
 from __future__ import annotations
 
 import array
+import ctypes
 import errno
 import mmap
 import os
@@ -36,6 +37,7 @@ import pickle
 import socket
 import struct
 import warnings
+import weakref
 
 from .._errors import MpkitWarning
 from .._serialize import Pickled
@@ -53,6 +55,12 @@ _TABLE = struct.Struct("<I")
 _ENTRY = struct.Struct("<QQ")
 _memfd_create = getattr(os, "memfd_create", None)
 _populate = getattr(mmap, "MAP_POPULATE", 0)  # fault the pages in at once, not one by one
+_MAP_FAILED = ctypes.c_void_p(-1).value
+if _memfd_create is not None:
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _libc.mmap.restype = ctypes.c_void_p
+    _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _warned = False  # the fallback is said once per process
 
 
@@ -78,12 +86,9 @@ def receive(conn):
     table = [_ENTRY.unpack_from(data, start + i * _ENTRY.size) for i in range(count)]
     fd = _receive_fd(conn)
     try:
-        size = os.fstat(fd).st_size
-        mapping = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE | _populate,
-                            prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        view = _map(fd, os.fstat(fd).st_size)
     finally:
         os.close(fd)
-    view = memoryview(mapping)  # freed (unmapped) with the last array that points into it
     buffers = [view[offset:offset + nbytes] for offset, nbytes in table]
     return pickle.loads(memoryview(data)[start + count * _ENTRY.size:], buffers=buffers)
 
@@ -132,6 +137,19 @@ def _segment(buffers: list[memoryview]) -> tuple[int, list[tuple[int, int]]]:
         os.close(fd)
         raise
     return fd, table
+
+
+def _map(fd: int, size: int) -> memoryview:
+    """The segment mapped private (copy on write: the arrays are the receiver's to change), as a
+    memoryview that unmaps it when the last view of it goes. Not ``mmap.mmap``: it keeps a dup of
+    the fd open for the mapping's life, so a notebook holding many results would run out of fds."""
+    address = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | _populate, fd, 0)
+    if address is None or address == _MAP_FAILED:
+        number = ctypes.get_errno()
+        raise OSError(number, f"mapping a shared-memory segment of {size} bytes failed: {os.strerror(number)}")
+    memory = (ctypes.c_ubyte * size).from_address(address)
+    weakref.finalize(memory, _libc.munmap, address, size)
+    return memoryview(memory).cast("B")
 
 
 def _send_fd(conn, fd: int) -> None:
