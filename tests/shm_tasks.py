@@ -92,3 +92,12 @@ def slow_where(a):
 
     time.sleep(0.05)
     return where(a)
+
+
+def block_slow_first(i, nbytes=MB):
+    """``block``; item 0 takes a few seconds, so every later result waits for it (ordered imap)."""
+    import time
+
+    if i == 0:
+        time.sleep(3)
+    return block(i, nbytes)

@@ -145,6 +145,9 @@ class Run:
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise
+        else:
+            self.sizer.observe_payload(len(items), payload.nbytes)
+            return Chunk(self, indices, items, payload)
         # Pickle item by item to name the ones that cannot cross, and send the rest.
         good_idx, good = [], []
         for index, item in zip(indices, items):
