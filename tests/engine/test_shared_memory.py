@@ -205,3 +205,44 @@ def test_any_message_crosses_the_wire_unchanged_and_leaves_no_fd(items):
     del got, back
     gc.collect()
     assert shm_tasks.memfd_mappings() == 0
+
+
+OUT_OF_FDS = r'''
+import os, resource
+import mpkit
+from tests import shm_tasks
+
+pool = mpkit.Pool(1)
+pool.map(shm_tasks.block, [0], progress=False)
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+top = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+resource.setrlimit(resource.RLIMIT_NOFILE, (top + 1, hard))
+fillers = []  # the notebook is out of fds: a result's shared memory cannot be received
+try:
+    while True:
+        fillers.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+try:
+    pool.map(shm_tasks.block, [1], progress=False)
+    print("no error", flush=True)
+except MemoryError as exc:
+    print("lost:", exc, flush=True)
+for fd in fillers:
+    os.close(fd)
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+print("again", pool.map(shm_tasks.block, [2], progress=False)[0][0], flush=True)
+pool.shutdown()
+'''
+
+
+def test_a_result_whose_shared_memory_cannot_be_received_fails_the_map_instead_of_hanging(start_method):
+    script = Script(OUT_OF_FDS)
+    try:
+        said = script.expect("lost:", timeout=120)
+        assert "too many open files" in said and "Fix:" in said, said
+        assert script.expect("again", timeout=60) == "2.0"
+        assert script.proc.wait(timeout=30) == 0, script.stderr
+        assert "Traceback" not in script.stderr, script.stderr
+    finally:
+        script.close()

@@ -395,8 +395,24 @@ class Manager:
         try:
             while w.conn.poll():
                 self._handle(w, _wire.receive(w.conn))
+        except _wire.ReceiveError as exc:
+            self._lost(w, exc)
         except (EOFError, OSError):
             pass
+
+    def _lost(self, w: _Worker, exc: OSError) -> None:
+        """A worker's message came but its shared memory could not be taken: the maps it was
+        serving end with the reason (waiting for a result that was lost would hang them)."""
+        err = MemoryError(
+            f"the results sent by worker {w.id} could not be received: {exc}. Cause: the notebook process "
+            "is at its memory limit or out of file descriptors, most likely from holding many large results. "
+            "Fix: hold fewer results at once (mpkit.imap and drop each one), or raise the limit "
+            "(ulimit -n for files).")
+        for chunk in w.in_flight:
+            with chunk.run.cond:
+                chunk.run.set_fatal(err)
+        w.stopping = True
+        w.process.kill()  # the process alone, now (its tree is ended in _bury): no fd needed for it
 
     def _handle(self, w: _Worker, msg: tuple) -> None:
         kind = msg[0]

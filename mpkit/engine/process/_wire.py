@@ -64,6 +64,11 @@ if _memfd_create is not None:
 _warned = False  # the fallback is said once per process
 
 
+class ReceiveError(OSError):
+    """A message arrived but its shared memory could not be taken (no memory to map it, no fd
+    left): the message is lost, the peer is not."""
+
+
 def send(conn, msg: tuple) -> None:
     """Send ``msg`` on ``conn``; the caller holds the lock shared with other senders on it."""
     frame, fd = _encode(msg)
@@ -146,7 +151,7 @@ def _map(fd: int, size: int) -> memoryview:
     address = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | _populate, fd, 0)
     if address is None or address == _MAP_FAILED:
         number = ctypes.get_errno()
-        raise OSError(number, f"mapping a shared-memory segment of {size} bytes failed: {os.strerror(number)}")
+        raise ReceiveError(number, f"mapping a shared-memory segment of {size} bytes failed: {os.strerror(number)}")
     memory = (ctypes.c_ubyte * size).from_address(address)
     weakref.finalize(memory, _libc.munmap, address, size)
     return memoryview(memory).cast("B")
@@ -175,7 +180,7 @@ def _receive_fd(conn) -> int:
     if flags & socket.MSG_CTRUNC or len(fds) != 1:
         for fd in fds:
             os.close(fd)
-        raise OSError(errno.EMFILE, "the shared memory of a message could not be received (this process "
+        raise ReceiveError(errno.EMFILE, "the shared memory of a message could not be received (this process "
                                     "has too many open files)")
     return fds[0]
 

@@ -67,6 +67,8 @@ LOADING = -2
 #: nothing it held blamed.
 CLEAN_EXIT = 0
 INIT_FAILED_EXIT = 3
+#: Exit code of a worker that could not take a chunk's shared memory (no memory to map it).
+LOST_EXIT = 4
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -166,6 +168,8 @@ def _receive_forever(conn, inbox: queue.SimpleQueue) -> None:
     while True:
         try:
             msg = _wire.receive(conn)  # with its shared memory, taken right after the frame
+        except _wire.ReceiveError:
+            os._exit(LOST_EXIT)  # a chunk that cannot be taken: the manager accounts for it as a death
         except (EOFError, OSError):
             os._exit(CLEAN_EXIT)  # the notebook process is gone: never outlive it
         inbox.put(msg)
