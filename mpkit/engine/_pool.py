@@ -7,6 +7,10 @@
              ◄── OutputRelay (prints) ◄─────────────── (chunk_done / crashed / timed_out ...)
     progress.update(MapStats) at most 10/s
 
+    bounds: chunks waiting for a worker: 2 per worker and PENDING_BYTES; ordered imap: items
+    taken beyond the one the caller waits for, 4 chunks per worker and AHEAD_BYTES (from the
+    measured bytes per item and per result)
+
 ``BasePool`` holds what does not depend on where workers run: the Run (the ledger of one map),
 feeding it within bounds, handing results over in order, cancelling on an error or an interrupt,
 and the progress front-end. A backend's pool (``process.Pool``) subclasses it and adds how

@@ -10,6 +10,9 @@
     ◄──pipe── ("part", chunk_id, offset, results, failures, seconds)   every PART_SECONDS of work
     ◄──pipe── ("done", chunk_id, offset, results, failures, seconds)   the rest, at the chunk's end
               slot (shared memory): (chunk id, item running now) ──► read by the manager after a death
+    large buffers of "run" items and of "part"/"done" results: a memfd segment whose fd follows
+    its message on the same socket (``_wire``), mapped by the receiver; every other message is
+    a plain pickle
 
 One duplex pipe per worker, so the manager always knows which items a worker holds: when the
 process dies, exactly those are retried or reported. Results come back while a chunk runs, and the
