@@ -114,11 +114,19 @@ def pack(obj) -> Pickled:
     """``obj`` pickled as :func:`dumps` does, with buffers of OUT_OF_BAND_BYTES or more set apart.
 
     ``bytes`` and ``bytearray`` of that size among the elements of a list (a chunk's items, a
-    worker's results) are set apart too: the C pickler writes them in band without asking.
+    worker's results) are set apart too: the C pickler writes them in band without asking, so a
+    pickle that large is looked through for them, and made again if it holds one (a scan of every
+    list would cost more than pickling a list of numbers).
     """
+    pickled = _pack(obj)
+    if len(pickled.data) >= OUT_OF_BAND_BYTES and type(obj) is list \
+            and any(type(x) in _BYTES and len(x) >= OUT_OF_BAND_BYTES for x in obj):
+        pickled = _pack([_OutOfBand(x) if type(x) in _BYTES and len(x) >= OUT_OF_BAND_BYTES else x for x in obj])
+    return pickled
+
+
+def _pack(obj) -> Pickled:
     buffers: list = []
-    if type(obj) is list and any(type(x) in _BYTES and len(x) >= OUT_OF_BAND_BYTES for x in obj):
-        obj = [_OutOfBand(x) if type(x) in _BYTES and len(x) >= OUT_OF_BAND_BYTES else x for x in obj]
 
     def keep_apart(buffer: pickle.PickleBuffer) -> bool:
         try:
