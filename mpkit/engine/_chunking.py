@@ -27,10 +27,10 @@ MAX_CHUNK = 10_000
 #: The tail split never cuts a chunk below this much work: a chunk of tiny tasks costs more to
 #: send than to run, and a few milliseconds of imbalance at the end cost less than many chunks.
 MIN_CHUNK_SECONDS = 0.002
-#: Bytes per chunk, items or results, whichever is larger. A chunk costs ~0.15 ms of fixed work
-#: (two messages, a shared-memory segment each way), and moving its data costs ~0.4 ms per MB, so
-#: 8 MB keeps the fixed cost under 5%; while the in-flight and waiting chunks of a map
-#: (PREFETCH per worker, two per worker waiting) stay at tens of MB, not GB.
+#: Bytes per chunk, items or results, whichever is larger. A chunk costs ~0.3 ms of fixed work
+#: (two messages, a shared-memory segment each way, on a loaded 2-core VM) and moving its data
+#: ~1 ms per MB, so 8 MB keeps the fixed cost under 5%, while the in-flight and waiting chunks of
+#: a map (PREFETCH per worker, two per worker waiting) stay at tens of MB, not GB.
 TARGET_CHUNK_BYTES = 8 << 20
 
 
