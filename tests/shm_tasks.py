@@ -101,3 +101,7 @@ def block_slow_first(i, nbytes=MB):
     if i == 0:
         time.sleep(3)
     return block(i, nbytes)
+
+
+def first_value(a):
+    return float(a[0])

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import psutil
+import pytest
 
 from mpkit.engine._chunking import TARGET_CHUNK_BYTES
 from tests import shm_tasks
@@ -67,3 +68,23 @@ def test_results_waiting_for_a_slow_first_item_are_bounded_in_bytes(pool):
     firsts, growth = _consume(pool.imap(shm_tasks.block_slow_first, range(600)), pause=0)
     assert firsts == [float(i) for i in range(600)]
     assert growth < RSS_GROWTH_BOUND, f"the notebook grew by {growth / MB:.0f} MB holding results back"
+
+
+@pytest.mark.parametrize("chunksize", ["auto", 1])
+def test_a_generator_of_large_items_is_read_only_as_far_as_the_bounds_allow(pool, chunksize):
+    produced = []
+
+    def arrays():
+        for i in range(60):
+            produced.append(i)
+            yield np.full(4 * MB // 8, float(i))
+
+    ahead = []
+    for consumed, first in enumerate(pool.imap(shm_tasks.first_value, arrays(), chunksize=chunksize)):
+        assert first == float(consumed)
+        ahead.append(len(produced) - consumed)
+        time.sleep(0.02)  # a slow consumer: the input must wait for it, not pile up in memory
+    assert len(produced) == 60
+    # 64 MB of 4 MB items ahead of the caller, and the chunk being cut; before the byte bounds
+    # the whole generator (240 MB) was read ahead.
+    assert max(ahead) <= 20, f"{max(ahead)} items of 4 MB were read ahead of the caller"
