@@ -8,6 +8,7 @@ worker was running is split, retried or failed; the chunks it had not started go
     wait(wake socket, worker pipes, process sentinels)
       ├─ wake: a run was added, fed, or cancelled ─► dispatch pending chunks, PREFETCH per worker
       ├─ pipe: "part" / "done" / "out" / "fn_error" / "undecodable" / "init_error" ─► the run, the relay
+      │        ("run" out and "part"/"done" back go through ``_wire``: large buffers in shared memory)
       └─ sentinel: a worker ended ─► _bury (its shared slot names the item it was running; the
                                             processes its tasks started end too: _proctree)
     then: kill workers past a timeout or init_timeout, or busy with a cancelled run, each with its

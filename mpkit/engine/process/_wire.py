@@ -156,7 +156,9 @@ def _map(fd: int, size: int) -> memoryview:
         number = ctypes.get_errno()
         raise ReceiveError(number, f"mapping a shared-memory segment of {size} bytes failed: {os.strerror(number)}")
     memory = (ctypes.c_ubyte * size).from_address(address)
-    weakref.finalize(memory, _libc.munmap, address, size)
+    # not at exit: an array still alive then would point into unmapped memory (the kernel unmaps
+    # everything when the process ends anyway)
+    weakref.finalize(memory, _libc.munmap, address, size).atexit = False
     return memoryview(memory).cast("B")
 
 
