@@ -184,20 +184,29 @@ def _equal(a, b) -> bool:
     return type(a) is type(b) and a == b
 
 
+def _shapes(items) -> list[str]:
+    """What the items are, short enough for a failure message."""
+    return [f"{type(x).__name__}[{len(x) if hasattr(x, '__len__') else ''}]" for x in items]
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_values, max_size=6))
 def test_any_message_crosses_the_wire_unchanged_and_leaves_no_fd(items):
     parent, child = Pipe(duplex=True)
     try:
         fds_before = len(shm_tasks.open_fds())
-        msg = ("done", 3, 0, _serialize.pack(items), [], 0.1)
+        # a chunk's results, and items pickled one by one inside a list (as a router may send them)
+        msg = ("done", 3, 0, _serialize.pack(items), [], 0.1, [_serialize.pack(x) for x in items])
         sender = threading.Thread(target=_wire.send, args=(child, msg))
         sender.start()  # a large frame fills the socket: it is read while it is written
         got = _wire.receive(parent)
         sender.join(timeout=30)
-        assert got[:3] == msg[:3] and got[4:] == msg[4:]
+        assert got[:3] == msg[:3] and got[4:6] == msg[4:6]
         back = _serialize.unpack(got[3])
-        assert len(back) == len(items) and all(_equal(a, b) for a, b in zip(items, back)), (items, back)
+        assert len(back) == len(items) and all(_equal(a, b) for a, b in zip(items, back)), _shapes(items)
+        one_by_one = [_serialize.unpack(p) for p in got[6]]
+        assert all(_equal(a, b) for a, b in zip(items, one_by_one)) and len(one_by_one) == len(items)
+        del one_by_one
         assert len(shm_tasks.open_fds()) == fds_before
     finally:
         parent.close()

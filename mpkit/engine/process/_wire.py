@@ -4,7 +4,7 @@ through shared memory.
     sender (the manager thread; in a worker, under its _Sender lock)    receiver
     ─────────────────────────────────────────────────────────────────   ───────────────────────────
     pickle(msg, protocol 5, buffer_callback): the out-of-band buffers
-    of its Pickled parts (_serialize.pack) set apart
+    of its Pickled parts (_serialize.pack), however nested, set apart
       fewer than SHM_BYTES in all: in band ──── frame: the pickle ───►  pickle.loads(frame)
       else: copied into ONE memfd segment (64-byte aligned)
             frame: "S" + (offset, size) per buffer + pickle ──pipe──►  recv_bytes()
@@ -40,7 +40,6 @@ import warnings
 import weakref
 
 from .._errors import MpkitWarning
-from .._serialize import Pickled
 
 PROTOCOL = 5
 #: Out-of-band bytes in one message from which they go through a memfd segment instead of the
@@ -101,11 +100,6 @@ def receive(conn):
 
 def _encode(msg: tuple) -> tuple[bytes, int | None]:
     """The frame for ``msg`` and the fd of its shared-memory segment (None: all in band)."""
-    out_of_band = sum(p.nbytes - len(p.data) for p in msg if isinstance(p, Pickled))
-    if out_of_band < SHM_BYTES or _memfd_create is None:
-        if out_of_band >= SHM_BYTES:
-            _fall_back(f"os.memfd_create does not exist on this platform ({os.name})", out_of_band)
-        return pickle.dumps(msg, PROTOCOL), None
     buffers: list[memoryview] = []
 
     def set_apart(buffer: pickle.PickleBuffer) -> bool:
@@ -116,12 +110,17 @@ def _encode(msg: tuple) -> tuple[bytes, int | None]:
         return False
 
     data = pickle.dumps(msg, PROTOCOL, buffer_callback=set_apart)
-    if not buffers:  # none contiguous: all went in band
+    if not buffers:  # the usual small message: no buffer in it, nothing set apart
         return data, None
+    nbytes = sum(buffer.nbytes for buffer in buffers)
+    if nbytes < SHM_BYTES or _memfd_create is None:
+        if nbytes >= SHM_BYTES:
+            _fall_back(f"os.memfd_create does not exist on this platform ({os.name})", nbytes)
+        return pickle.dumps(msg, PROTOCOL), None  # again, in band: copying them costs less here
     try:
         fd, table = _segment(buffers)
     except OSError as exc:
-        _fall_back(f"{type(exc).__name__}: {exc}", out_of_band)
+        _fall_back(f"{type(exc).__name__}: {exc}", nbytes)
         return pickle.dumps(msg, PROTOCOL), None
     head = _SHM + _TABLE.pack(len(table)) + b"".join(_ENTRY.pack(*entry) for entry in table)
     return head + data, fd
