@@ -14,7 +14,6 @@ from functools import partial
 from multiprocessing import Pipe
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import mpkit
