@@ -194,12 +194,16 @@ def _fall_back(why: str, nbytes: int) -> None:
     if _warned:
         return
     _warned = True
+    if _memfd_create is None:
+        cause = "This system has no memfd (it is Linux only), so this stays so."
+    else:
+        cause = ("Cause: the process is at its memory limit (a container's or cgroup's) or out of file "
+                 "descriptors (ulimit -n). Each message tries shared memory again.")
     try:
         warnings.warn(
-            f"mpkit could not use shared memory for a message of {nbytes / 1e6:.1f} MB of arrays or "
-            f"bytes ({why}), so large data now goes through the worker pipes: that costs two more "
-            "copies of it (about 0.3 s per GB) and the notebook's CPU for them. Cause: a memory limit "
-            "reached, too many open files, or a system without memfd (not Linux). Results stay right; "
-            "the next message tries shared memory again. This is said once.", MpkitWarning, stacklevel=2)
+            f"mpkit could not use shared memory for a message of {nbytes / 1e6:.1f} MB of arrays or bytes "
+            f"({why}), so large data goes through the worker pipes instead: results stay right, but each "
+            f"GB costs about 3 s more (more copies, in the notebook's CPU). {cause} This is said once.",
+            MpkitWarning, stacklevel=2)
     except Warning:
         pass  # warnings turned into errors: the manager thread must not fail for a warning
