@@ -164,7 +164,15 @@ def _map(fd: int, size: int) -> memoryview:
 def _send_fd(conn, fd: int) -> None:
     sock = socket.socket(fileno=conn.fileno())
     try:
-        sock.sendmsg([b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+        try:
+            sock.sendmsg([b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+        except OSError as exc:
+            if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.EBADF):
+                raise  # the peer is gone
+            # The frame is out; the fd cannot follow (too many fds in flight, no memory): the byte
+            # goes alone, so that the receiver, which waits for it, learns the message is lost.
+            sock.sendall(b"F")
+            raise
     finally:
         sock.detach()  # the fd stays the connection's
 
