@@ -70,7 +70,7 @@ LOADING = -2
 #: nothing it held blamed.
 CLEAN_EXIT = 0
 INIT_FAILED_EXIT = 3
-#: Exit code of a worker that could not take a chunk's shared memory (no memory to map it).
+#: Exit code of a worker that could not take a message (no memory to map or unpickle it).
 LOST_EXIT = 4
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -175,6 +175,8 @@ def _receive_forever(conn, inbox: queue.SimpleQueue) -> None:
             os._exit(LOST_EXIT)  # a chunk that cannot be taken: the manager accounts for it as a death
         except (EOFError, OSError):
             os._exit(CLEAN_EXIT)  # the notebook process is gone: never outlive it
+        except BaseException:  # no memory for the message: a silent receiver would hang the worker
+            os._exit(LOST_EXIT)
         inbox.put(msg)
 
 
