@@ -8,6 +8,10 @@
     Watcher(progress bar) ◄── MapStats snapshots, at most 10/s ── the bar's own thread: update()
                         ◄── worker output, in order ─────────── this thread: write()
 
+    bounds: chunks waiting for a worker: 2 per worker and PENDING_BYTES; ordered imap: items
+    taken beyond the one the caller waits for, 4 chunks per worker and AHEAD_BYTES (from the
+    measured bytes per item and per result)
+
 ``BasePool`` holds what does not depend on where workers run: the Run (the ledger of one map),
 feeding it within bounds, handing results over in order, cancelling on an error or an interrupt,
 and feeding the progress front-end (any ``_observe.MapObserver``; what ``progress=True`` shows is
@@ -26,7 +30,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from . import _arguments, _serialize
 from ._backend import Backend
-from ._chunking import MAX_CHUNK
+from ._chunking import MAX_CHUNK, TARGET_CHUNK_BYTES
 from ._errors import MapInterrupted, MpkitWarning, ResultList, _short_repr
 from ._interrupts import held_interrupts
 from ._observe import MapFrontEnd, Watcher
@@ -37,6 +41,14 @@ from ._run import Run
 TIMINGS_KEPT = 64
 #: How often the calling thread wakes to show progress and output when nothing else happens.
 TICK = 0.1
+#: Pickled bytes of the chunks a map keeps waiting for a worker (at least two chunks per worker
+#: and one chunk in any case): enough that no worker waits for the notebook to pickle the next one,
+#: little enough that a map of 100 MB items holds one of them, not a dozen.
+PENDING_BYTES = 32 << 20
+#: Bytes of items and results an ordered imap holds beyond the result the caller waits for (at
+#: least four chunks per worker): past it no more items are taken until the caller catches up.
+#: multiprocessing's imap has no bound; 64 MB keeps a lazily consumed stream of large results flat.
+AHEAD_BYTES = 64 << 20
 #: The message kind that carries the notebook's sys.path, cwd and environment to a worker.
 CONTEXT = "context"
 
@@ -220,14 +232,13 @@ class BasePool:
         progress = Watcher(progress(run.fn_name, run.total), run.fn_name) if progress is not None else None
         manager.add(run)
         max_pending = 2 * run.max_workers
-        # ordered imap: results held back for an earlier slow item are bounded, so memory stays
-        # flat; the bound leaves room for every worker's chunks in flight.
-        max_ahead = max(run.max_workers * 4 * MAX_CHUNK, 1024) if consumed is not None else None
+        max_bytes = max(2 * run.max_workers * TARGET_CHUNK_BYTES, PENDING_BYTES)
         last_shown = 0.0
         try:
             while True:
                 before = run.submitted
-                run.feed(max_pending, max_ahead, consumed() if consumed else 0)
+                run.feed(max_pending, _max_ahead(run) if consumed is not None else None,
+                         consumed() if consumed else 0, max_bytes)
                 if run.submitted != before:
                     manager.wake()
                 with run.cond:
@@ -304,6 +315,19 @@ class BasePool:
 
 
 _SKIPPED = object()
+
+
+def _max_ahead(run: Run) -> int:
+    """Ordered imap: items taken from the input beyond the one the caller waits for. Results held
+    back for an earlier slow item are bounded in items and in bytes (from the sizes measured so
+    far, items and results), so memory stays flat whatever the item size; the bound leaves room
+    for every worker's chunks in flight."""
+    items = max(run.max_workers * 4 * MAX_CHUNK, 1024)
+    per_item = run.sizer.bytes_per_item
+    if per_item <= 0:
+        return items
+    in_bytes = max(run.max_workers * 4 * TARGET_CHUNK_BYTES, AHEAD_BYTES) / per_item
+    return max(1, min(items, int(in_bytes)))
 
 
 def _check_max_tasks(value):

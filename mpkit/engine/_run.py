@@ -114,11 +114,15 @@ class Run:
             self.pending.append(chunk)
 
     # ---- calling thread ---------------------------------------------------------------------
-    def feed(self, max_pending: int, max_ahead: int | None = None, consumed: int = 0) -> None:
-        """Cut items from the input into pickled chunks until ``max_pending`` chunks wait."""
+    def feed(self, max_pending: int, max_ahead: int | None = None, consumed: int = 0,
+             max_bytes: int | None = None) -> None:
+        """Cut items from the input into pickled chunks until ``max_pending`` chunks wait, or
+        chunks of ``max_bytes`` (one at least), or ``max_ahead`` items beyond ``consumed``."""
         while not self.exhausted:
             with self.cond:
                 if len(self.pending) >= max_pending or self.cancelled:
+                    return
+                if max_bytes is not None and self.pending and self.pending_bytes() >= max_bytes:
                     return
             if max_ahead is not None and self.submitted - consumed >= max_ahead:
                 return
@@ -137,10 +141,13 @@ class Run:
 
     def _make_chunk(self, indices, items) -> Chunk | None:
         try:
-            return Chunk(self, indices, items, _serialize.pack(items))
+            payload = _serialize.pack(items)
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise
+        else:
+            self.sizer.observe_payload(len(items), payload.nbytes)
+            return Chunk(self, indices, items, payload)
         # Pickle item by item to name the ones that cannot cross, and send the rest.
         good_idx, good = [], []
         for index, item in zip(indices, items):
@@ -168,6 +175,10 @@ class Run:
     def snapshot(self) -> MapStats:
         return MapStats(self.total, self.submitted, self.finished, self.failed, self.retried,
                         self.pool_workers, self.busy_workers, time.perf_counter() - self.started)
+
+    def pending_bytes(self) -> int:
+        """Pickled size of the chunks waiting for a worker (under cond)."""
+        return sum(chunk.payload.nbytes for chunk in self.pending)
 
     @property
     def complete(self) -> bool:
@@ -197,7 +208,7 @@ class Run:
             self._undecodable(chunk, "its result could not be unpickled in this process", exc, offset)
             return
         chunk.reported = offset + len(results)
-        self.sizer.observe(len(results), seconds)
+        self.sizer.observe(len(results), seconds, results_bytes.nbytes)
         self.busy_seconds += seconds
         whole = offset == 0 and len(results) == len(chunk.indices)
         indices = chunk.indices if whole else chunk.indices[offset:offset + len(results)]

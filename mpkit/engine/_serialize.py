@@ -111,7 +111,21 @@ class Pickled:
 
 
 def pack(obj) -> Pickled:
-    """``obj`` pickled as :func:`dumps` does, with buffers of OUT_OF_BAND_BYTES or more set apart."""
+    """``obj`` pickled as :func:`dumps` does, with buffers of OUT_OF_BAND_BYTES or more set apart.
+
+    ``bytes`` and ``bytearray`` of that size among the elements of a list (a chunk's items, a
+    worker's results) are set apart too: the C pickler writes them in band without asking, so a
+    pickle that large is looked through for them, and made again if it holds one (a scan of every
+    list would cost more than pickling a list of numbers).
+    """
+    pickled = _pack(obj)
+    if len(pickled.data) >= OUT_OF_BAND_BYTES and type(obj) is list \
+            and any(type(x) in _BYTES and len(x) >= OUT_OF_BAND_BYTES for x in obj):
+        pickled = _pack([_OutOfBand(x) if type(x) in _BYTES and len(x) >= OUT_OF_BAND_BYTES else x for x in obj])
+    return pickled
+
+
+def _pack(obj) -> Pickled:
     buffers: list = []
 
     def keep_apart(buffer: pickle.PickleBuffer) -> bool:
@@ -127,6 +141,22 @@ def pack(obj) -> Pickled:
     with io.BytesIO() as file:
         Pickler(file, buffer_callback=keep_apart).dump(obj)
         return Pickled(file.getvalue(), buffers)
+
+
+_BYTES = (bytes, bytearray)
+
+
+class _OutOfBand:
+    """A large ``bytes`` or ``bytearray`` in a list, pickled as a buffer (out of band). It comes
+    back as its own type, copied once out of the buffer (a ``bytes`` owns its memory)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __reduce__(self):
+        return type(self.value), (pickle.PickleBuffer(self.value),)
 
 
 def unpack(pickled: Pickled):

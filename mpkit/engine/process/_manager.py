@@ -8,6 +8,7 @@ worker was running is split, retried or failed; the chunks it had not started go
     wait(wake socket, worker pipes, process sentinels)
       ├─ wake: a run was added, fed, or cancelled ─► dispatch pending chunks, PREFETCH per worker
       ├─ pipe: "part" / "done" / "out" / "fn_error" / "undecodable" / "init_error" ─► the run, the relay
+      │        ("run" out and "part"/"done" back go through ``_wire``: large buffers in shared memory)
       └─ sentinel: a worker ended ─► _bury (its shared slot names the item it was running; the
                                             processes its tasks started end too: _proctree)
     then: kill workers past a timeout or init_timeout, or busy with a cancelled run, each with its
@@ -36,7 +37,7 @@ from collections import OrderedDict, deque
 from multiprocessing.connection import wait as mp_wait
 
 from .. import _serialize
-from . import _worker
+from . import _wire, _worker
 from .._errors import WorkerInitError, _short_repr, describe_exit, remote_exception
 from .._output import OutputRelay
 from ._proctree import Trees
@@ -377,8 +378,7 @@ class Manager:
                 while len(w.fns) > FN_CACHE_SIZE:
                     old, _ = w.fns.popitem(last=False)
                     w.conn.send_bytes(pickle.dumps((_worker.FORGET, old), _worker.PROTOCOL))
-            w.conn.send_bytes(pickle.dumps((_worker.RUN, chunk.id, run.fn_id, chunk.payload, chunk.batch),
-                                           _worker.PROTOCOL))
+            _wire.send(w.conn, (_worker.RUN, chunk.id, run.fn_id, chunk.payload, chunk.batch))
         except OSError:
             pass  # the worker died; its sentinel fires and what it held is handled in _bury
 
@@ -395,9 +395,25 @@ class Manager:
     def _read(self, w: _Worker) -> None:
         try:
             while w.conn.poll():
-                self._handle(w, pickle.loads(w.conn.recv_bytes()))
+                self._handle(w, _wire.receive(w.conn))
+        except _wire.ReceiveError as exc:
+            self._lost(w, exc)
         except (EOFError, OSError):
             pass
+
+    def _lost(self, w: _Worker, exc: OSError) -> None:
+        """A worker's message came but its shared memory could not be taken: the maps it was
+        serving end with the reason (waiting for a result that was lost would hang them)."""
+        err = MemoryError(
+            f"the results sent by worker {w.id} could not be received: {exc}. Cause: the notebook process "
+            "is at its memory limit or out of file descriptors, most likely from holding many large results. "
+            "Fix: hold fewer results at once (mpkit.imap and drop each one), or raise the limit "
+            "(ulimit -n for files).")
+        for chunk in w.in_flight:
+            with chunk.run.cond:
+                chunk.run.set_fatal(err)
+        w.stopping = True
+        w.process.kill()  # the process alone, now (its tree is ended in _bury): no fd needed for it
 
     def _handle(self, w: _Worker, msg: tuple) -> None:
         kind = msg[0]

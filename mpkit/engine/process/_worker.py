@@ -10,6 +10,9 @@
     ◄──pipe── ("part", chunk_id, offset, results, failures, seconds)   every PART_SECONDS of work
     ◄──pipe── ("done", chunk_id, offset, results, failures, seconds)   the rest, at the chunk's end
               slot (shared memory): (chunk id, item running now) ──► read by the manager after a death
+    large buffers of "run" items and of "part"/"done" results: a memfd segment whose fd follows
+    its message on the same socket (``_wire``), mapped by the receiver; every other message is
+    a plain pickle
 
 One duplex pipe per worker, so the manager always knows which items a worker holds: when the
 process dies, exactly those are retried or reported. Results come back while a chunk runs, and the
@@ -37,7 +40,7 @@ import time
 import traceback
 
 from .. import _serialize
-from . import _capture, _proctree
+from . import _capture, _proctree, _wire
 from .._errors import ExceptionRecord, SerializationError
 
 # Message kinds, parent -> worker.
@@ -67,6 +70,8 @@ LOADING = -2
 #: nothing it held blamed.
 CLEAN_EXIT = 0
 INIT_FAILED_EXIT = 3
+#: Exit code of a worker that could not take a message (no memory to map or unpickle it).
+LOST_EXIT = 4
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -84,6 +89,12 @@ class _Sender:
     def send(self, data: bytes) -> None:
         with self._lock:
             self._conn.send_bytes(data)
+
+    def send_message(self, msg: tuple) -> None:
+        """A message whose large buffers go through shared memory (``_wire``): the frame and its
+        fd leave under the lock, so the output thread cannot come between them."""
+        with self._lock:
+            _wire.send(self._conn, msg)
 
 
 class _CapturedStream(io.TextIOBase):
@@ -159,10 +170,14 @@ class _OutputRelay:
 def _receive_forever(conn, inbox: queue.SimpleQueue) -> None:
     while True:
         try:
-            data = conn.recv_bytes()
+            msg = _wire.receive(conn)  # with its shared memory, taken right after the frame
+        except _wire.ReceiveError:
+            os._exit(LOST_EXIT)  # a chunk that cannot be taken: the manager accounts for it as a death
         except (EOFError, OSError):
             os._exit(CLEAN_EXIT)  # the notebook process is gone: never outlive it
-        inbox.put(data)
+        except BaseException:  # no memory for the message: a silent receiver would hang the worker
+            os._exit(LOST_EXIT)
+        inbox.put(msg)
 
 
 def _frames(tb) -> list[tuple[str, int, str, str | None]]:
@@ -287,10 +302,10 @@ class _ChunkRunner:
     def _send(self, kind: str, chunk_id: int, offset: int, results, failures, seconds: float) -> None:
         self.slot[SLOT_ITEM] = -1 - offset        # a death from here on: while sending these results
         self.relay.flush()
-        self.sender.send(_encode_results(kind, chunk_id, offset, results, failures, seconds))
+        self.sender.send_message(_results_message(kind, chunk_id, offset, results, failures, seconds))
 
 
-def _encode_results(kind, chunk_id, offset, results, failures, seconds) -> bytes:
+def _results_message(kind, chunk_id, offset, results, failures, seconds) -> tuple:
     """A "part" or "done" message; results are pickled apart so the parent can blame a bad one.
     Failure offsets are relative to the chunk."""
     try:
@@ -311,7 +326,7 @@ def _encode_results(kind, chunk_id, offset, results, failures, seconds) -> bytes
                 failures.append((offset + position, pickle.dumps(err, PROTOCOL), f"SerializationError: {err}", []))
         failures.sort(key=lambda f: f[0])
         results_bytes = _serialize.pack(results)
-    return pickle.dumps((kind, chunk_id, offset, results_bytes, failures, seconds), PROTOCOL)
+    return kind, chunk_id, offset, results_bytes, failures, seconds
 
 
 def _unpicklable_result(value, exc: BaseException) -> SerializationError:
@@ -403,10 +418,9 @@ def main(conn, worker_id: int, init_payload: bytes | None, context: tuple | None
     broken: dict[str, tuple] = {}
     while True:
         try:
-            data = inbox.get(timeout=idle_timeout)
+            msg = inbox.get(timeout=idle_timeout)  # unpickled by the receiver: str, int, bytes, Pickled
         except queue.Empty:
             _leave(relay, sender)
-        msg = pickle.loads(data)  # the envelope holds only str, int and bytes: it always loads
         kind = msg[0]
         if kind == RUN:
             _, chunk_id, fn_id, items_bytes, batch = msg
@@ -421,7 +435,7 @@ def main(conn, worker_id: int, init_payload: bytes | None, context: tuple | None
                 _, text, frames = _describe_exception(exc, skip_frames=0)
                 sender.send(pickle.dumps((UNDECODABLE, chunk_id, text, frames), PROTOCOL))
                 continue
-            del items_bytes
+            del items_bytes, msg  # the shared memory goes with the last array that points into it
             runner.run(chunk_id, fn, items, batch)
             del items
         elif kind == FN:

@@ -1,0 +1,107 @@
+"""Task functions and probes for the shared-memory and byte-bound tests (importable by workers).
+
+The probes look at what a process really holds, from /proc: which of its memory mappings are
+shared-memory segments (memfd, "/memfd:<name> (deleted)" in /proc/<pid>/maps), which of its fds
+point at one, and which mapping an array's data lives in.
+"""
+import os
+import signal
+
+import numpy as np
+
+MB = 1 << 20
+
+
+def _maps(pid="self"):
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            fields = line.split(maxsplit=5)
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            yield start, end, fields[5].strip() if len(fields) > 5 else ""
+
+
+def segment_size(address: int, pid="self") -> int:
+    """Size of the memfd mapping that holds ``address`` (0: not in shared memory)."""
+    for start, end, name in _maps(pid):
+        if start <= address < end:
+            return end - start if name.startswith("/memfd:") else 0
+    return 0
+
+
+def array_segment(a: np.ndarray) -> int:
+    """Size of the shared-memory mapping the array's data lives in (0: private memory)."""
+    return segment_size(a.__array_interface__["data"][0])
+
+
+def memfd_mappings(pid="self") -> int:
+    """How many memfd mappings the process has."""
+    return sum(1 for _, _, name in _maps(pid) if name.startswith("/memfd:"))
+
+
+def open_fds(pid="self") -> list[str]:
+    """What each open fd of the process points at."""
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass  # closed meanwhile (the listing's own fd)
+    return out
+
+
+def block(i, nbytes=MB):
+    """A result of ``nbytes`` whose values say which item it is."""
+    return np.full(nbytes // 8, i, dtype=np.float64)
+
+
+def double_and_where(a):
+    """2 * a, and the size of the shared-memory segment the argument arrived in (0: the pipe)."""
+    return a * 2, array_segment(a)
+
+
+def where(a):
+    """The size of the shared-memory segment the argument arrived in, and its first value."""
+    return array_segment(a), float(a[0])
+
+
+def mean_or_die(a, path):
+    """np.mean of the array; the first time it sees the item marked -1, kills its own worker
+    (SIGKILL) while it holds the array and the next chunk in shared memory."""
+    if a[0] == -1 and not os.path.exists(path):
+        with open(path, "w") as f:
+            f.write("killed")
+        os.kill(os.getpid(), signal.SIGKILL)
+    if a[0] == -2:
+        os.kill(os.getpid(), signal.SIGKILL)  # every time: reported as a WorkerDied
+    return float(a.mean())
+
+
+def mutate(a):
+    """Tasks may write to the arrays they get, as to any argument."""
+    a += 1
+    return float(a[0])
+
+
+def identity_with_type(x):
+    return x, type(x).__name__
+
+
+def slow_where(a):
+    """``where`` after a short sleep, so that a map is still running when its notebook is killed."""
+    import time
+
+    time.sleep(0.05)
+    return where(a)
+
+
+def block_slow_first(i, nbytes=MB):
+    """``block``; item 0 takes a few seconds, so every later result waits for it (ordered imap)."""
+    import time
+
+    if i == 0:
+        time.sleep(3)
+    return block(i, nbytes)
+
+
+def first_value(a):
+    return float(a[0])
