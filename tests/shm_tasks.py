@@ -21,10 +21,16 @@ def _maps(pid="self"):
 
 
 def segment_size(address: int, pid="self") -> int:
-    """Size of the memfd mapping that holds ``address`` (0: not in shared memory)."""
+    """Size of the memfd segment (the whole message's) that holds ``address`` (0: not in shared
+    memory), whichever part of it is mapped there."""
     for start, end, name in _maps(pid):
         if start <= address < end:
-            return end - start if name.startswith("/memfd:") else 0
+            if not name.startswith("/memfd:"):
+                return 0
+            try:
+                return os.stat(f"/proc/{pid}/map_files/{start:x}-{end:x}").st_size
+            except OSError:
+                return end - start  # map_files not readable here: the mapping's own size
     return 0
 
 
@@ -36,6 +42,11 @@ def array_segment(a: np.ndarray) -> int:
 def memfd_mappings(pid="self") -> int:
     """How many memfd mappings the process has."""
     return sum(1 for _, _, name in _maps(pid) if name.startswith("/memfd:"))
+
+
+def memfd_mapped_bytes(pid="self") -> int:
+    """Bytes of shared-memory segments the process has mapped (what its results hold on to)."""
+    return sum(end - start for start, end, name in _maps(pid) if name.startswith("/memfd:"))
 
 
 def open_fds(pid="self") -> list[str]:

@@ -7,6 +7,7 @@ What is looked at is what the processes really hold (``tests/shm_tasks``: /proc/
 from __future__ import annotations
 
 import gc
+import mmap
 import os
 import signal
 import threading
@@ -23,6 +24,7 @@ from tests import shm_tasks
 from tests.proctree import Script, describe, survivors, wait_until, workers_of
 
 MB = shm_tasks.MB
+PAGE = mmap.PAGESIZE
 
 
 def _dev_shm() -> set[str]:
@@ -57,6 +59,22 @@ def test_large_bytes_and_bytearrays_cross_whole(pool):
     out = pool.map(shm_tasks.identity_with_type, items)
     assert [value for value, _ in out] == items
     assert [kind for _, kind in out] == ["bytes", "bytearray", "bytes", "int"]
+
+
+def test_a_result_kept_holds_its_own_memory_not_its_whole_chunk(pool):
+    # a notebook keeps the one result it wants of a map and drops the others
+    out = pool.map(shm_tasks.block, range(64), chunksize=64, progress=False)  # 64 MB in one or a few messages
+    best = out[7]
+    assert shm_tasks.array_segment(best) >= 2 * MB, "the result did not come back with others in one segment"
+    del out
+    gc.collect()
+    assert float(best[0]) == 7.0
+    held = shm_tasks.memfd_mapped_bytes()
+    assert held <= best.nbytes + 2 * PAGE, \
+        f"a result of {best.nbytes / MB:.0f} MB kept {held / MB:.0f} MB of shared memory mapped"
+    del best
+    gc.collect()
+    assert shm_tasks.memfd_mappings() == 0
 
 
 def _warm(start_method: str) -> None:
