@@ -15,12 +15,13 @@ from functools import partial
 from multiprocessing import Pipe
 
 import numpy as np
+import psutil
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import mpkit
 from mpkit.engine import _serialize
 from mpkit.engine.process import _wire
-from tests import shm_tasks
+from tests import helpers, shm_tasks
 from tests.proctree import Script, describe, survivors, wait_until, workers_of
 
 MB = shm_tasks.MB
@@ -75,6 +76,18 @@ def test_a_result_kept_holds_its_own_memory_not_its_whole_chunk(pool):
     del best
     gc.collect()
     assert shm_tasks.memfd_mappings() == 0
+
+
+def test_the_same_large_bytes_in_many_items_cross_once(pool):
+    # the same blob (a file read once) given to every item, sent back by each as is
+    blob = b"z" * (4 * MB)
+    process = psutil.Process()
+    gc.collect()
+    before = process.memory_info().rss
+    out = pool.map(helpers.identity, [blob] * 64, chunksize=64, progress=False)
+    grown = process.memory_info().rss - before
+    assert len(out) == 64 and all(x == blob for x in out)
+    assert grown < 64 * MB, f"64 references to one 4 MB bytes came back as {grown / MB:.0f} MB more memory"
 
 
 def _warm(start_method: str) -> None:
