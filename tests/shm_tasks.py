@@ -49,6 +49,21 @@ def memfd_mapped_bytes(pid="self") -> int:
     return sum(end - start for start, end, name in _maps(pid) if name.startswith("/memfd:"))
 
 
+def memfd_copied_bytes(pid="self") -> int:
+    """Bytes of private copies made on top of the process's shared-memory mappings (copy on write:
+    memory spent twice, once in the segment and once in the copy), from /proc/<pid>/smaps."""
+    total, in_memfd = 0, False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            first = line.split(maxsplit=1)[0]
+            if "-" in first and not first.endswith(":"):  # a mapping's header line
+                fields = line.split(maxsplit=5)
+                in_memfd = len(fields) > 5 and fields[5].startswith("/memfd:")
+            elif in_memfd and first == "Anonymous:":
+                total += int(line.split()[1]) * 1024
+    return total
+
+
 def open_fds(pid="self") -> list[str]:
     """What each open fd of the process points at."""
     out = []

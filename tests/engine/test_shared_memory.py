@@ -90,6 +90,16 @@ def test_the_same_large_bytes_in_many_items_cross_once(pool):
     assert grown < 64 * MB, f"64 references to one 4 MB bytes came back as {grown / MB:.0f} MB more memory"
 
 
+def test_a_result_changed_in_place_costs_no_second_copy(pool):
+    [r] = pool.map(partial(shm_tasks.block, nbytes=64 * MB), [1], progress=False)
+    assert shm_tasks.array_segment(r) >= 64 * MB, "the result did not come back through shared memory"
+    r -= r.mean()  # in place, to save memory, as one does with large arrays
+    r[0] = 5.0
+    assert float(r[0]) == 5.0 and not r[1:].any()
+    copied = shm_tasks.memfd_copied_bytes()
+    assert copied <= 2 * PAGE, f"changing a 64 MB result in place made {copied / MB:.0f} MB of copies"
+
+
 def _warm(start_method: str) -> None:
     """Start what a first pool starts once per session (a fork server), to count fds after it."""
     with mpkit.Pool(1, start_method=start_method) as p:
@@ -237,7 +247,7 @@ def test_any_message_crosses_the_wire_unchanged_and_leaves_no_fd(items):
         one_by_one = [_serialize.unpack(p) for p in got[6]]
         assert all(_equal(a, b) for a, b in zip(items, one_by_one)) and len(one_by_one) == len(items)
         del one_by_one
-        assert len(shm_tasks.open_fds()) == fds_before
+        assert len(shm_tasks.open_fds()) <= fds_before  # fewer: a pool of an earlier test let go of its own
     finally:
         parent.close()
         child.close()

@@ -10,8 +10,8 @@ through shared memory.
             frame: "S" + (offset, size) per buffer + pickle ──pipe──►  recv_bytes()
             the segment's fd ──SCM_RIGHTS, same socket, right after──►  recvmsg(): the fd
             the sender closes its fd at once                            mmap each buffer on its own
-                                                                        (private, copy on write), fd
-                                                                        closed; pickle.loads(frame,
+                                                                        (shared, but no one else holds
+                                                                        it), fd closed; pickle.loads(frame,
                                                                         buffers=the mappings): arrays
                                                                         point into them, zero copy
 
@@ -151,13 +151,18 @@ def _segment(buffers: list[memoryview]) -> tuple[int, list[tuple[int, int]]]:
 
 
 def _map(fd: int, offset: int, size: int) -> memoryview:
-    """``size`` bytes of the segment from ``offset`` (a page boundary) mapped private (copy on
-    write: the arrays are the receiver's to change), as a memoryview that unmaps them when the last
-    view of it goes. Not ``mmap.mmap``: it keeps a dup of the fd open for the mapping's life, so a
-    notebook holding many results would run out of fds."""
+    """``size`` bytes of the segment from ``offset`` (a page boundary) mapped, as a memoryview that
+    unmaps them when the last view of it goes. Not ``mmap.mmap``: it keeps a dup of the fd open for
+    the mapping's life, so a notebook holding many results would run out of fds.
+
+    Shared, not private: the sender closed its fd and the receiver closes its own once mapped, so
+    the mapping is the segment's only holder and the arrays are the receiver's to change. A private
+    (copy-on-write) mapping would keep the segment's pages and add a copy of each page written: a
+    result changed in place (``r -= r.mean()``) would cost its memory twice, out of sight of RSS.
+    (A child the process forks shares these pages, as it would a ``MAP_SHARED`` array of its own.)"""
     if size == 0:
         return memoryview(bytearray())  # nothing to map (mmap refuses a length of 0)
-    address = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | _populate, fd, offset)
+    address = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED | _populate, fd, offset)
     if address is None or address == _MAP_FAILED:
         number = ctypes.get_errno()
         raise ReceiveError(number, f"mapping a shared-memory segment of {size} bytes failed: {os.strerror(number)}")
