@@ -49,6 +49,17 @@ def memfd_mapped_bytes(pid="self") -> int:
     return sum(end - start for start, end, name in _maps(pid) if name.startswith("/memfd:"))
 
 
+def memfd_held_bytes(pid="self") -> int:
+    """Bytes of memory the shared-memory segments mapped by the process really hold (the pages each
+    segment has, mapped or not: a segment lives as long as any part of it is mapped)."""
+    held = {}
+    for start, end, name in _maps(pid):
+        if name.startswith("/memfd:"):
+            st = os.stat(f"/proc/{pid}/map_files/{start:x}-{end:x}")
+            held[st.st_ino] = st.st_blocks * 512
+    return sum(held.values())
+
+
 def memfd_copied_bytes(pid="self") -> int:
     """Bytes of private copies made on top of the process's shared-memory mappings (copy on write:
     memory spent twice, once in the segment and once in the copy), from /proc/<pid>/smaps."""
