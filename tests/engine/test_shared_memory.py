@@ -218,7 +218,8 @@ def test_without_shared_memory_large_data_takes_the_pipe_after_one_warning(start
 # ---- the wire alone: any message of arrays, bytes and small values comes back equal -------------
 
 _sizes = st.sampled_from([0, 1, 1000, _serialize.OUT_OF_BAND_BYTES - 1, _serialize.OUT_OF_BAND_BYTES,
-                          _wire.SHM_BYTES - 1, _wire.SHM_BYTES, 3 * MB + 5])
+                          _wire.SHM_BYTES - 1, _wire.SHM_BYTES, _wire.OWN_MAPPING_BYTES - 1,
+                          _wire.OWN_MAPPING_BYTES, 3 * MB + 5])
 _values = st.one_of(
     st.integers(), st.text(max_size=20),
     st.builds(lambda n: np.arange(n // 8, dtype=np.float64), _sizes),
