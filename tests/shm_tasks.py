@@ -21,10 +21,16 @@ def _maps(pid="self"):
 
 
 def segment_size(address: int, pid="self") -> int:
-    """Size of the memfd mapping that holds ``address`` (0: not in shared memory)."""
+    """Size of the memfd segment (the whole message's) that holds ``address`` (0: not in shared
+    memory), whichever part of it is mapped there."""
     for start, end, name in _maps(pid):
         if start <= address < end:
-            return end - start if name.startswith("/memfd:") else 0
+            if not name.startswith("/memfd:"):
+                return 0
+            try:
+                return os.stat(f"/proc/{pid}/map_files/{start:x}-{end:x}").st_size
+            except OSError:
+                return end - start  # map_files not readable here: the mapping's own size
     return 0
 
 
@@ -36,6 +42,37 @@ def array_segment(a: np.ndarray) -> int:
 def memfd_mappings(pid="self") -> int:
     """How many memfd mappings the process has."""
     return sum(1 for _, _, name in _maps(pid) if name.startswith("/memfd:"))
+
+
+def memfd_mapped_bytes(pid="self") -> int:
+    """Bytes of shared-memory segments the process has mapped (what its results hold on to)."""
+    return sum(end - start for start, end, name in _maps(pid) if name.startswith("/memfd:"))
+
+
+def memfd_held_bytes(pid="self") -> int:
+    """Bytes of memory the shared-memory segments mapped by the process really hold (the pages each
+    segment has, mapped or not: a segment lives as long as any part of it is mapped)."""
+    held = {}
+    for start, end, name in _maps(pid):
+        if name.startswith("/memfd:"):
+            st = os.stat(f"/proc/{pid}/map_files/{start:x}-{end:x}")
+            held[st.st_ino] = st.st_blocks * 512
+    return sum(held.values())
+
+
+def memfd_copied_bytes(pid="self") -> int:
+    """Bytes of private copies made on top of the process's shared-memory mappings (copy on write:
+    memory spent twice, once in the segment and once in the copy), from /proc/<pid>/smaps."""
+    total, in_memfd = 0, False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            first = line.split(maxsplit=1)[0]
+            if "-" in first and not first.endswith(":"):  # a mapping's header line
+                fields = line.split(maxsplit=5)
+                in_memfd = len(fields) > 5 and fields[5].startswith("/memfd:")
+            elif in_memfd and first == "Anonymous:":
+                total += int(line.split()[1]) * 1024
+    return total
 
 
 def open_fds(pid="self") -> list[str]:

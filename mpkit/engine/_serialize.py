@@ -121,7 +121,9 @@ def pack(obj) -> Pickled:
     pickled = _pack(obj)
     if len(pickled.data) >= OUT_OF_BAND_BYTES and type(obj) is list \
             and any(type(x) in _BYTES and len(x) >= OUT_OF_BAND_BYTES for x in obj):
-        pickled = _pack([_OutOfBand(x) if type(x) in _BYTES and len(x) >= OUT_OF_BAND_BYTES else x for x in obj])
+        wrapped: dict[int, _OutOfBand] = {}  # one per object: the same bytes many times go once (memo)
+        pickled = _pack([wrapped.setdefault(id(x), _OutOfBand(x))
+                         if type(x) in _BYTES and len(x) >= OUT_OF_BAND_BYTES else x for x in obj])
     return pickled
 
 

@@ -7,6 +7,7 @@ What is looked at is what the processes really hold (``tests/shm_tasks``: /proc/
 from __future__ import annotations
 
 import gc
+import mmap
 import os
 import signal
 import threading
@@ -14,15 +15,17 @@ from functools import partial
 from multiprocessing import Pipe
 
 import numpy as np
+import psutil
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import mpkit
 from mpkit.engine import _serialize
 from mpkit.engine.process import _wire
-from tests import shm_tasks
+from tests import helpers, shm_tasks
 from tests.proctree import Script, describe, survivors, wait_until, workers_of
 
 MB = shm_tasks.MB
+PAGE = mmap.PAGESIZE
 
 
 def _dev_shm() -> set[str]:
@@ -57,6 +60,54 @@ def test_large_bytes_and_bytearrays_cross_whole(pool):
     out = pool.map(shm_tasks.identity_with_type, items)
     assert [value for value, _ in out] == items
     assert [kind for _, kind in out] == ["bytes", "bytearray", "bytes", "int"]
+
+
+def test_a_result_kept_holds_its_own_memory_not_its_whole_chunk(pool):
+    # a notebook keeps the one result it wants of a map and drops the others
+    out = pool.map(shm_tasks.block, range(64), chunksize=64, progress=False)  # 64 MB in one or a few messages
+    best = out[7]
+    assert shm_tasks.array_segment(best) >= 2 * MB, "the result did not come back with others in one segment"
+    del out
+    gc.collect()
+    assert float(best[0]) == 7.0
+    held = max(shm_tasks.memfd_mapped_bytes(), shm_tasks.memfd_held_bytes())
+    assert held <= best.nbytes + 2 * PAGE, \
+        f"a result of {best.nbytes / MB:.0f} MB kept {held / MB:.0f} MB of shared memory"
+    del best
+    gc.collect()
+    assert shm_tasks.memfd_mappings() == 0
+
+
+def test_the_same_large_bytes_in_many_items_cross_once(pool):
+    # the same blob (a file read once) given to every item, sent back by each as is
+    blob = b"z" * (4 * MB)
+    process = psutil.Process()
+    gc.collect()
+    before = process.memory_info().rss
+    out = pool.map(helpers.identity, [blob] * 64, chunksize=64, progress=False)
+    grown = process.memory_info().rss - before
+    assert len(out) == 64 and all(x == blob for x in out)
+    assert grown < 64 * MB, f"64 references to one 4 MB bytes came back as {grown / MB:.0f} MB more memory"
+
+
+def test_a_result_changed_in_place_costs_no_second_copy(pool):
+    [r] = pool.map(partial(shm_tasks.block, nbytes=64 * MB), [1], progress=False)
+    assert shm_tasks.array_segment(r) >= 64 * MB, "the result did not come back through shared memory"
+    r -= r.mean()  # in place, to save memory, as one does with large arrays
+    r[0] = 5.0
+    assert float(r[0]) == 5.0 and not r[1:].any()
+    copied = shm_tasks.memfd_copied_bytes()
+    assert copied <= 2 * PAGE, f"changing a 64 MB result in place made {copied / MB:.0f} MB of copies"
+
+
+def test_many_small_results_held_take_few_memory_mappings(pool):
+    # the kernel allows a process ~65,000 mappings (vm.max_map_count): 70,000 results of 64 KB held
+    # must not need one each
+    out = pool.map(partial(shm_tasks.block, nbytes=64 << 10), range(2000), progress=False)
+    assert [float(r[0]) for r in out[::250]] == [float(i) for i in range(0, 2000, 250)]
+    assert shm_tasks.array_segment(out[-1]), "the results did not come back through shared memory"
+    mappings = shm_tasks.memfd_mappings()
+    assert mappings <= 200, f"2,000 results of 64 KB held take {mappings} memory mappings"
 
 
 def _warm(start_method: str) -> None:
@@ -167,7 +218,8 @@ def test_without_shared_memory_large_data_takes_the_pipe_after_one_warning(start
 # ---- the wire alone: any message of arrays, bytes and small values comes back equal -------------
 
 _sizes = st.sampled_from([0, 1, 1000, _serialize.OUT_OF_BAND_BYTES - 1, _serialize.OUT_OF_BAND_BYTES,
-                          _wire.SHM_BYTES - 1, _wire.SHM_BYTES, 3 * MB + 5])
+                          _wire.SHM_BYTES - 1, _wire.SHM_BYTES, _wire.OWN_MAPPING_BYTES - 1,
+                          _wire.OWN_MAPPING_BYTES, 3 * MB + 5])
 _values = st.one_of(
     st.integers(), st.text(max_size=20),
     st.builds(lambda n: np.arange(n // 8, dtype=np.float64), _sizes),

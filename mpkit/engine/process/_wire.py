@@ -6,18 +6,22 @@ through shared memory.
     pickle(msg, protocol 5, buffer_callback): the out-of-band buffers
     of its Pickled parts (_serialize.pack), however nested, set apart
       fewer than SHM_BYTES in all: in band ──── frame: the pickle ───►  pickle.loads(frame)
-      else: copied into ONE memfd segment (64-byte aligned)
+      else: copied into ONE memfd segment (the small buffers together,
+            then each large one at a page)
             frame: "S" + (offset, size) per buffer + pickle ──pipe──►  recv_bytes()
             the segment's fd ──SCM_RIGHTS, same socket, right after──►  recvmsg(): the fd
-            the sender closes its fd at once                            mmap (private, copy on write),
-                                                                        fd closed; pickle.loads(frame,
-                                                                        buffers=slices of the mapping):
-                                                                        arrays point into it, zero copy
+            the sender closes its fd at once                            mmap: the small buffers as one, each
+                                                                        large one on its own (shared, but no
+                                                                        one else holds it), fd closed;
+                                                                        pickle.loads(frame, buffers=views of
+                                                                        the mappings): arrays point into
+                                                                        them, zero copy
 
 Leak-free by construction: a memfd segment has no name (nothing in /dev/shm), and the kernel frees
 its memory when the last fd or mapping of it goes. The fd in flight belongs to the socket until it
 is received, so a SIGKILL of the sender, of the receiver, or of the notebook leaves nothing behind;
-a mapping lives as long as the arrays that point into it, then is unmapped. memfd memory counts
+a mapping lives as long as the arrays that point into it, then is unmapped (a large result kept
+holds its own memory, a small one at most the small buffers of its message). memfd memory counts
 against the process's memory limit (cgroup), not against the size of /dev/shm.
 
 A message and its fd travel as a pair on one socket: the two writes are made under the sender's
@@ -50,6 +54,14 @@ PROTOCOL = 5
 SHM_BYTES = 256 << 10
 #: Alignment of each buffer inside a segment: numpy's SIMD loops want it (a cache line).
 _ALIGN = 64
+#: Buffers of at least this many bytes are mapped on their own, each at a page of the segment, so
+#: that one result kept does not keep its whole chunk's segment (a 1 MB result of a 64-result chunk
+#: kept 64 MB). Smaller ones share one mapping at the segment's start: a small result kept holds at
+#: most those of its message (a few MB: the chunk caps), and a notebook holding tens of thousands
+#: of them stays under the kernel's limit on mappings (vm.max_map_count, 65,530 by default, which
+#: 70,000 results of 64 KB mapped one by one exceeded).
+OWN_MAPPING_BYTES = 1 << 20
+_PAGE = mmap.PAGESIZE
 _SHM = b"S"
 _TABLE = struct.Struct("<I")
 _ENTRY = struct.Struct("<QQ")
@@ -61,6 +73,8 @@ if _memfd_create is not None:
     _libc.mmap.restype = ctypes.c_void_p
     _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
     _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_REMOVE = getattr(mmap, "MADV_REMOVE", None)
 _warned = False  # the fallback is said once per process
 
 
@@ -91,10 +105,12 @@ def receive(conn):
     table = [_ENTRY.unpack_from(data, start + i * _ENTRY.size) for i in range(count)]
     fd = _receive_fd(conn)
     try:
-        view = _map(fd, os.fstat(fd).st_size)
+        together = max((offset + nbytes for offset, nbytes in table if nbytes < OWN_MAPPING_BYTES), default=0)
+        small = _map(fd, 0, together) if together else None
+        buffers = [small[offset:offset + nbytes] if nbytes < OWN_MAPPING_BYTES else _map(fd, offset, nbytes)
+                   for offset, nbytes in table]
     finally:
         os.close(fd)
-    buffers = [view[offset:offset + nbytes] for offset, nbytes in table]
     return pickle.loads(memoryview(data)[start + count * _ENTRY.size:], buffers=buffers)
 
 
@@ -127,12 +143,16 @@ def _encode(msg: tuple) -> tuple[bytes, int | None]:
 
 
 def _segment(buffers: list[memoryview]) -> tuple[int, list[tuple[int, int]]]:
-    """A memfd holding ``buffers`` at aligned offsets, and (offset, size) of each."""
-    table, size = [], 0
-    for buffer in buffers:
-        size = -(-size // _ALIGN) * _ALIGN
-        table.append((size, buffer.nbytes))
-        size += buffer.nbytes
+    """A memfd holding ``buffers`` at aligned offsets, and (offset, size) of each: those under
+    OWN_MAPPING_BYTES first, together, then each larger one at a page of its own."""
+    table: list = [None] * len(buffers)
+    size = 0
+    for own, align in ((False, _ALIGN), (True, _PAGE)):
+        for i, buffer in enumerate(buffers):
+            if (buffer.nbytes >= OWN_MAPPING_BYTES) == own:
+                size = -(-size // align) * align
+                table[i] = (size, buffer.nbytes)
+                size += buffer.nbytes
     fd = _memfd_create("mpkit", os.MFD_CLOEXEC)
     try:
         os.ftruncate(fd, size)
@@ -146,20 +166,38 @@ def _segment(buffers: list[memoryview]) -> tuple[int, list[tuple[int, int]]]:
     return fd, table
 
 
-def _map(fd: int, size: int) -> memoryview:
-    """The segment mapped private (copy on write: the arrays are the receiver's to change), as a
-    memoryview that unmaps it when the last view of it goes. Not ``mmap.mmap``: it keeps a dup of
-    the fd open for the mapping's life, so a notebook holding many results would run out of fds."""
-    address = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | _populate, fd, 0)
+def _map(fd: int, offset: int, size: int) -> memoryview:
+    """``size`` bytes of the segment from ``offset`` (0 or a page boundary) mapped, as a memoryview that
+    unmaps them when the last view of it goes. Not ``mmap.mmap``: it keeps a dup of the fd open for
+    the mapping's life, so a notebook holding many results would run out of fds.
+
+    Shared, not private: the sender closed its fd and the receiver closes its own once mapped, so
+    the mapping is the segment's only holder and the arrays are the receiver's to change. A private
+    (copy-on-write) mapping would keep the segment's pages and add a copy of each page written: a
+    result changed in place (``r -= r.mean()``) would cost its memory twice, out of sight of RSS.
+    (A child the process forks shares these pages, as it would a ``MAP_SHARED`` array of its own.)"""
+    if size == 0:
+        return memoryview(bytearray())  # nothing to map (mmap refuses a length of 0)
+    address = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED | _populate, fd, offset)
     if address is None or address == _MAP_FAILED:
         number = ctypes.get_errno()
-        raise ReceiveError(number, f"mapping a shared-memory segment of {size} bytes failed: {os.strerror(number)}")
+        limit = " (no memory left, or vm.max_map_count mappings reached)" if number == errno.ENOMEM else ""
+        raise ReceiveError(number, f"mapping a shared-memory segment of {size} bytes failed: "
+                                   f"{os.strerror(number)}{limit}")
     memory = (ctypes.c_ubyte * size).from_address(address)
     # not at exit: an array still alive then would point into unmapped memory (the kernel unmaps
     # everything when the process ends anyway)
-    weakref.finalize(memory, _libc.munmap, address, size).atexit = False
+    weakref.finalize(memory, _unmap, address, size).atexit = False
     return memoryview(memory).cast("B")
 
+
+def _unmap(address: int, size: int) -> None:
+    """Unmap a part of a segment and free its pages: a segment lives while any part of it is
+    mapped, so without MADV_REMOVE (a hole punched in the segment) the memory of results already
+    dropped would stay held by one result of the same message that is kept."""
+    if _REMOVE is not None:
+        _libc.madvise(address, size, _REMOVE)
+    _libc.munmap(address, size)
 
 def _send_fd(conn, fd: int) -> None:
     sock = socket.socket(fileno=conn.fileno())
