@@ -142,3 +142,16 @@ def block_slow_first(i, nbytes=MB):
 
 def first_value(a):
     return float(a[0])
+
+
+def first_value(a) -> float:
+    return float(a.flat[0])
+
+
+def one_buffer_refilled(n: int, size: int = 100_000):
+    """A generator that hands out ONE array, refilled with i for the i-th item (frames read into a
+    buffer): what a reader of video or audio writes."""
+    buf = np.zeros(size)
+    for i in range(n):
+        buf[:] = i
+        yield buf

@@ -55,6 +55,13 @@ def test_a_100_mb_array_goes_and_comes_back_through_shared_memory(pool):
     assert not small.any()
 
 
+def test_a_generator_that_refills_one_array_gives_each_item_its_own_values(pool):
+    # each item is taken as it was when the generator handed it out, even though the array's
+    # memory travels out of band and the generator refills it before the chunk is sent
+    got = list(pool.imap(shm_tasks.first_value, shm_tasks.one_buffer_refilled(40), chunksize=1))
+    assert got == [float(i) for i in range(40)]
+
+
 def test_large_bytes_and_bytearrays_cross_whole(pool):
     items = [b"a" * (3 * MB), bytearray(b"b" * (2 * MB)), b"small", 7]
     out = pool.map(shm_tasks.identity_with_type, items)
