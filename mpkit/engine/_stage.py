@@ -7,18 +7,33 @@
 A stage has one lane of N workers, or with ``key=`` N lanes of one worker each. What a worker
 calls is the stage's function, or, for a class or factory stage, the object that ``Built`` has it
 build once; a many= stage's function is wrapped in ``Many``, which turns each result into a list
-in the worker. Only the router thread touches a stage; the manager threads touch its Runs, under
-the shared condition.
+in the worker. Around either, ``Codec`` unpickles each item in the worker and pickles each
+result there on its own, so items cross the notebook as ``Item`` objects (their pickle): the router
+forwards them without decoding, and knows each one's size. Only the router thread touches a
+stage; the manager threads touch its Runs, under the shared condition.
 """
 from __future__ import annotations
 
+import pickle
 import threading
 from collections import deque
 from typing import Any, Callable
 
-from ._errors import _short_repr
+from . import _serialize
+from ._errors import SerializationError, _short_repr
 from ._pipeline_stats import SNAPSHOT_HZ, StageStats
 from .process._pool import Pool
+
+#: Bytes a channel holds at most, besides its ``maxsize`` items (lane inboxes plus chunks no worker
+#: took yet; the results a stage made and the next channel cannot take yet count against it too).
+#: Memory must stay flat whatever the item size: 1,024 items of 1 MB would be 1 GB per channel.
+#: 64 MB is a few hundred ms of copying at pipe speed, enough to keep workers of large items busy;
+#: an item bigger than this still goes, alone.
+CHANNEL_BYTES = 64 << 20
+#: Bytes of items in one chunk (one message to a worker), at most; a chunk holds at least one
+#: item. Larger chunks amortize nothing more once items are large, and each chunk is held twice
+#: while it waits and runs (its items and their message).
+CHUNK_BYTES = 4 << 20
 
 #: Items a worker of a many= stage holds at once. Each may fan out to any number of results, and
 #: the notebook holds them all until the next channel takes them, so few; two keep the worker busy
@@ -43,6 +58,59 @@ class Built:
 def build(factory):
     """Unpickled in a worker: build a pipeline stage's object there, once (a model loads here)."""
     return factory()
+
+
+class Item(_serialize.Pickled):
+    """A pipeline item (or result) on its way: its own pickle. Its repr is the item's, so that
+    messages naming an item (a crash, a timeout) show the value, not its bytes."""
+
+    __slots__ = ()
+
+    def __reduce__(self):
+        return Item, (self.data, tuple(pickle.PickleBuffer(b) for b in self.buffers))
+
+    def __repr__(self) -> str:
+        try:
+            return repr(_serialize.unpack(self))
+        except Exception:
+            return f"<item of {self.nbytes} bytes that cannot be unpickled here>"
+
+
+def encode(value) -> Item:
+    """``value`` as an Item (raises what pickling raises)."""
+    item = _serialize.pack(value)
+    item.__class__ = Item
+    return item
+
+
+def decoded(value):
+    """What an Item (or a many= stage's list of them) stands for."""
+    if value.__class__ is Item:
+        return _serialize.unpack(value)
+    if value.__class__ is list:
+        return [decoded(v) for v in value]
+    return value
+
+
+def size(value) -> int:
+    """Bytes of an Item, or of a many= stage's list of them."""
+    if value.__class__ is Item:
+        return len(value.data) if not value.buffers else value.nbytes
+    if value.__class__ is list:
+        return sum(size(v) for v in value)
+    return 0
+
+
+class Unpicklable:
+    """In place of an item that could not be pickled where it was given: it fails at stage 0."""
+
+    def __init__(self, item: Any, exc: BaseException):
+        self.item = item
+        self.error = SerializationError(
+            f"the item {_short_repr(item, 80)} cannot be pickled to send it to a worker: {type(exc).__name__}: "
+            f"{exc}. Fix: pass plain data (paths, numbers, strings, dicts) and open files, connections "
+            "or models inside the stage.")
+        self.error.__cause__ = exc
 
 
 class BadOutput:
@@ -94,9 +162,65 @@ class Many:
         return list(iterator)
 
 
+class Codec:
+    """A stage's callable as its worker runs it: each item arrives as its own ``Item`` (a batch
+    as a list of them), is unpickled here, and each result leaves pickled on its own (``None``
+    for a dropped item, a list of Items for a many= stage's outputs). So the
+    notebook's router forwards results to the next stage without decoding them, and knows the
+    size of every item. An item that cannot be unpickled, or a result that cannot be pickled,
+    fails alone, with the reason."""
+
+    def __init__(self, fn: Callable, stage: str, many: bool, batched: bool):
+        self.fn, self.stage, self.many, self.batched = fn, stage, many, batched
+        self.__qualname__ = getattr(fn, "__qualname__", repr(fn))
+
+    @property
+    def factory(self):  # what _run reads to find the stage's source files
+        return getattr(self.fn, "factory", self.fn)
+
+    def __reduce__(self):
+        return Codec, (self.fn, self.stage, self.many, self.batched)
+
+    def __call__(self, item):
+        if not self.batched:
+            return self._encode(self.fn(self._decode(item)))
+        results = list(self.fn([self._decode(x) for x in item]))
+        if len(results) != len(item):
+            return results  # the worker reports the wrong length for the whole batch
+        # one result that cannot be pickled fails the batch: a batch is one call
+        return [self._encode(r) if r.__class__ is not BadOutput else BadOutput(x, r.message)
+                for r, x in zip(results, item)]
+
+    def _decode(self, item):
+        try:
+            return _serialize.unpack(item)
+        except Exception as exc:
+            raise SerializationError(
+                f"stage {self.stage!r} could not unpickle its item in the worker: {type(exc).__name__}: {exc}. "
+                "Cause: the item refers to a class or module the worker cannot import. Fix: define the class "
+                "in the notebook or in an importable module, or pass plain data.") from exc
+
+    def _encode(self, result):
+        if result is None:
+            return None
+        if self.many:
+            return [self._pack(v) for v in result]
+        return self._pack(result)
+
+    def _pack(self, value) -> Item:
+        try:
+            return encode(value)
+        except Exception as exc:
+            from .process._worker import _unpicklable_result
+
+            raise _unpicklable_result(value, exc) from None
+
+
 def stage_target(spec) -> Callable:
     target = Built(spec.target) if spec.factory else spec.target
-    return Many(target, spec.name, spec.batch is not None) if spec.many else target
+    if spec.many:
+        target = Many(target, spec.name, spec.batch is not None)
+    return Codec(target, spec.name, spec.many, spec.batch is not None)
 
 
 class Fan:
@@ -131,6 +255,7 @@ class Lane:
         self.pool.output.label = spec.name
         self.run = self.pool._open_run(stage_target(spec), cond, retries=spec.retries, timeout=spec.timeout)
         self.inbox: deque = deque()   # (key, item, arrival time)
+        self.inbox_bytes = 0          # of the items in the inbox
         self.held: set = set()        # keys handed to the run and not answered yet
 
     def room(self) -> bool:
@@ -139,6 +264,19 @@ class Lane:
         if self.fans_out:
             return len(self.held) < FAN_OUT_ITEMS * self.pool.size
         return len(self.run.pending) < 2 * self.pool.size
+
+    def take(self, size: int, whole: bool = False) -> list:
+        """The next ``size`` inbox entries, fewer if they pass CHUNK_BYTES (at least one), unless
+        ``whole`` (a micro-batch is the user's unit: it keeps its size)."""
+        inbox, picked, nbytes = self.inbox, [], 0
+        limit = float("inf") if whole else CHUNK_BYTES
+        while inbox and len(picked) < size and (nbytes < limit or not picked):
+            entry = inbox.popleft()
+            item = entry[1]
+            nbytes += len(item.data) if not item.buffers else item.nbytes
+            picked.append(entry)
+        self.inbox_bytes -= nbytes
+        return picked
 
     def chunk_size(self, spec) -> int:
         """Items in the next chunk of an unbatched stage."""
@@ -163,6 +301,7 @@ class Stage:
             raise
         self.outbox: deque = deque()    # (key, value) or Fan: results waiting for room downstream
         self.waiting = 0                # outputs in the outbox (a fan counts its outputs left)
+        self.waiting_bytes = 0          # and their bytes
         self.received = self.batched = self.done = self.emitted = self.failed = self.dropped = 0
         self.failed_at_entry = 0        # key= raised: the item never reached a lane
         self.cancelled_queued = self.cancelled_held = 0
@@ -181,9 +320,20 @@ class Stage:
         with self.cond:
             return sum(len(c.indices) for lane in self.lanes for c in lane.run.pending)
 
+    def space(self) -> tuple[int, int]:
+        """Items and bytes its channel can take now (none while it holds CHANNEL_BYTES)."""
+        with self.cond:
+            chunks = [c for lane in self.lanes for c in lane.run.pending]
+            items = sum(len(c.indices) for c in chunks)
+            nbytes = sum(c.payload.nbytes for c in chunks)
+        nbytes += sum(lane.inbox_bytes for lane in self.lanes)
+        if nbytes >= CHANNEL_BYTES:
+            return 0, 0
+        return self.spec.maxsize - self.queued_in_inboxes() - items, CHANNEL_BYTES - nbytes
+
     def room(self) -> int:
         """Items its channel can take now."""
-        return self.spec.maxsize - self.queued_in_inboxes() - self.pending_items()
+        return self.space()[0]
 
     def finished(self) -> bool:
         return (self.input_closed and not self.outbox
