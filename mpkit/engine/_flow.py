@@ -39,7 +39,7 @@ from typing import Any, Callable
 from ._errors import Failure, ResultList, _short_repr
 from ._ledger import Ledger
 from ._pipeline_stats import SNAPSHOT_HZ, PipelineStats, mark_bottleneck
-from ._stage import CHANNEL_BYTES, BadOutput, Fan, Item, Stage, Unpicklable, decoded, encode, size
+from ._stage import CHANNEL_BYTES, BadOutput, Fan, Item, Stage, Unpicklable, chunk_payload, decoded, encode, size
 
 #: Snapshots kept for ``timeline()``: at 10 a second, ten minutes of history.
 HISTORY = 6000
@@ -453,7 +453,10 @@ class Flow:
                     keys = [k for k, _, _ in picked]
                     lane.held.update(keys)
                     stage.batched += len(keys)
-                    lane.run.submit(keys, [x for _, x, _ in picked], batch)
+                    items = [x for _, x, _ in picked]
+                    payload = chunk_payload(items)  # pickling, but of bytes: no user code runs
+                    with self.cond:
+                        lane.run.submit_encoded(keys, items, payload, batch)
                     sent = True
                 if sent:
                     woken.append(lane)

@@ -14,6 +14,7 @@ stage; the manager threads touch its Runs, under the shared condition.
 """
 from __future__ import annotations
 
+import io
 import pickle
 import threading
 from collections import deque
@@ -67,6 +68,8 @@ class Item(_serialize.Pickled):
     __slots__ = ()
 
     def __reduce__(self):
+        if not self.buffers:  # the common case, once per item per message: no generator
+            return Item, (self.data,)
         return Item, (self.data, tuple(pickle.PickleBuffer(b) for b in self.buffers))
 
     def __repr__(self) -> str:
@@ -76,11 +79,55 @@ class Item(_serialize.Pickled):
             return f"<item of {self.nbytes} bytes that cannot be unpickled here>"
 
 
+class _Encoder(threading.local):
+    """One pickler per thread, kept between items: making one costs 5x pickling a small item.
+    Each item is pickled on its own all the same (memo and caches cleared): as ``pack`` does."""
+
+    def __init__(self):
+        self.file = io.BytesIO()
+        self.buffers: list = []
+        self.pickler = _serialize.Pickler(self.file, buffer_callback=self._keep_apart)
+
+    def _keep_apart(self, buffer: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buffer.raw()
+        except BufferError:  # not contiguous: copied in band
+            return True
+        if raw.nbytes < _serialize.OUT_OF_BAND_BYTES:
+            return True
+        self.buffers.append(raw)
+        return False
+
+    def encode(self, value) -> Item:
+        file, pickler = self.file, self.pickler
+        file.seek(0)
+        file.truncate()
+        pickler.clear_memo()
+        pickler._blobs = {}  # globals sent by value are looked at afresh for each item
+        self.buffers = []
+        try:
+            pickler.dump(value)
+        except BaseException:
+            self.__init__()  # a pickler that failed half-way is not used again
+            raise
+        return Item(file.getvalue(), self.buffers)
+
+
+_encoder = _Encoder()
+
+
 def encode(value) -> Item:
-    """``value`` as an Item (raises what pickling raises)."""
-    item = _serialize.pack(value)
-    item.__class__ = Item
-    return item
+    """``value`` as an Item, pickled as ``_serialize.pack`` does (raises what pickling raises)."""
+    return _encoder.encode(value)
+
+
+def chunk_payload(items: list) -> _serialize.Pickled:
+    """The message of a chunk of Items: the list of their pickles, as bytes where they have no
+    buffers kept apart (pickled in C, not item by item in Python), else the Items themselves."""
+    for item in items:
+        if item.buffers:
+            return _serialize.pack(items)
+    return _serialize.Pickled(pickle.dumps([item.data for item in items], pickle.HIGHEST_PROTOCOL))
 
 
 def decoded(value):
@@ -188,12 +235,13 @@ class Codec:
         if len(results) != len(item):
             return results  # the worker reports the wrong length for the whole batch
         # one result that cannot be pickled fails the batch: a batch is one call
-        return [self._encode(r) if r.__class__ is not BadOutput else BadOutput(x, r.message)
+        return [self._encode(r) if r.__class__ is not BadOutput
+                else BadOutput(Item(x) if x.__class__ is bytes else x, r.message)  # the item, still pickled
                 for r, x in zip(results, item)]
 
     def _decode(self, item):
         try:
-            return _serialize.unpack(item)
+            return pickle.loads(item) if item.__class__ is bytes else _serialize.unpack(item)
         except Exception as exc:
             raise SerializationError(
                 f"stage {self.stage!r} could not unpickle its item in the worker: {type(exc).__name__}: {exc}. "
