@@ -1,31 +1,43 @@
 """A running pipeline: one router thread moving every item between stages of worker processes.
 
-    feeder (the thread calling run(), or    ┌──────────────────── router thread ───────────────────────┐
-    any thread calling svc.submit())        │                                                          │
-    put(item) ──► incoming ─(room)─► lane inbox ─► Run.pending ─► stage 0 pool ─► Run.done ─► outbox ─(room)─► next stage ...
-    blocks while   [cond]            per lane:      chunks [cond]   workers          [cond]     results     its lanes' inboxes
-    stage 0 is full                  key= picks it   (a batch = one chunk)                       and fan-outs
-                                                                                        last stage ─► ledger ─► ResultList / Futures
+    feeder (the thread calling run()/imap(),   ┌──────────────────── router thread ───────────────────────┐
+    or any thread calling svc.submit())        │                                                          │
+    put(item): pickled ─► incoming ─(room)─► lane inbox ─► Run.pending ─► stage 0 pool ─► Run.done ─► outbox ─(room)─► next stage ...
+    here, once (Item);     [cond]            per lane:      chunks [cond]   workers          [cond]     results     its lanes' inboxes
+    blocks while stage 0                     key= picks it   (a batch = one chunk)                       and fan-outs
+    is full                                                              last stage ─► ledger ─► ResultList / Futures / imap's outlet
+
+Items travel as their own pickles (``_stage.Item``): the feeder pickles each one once, a stage's
+workers unpickle it and pickle each result on its own (``_stage.Codec``), and the router hands
+these pickles from stage to stage without decoding them. It decodes an item only for a keyed
+stage's ``key()`` and for a Failure's record; results are decoded in the caller's thread
+(``result_list()``, a Future's ``result()``, imap's loop). So every item's size is known.
 
 One lock, ``cond`` (a Condition shared with every stage's Run and so with the pools' manager
-threads), guards only what other threads touch: ``incoming`` and each Run's ``pending`` / ``done``
-/ ``failures``. Everything else (inboxes, outboxes, counts, the ledger) belongs to the router
-thread alone, so user code never runs under the lock: the source is read by the feeder, key
-functions and observers run in the router without the lock, and Future callbacks run in the
-service's callback thread. Snapshots are taken by the router (other threads ask for one and wait
-for it), so the counts in a snapshot always agree with each other.
+threads), guards only what other threads touch: ``incoming``, ``outlet`` and each Run's
+``pending`` / ``done`` / ``failures``. Everything else (inboxes, outboxes, counts, the ledger)
+belongs to the router thread alone, so user code and pickling never run under the lock: the
+source is read and its items pickled by the feeder, key functions and observers run in the router
+without the lock, Future callbacks run in the service's callback thread. (A chunk's message, the
+list of its items' pickles, is made in the router outside the lock; the manager threads unpickle
+a results message, a list of pickles, under it.) Snapshots are taken by the router (other threads
+ask for one and wait for it), so the counts in a snapshot always agree with each other.
 
-Bounds: ``incoming`` plus stage 0's channel hold at most its ``maxsize``; a stage's channel (lane
-inboxes plus chunks not yet taken by a worker) holds at most its ``maxsize``; a stage is given
-more work only while the results it already made (its outbox, including the rest of a many=
-fan-out, expanded one by one) fit in the next channel, and a many= stage's workers hold at most
-FAN_OUT_ITEMS items each, so the notebook holds the fan-outs of at most 1 + FAN_OUT_ITEMS x
-workers items. A keyed lane holds one chunk at a time, so a crash or a retry never lets a key's
-items overtake each other.
+Bounds, in items and in bytes (``_stage.CHANNEL_BYTES``): ``incoming`` plus stage 0's channel hold
+at most its ``maxsize`` items and CHANNEL_BYTES; a stage's channel (lane inboxes plus chunks not
+yet taken by a worker) holds at most its ``maxsize`` and CHANNEL_BYTES (one item more may pass
+the byte bound, so an item bigger than it still goes); a chunk holds at most CHUNK_BYTES (a batch
+keeps its size); a stage is given more work only while the results it already made (its outbox,
+including the rest of a many= fan-out, expanded one by one) fit in the next channel, in items and
+bytes, and a many= stage's workers hold at most FAN_OUT_ITEMS items each, so the notebook holds the
+fan-outs of at most 1 + FAN_OUT_ITEMS x workers items. A keyed lane holds one chunk at a time, so
+a crash or a retry never lets a key's items overtake each other. imap's backlog is bounded by
+``_stream``.
 
 End of stream: the feeder closes the input, each stage in turn drains (a batcher flushes its
 partial batch), and the pools are shut down. Stopping early (stop(drain=False), an interrupt, a
-fatal error) kills the pools, and every item still inside is counted as cancelled.
+fatal error, an imap loop left early) kills the pools, and every item still inside is counted as
+cancelled.
 """
 from __future__ import annotations
 
