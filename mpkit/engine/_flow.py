@@ -131,7 +131,7 @@ class Flow:
             packed = encode(item)
         except Exception as exc:  # noqa: BLE001 - any pickling error: this item fails, with the reason
             packed = Unpicklable(item, exc)
-        nbytes = size(packed)
+        nbytes = len(packed.data) if not packed.buffers else packed.nbytes
         if self._budget > 0 and self._budget_bytes > 0 and not (self.input_closed or self.fatal is not None):
             # Room known from the last look: no lock per item. Only the append that finds the
             # router possibly asleep (nothing was waiting) takes the lock, to wake it.
@@ -286,7 +286,8 @@ class Flow:
             new, incoming, nbytes = [], self.incoming, 0
             while incoming and len(new) < room and nbytes < byte_room:
                 entry = incoming.popleft()
-                nbytes += size(entry[0])
+                item = entry[0]
+                nbytes += len(item.data) if not item.buffers else item.nbytes
                 new.append(entry)
             self._taken_bytes += nbytes
             self._first_load = first.spec.maxsize - room + len(new)
@@ -304,19 +305,14 @@ class Flow:
         if input_closed:
             first.input_closed = True
         for stage, lane, batches, failures in taken:
+            # The run answers each key exactly once (_run's ledger), so a lane counts what it
+            # holds, per batch: an item answered twice would show as a negative count.
             for failure in failures:
-                if failure.index in lane.held:
-                    lane.held.discard(failure.index)
-                    self._stage_failed(stage, failure.index, failure.item, failure.exception)
-                else:
-                    stage.failed += 1  # answered twice: counted, so that the identity shows it
+                lane.held -= 1
+                self._stage_failed(stage, failure.index, failure.item, failure.exception)
             for keys, values in batches:
-                for key, value in zip(keys, values):
-                    if key in lane.held:
-                        lane.held.discard(key)
-                        self._stage_done(stage, key, value)
-                    else:
-                        stage.done += 1
+                lane.held -= len(keys)
+                self._stage_done_all(stage, keys, values)
         self._move()
         self._dispatch()
         self._hand_over()
@@ -356,6 +352,24 @@ class Flow:
             return
         lane.inbox.append((key, item, now))
         lane.inbox_bytes += size(item)
+
+    def _stage_done_all(self, stage: Stage, keys: list, values: list) -> None:
+        """Results of a stage, the hot path: plain results go straight to its outbox."""
+        if stage.spec.many or self.ledger.futures:
+            for key, value in zip(keys, values):
+                self._stage_done(stage, key, value)
+            return
+        outbox, done, nbytes = stage.outbox, 0, 0
+        for key, value in zip(keys, values):
+            if value.__class__ is Item:
+                outbox.append((key, value))
+                done += 1
+                nbytes += len(value.data) if not value.buffers else value.nbytes
+            else:
+                self._stage_done(stage, key, value)
+        stage.done += done
+        stage.waiting += done
+        stage.waiting_bytes += nbytes
 
     def _stage_done(self, stage: Stage, key: tuple, value: Any) -> None:
         if value is None:
@@ -463,7 +477,7 @@ class Flow:
                         if not picked:
                             continue
                     keys = [k for k, _, _ in picked]
-                    lane.held.update(keys)
+                    lane.held += len(keys)
                     stage.batched += len(keys)
                     items = [x for _, x, _ in picked]
                     payload = chunk_payload(items)  # pickling, but of bytes: no user code runs
@@ -540,10 +554,10 @@ class Flow:
         for stage in self.stages:
             for lane in stage.lanes:
                 stage.cancelled_queued += len(lane.inbox)
-                stage.cancelled_held += len(lane.held)
+                stage.cancelled_held += lane.held
                 lane.inbox.clear()
                 lane.inbox_bytes = 0
-                lane.held.clear()
+                lane.held = 0
             stage.outbox.clear()
             stage.waiting = stage.waiting_bytes = 0
         self.ledger.cancel_all(self.fatal if self.state == "failed" else None)

@@ -1,7 +1,7 @@
 """A pipeline stage while it runs: what its workers call, its lanes, its channel and its counts.
 
     items from the router ──► lane inbox ──► Run.pending (chunks) ──► the lane's Pool ──► Run.done
-                              (one per lane:  ◄─ held: keys handed to the run, not answered yet ─┘
+                              (one per lane:  ◄─ held: items handed to the run, not answered yet ─┘
                                key= picks it)                                 ──► outbox ──► next stage
 
 A stage has one lane of N workers, or with ``key=`` N lanes of one worker each. What a worker
@@ -114,10 +114,16 @@ class _Encoder(threading.local):
 
 
 _encoder = _Encoder()
+#: Types whose pickle is the same from the C pickler alone (no class, function or buffer inside),
+#: pickled without the notebook-aware pickler: paths, ids and byte strings are common items.
+_ATOMS = frozenset({bytes, str, int, float, bool, type(None)})
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
 def encode(value) -> Item:
     """``value`` as an Item, pickled as ``_serialize.pack`` does (raises what pickling raises)."""
+    if value.__class__ in _ATOMS:
+        return Item(pickle.dumps(value, _PROTOCOL))
     return _encoder.encode(value)
 
 
@@ -133,7 +139,7 @@ def chunk_payload(items: list) -> _serialize.Pickled:
 def decoded(value):
     """What an Item (or a many= stage's list of them) stands for."""
     if value.__class__ is Item:
-        return _serialize.unpack(value)
+        return pickle.loads(value.data) if not value.buffers else _serialize.unpack(value)
     if value.__class__ is list:
         return [decoded(v) for v in value]
     return value
@@ -150,6 +156,8 @@ def size(value) -> int:
 
 class Unpicklable:
     """In place of an item that could not be pickled where it was given: it fails at stage 0."""
+
+    data, buffers = b"", ()  # its size, as an Item's is read
 
     def __init__(self, item: Any, exc: BaseException):
         self.item = item
@@ -304,13 +312,13 @@ class Lane:
         self.run = self.pool._open_run(stage_target(spec), cond, retries=spec.retries, timeout=spec.timeout)
         self.inbox: deque = deque()   # (key, item, arrival time)
         self.inbox_bytes = 0          # of the items in the inbox
-        self.held: set = set()        # keys handed to the run and not answered yet
+        self.held = 0                 # items handed to the run and not answered yet
 
     def room(self) -> bool:
         if self.keyed:  # one chunk at a time: what a crash or a retry sends again cannot be overtaken
-            return not self.held
+            return self.held == 0
         if self.fans_out:
-            return len(self.held) < FAN_OUT_ITEMS * self.pool.size
+            return self.held < FAN_OUT_ITEMS * self.pool.size
         return len(self.run.pending) < 2 * self.pool.size
 
     def take(self, size: int, whole: bool = False) -> list:
@@ -332,7 +340,7 @@ class Lane:
             return 1  # a retried item runs again before its successors, not after the rest of its chunk
         size = self.run.sizer.next_size(0)
         if self.fans_out:
-            size = min(size, max(1, FAN_OUT_ITEMS * self.pool.size - len(self.held)))
+            size = min(size, max(1, FAN_OUT_ITEMS * self.pool.size - self.held))
         return size
 
 
@@ -385,7 +393,7 @@ class Stage:
 
     def finished(self) -> bool:
         return (self.input_closed and not self.outbox
-                and all(not lane.inbox and not lane.held for lane in self.lanes))
+                and all(not lane.inbox and lane.held == 0 for lane in self.lanes))
 
     def stats(self, now: float) -> list[StageStats]:
         """Its snapshot (two, a batcher's and its own, after .batch()); router thread, under cond."""
@@ -396,7 +404,7 @@ class Stage:
         rate = (finished - n0) / (now - t0) if now - t0 > 0.05 else 0.0
         pending = self.pending_items()
         inboxes = self.queued_in_inboxes()
-        in_flight = sum(len(lane.held) for lane in self.lanes) - pending  # both measured
+        in_flight = sum(lane.held for lane in self.lanes) - pending  # both measured
         common = dict(name=self.name, kind="stage", capacity=self.spec.maxsize, in_flight=in_flight,
                       done=self.done, emitted=self.emitted, dropped=self.dropped, rate=rate, waiting=self.waiting,
                       workers=sum(r.pool_workers for r in runs),
