@@ -167,3 +167,8 @@ def lock_for(x, bad=3):
 def batch_touch_free(batch):
     """A batched stage whose results do not depend on how the items were batched."""
     return [(x, x * x) for x in batch]
+
+
+def batch_lock_for(batch, bad=3):
+    """A batched stage whose result for ``bad`` cannot be pickled (a lock)."""
+    return [lock_for(x, bad) for x in batch]

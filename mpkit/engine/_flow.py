@@ -51,7 +51,8 @@ from typing import Any, Callable
 from ._errors import Failure, ResultList, _short_repr
 from ._ledger import Ledger
 from ._pipeline_stats import SNAPSHOT_HZ, PipelineStats, mark_bottleneck
-from ._stage import CHANNEL_BYTES, BadOutput, Fan, Item, Stage, Unpicklable, chunk_payload, decoded, encode, size
+from ._stage import (CHANNEL_BYTES, BadOutput, Fan, Item, Stage, Unpicklable, chunk_payload, decoded, encode, size,
+                     undecodable)
 
 #: Snapshots kept for ``timeline()``: at 10 a second, ten minutes of history.
 HISTORY = 6000
@@ -361,10 +362,14 @@ class Flow:
             return
         outbox, done, nbytes = stage.outbox, 0, 0
         for key, value in zip(keys, values):
-            if value.__class__ is Item:
+            if value.__class__ is bytes:  # a result's pickle (see _stage.Codec)
                 outbox.append((key, value))
                 done += 1
-                nbytes += len(value.data) if not value.buffers else value.nbytes
+                nbytes += len(value)
+            elif value.__class__ is Item:
+                outbox.append((key, value))
+                done += 1
+                nbytes += value.nbytes
             else:
                 self._stage_done(stage, key, value)
         stage.done += done
@@ -376,7 +381,7 @@ class Flow:
             stage.dropped += 1
             self.ledger.lost(key)
         elif isinstance(value, BadOutput):
-            self._stage_failed(stage, key, value.item, TypeError(value.message))
+            self._stage_failed(stage, key, value.item, value.error or TypeError(value.message))
         elif self.ledger.futures and self.ledger.unwanted(key):  # its caller cancelled it meanwhile
             stage.done += 1
             self.ledger.lost(key)
@@ -394,7 +399,7 @@ class Flow:
             stage.done += 1
             stage.outbox.append((key, value))
             stage.waiting += 1
-            stage.waiting_bytes += len(value.data) if not value.buffers else value.nbytes
+            stage.waiting_bytes += size(value)
 
     def _stage_failed(self, stage: Stage, key: tuple, item: Any, exc: BaseException) -> None:
         stage.failed += 1
@@ -435,7 +440,12 @@ class Flow:
                 else:
                     key, value = outbox.popleft()
                 moved += 1
-                nbytes += len(value.data) if not value.buffers else value.nbytes
+                if value.__class__ is bytes:
+                    nbytes += len(value)
+                    if nxt is not None:
+                        value = Item(value)  # an item again: a message naming it shows its value
+                else:
+                    nbytes += value.nbytes
                 if nxt is None:
                     output(key, value)
                 elif inbox is not None:
@@ -617,11 +627,14 @@ class Flow:
         led = self.ledger
         pairs = sorted(led.results, key=lambda kv: kv[0]) if self.ordered else led.results
         led.results = []
-        values = []
-        for i, (_, value) in enumerate(pairs):  # decoded here, in the caller's thread
-            values.append(decoded(value))
+        values, failures = [], list(led.failures)
+        for i, (key, value) in enumerate(pairs):  # decoded here, in the caller's thread
+            try:
+                values.append(decoded(value))
+            except Exception as exc:  # noqa: BLE001 - any unpickling error: this result fails, with why
+                failures.append(Failure(key[0], None, undecodable(exc)))
             pairs[i] = None  # its pickle goes as its value comes
-        return ResultList(values, sorted(led.failures, key=lambda f: f.index))
+        return ResultList(values, sorted(failures, key=lambda f: f.index))
 
     def scale(self, name: str, workers: int) -> None:
         for stage in self.stages:

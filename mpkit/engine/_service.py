@@ -21,10 +21,10 @@ import threading
 from concurrent.futures import Future
 from typing import Any, Callable
 
-from ._errors import Failure, SerializationError
+from ._errors import Failure
 from ._flow import FlowEnded
 from ._ledger import Encoded
-from ._stage import decoded
+from ._stage import decoded, undecodable
 from ._pipeline_stats import PipelineStats
 
 
@@ -85,10 +85,7 @@ class _ServiceFuture(Future):
                 try:
                     self._result = decoded(value.value)
                 except Exception as exc:  # noqa: BLE001 - any unpickling error, with its reason
-                    raise SerializationError(
-                        f"the result of this item could not be unpickled in the notebook: {type(exc).__name__}: "
-                        f"{exc}. Cause: it is an object of a class this process cannot import. Fix: return "
-                        "plain data, or define the class in the notebook or an importable module.") from exc
+                    raise undecodable(exc) from exc
             return self._result
 
 

@@ -137,7 +137,9 @@ def chunk_payload(items: list) -> _serialize.Pickled:
 
 
 def decoded(value):
-    """What an Item (or a many= stage's list of them) stands for."""
+    """What an Item, a result's pickle (bytes), or a many= stage's list of them stands for."""
+    if value.__class__ is bytes:
+        return pickle.loads(value)
     if value.__class__ is Item:
         return pickle.loads(value.data) if not value.buffers else _serialize.unpack(value)
     if value.__class__ is list:
@@ -145,8 +147,20 @@ def decoded(value):
     return value
 
 
+def undecodable(exc: BaseException) -> SerializationError:
+    """Why a result that came back from a worker cannot be used in the notebook."""
+    err = SerializationError(
+        f"a result could not be unpickled in the notebook: {type(exc).__name__}: {exc}. Cause: it is an object "
+        "of a class this process cannot import. Fix: return plain data, or define the class in the notebook "
+        "or in a module the notebook can import.")
+    err.__cause__ = exc
+    return err
+
+
 def size(value) -> int:
-    """Bytes of an Item, or of a many= stage's list of them."""
+    """Bytes of an Item, a result's pickle (bytes), or a many= stage's list of them."""
+    if value.__class__ is bytes:
+        return len(value)
     if value.__class__ is Item:
         return len(value.data) if not value.buffers else value.nbytes
     if value.__class__ is list:
@@ -169,10 +183,11 @@ class Unpicklable:
 
 
 class BadOutput:
-    """In a batched many= stage, the place of an item whose result was not iterable."""
+    """In a batch, the place of an item whose result cannot go on: not iterable in a many= stage
+    (a TypeError with ``message``), or ``error`` (a result that cannot be pickled)."""
 
-    def __init__(self, item: Any, message: str):
-        self.item, self.message = item, message
+    def __init__(self, item: Any, message: str, error: BaseException | None = None):
+        self.item, self.message, self.error = item, message, error
 
 
 class Many:
@@ -222,7 +237,7 @@ class Codec:
     as a list of them), is unpickled here, and each result leaves pickled on its own (``None``
     for a dropped item, a list of Items for a many= stage's outputs). So the
     notebook's router forwards results to the next stage without decoding them, and knows the
-    size of every item. An item that cannot be unpickled, or a result that cannot be pickled,
+    size of every item. (A result without large buffers leaves as its pickle's bytes.) An item that cannot be unpickled, or a result that cannot be pickled,
     fails alone, with the reason."""
 
     def __init__(self, fn: Callable, stage: str, many: bool, batched: bool):
@@ -242,10 +257,13 @@ class Codec:
         results = list(self.fn([self._decode(x) for x in item]))
         if len(results) != len(item):
             return results  # the worker reports the wrong length for the whole batch
-        # one result that cannot be pickled fails the batch: a batch is one call
-        return [self._encode(r) if r.__class__ is not BadOutput
-                else BadOutput(Item(x) if x.__class__ is bytes else x, r.message)  # the item, still pickled
-                for r, x in zip(results, item)]
+        out = []
+        for r, x in zip(results, item):
+            try:
+                out.append(self._encode(r) if r.__class__ is not BadOutput else BadOutput(_item(x), r.message))
+            except SerializationError as exc:  # this result cannot go back: only its item fails
+                out.append(BadOutput(_item(x), str(exc), exc))
+        return out
 
     def _decode(self, item):
         try:
@@ -263,13 +281,21 @@ class Codec:
             return [self._pack(v) for v in result]
         return self._pack(result)
 
-    def _pack(self, value) -> Item:
+    def _pack(self, value) -> Item | bytes:
         try:
-            return encode(value)
+            item = encode(value)
+            # without buffers kept apart, the pickle alone: a list of bytes crosses the pipe in C,
+            # both ways (the router makes it an Item again where it becomes a next stage's item)
+            return item.data if not item.buffers else item
         except Exception as exc:
             from .process._worker import _unpicklable_result
 
             raise _unpicklable_result(value, exc) from None
+
+
+def _item(x) -> Item:
+    """A batch's item as the router knows it, still pickled (a chunk sends plain pickles as bytes)."""
+    return Item(x) if x.__class__ is bytes else x
 
 
 def stage_target(spec) -> Callable:

@@ -22,7 +22,7 @@ from ._errors import Failure
 from ._flow import Flow, FlowEnded
 from ._interrupts import held_interrupts
 from ._ledger import ENDED, OUTPUT
-from ._stage import decoded, size
+from ._stage import decoded, size, undecodable
 
 #: Bytes of results a stream keeps for its loop before it stops reading the source. Enough for
 #: the stages to go on while the loop works on one result; small enough that a slow loop over
@@ -77,7 +77,10 @@ class Backlog:
             return value
         self.count -= 1
         self.nbytes -= size(value)
-        return decoded(value)
+        try:
+            return decoded(value)
+        except Exception as exc:  # noqa: BLE001 - any unpickling error, with its reason
+            raise undecodable(exc) from exc
 
     def full(self, items: int) -> bool:
         return self.count >= items or self.nbytes >= RESULTS_BYTES

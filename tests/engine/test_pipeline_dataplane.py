@@ -155,3 +155,12 @@ def test_a_result_that_cannot_be_pickled_fails_alone(start_method):
     [failure] = out.failures
     assert failure.index == 3 and "could not be pickled" in str(failure.exception)
     identities(pipe.stats())
+
+
+def test_a_result_that_cannot_be_pickled_fails_only_its_item_of_a_batch(start_method):
+    pipe = Pipeline("locks").batch(4, 0.05).stage(tasks.batch_lock_for)
+    out = pipe.run(range(8), ordered=True, on_error="collect", progress=False)
+    assert list(out) == [0, 1, 2, 4, 5, 6, 7]
+    [failure] = out.failures
+    assert failure.index == 3 and failure.item == 3 and "could not be pickled" in str(failure.exception)
+    identities(pipe.stats())
