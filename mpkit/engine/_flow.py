@@ -7,8 +7,8 @@
     blocks while stage 0                     key= picks it   (a batch = one chunk)                       and fan-outs
     is full                                                              last stage ─► ledger ─► ResultList / Futures / imap's outlet
 
-Items travel as their own pickles (``_stage.Item``): the feeder pickles each one once, a stage's
-workers unpickle it and pickle each result on its own (``_stage.Codec``), and the router hands
+Items travel as their own pickles (``_item.Item``): the feeder pickles each one once, a stage's
+workers unpickle it and pickle each result on its own (``_item.Codec``), and the router hands
 these pickles from stage to stage without decoding them. It decodes an item only for a keyed
 stage's ``key()`` and for a Failure's record; results are decoded in the caller's thread
 (``result_list()``, a Future's ``result()``, imap's loop). So every item's size is known.
@@ -51,8 +51,8 @@ from typing import Any, Callable
 from ._errors import Failure, ResultList, _short_repr
 from ._ledger import Ledger
 from ._pipeline_stats import SNAPSHOT_HZ, PipelineStats, mark_bottleneck
-from ._stage import (CHANNEL_BYTES, BadOutput, Fan, Item, Stage, Unpicklable, chunk_payload, decoded, encode, size,
-                     undecodable)
+from ._item import BadOutput, Item, Unpicklable, chunk_payload, decoded, encode, size, undecodable
+from ._stage import CHANNEL_BYTES, Fan, Stage
 
 #: Snapshots kept for ``timeline()``: at 10 a second, ten minutes of history.
 HISTORY = 6000
@@ -362,7 +362,7 @@ class Flow:
             return
         outbox, done, nbytes = stage.outbox, 0, 0
         for key, value in zip(keys, values):
-            if value.__class__ is bytes:  # a result's pickle (see _stage.Codec)
+            if value.__class__ is bytes:  # a result's pickle (see _item.Codec)
                 outbox.append((key, value))
                 done += 1
                 nbytes += len(value)

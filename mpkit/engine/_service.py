@@ -24,7 +24,7 @@ from typing import Any, Callable
 from ._errors import Failure
 from ._flow import FlowEnded
 from ._ledger import Encoded
-from ._stage import decoded, undecodable
+from ._item import decoded, undecodable
 from ._pipeline_stats import PipelineStats
 
 

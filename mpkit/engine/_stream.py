@@ -22,7 +22,7 @@ from ._errors import Failure
 from ._flow import Flow, FlowEnded
 from ._interrupts import held_interrupts
 from ._ledger import ENDED, OUTPUT
-from ._stage import decoded, size, undecodable
+from ._item import decoded, size, undecodable
 
 #: Bytes of results a stream keeps for its loop before it stops reading the source. Enough for
 #: the stages to go on while the loop works on one result; small enough that a slow loop over
