@@ -51,7 +51,7 @@ from typing import Any, Callable
 from ._errors import Failure, ResultList, _short_repr
 from ._ledger import Ledger
 from ._pipeline_stats import SNAPSHOT_HZ, PipelineStats, mark_bottleneck
-from ._item import BadOutput, Item, Unpicklable, chunk_payload, decoded, encode, size, undecodable
+from ._item import RAW, BadOutput, Item, Unpicklable, carried, chunk_payload, decoded, size, undecodable
 from ._stage import CHANNEL_BYTES, Fan, Stage
 
 #: Snapshots kept for ``timeline()``: at 10 a second, ten minutes of history.
@@ -129,10 +129,10 @@ class Flow:
         stage as its pickle. One that cannot be pickled is taken in and fails (its Future gets the
         error; run() raises or collects it per on_error)."""
         try:
-            packed = encode(item)
+            packed = carried(item)
         except Exception as exc:  # noqa: BLE001 - any pickling error: this item fails, with the reason
             packed = Unpicklable(item, exc)
-        nbytes = len(packed.data) if not packed.buffers else packed.nbytes
+        nbytes = size(packed)
         if self._budget > 0 and self._budget_bytes > 0 and not (self.input_closed or self.fatal is not None):
             # Room known from the last look: no lock per item. Only the append that finds the
             # router possibly asleep (nothing was waiting) takes the lock, to wake it.
@@ -287,8 +287,7 @@ class Flow:
             new, incoming, nbytes = [], self.incoming, 0
             while incoming and len(new) < room and nbytes < byte_room:
                 entry = incoming.popleft()
-                item = entry[0]
-                nbytes += len(item.data) if not item.buffers else item.nbytes
+                nbytes += size(entry[0])
                 new.append(entry)
             self._taken_bytes += nbytes
             self._first_load = first.spec.maxsize - room + len(new)
@@ -331,14 +330,14 @@ class Flow:
 
     def _enter(self, stage: Stage, key: tuple, item: Any, now: float) -> None:
         stage.received += 1
-        if item.__class__ is not Item:  # it could not be pickled where it was given
+        if item.__class__ is Unpicklable:  # it could not be pickled where it was given
             stage.failed_at_entry += 1
             self._stage_failed(stage, key, item.item, item.error)
             return
         if len(stage.lanes) == 1:
             lane = stage.lanes[0]
             lane.inbox.append((key, item, now))
-            lane.inbox_bytes += len(item.data) if not item.buffers else item.nbytes
+            lane.inbox_bytes += size(item)
             return
         try:
             lane_key = stage.spec.key(decoded(item))  # the only decoding on the way: key() needs the value
@@ -366,10 +365,10 @@ class Flow:
                 outbox.append((key, value))
                 done += 1
                 nbytes += len(value)
-            elif value.__class__ is Item:
+            elif value is not None and (value.__class__ is Item or value.__class__ in RAW):
                 outbox.append((key, value))
                 done += 1
-                nbytes += value.nbytes
+                nbytes += size(value)
             else:
                 self._stage_done(stage, key, value)
         stage.done += done
@@ -445,7 +444,7 @@ class Flow:
                     if nxt is not None:
                         value = Item(value)  # an item again: a message naming it shows its value
                 else:
-                    nbytes += value.nbytes
+                    nbytes += size(value)
                 if nxt is None:
                     output(key, value)
                 elif inbox is not None:

@@ -78,6 +78,11 @@ _encoder = _Encoder()
 #: Types whose pickle is the same from the C pickler alone (no class, function or buffer inside),
 #: pickled without the notebook-aware pickler: paths, ids and byte strings are common items.
 _ATOMS = frozenset({bytes, str, int, float, bool, type(None)})
+#: Atoms that travel as themselves, not pickled: a chunk's message pickles them in C with the rest,
+#: and pickling each on its own would double what a tiny item costs. (Not bytes: a bytes value
+#: on the way is a result's pickle.) Their size counts as ATOM_BYTES, or a string's length.
+RAW = frozenset({str, int, float, bool, type(None)})
+ATOM_BYTES = 16
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
@@ -88,13 +93,25 @@ def encode(value) -> Item:
     return _encoder.encode(value)
 
 
+def carried(value):
+    """``value`` as it travels: an atom as itself (RAW), anything else as an Item."""
+    if value.__class__ in RAW:
+        return value
+    return encode(value)
+
+
 def chunk_payload(items: list) -> _serialize.Pickled:
     """The message of a chunk of Items: the list of their pickles, as bytes where they have no
     buffers kept apart (pickled in C, not item by item in Python), else the Items themselves."""
+    out = []
     for item in items:
-        if item.buffers:
-            return _serialize.pack(items)
-    return _serialize.Pickled(pickle.dumps([item.data for item in items], pickle.HIGHEST_PROTOCOL))
+        if item.__class__ is Item:
+            if item.buffers:
+                return _serialize.pack(items)
+            out.append(item.data)
+        else:
+            out.append(item)  # an atom, as itself
+    return _serialize.Pickled(pickle.dumps(out, pickle.HIGHEST_PROTOCOL))
 
 
 def decoded(value):
@@ -126,13 +143,13 @@ def size(value) -> int:
         return len(value.data) if not value.buffers else value.nbytes
     if value.__class__ is list:
         return sum(size(v) for v in value)
-    return 0
+    if value.__class__ is str:
+        return len(value)
+    return ATOM_BYTES
 
 
 class Unpicklable:
     """In place of an item that could not be pickled where it was given: it fails at stage 0."""
-
-    data, buffers = b"", ()  # its size, as an Item's is read
 
     def __init__(self, item: Any, exc: BaseException):
         self.item = item
@@ -186,7 +203,9 @@ class Codec:
 
     def _decode(self, item):
         try:
-            return pickle.loads(item) if item.__class__ is bytes else _serialize.unpack(item)
+            if item.__class__ is bytes:
+                return pickle.loads(item)
+            return _serialize.unpack(item) if isinstance(item, _serialize.Pickled) else item  # else an atom
         except Exception as exc:
             raise SerializationError(
                 f"stage {self.stage!r} could not unpickle its item in the worker: {type(exc).__name__}: {exc}. "
@@ -201,6 +220,8 @@ class Codec:
         return self._pack(result)
 
     def _pack(self, value) -> Item | bytes:
+        if value.__class__ in RAW:
+            return value  # an atom, as itself
         try:
             item = encode(value)
             # without buffers kept apart, the pickle alone: a list of bytes crosses the pipe in C,

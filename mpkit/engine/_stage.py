@@ -19,7 +19,7 @@ from collections import deque
 from typing import Any, Callable
 
 from ._errors import _short_repr
-from ._item import BadOutput, Codec
+from ._item import BadOutput, Codec, size
 from ._pipeline_stats import SNAPSHOT_HZ, StageStats
 from .process._pool import Pool
 
@@ -150,15 +150,14 @@ class Lane:
             return self.held < FAN_OUT_ITEMS * self.pool.size
         return len(self.run.pending) < 2 * self.pool.size
 
-    def take(self, size: int, whole: bool = False) -> list:
-        """The next ``size`` inbox entries, fewer if they pass CHUNK_BYTES (at least one), unless
+    def take(self, most: int, whole: bool = False) -> list:
+        """The next ``most`` inbox entries, fewer if they pass CHUNK_BYTES (at least one), unless
         ``whole`` (a micro-batch is the user's unit: it keeps its size)."""
         inbox, picked, nbytes = self.inbox, [], 0
         limit = float("inf") if whole else CHUNK_BYTES
-        while inbox and len(picked) < size and (nbytes < limit or not picked):
+        while inbox and len(picked) < most and (nbytes < limit or not picked):
             entry = inbox.popleft()
-            item = entry[1]
-            nbytes += len(item.data) if not item.buffers else item.nbytes
+            nbytes += size(entry[1])
             picked.append(entry)
         self.inbox_bytes -= nbytes
         return picked

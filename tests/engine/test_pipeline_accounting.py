@@ -135,7 +135,8 @@ def test_random_pipelines_account_for_every_item(start_method, case, stream):
         out = run()
         stats = identities(pipe.stats())
         assert sorted(out) == results
-        assert sorted(f.index for f in out.failures) == sorted(failed)
+        # imap with "skip" yields no Failure (the stats below count them); run() lists them anyway
+        assert sorted(f.index for f in out.failures) == ([] if stream and on_error == "skip" else sorted(failed))
         assert (stats.submitted, stats.completed, stats.failed, stats.dropped, stats.cancelled, stats.pending) == (
             len(items), len(completed), len(failed), len(dropped), 0, 0)
         assert stats.results == len(results) and stats.state == "stopped"
