@@ -7,9 +7,9 @@
     blocks while stage 0                     key= picks it   (a batch = one chunk)                       and fan-outs
     is full                                                              last stage ─► ledger ─► ResultList / Futures / imap's outlet
 
-Items travel as their own pickles (``_item.Item``): the feeder pickles each one once, a stage's
-workers unpickle it and pickle each result on its own (``_item.Codec``), and the router hands
-these pickles from stage to stage without decoding them. It decodes an item only for a keyed
+Items travel as their own pickles (``_item.Item``; an atom, a str or a number, as itself): the
+feeder pickles each one once, a stage's workers unpickle it and pickle each result on its own
+(``_item.Codec``), and the router hands these pickles from stage to stage without decoding them. It decodes an item only for a keyed
 stage's ``key()`` and for a Failure's record; results are decoded in the caller's thread
 (``result_list()``, a Future's ``result()``, imap's loop). So every item's size is known.
 
