@@ -144,3 +144,31 @@ def crash_on_batch_with(batch, bad=3):
 def batch_with_a_number_for(batch, bad=3):
     """A batched many=True stage: a list of results per item, but a number for ``bad``."""
     return [7 if x == bad else [x] * 2 for x in batch]
+
+
+def drop(x):
+    """A last stage that keeps nothing: what the notebook holds is only what is on its way."""
+    return None
+
+
+def megabytes(n, counter=None):
+    """A source of ``n`` distinct 1 MB items, made one by one; ``counter`` counts the reads."""
+    for i in range(n):
+        if counter is not None:
+            counter.append(i)
+        yield bytes([i % 256]) * (1 << 20)
+
+
+def lock_for(x, bad=3):
+    """A stage whose result for ``bad`` cannot be pickled (a lock)."""
+    return threading.Lock() if x == bad else x
+
+
+def batch_touch_free(batch):
+    """A batched stage whose results do not depend on how the items were batched."""
+    return [(x, x * x) for x in batch]
+
+
+def batch_lock_for(batch, bad=3):
+    """A batched stage whose result for ``bad`` cannot be pickled (a lock)."""
+    return [lock_for(x, bad) for x in batch]

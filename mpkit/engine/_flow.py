@@ -1,31 +1,43 @@
 """A running pipeline: one router thread moving every item between stages of worker processes.
 
-    feeder (the thread calling run(), or    ┌──────────────────── router thread ───────────────────────┐
-    any thread calling svc.submit())        │                                                          │
-    put(item) ──► incoming ─(room)─► lane inbox ─► Run.pending ─► stage 0 pool ─► Run.done ─► outbox ─(room)─► next stage ...
-    blocks while   [cond]            per lane:      chunks [cond]   workers          [cond]     results     its lanes' inboxes
-    stage 0 is full                  key= picks it   (a batch = one chunk)                       and fan-outs
-                                                                                        last stage ─► ledger ─► ResultList / Futures
+    feeder (the thread calling run()/imap(),   ┌──────────────────── router thread ───────────────────────┐
+    or any thread calling svc.submit())        │                                                          │
+    put(item): pickled ─► incoming ─(room)─► lane inbox ─► Run.pending ─► stage 0 pool ─► Run.done ─► outbox ─(room)─► next stage ...
+    here, once (Item);     [cond]            per lane:      chunks [cond]   workers          [cond]     results     its lanes' inboxes
+    blocks while stage 0                     key= picks it   (a batch = one chunk)                       and fan-outs
+    is full                                                              last stage ─► ledger ─► ResultList / Futures / imap's outlet
+
+Items travel as their own pickles (``_item.Item``; an atom, a str or a number, as itself): the
+feeder pickles each one once, a stage's workers unpickle it and pickle each result on its own
+(``_item.Codec``), and the router hands these pickles from stage to stage without decoding them. It decodes an item only for a keyed
+stage's ``key()`` and for a Failure's record; results are decoded in the caller's thread
+(``result_list()``, a Future's ``result()``, imap's loop). So every item's size is known.
 
 One lock, ``cond`` (a Condition shared with every stage's Run and so with the pools' manager
-threads), guards only what other threads touch: ``incoming`` and each Run's ``pending`` / ``done``
-/ ``failures``. Everything else (inboxes, outboxes, counts, the ledger) belongs to the router
-thread alone, so user code never runs under the lock: the source is read by the feeder, key
-functions and observers run in the router without the lock, and Future callbacks run in the
-service's callback thread. Snapshots are taken by the router (other threads ask for one and wait
-for it), so the counts in a snapshot always agree with each other.
+threads), guards only what other threads touch: ``incoming``, ``outlet`` and each Run's
+``pending`` / ``done`` / ``failures``. Everything else (inboxes, outboxes, counts, the ledger)
+belongs to the router thread alone, so user code and pickling never run under the lock: the
+source is read and its items pickled by the feeder, key functions and observers run in the router
+without the lock, Future callbacks run in the service's callback thread. (A chunk's message, the
+list of its items' pickles, is made in the router outside the lock; the manager threads unpickle
+a results message, a list of pickles, under it.) Snapshots are taken by the router (other threads
+ask for one and wait for it), so the counts in a snapshot always agree with each other.
 
-Bounds: ``incoming`` plus stage 0's channel hold at most its ``maxsize``; a stage's channel (lane
-inboxes plus chunks not yet taken by a worker) holds at most its ``maxsize``; a stage is given
-more work only while the results it already made (its outbox, including the rest of a many=
-fan-out, expanded one by one) fit in the next channel, and a many= stage's workers hold at most
-FAN_OUT_ITEMS items each, so the notebook holds the fan-outs of at most 1 + FAN_OUT_ITEMS x
-workers items. A keyed lane holds one chunk at a time, so a crash or a retry never lets a key's
-items overtake each other.
+Bounds, in items and in bytes (``_stage.CHANNEL_BYTES``): ``incoming`` plus stage 0's channel hold
+at most its ``maxsize`` items and CHANNEL_BYTES; a stage's channel (lane inboxes plus chunks not
+yet taken by a worker) holds at most its ``maxsize`` and CHANNEL_BYTES (one item more may pass
+the byte bound, so an item bigger than it still goes); a chunk holds at most CHUNK_BYTES (a batch
+keeps its size); a stage is given more work only while the results it already made (its outbox,
+including the rest of a many= fan-out, expanded one by one) fit in the next channel, in items and
+bytes, and a many= stage's workers hold at most FAN_OUT_ITEMS items each, so the notebook holds the
+fan-outs of at most 1 + FAN_OUT_ITEMS x workers items. A keyed lane holds one chunk at a time, so
+a crash or a retry never lets a key's items overtake each other. imap's backlog is bounded by
+``_stream``.
 
 End of stream: the feeder closes the input, each stage in turn drains (a batcher flushes its
 partial batch), and the pools are shut down. Stopping early (stop(drain=False), an interrupt, a
-fatal error) kills the pools, and every item still inside is counted as cancelled.
+fatal error, an imap loop left early) kills the pools, and every item still inside is counted as
+cancelled.
 """
 from __future__ import annotations
 
@@ -39,7 +51,8 @@ from typing import Any, Callable
 from ._errors import Failure, ResultList, _short_repr
 from ._ledger import Ledger
 from ._pipeline_stats import SNAPSHOT_HZ, PipelineStats, mark_bottleneck
-from ._stage import BadOutput, Fan, Stage
+from ._item import RAW, BadOutput, Item, Unpicklable, carried, chunk_payload, decoded, size, undecodable
+from ._stage import CHANNEL_BYTES, Fan, Stage
 
 #: Snapshots kept for ``timeline()``: at 10 a second, ten minutes of history.
 HISTORY = 6000
@@ -56,13 +69,15 @@ class Flow:
     """Stages, channels, router thread and ledger of one run or one service of a pipeline."""
 
     def __init__(self, name: str, specs: list, *, on_error: str = "raise", ordered: bool = False,
-                 start_method: str | None = None, observers: list | None = None, service: bool = False):
+                 start_method: str | None = None, observers: list | None = None, service: bool = False,
+                 stream: bool = False):
         self.name = name
         self.cond = threading.Condition()
         self.on_error, self.ordered = on_error, ordered
         #: a blocking run with on_error="raise" stops at the first failure; a service never does:
         #: the error goes to the failing item's Future
         self.stop_on_failure = on_error == "raise" and not service
+        self.stream = stream  # imap(): outputs go to ``outlet`` as they come, for the consumer's thread
         self.stages: list[Stage] = []
         try:
             for i, spec in enumerate(specs):
@@ -72,9 +87,12 @@ class Flow:
                 stage.close(kill=True)
             raise
         self.observers = list(observers or [])
-        self.ledger = Ledger(many=any(s.spec.many for s in self.stages), keep_results=not service,
-                             keep_all_failures=not service)
-        self.incoming: deque = deque()       # (item, future or None), from the feeder [cond]
+        self.ledger = Ledger(many=any(s.spec.many for s in self.stages), keep_results=not (service or stream),
+                             keep_all_failures=not (service or stream), stream=stream,
+                             ends=stream and (ordered or on_error == "collect"))
+        #: imap(): what the ledger streamed, handed to the consumer's thread [cond]
+        self.outlet: deque = deque()
+        self.incoming: deque = deque()       # (Item or Unpicklable, future or None), from the feeder [cond]
         self.input_closed = False            # [cond] no more put()
         self.stop_now = False                # [cond] stop without draining
         self.fatal: BaseException | None = None
@@ -87,7 +105,11 @@ class Flow:
         self._snapshots = 0                  # [cond] snapshots taken so far
         self._snapshot_wanted = False        # [cond] another thread waits for a fresh one
         self._first_load = 0                 # [cond] items in stage 0's channel, as of the last step
+        self._first_bytes = 0                # [cond] and their bytes
+        self._fed_bytes = 0                  # bytes put into ``incoming`` so far (feeders)
+        self._taken_bytes = 0                # bytes taken out of it so far (router)
         self._budget = 0                     # put()s that fit without looking again (feeder side)
+        self._budget_bytes = 0               # and their bytes
         self._thread: threading.Thread | None = None
         # Waits are on this event, not Thread.join: a join cut short by an interrupt can leave the
         # thread looking dead while it still runs (CPython 3.11).
@@ -101,12 +123,23 @@ class Flow:
 
     def put(self, item: Any, future: Future | None = None, timeout: float | None = None) -> None:
         """Send an item in; blocks while the first stage's channel is full (up to ``timeout`` s).
-        Raises ``FlowEnded`` if the flow takes no more items, ``TimeoutError`` if it stayed full."""
-        if self._budget > 0 and not (self.input_closed or self.fatal is not None):
+        Raises ``FlowEnded`` if the flow takes no more items, ``TimeoutError`` if it stayed full.
+
+        The item is pickled here, in the caller's thread, once: it crosses the router and every
+        stage as its pickle. One that cannot be pickled is taken in and fails (its Future gets the
+        error; run() raises or collects it per on_error)."""
+        try:
+            packed = carried(item)
+        except Exception as exc:  # noqa: BLE001 - any pickling error: this item fails, with the reason
+            packed = Unpicklable(item, exc)
+        nbytes = size(packed)
+        if self._budget > 0 and self._budget_bytes > 0 and not (self.input_closed or self.fatal is not None):
             # Room known from the last look: no lock per item. Only the append that finds the
             # router possibly asleep (nothing was waiting) takes the lock, to wake it.
             self._budget -= 1
-            entry = (item, future)
+            self._budget_bytes -= nbytes
+            self._fed_bytes += nbytes
+            entry = (packed, future)
             self.incoming.append(entry)
             if self.state != "running":
                 self._withdraw(entry)  # the flow ended as this item came in
@@ -120,14 +153,17 @@ class Flow:
             while True:
                 if self.input_closed or self.stop_now or self.fatal is not None or self.state != "running":
                     raise FlowEnded(self.name)
-                if len(self.incoming) + self._first_load < first.spec.maxsize:
+                if (len(self.incoming) + self._first_load < first.spec.maxsize
+                        and self._fed_bytes - self._taken_bytes + self._first_bytes < CHANNEL_BYTES):
                     break
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise TimeoutError(f"the first stage of {self.name!r} stayed full for {timeout} s")
                 self.cond.wait(min(0.1, left) if left is not None else 0.1)  # short: an interrupt lands
-            self.incoming.append((item, future))
+            self.incoming.append((packed, future))
+            self._fed_bytes += nbytes
             self._budget = first.spec.maxsize - self._first_load - len(self.incoming)
+            self._budget_bytes = CHANNEL_BYTES - self._first_bytes - (self._fed_bytes - self._taken_bytes)
             if len(self.incoming) == 1:
                 self.cond.notify_all()  # the router may sleep; with more waiting, it was told already
 
@@ -138,6 +174,7 @@ class Flow:
             for i, waiting in enumerate(self.incoming):
                 if waiting is entry:
                     del self.incoming[i]
+                    self._taken_bytes += size(entry[0])
                     raise FlowEnded(self.name)
 
     def close_input(self) -> None:
@@ -195,6 +232,15 @@ class Flow:
             self.cond.wait_for(lambda: self._snapshots >= wanted or self._ended.is_set(), SNAPSHOT_WAIT)
             return self._last
 
+    def take_outlet(self, timeout: float) -> list:
+        """imap(): what came out since the last call, waiting up to ``timeout`` s for something."""
+        with self.cond:
+            if not self.outlet and self.running:
+                self.cond.wait(timeout)
+            out = list(self.outlet)
+            self.outlet.clear()
+            return out
+
     def last_snapshot(self) -> PipelineStats:
         """The router's latest snapshot, without waiting for a new one."""
         return self._last if self._last is not None else self._take_snapshot()
@@ -237,36 +283,39 @@ class Flow:
                     if broken is not None and self.fatal is None:
                         self.fatal = broken
             first = self.stages[0]
-            room = first.room()
-            new = [self.incoming.popleft() for _ in range(min(max(0, room), len(self.incoming)))]
+            room, byte_room = first.space()
+            new, incoming, nbytes = [], self.incoming, 0
+            while incoming and len(new) < room and nbytes < byte_room:
+                entry = incoming.popleft()
+                nbytes += size(entry[0])
+                new.append(entry)
+            self._taken_bytes += nbytes
             self._first_load = first.spec.maxsize - room + len(new)
+            self._first_bytes = CHANNEL_BYTES - byte_room + nbytes
             input_closed = self.input_closed and not self.incoming
             self.cond.notify_all()  # feeders waiting for room
         for stage in self.stages:
             for lane in stage.lanes:
                 for stream, text in lane.pool.output.drain():
                     (sys.stderr if stream == "stderr" else sys.stdout).write(text)
+        now = time.monotonic()
         for item, future in new:
             root = self.ledger.take(future)
-            self._enter(first, (root,), item, time.monotonic())
+            self._enter(first, (root,), item, now)
         if input_closed:
             first.input_closed = True
         for stage, lane, batches, failures in taken:
+            # The run answers each key exactly once (_run's ledger), so a lane counts what it
+            # holds, per batch: an item answered twice would show as a negative count.
             for failure in failures:
-                if failure.index in lane.held:
-                    lane.held.discard(failure.index)
-                    self._stage_failed(stage, failure.index, failure.item, failure.exception)
-                else:
-                    stage.failed += 1  # answered twice: counted, so that the identity shows it
+                lane.held -= 1
+                self._stage_failed(stage, failure.index, failure.item, failure.exception)
             for keys, values in batches:
-                for key, value in zip(keys, values):
-                    if key in lane.held:
-                        lane.held.discard(key)
-                        self._stage_done(stage, key, value)
-                    else:
-                        stage.done += 1
+                lane.held -= len(keys)
+                self._stage_done_all(stage, keys, values)
         self._move()
         self._dispatch()
+        self._hand_over()
         self._snapshot()
 
     def _anything_ready(self) -> bool:
@@ -281,11 +330,17 @@ class Flow:
 
     def _enter(self, stage: Stage, key: tuple, item: Any, now: float) -> None:
         stage.received += 1
+        if item.__class__ is Unpicklable:  # it could not be pickled where it was given
+            stage.failed_at_entry += 1
+            self._stage_failed(stage, key, item.item, item.error)
+            return
         if len(stage.lanes) == 1:
-            stage.lanes[0].inbox.append((key, item, now))
+            lane = stage.lanes[0]
+            lane.inbox.append((key, item, now))
+            lane.inbox_bytes += size(item)
             return
         try:
-            lane_key = stage.spec.key(item)
+            lane_key = stage.spec.key(decoded(item))  # the only decoding on the way: key() needs the value
             lane = stage.lanes[hash(lane_key) % len(stage.lanes)]
         except Exception as exc:  # noqa: BLE001 - the user's key function: this item fails
             stage.failed_at_entry += 1
@@ -296,13 +351,36 @@ class Flow:
             self._stage_failed(stage, key, item, exc)
             return
         lane.inbox.append((key, item, now))
+        lane.inbox_bytes += size(item)
+
+    def _stage_done_all(self, stage: Stage, keys: list, values: list) -> None:
+        """Results of a stage, the hot path: plain results go straight to its outbox."""
+        if stage.spec.many or self.ledger.futures:
+            for key, value in zip(keys, values):
+                self._stage_done(stage, key, value)
+            return
+        outbox, done, nbytes = stage.outbox, 0, 0
+        for key, value in zip(keys, values):
+            if value.__class__ is bytes:  # a result's pickle (see _item.Codec)
+                outbox.append((key, value))
+                done += 1
+                nbytes += len(value)
+            elif value is not None and (value.__class__ is Item or value.__class__ in RAW):
+                outbox.append((key, value))
+                done += 1
+                nbytes += size(value)
+            else:
+                self._stage_done(stage, key, value)
+        stage.done += done
+        stage.waiting += done
+        stage.waiting_bytes += nbytes
 
     def _stage_done(self, stage: Stage, key: tuple, value: Any) -> None:
         if value is None:
             stage.dropped += 1
             self.ledger.lost(key)
         elif isinstance(value, BadOutput):
-            self._stage_failed(stage, key, value.item, TypeError(value.message))
+            self._stage_failed(stage, key, value.item, value.error or TypeError(value.message))
         elif self.ledger.futures and self.ledger.unwanted(key):  # its caller cancelled it meanwhile
             stage.done += 1
             self.ledger.lost(key)
@@ -315,13 +393,20 @@ class Flow:
             self.ledger.fan_out(key[0], len(value))
             stage.outbox.append(Fan(key, value))
             stage.waiting += len(value)
+            stage.waiting_bytes += size(value)
         else:
             stage.done += 1
             stage.outbox.append((key, value))
             stage.waiting += 1
+            stage.waiting_bytes += size(value)
 
     def _stage_failed(self, stage: Stage, key: tuple, item: Any, exc: BaseException) -> None:
         stage.failed += 1
+        if item.__class__ is Item:
+            try:
+                item = decoded(item)  # the Failure shows the item itself
+            except Exception:  # noqa: BLE001 - it cannot be unpickled here: its repr says so
+                pass
         try:
             exc.add_note(f"(in pipeline {self.name!r}, stage {stage.name!r})")
         except Exception:
@@ -337,11 +422,15 @@ class Flow:
         for i in range(last, -1, -1):
             stage = self.stages[i]
             nxt = self.stages[i + 1] if i < last else None
-            room = nxt.room() if nxt is not None else len(stage.outbox) + stage.waiting
-            outbox, moved = stage.outbox, 0
+            if nxt is not None:
+                room, byte_room = nxt.space()
+            else:
+                room, byte_room = len(stage.outbox) + stage.waiting, stage.waiting_bytes + 1
+            outbox, moved, nbytes = stage.outbox, 0, 0
             # the next stage's one inbox, when it has one lane (no key= to compute): the hot path
-            inbox = nxt.lanes[0].inbox if nxt is not None and len(nxt.lanes) == 1 else None
-            while outbox and moved < room:
+            lane = nxt.lanes[0] if nxt is not None and len(nxt.lanes) == 1 else None
+            inbox = lane.inbox if lane is not None else None
+            while outbox and moved < room and nbytes < byte_room:
                 entry = outbox[0]
                 if entry.__class__ is Fan:
                     key, value = entry.pop()
@@ -350,6 +439,12 @@ class Flow:
                 else:
                     key, value = outbox.popleft()
                 moved += 1
+                if value.__class__ is bytes:
+                    nbytes += len(value)
+                    if nxt is not None:
+                        value = Item(value)  # an item again: a message naming it shows its value
+                else:
+                    nbytes += size(value)
                 if nxt is None:
                     output(key, value)
                 elif inbox is not None:
@@ -357,7 +452,10 @@ class Flow:
                     inbox.append((key, value, now))
                 else:
                     self._enter(nxt, key, value, now)
+            if inbox is not None:
+                lane.inbox_bytes += nbytes
             stage.waiting -= moved
+            stage.waiting_bytes -= nbytes
             stage.emitted += moved
             if nxt is not None and stage.finished():
                 nxt.input_closed = True
@@ -371,7 +469,8 @@ class Flow:
             for lane in stage.lanes:
                 sent = False
                 while lane.inbox and lane.room():
-                    if downstream is not None and stage.waiting >= downstream:
+                    if downstream is not None and (stage.waiting >= downstream
+                                                   or stage.waiting_bytes >= CHANNEL_BYTES):
                         break  # backpressure: the next stage cannot take more yet
                     if spec.batch is not None:
                         max_size, max_wait = spec.batch
@@ -379,18 +478,20 @@ class Flow:
                                  or now - lane.inbox[0][2] >= max_wait)
                         if not ready:
                             break
-                        size, batch = min(max_size, len(lane.inbox)), True
+                        picked, batch = lane.take(max_size, whole=True), True
                     else:
-                        size, batch = min(lane.chunk_size(spec), len(lane.inbox)), False
-                    picked = [lane.inbox.popleft() for _ in range(size)]
+                        picked, batch = lane.take(lane.chunk_size(spec)), False
                     if self.ledger.futures:
                         picked = self._wanted(stage, picked)
                         if not picked:
                             continue
                     keys = [k for k, _, _ in picked]
-                    lane.held.update(keys)
+                    lane.held += len(keys)
                     stage.batched += len(keys)
-                    lane.run.submit(keys, [x for _, x, _ in picked], batch)
+                    items = [x for _, x, _ in picked]
+                    payload = chunk_payload(items)  # pickling, but of bytes: no user code runs
+                    with self.cond:
+                        lane.run.submit_encoded(keys, items, payload, batch)
                     sent = True
                 if sent:
                     woken.append(lane)
@@ -398,6 +499,15 @@ class Flow:
                     lane.run.exhausted = True
             for lane in woken:
                 lane.pool._manager.wake()
+
+    def _hand_over(self) -> None:
+        """imap(): what came out goes to the consumer's thread, which decodes it."""
+        streamed = self.ledger.streamed
+        if streamed:
+            with self.cond:
+                self.outlet.extend(streamed)
+                self.cond.notify_all()
+            streamed.clear()
 
     def _wanted(self, stage: Stage, picked: list) -> list:
         """A service's items whose Future the caller cancelled are not sent to a worker."""
@@ -418,7 +528,7 @@ class Flow:
             if stage.spec.batch is None:
                 continue
             downstream = self.stages[i + 1].spec.maxsize if i + 1 < len(self.stages) else None
-            if downstream is not None and stage.waiting >= downstream:
+            if downstream is not None and (stage.waiting >= downstream or stage.waiting_bytes >= CHANNEL_BYTES):
                 continue
             for lane in stage.lanes:
                 # a batch that cannot leave yet is no reason to wake: a worker's end is
@@ -453,12 +563,14 @@ class Flow:
         for stage in self.stages:
             for lane in stage.lanes:
                 stage.cancelled_queued += len(lane.inbox)
-                stage.cancelled_held += len(lane.held)
+                stage.cancelled_held += lane.held
                 lane.inbox.clear()
-                lane.held.clear()
+                lane.inbox_bytes = 0
+                lane.held = 0
             stage.outbox.clear()
-            stage.waiting = 0
+            stage.waiting = stage.waiting_bytes = 0
         self.ledger.cancel_all(self.fatal if self.state == "failed" else None)
+        self._hand_over()
         stats = self._take_snapshot()
         self.history.append(stats)
         with self.cond:
@@ -513,9 +625,15 @@ class Flow:
         """The results, handed over once: the flow keeps no reference to them afterwards."""
         led = self.ledger
         pairs = sorted(led.results, key=lambda kv: kv[0]) if self.ordered else led.results
-        out = ResultList([v for _, v in pairs], sorted(led.failures, key=lambda f: f.index))
         led.results = []
-        return out
+        values, failures = [], list(led.failures)
+        for i, (key, value) in enumerate(pairs):  # decoded here, in the caller's thread
+            try:
+                values.append(decoded(value))
+            except Exception as exc:  # noqa: BLE001 - any unpickling error: this result fails, with why
+                failures.append(Failure(key[0], None, undecodable(exc)))
+            pairs[i] = None  # its pickle goes as its value comes
+        return ResultList(values, sorted(failures, key=lambda f: f.index))
 
     def scale(self, name: str, workers: int) -> None:
         for stage in self.stages:

@@ -9,6 +9,12 @@ until it ends, in exactly one way.
 Each end is counted where it happens, and ``pending`` is the number of roots in ``live``: so
 ``submitted == completed + failed + dropped + cancelled + pending`` is a check that a lost or
 twice-ended item breaks, not a definition. Only the router thread writes here.
+
+Outputs stay pickled here (``Item``): a run's results are decoded by ``Flow.result_list`` in the
+caller's thread, a service's by its Future when ``result()`` is first asked for, a stream's
+(``imap``) by the consumer's loop, which takes ``streamed`` entries as they come:
+``(OUTPUT, key, value)`` for each output and, when it must know (ordered, or failures collected),
+``(ENDED, root, failure or None)`` when a root ends.
 """
 from __future__ import annotations
 
@@ -22,12 +28,27 @@ from ._errors import Failure
 #: counted. A blocking ``run()`` keeps them all: they are part of its result. 1,000 is more than a
 #: person reads and, with tracebacks of a few KB each, a few MB at most in a kernel that runs for days.
 RECENT_FAILURES = 1000
+#: Tags of ``Ledger.streamed`` entries.
+OUTPUT, ENDED = "output", "ended"
+
+
+class Encoded:
+    """A Future's value still pickled: the Future decodes it when ``result()`` asks (the service's
+    ``_ServiceFuture``), in the caller's thread, not the router's."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
 
 
 class Ledger:
-    def __init__(self, *, many: bool, keep_results: bool, keep_all_failures: bool):
+    def __init__(self, *, many: bool, keep_results: bool, keep_all_failures: bool, stream: bool = False,
+                 ends: bool = False):
         self.many = many                 # a root's result is the list of its outputs
         self.keep_results = keep_results  # run(): every output, for the ResultList
+        self.streamed: list | None = [] if stream else None  # imap(): entries for the consumer
+        self.ends = ends                 # and ENDED entries too
         self.submitted = self.completed = self.failed = self.dropped = self.cancelled = 0
         self.delivered = 0               # outputs that came out of the last stage
         self.live: dict[int, int] = {}   # root -> outputs still on their way
@@ -63,6 +84,8 @@ class Ledger:
         self.delivered += 1
         if self.keep_results:
             self.results.append((key, value))
+        elif self.streamed is not None:
+            self.streamed.append((OUTPUT, key, value))
         if root in self.futures:
             self.outputs.setdefault(root, []).append(value)
         elif self.many:
@@ -89,6 +112,8 @@ class Ledger:
         if self.produced and root in self.produced:  # many=: an earlier output came out
             self.produced.discard(root)
             produced = True
+        if self.ends:
+            self.streamed.append((ENDED, root, failure))
         if future is not None and future.cancelled():  # by its caller: its outcome goes nowhere
             self.cancelled += 1
         elif failure is not None:
@@ -100,7 +125,8 @@ class Ledger:
             _resolve(future, value=None)
         else:
             self.completed += 1
-            _resolve(future, value=outputs if self.many else (outputs or [None])[0])
+            if future is not None:
+                _resolve(future, value=Encoded(outputs if self.many else (outputs or [None])[0]))
 
     def cancel_all(self, error: BaseException | None) -> None:
         """The flow stopped: every live root is cancelled (its future is cancelled, or gets the
@@ -108,6 +134,8 @@ class Ledger:
         for root in sorted(self.live):
             future = self.futures.pop(root, None)
             failure = self.failures_of.get(root)
+            if self.ends:
+                self.streamed.append((ENDED, root, failure))
             if failure is not None:  # one of its outputs failed already: the item failed
                 self.failed += 1
                 self.failures.append(failure)

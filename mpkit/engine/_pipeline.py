@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from ._arguments import check_batch, check_pipeline_run, check_stage, check_workers
 from ._errors import MapInterrupted, ResultList, _short_repr
@@ -186,6 +186,36 @@ class Pipeline:
             raise flow.fatal
         return flow.result_list()
 
+    def imap(self, items: Iterable, *, ordered: bool = False, on_error: str = "raise",
+             progress: bool | None = None, start_method: str | None = None) -> Iterator:
+        """Send every item through the stages and yield the results as they come out (in input
+        order with ``ordered=True``), in flat memory: unlike :meth:`run`, nothing is kept.
+
+        ``items`` is read in the loop's thread, only while fewer than the first stage's
+        ``maxsize`` results (and ``RESULTS_BYTES``, 64 MB) wait for the loop, so a slow loop
+        holds the source back instead of filling memory. A many= stage yields each output on its
+        own. Failures follow ``on_error`` as in :meth:`run`: ``"raise"`` ends the stream with
+        the first failure's error, ``"collect"`` yields its :class:`Failure` in the item's place,
+        ``"skip"`` leaves it out (``stats()`` counts it either way). Leaving the loop early
+        (``break``, an exception, an interrupt, ``close()``) stops the pipeline at once: what is
+        inside is cancelled, counted in ``stats().cancelled``, and no process is left running.
+        Nothing starts until the loop asks for the first result.
+        """
+        from ._stream import stream
+
+        check_pipeline_run(on_error, start_method, ordered, progress)
+        try:
+            source = iter(items)
+        except TypeError:
+            raise TypeError(f"items must be iterable, got {type(items).__name__} {_short_repr(items)}") from None
+        self._check_runnable(on_error)
+
+        def results():
+            flow = self._flow_for(on_error, ordered, start_method, progress, stream=True)
+            yield from stream(flow, source, ordered=ordered, collect=on_error == "collect")
+
+        return results()
+
     def start(self, *, on_error: str = "collect", start_method: str | None = None):
         """Start the stages as a background service; ``submit(x)`` returns a Future."""
         from ._service import Service
@@ -194,7 +224,20 @@ class Pipeline:
         flow = self._flow_for(on_error, False, start_method, progress=False, service=True)
         return Service(self, flow)
 
-    def _flow_for(self, on_error, ordered, start_method, progress, service: bool = False) -> Flow:
+    def _flow_for(self, on_error, ordered, start_method, progress, service: bool = False,
+                  stream: bool = False) -> Flow:
+        self._check_runnable(on_error)
+        self._dashboards = [d for d in self._dashboards if not getattr(d, "closed", False)]
+        observers = list(self._dashboards)  # a closed dashboard showed an earlier run: a new one shows this
+        front = self._front_end_for(progress) if not observers else None
+        if front is not None:
+            observers.append(front)
+        observers = [Watcher(o, f"pipeline {self.name!r}") for o in observers]
+        self._flow = Flow(self.name, self._specs, on_error=on_error, ordered=ordered,
+                          start_method=start_method, observers=observers, service=service, stream=stream)
+        return self._flow
+
+    def _check_runnable(self, on_error: str) -> None:
         if not self._specs:
             raise ValueError(f"pipeline {self.name!r} has no stage; add one with .stage(fn)")
         if self._batch is not None:
@@ -204,15 +247,6 @@ class Pipeline:
             raise ValueError(f"on_error must be one of {', '.join(map(repr, ON_ERROR))}, not {on_error!r}")
         if self._flow is not None and self._flow.state == "running":
             raise RuntimeError(f"pipeline {self.name!r} is already running; stop it first (svc.stop())")
-        self._dashboards = [d for d in self._dashboards if not getattr(d, "closed", False)]
-        observers = list(self._dashboards)  # a closed dashboard showed an earlier run: a new one shows this
-        front = self._front_end_for(progress) if not observers else None
-        if front is not None:
-            observers.append(front)
-        observers = [Watcher(o, f"pipeline {self.name!r}") for o in observers]
-        self._flow = Flow(self.name, self._specs, on_error=on_error, ordered=ordered,
-                          start_method=start_method, observers=observers, service=service)
-        return self._flow
 
     # ---- watching ---------------------------------------------------------------------------
     def stats(self) -> PipelineStats:

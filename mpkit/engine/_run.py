@@ -118,6 +118,13 @@ class Run:
             chunk.batch = batch
             self.pending.append(chunk)
 
+    def submit_encoded(self, keys: list, items: list, payload: _serialize.Pickled, batch: bool = False) -> None:
+        """Like :meth:`submit`, for items the caller pickled one by one already, with the chunk's
+        message made by the caller too (``payload``: what the worker unpickles into ``items``'s
+        stand-ins); a retry or a split re-packs ``items`` as usual."""
+        self.submitted += len(items)
+        self.pending.append(Chunk(self, keys, items, payload, batch=batch))
+
     # ---- calling thread ---------------------------------------------------------------------
     def feed(self, max_pending: int, max_ahead: int | None = None, consumed: int = 0,
              max_bytes: int | None = None) -> None:

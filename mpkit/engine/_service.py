@@ -4,7 +4,8 @@
     (blocks while the                                        (result, None if dropped, its own      done-callbacks, in
      first channel is full)                                   error if it failed)                   the order set
 
-The router sets each Future itself, so ``result()`` returns at once; the Future's done-callbacks
+The router sets each Future itself, so ``result()`` returns at once (the result arrives pickled,
+and the first ``result()`` unpickles it in its own thread, off the router); the Future's done-callbacks
 run in one small callback thread, in order, never in the router: a slow callback delays only the
 callbacks after it, and a callback may ``submit()`` a follow-up (it waits for room while the
 router goes on). An item's failure reaches only its own Future, whatever ``on_error`` is; the
@@ -22,6 +23,8 @@ from typing import Any, Callable
 
 from ._errors import Failure
 from ._flow import FlowEnded
+from ._ledger import Encoded
+from ._item import decoded, undecodable
 from ._pipeline_stats import PipelineStats
 
 
@@ -72,6 +75,18 @@ class _ServiceFuture(Future):
 
     def _invoke_callbacks(self) -> None:
         self._mpkit_callbacks.put(super()._invoke_callbacks)
+
+    def result(self, timeout: float | None = None) -> Any:
+        value = super().result(timeout)
+        if value.__class__ is not Encoded:
+            return value
+        with self._condition:  # decoded once, by whichever thread asks first
+            if self._result is value:
+                try:
+                    self._result = decoded(value.value)
+                except Exception as exc:  # noqa: BLE001 - any unpickling error, with its reason
+                    raise undecodable(exc) from exc
+            return self._result
 
 
 class Service:

@@ -1,14 +1,16 @@
 """A pipeline stage while it runs: what its workers call, its lanes, its channel and its counts.
 
     items from the router ──► lane inbox ──► Run.pending (chunks) ──► the lane's Pool ──► Run.done
-                              (one per lane:  ◄─ held: keys handed to the run, not answered yet ─┘
+                              (one per lane:  ◄─ held: items handed to the run, not answered yet ─┘
                                key= picks it)                                 ──► outbox ──► next stage
 
 A stage has one lane of N workers, or with ``key=`` N lanes of one worker each. What a worker
 calls is the stage's function, or, for a class or factory stage, the object that ``Built`` has it
 build once; a many= stage's function is wrapped in ``Many``, which turns each result into a list
-in the worker. Only the router thread touches a stage; the manager threads touch its Runs, under
-the shared condition.
+in the worker. Around either, ``_item.Codec`` unpickles each item in the worker and pickles each
+result there on its own, so items cross the notebook as ``_item.Item`` objects (their pickle): the router
+forwards them without decoding, and knows each one's size. Only the router thread touches a
+stage; the manager threads touch its Runs, under the shared condition.
 """
 from __future__ import annotations
 
@@ -17,8 +19,20 @@ from collections import deque
 from typing import Any, Callable
 
 from ._errors import _short_repr
+from ._item import BadOutput, Codec, size
 from ._pipeline_stats import SNAPSHOT_HZ, StageStats
 from .process._pool import Pool
+
+#: Bytes a channel holds at most, besides its ``maxsize`` items (lane inboxes plus chunks no worker
+#: took yet; the results a stage made and the next channel cannot take yet count against it too).
+#: Memory must stay flat whatever the item size: 1,024 items of 1 MB would be 1 GB per channel.
+#: 64 MB is a few hundred ms of copying at pipe speed, enough to keep workers of large items busy;
+#: an item bigger than this still goes, alone.
+CHANNEL_BYTES = 64 << 20
+#: Bytes of items in one chunk (one message to a worker), at most; a chunk holds at least one
+#: item. Larger chunks amortize nothing more once items are large, and each chunk is held twice
+#: while it waits and runs (its items and their message).
+CHUNK_BYTES = 4 << 20
 
 #: Items a worker of a many= stage holds at once. Each may fan out to any number of results, and
 #: the notebook holds them all until the next channel takes them, so few; two keep the worker busy
@@ -43,13 +57,6 @@ class Built:
 def build(factory):
     """Unpickled in a worker: build a pipeline stage's object there, once (a model loads here)."""
     return factory()
-
-
-class BadOutput:
-    """In a batched many= stage, the place of an item whose result was not iterable."""
-
-    def __init__(self, item: Any, message: str):
-        self.item, self.message = item, message
 
 
 class Many:
@@ -96,7 +103,9 @@ class Many:
 
 def stage_target(spec) -> Callable:
     target = Built(spec.target) if spec.factory else spec.target
-    return Many(target, spec.name, spec.batch is not None) if spec.many else target
+    if spec.many:
+        target = Many(target, spec.name, spec.batch is not None)
+    return Codec(target, spec.name, spec.many, spec.batch is not None)
 
 
 class Fan:
@@ -131,14 +140,27 @@ class Lane:
         self.pool.output.label = spec.name
         self.run = self.pool._open_run(stage_target(spec), cond, retries=spec.retries, timeout=spec.timeout)
         self.inbox: deque = deque()   # (key, item, arrival time)
-        self.held: set = set()        # keys handed to the run and not answered yet
+        self.inbox_bytes = 0          # of the items in the inbox
+        self.held = 0                 # items handed to the run and not answered yet
 
     def room(self) -> bool:
         if self.keyed:  # one chunk at a time: what a crash or a retry sends again cannot be overtaken
-            return not self.held
+            return self.held == 0
         if self.fans_out:
-            return len(self.held) < FAN_OUT_ITEMS * self.pool.size
+            return self.held < FAN_OUT_ITEMS * self.pool.size
         return len(self.run.pending) < 2 * self.pool.size
+
+    def take(self, most: int, whole: bool = False) -> list:
+        """The next ``most`` inbox entries, fewer if they pass CHUNK_BYTES (at least one), unless
+        ``whole`` (a micro-batch is the user's unit: it keeps its size)."""
+        inbox, picked, nbytes = self.inbox, [], 0
+        limit = float("inf") if whole else CHUNK_BYTES
+        while inbox and len(picked) < most and (nbytes < limit or not picked):
+            entry = inbox.popleft()
+            nbytes += size(entry[1])
+            picked.append(entry)
+        self.inbox_bytes -= nbytes
+        return picked
 
     def chunk_size(self, spec) -> int:
         """Items in the next chunk of an unbatched stage."""
@@ -146,7 +168,7 @@ class Lane:
             return 1  # a retried item runs again before its successors, not after the rest of its chunk
         size = self.run.sizer.next_size(0)
         if self.fans_out:
-            size = min(size, max(1, FAN_OUT_ITEMS * self.pool.size - len(self.held)))
+            size = min(size, max(1, FAN_OUT_ITEMS * self.pool.size - self.held))
         return size
 
 
@@ -163,6 +185,7 @@ class Stage:
             raise
         self.outbox: deque = deque()    # (key, value) or Fan: results waiting for room downstream
         self.waiting = 0                # outputs in the outbox (a fan counts its outputs left)
+        self.waiting_bytes = 0          # and their bytes
         self.received = self.batched = self.done = self.emitted = self.failed = self.dropped = 0
         self.failed_at_entry = 0        # key= raised: the item never reached a lane
         self.cancelled_queued = self.cancelled_held = 0
@@ -181,13 +204,24 @@ class Stage:
         with self.cond:
             return sum(len(c.indices) for lane in self.lanes for c in lane.run.pending)
 
+    def space(self) -> tuple[int, int]:
+        """Items and bytes its channel can take now (none while it holds CHANNEL_BYTES)."""
+        with self.cond:
+            chunks = [c for lane in self.lanes for c in lane.run.pending]
+            items = sum(len(c.indices) for c in chunks)
+            nbytes = sum(c.payload.nbytes for c in chunks)
+        nbytes += sum(lane.inbox_bytes for lane in self.lanes)
+        if nbytes >= CHANNEL_BYTES:
+            return 0, 0
+        return self.spec.maxsize - self.queued_in_inboxes() - items, CHANNEL_BYTES - nbytes
+
     def room(self) -> int:
         """Items its channel can take now."""
-        return self.spec.maxsize - self.queued_in_inboxes() - self.pending_items()
+        return self.space()[0]
 
     def finished(self) -> bool:
         return (self.input_closed and not self.outbox
-                and all(not lane.inbox and not lane.held for lane in self.lanes))
+                and all(not lane.inbox and lane.held == 0 for lane in self.lanes))
 
     def stats(self, now: float) -> list[StageStats]:
         """Its snapshot (two, a batcher's and its own, after .batch()); router thread, under cond."""
@@ -198,7 +232,7 @@ class Stage:
         rate = (finished - n0) / (now - t0) if now - t0 > 0.05 else 0.0
         pending = self.pending_items()
         inboxes = self.queued_in_inboxes()
-        in_flight = sum(len(lane.held) for lane in self.lanes) - pending  # both measured
+        in_flight = sum(lane.held for lane in self.lanes) - pending  # both measured
         common = dict(name=self.name, kind="stage", capacity=self.spec.maxsize, in_flight=in_flight,
                       done=self.done, emitted=self.emitted, dropped=self.dropped, rate=rate, waiting=self.waiting,
                       workers=sum(r.pool_workers for r in runs),

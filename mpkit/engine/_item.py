@@ -1,0 +1,239 @@
+"""A pipeline item on its way: its own pickle, made once where the item is given.
+
+    feeder thread            router (notebook)                   worker process (Codec)
+    ─────────────            ─────────────────                   ──────────────────────
+    encode(item) ─► Item ─► inboxes, chunks: the list of ─pipe─► unpickle each item, call the stage,
+                            their pickles (chunk_payload)        pickle each result on its own
+    decoded(value) ◄── the last stage's results ◄── Item, or its pickle's bytes ◄─pipe─┘
+    (caller's thread)       forwarded, never decoded (but for key= and a Failure's record)
+
+An Item is a ``_serialize.Pickled`` (pickle protocol 5, large buffers kept apart), so every item's
+size is known exactly (``size``); a result without large buffers comes back as its pickle's bytes,
+which a chunk message carries in C both ways. Atoms (``RAW``: str, numbers, None) travel as
+themselves: a chunk's message pickles them in C, and one pickle each would double their cost.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+import threading
+from typing import Any, Callable
+
+from . import _serialize
+from ._errors import SerializationError, _short_repr
+
+
+class Item(_serialize.Pickled):
+    """A pipeline item (or result) on its way: its own pickle. Its repr is the item's, so that
+    messages naming an item (a crash, a timeout) show the value, not its bytes."""
+
+    __slots__ = ()
+
+    def __reduce__(self):
+        if not self.buffers:  # the common case, once per item per message: no generator
+            return Item, (self.data,)
+        return Item, (self.data, tuple(pickle.PickleBuffer(b) for b in self.buffers))
+
+    def __repr__(self) -> str:
+        try:
+            return repr(_serialize.unpack(self))
+        except Exception:
+            return f"<item of {self.nbytes} bytes that cannot be unpickled here>"
+
+
+class _Encoder(threading.local):
+    """One pickler per thread, kept between items: making one costs 5x pickling a small item.
+    Each item is pickled on its own all the same (memo and caches cleared): as ``pack`` does."""
+
+    def __init__(self):
+        self.file = io.BytesIO()
+        self.buffers: list = []
+        self.pickler = _serialize.Pickler(self.file, buffer_callback=self._keep_apart)
+
+    def _keep_apart(self, buffer: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buffer.raw()
+        except BufferError:  # not contiguous: copied in band
+            return True
+        if raw.nbytes < _serialize.OUT_OF_BAND_BYTES:
+            return True
+        self.buffers.append(raw)
+        return False
+
+    def encode(self, value) -> Item:
+        file, pickler = self.file, self.pickler
+        file.seek(0)
+        file.truncate()
+        pickler.clear_memo()
+        pickler._blobs = {}  # globals sent by value are looked at afresh for each item
+        self.buffers = []
+        try:
+            pickler.dump(value)
+        except BaseException:
+            self.__init__()  # a pickler that failed half-way is not used again
+            raise
+        return Item(file.getvalue(), self.buffers)
+
+
+_encoder = _Encoder()
+#: Types whose pickle is the same from the C pickler alone (no class, function or buffer inside),
+#: pickled without the notebook-aware pickler: paths, ids and byte strings are common items.
+_ATOMS = frozenset({bytes, str, int, float, bool, type(None)})
+#: Atoms that travel as themselves, not pickled: a chunk's message pickles them in C with the rest,
+#: and pickling each on its own would double what a tiny item costs. (Not bytes: a bytes value
+#: on the way is a result's pickle.) Their size counts as ATOM_BYTES, or a string's length.
+RAW = frozenset({str, int, float, bool, type(None)})
+ATOM_BYTES = 16
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+def encode(value) -> Item:
+    """``value`` as an Item, pickled as ``_serialize.pack`` does (raises what pickling raises)."""
+    if value.__class__ in _ATOMS:
+        return Item(pickle.dumps(value, _PROTOCOL))
+    return _encoder.encode(value)
+
+
+def carried(value):
+    """``value`` as it travels: an atom as itself (RAW), anything else as an Item."""
+    if value.__class__ in RAW:
+        return value
+    return encode(value)
+
+
+def chunk_payload(items: list) -> _serialize.Pickled:
+    """The message of a chunk of Items: the list of their pickles, as bytes where they have no
+    buffers kept apart (pickled in C, not item by item in Python), else the Items themselves."""
+    out = []
+    for item in items:
+        if item.__class__ is Item:
+            if item.buffers:
+                return _serialize.pack(items)
+            out.append(item.data)
+        else:
+            out.append(item)  # an atom, as itself
+    return _serialize.Pickled(pickle.dumps(out, pickle.HIGHEST_PROTOCOL))
+
+
+def decoded(value):
+    """What an Item, a result's pickle (bytes), or a many= stage's list of them stands for."""
+    if value.__class__ is bytes:
+        return pickle.loads(value)
+    if value.__class__ is Item:
+        return pickle.loads(value.data) if not value.buffers else _serialize.unpack(value)
+    if value.__class__ is list:
+        return [decoded(v) for v in value]
+    return value
+
+
+def undecodable(exc: BaseException) -> SerializationError:
+    """Why a result that came back from a worker cannot be used in the notebook."""
+    err = SerializationError(
+        f"a result could not be unpickled in the notebook: {type(exc).__name__}: {exc}. Cause: it is an object "
+        "of a class this process cannot import. Fix: return plain data, or define the class in the notebook "
+        "or in a module the notebook can import.")
+    err.__cause__ = exc
+    return err
+
+
+def size(value) -> int:
+    """Bytes of an Item, a result's pickle (bytes), or a many= stage's list of them."""
+    if value.__class__ is bytes:
+        return len(value)
+    if value.__class__ is Item:
+        return len(value.data) if not value.buffers else value.nbytes
+    if value.__class__ is list:
+        return sum(size(v) for v in value)
+    if value.__class__ is str:
+        return len(value)
+    return ATOM_BYTES
+
+
+class Unpicklable:
+    """In place of an item that could not be pickled where it was given: it fails at stage 0."""
+
+    def __init__(self, item: Any, exc: BaseException):
+        self.item = item
+        self.error = SerializationError(
+            f"the item {_short_repr(item, 80)} cannot be pickled to send it to a worker: {type(exc).__name__}: "
+            f"{exc}. Fix: pass plain data (paths, numbers, strings, dicts) and open files, connections "
+            "or models inside the stage.")
+        self.error.__cause__ = exc
+
+
+class BadOutput:
+    """In a batch, the place of an item whose result cannot go on: not iterable in a many= stage
+    (a TypeError with ``message``), or ``error`` (a result that cannot be pickled)."""
+
+    def __init__(self, item: Any, message: str, error: BaseException | None = None):
+        self.item, self.message, self.error = item, message, error
+
+
+class Codec:
+    """A stage's callable as its worker runs it: each item arrives as its own ``Item`` (a batch
+    as a list of them), is unpickled here, and each result leaves pickled on its own (``None``
+    for a dropped item, a list of Items for a many= stage's outputs). So the
+    notebook's router forwards results to the next stage without decoding them, and knows the
+    size of every item. (A result without large buffers leaves as its pickle's bytes.) An item that cannot be unpickled, or a result that cannot be pickled,
+    fails alone, with the reason."""
+
+    def __init__(self, fn: Callable, stage: str, many: bool, batched: bool):
+        self.fn, self.stage, self.many, self.batched = fn, stage, many, batched
+        self.__qualname__ = getattr(fn, "__qualname__", repr(fn))
+
+    @property
+    def factory(self):  # what _run reads to find the stage's source files
+        return getattr(self.fn, "factory", self.fn)
+
+    def __reduce__(self):
+        return Codec, (self.fn, self.stage, self.many, self.batched)
+
+    def __call__(self, item):
+        if not self.batched:
+            return self._encode(self.fn(self._decode(item)))
+        results = list(self.fn([self._decode(x) for x in item]))
+        if len(results) != len(item):
+            return results  # the worker reports the wrong length for the whole batch
+        out = []
+        for r, x in zip(results, item):
+            try:
+                out.append(self._encode(r) if r.__class__ is not BadOutput else BadOutput(_item(x), r.message))
+            except SerializationError as exc:  # this result cannot go back: only its item fails
+                out.append(BadOutput(_item(x), str(exc), exc))
+        return out
+
+    def _decode(self, item):
+        try:
+            if item.__class__ is bytes:
+                return pickle.loads(item)
+            return _serialize.unpack(item) if isinstance(item, _serialize.Pickled) else item  # else an atom
+        except Exception as exc:
+            raise SerializationError(
+                f"stage {self.stage!r} could not unpickle its item in the worker: {type(exc).__name__}: {exc}. "
+                "Cause: the item refers to a class or module the worker cannot import. Fix: define the class "
+                "in the notebook or in an importable module, or pass plain data.") from exc
+
+    def _encode(self, result):
+        if result is None:
+            return None
+        if self.many:
+            return [self._pack(v) for v in result]
+        return self._pack(result)
+
+    def _pack(self, value) -> Item | bytes:
+        if value.__class__ in RAW:
+            return value  # an atom, as itself
+        try:
+            item = encode(value)
+            # without buffers kept apart, the pickle alone: a list of bytes crosses the pipe in C,
+            # both ways (the router makes it an Item again where it becomes a next stage's item)
+            return item.data if not item.buffers else item
+        except Exception as exc:
+            from .process._worker import _unpicklable_result
+
+            raise _unpicklable_result(value, exc) from None
+
+
+def _item(x) -> Item:
+    """A batch's item as the router knows it, still pickled (a chunk sends plain pickles as bytes)."""
+    return Item(x) if x.__class__ is bytes else x
