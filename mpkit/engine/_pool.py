@@ -190,7 +190,7 @@ class BasePool:
                   fn_payload=self._function_message(fn_id, fn_payload), fn_globals=by_value,
                   context=context, context_id=hashlib.blake2b(context, digest_size=10).hexdigest(),
                   seconds_per_item=self._timings.get(fn_id), cond=cond,
-                  snapshot=not isinstance(items, (list, tuple, range)))
+                  copy_buffers=not isinstance(items, (list, tuple, range)))
         return run
 
     def _imap(self, run: Run, progress):

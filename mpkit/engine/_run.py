@@ -78,7 +78,7 @@ class Run:
                  chunksize: int | str, ordered: bool, on_error: str, retries: int,
                  timeout: float | None, fn_id: str, fn_payload: bytes, context: bytes, context_id: str,
                  fn_globals: bool = False, seconds_per_item: float | None = None, cond: threading.Condition | None = None,
-                 snapshot: bool = False):
+                 copy_buffers: bool = False):
         check_run(chunksize, on_error, retries, timeout)
         self.fn_name = getattr(fn, "__qualname__", repr(fn))
         self.code_files = _code_files(fn)
@@ -93,7 +93,7 @@ class Run:
         #: items come from an iterator that may hand out one buffer refilled (a generator of frames
         #: read into the same array): a chunk copies their large buffers when it is cut, and keeps
         #: the copies, so neither the send nor a retry reads what the buffer holds later
-        self.snapshot = snapshot
+        self.copy_buffers = copy_buffers
         self.cond = cond or threading.Condition()  # a pipeline shares one among its stages
         self.pending: deque[Chunk] = deque()   # guarded by cond
         self.done: deque[tuple[range | list[int], list]] = deque()
@@ -159,7 +159,7 @@ class Run:
                 raise
         else:
             self.sizer.observe_payload(len(items), payload.nbytes)
-            if self.snapshot and payload.buffers:
+            if self.copy_buffers and payload.buffers:
                 payload = _serialize.Pickled(payload.data, [bytearray(b) for b in payload.buffers])
                 items = _serialize.unpack(payload)  # views of the copies: retries send them again
             return Chunk(self, indices, items, payload)
