@@ -361,7 +361,7 @@ class Flow:
             return
         outbox, done, nbytes = stage.outbox, 0, 0
         for key, value in zip(keys, values):
-            if value.__class__ is bytes:  # a result's pickle (see _item.Codec)
+            if value.__class__ is bytearray:  # a result's pickle (see _item.Codec)
                 outbox.append((key, value))
                 done += 1
                 nbytes += len(value)
@@ -439,7 +439,7 @@ class Flow:
                 else:
                     key, value = outbox.popleft()
                 moved += 1
-                if value.__class__ is bytes:
+                if value.__class__ is bytearray:
                     nbytes += len(value)
                     if nxt is not None:
                         value = Item(value)  # an item again: a message naming it shows its value

@@ -164,3 +164,18 @@ def test_a_result_that_cannot_be_pickled_fails_only_its_item_of_a_batch(start_me
     [failure] = out.failures
     assert failure.index == 3 and failure.item == 3 and "could not be pickled" in str(failure.exception)
     identities(pipe.stats())
+
+
+def test_bytes_and_bytearrays_cross_stages_as_themselves(start_method):
+    # small bytes travel as themselves, large ones through shared memory, bytearrays as pickles;
+    # bytes that look like a pickle are still just bytes
+    import pickle
+
+    items = [b"", b"x" * 1000, pickle.dumps({"a": 1}), b"y" * (64 << 10), b"z" * (1 << 20),
+             bytearray(b"w" * 10), bytearray(b"v" * (1 << 20)), "text", 3, None, {"k": b"x"}]
+    pipe = (Pipeline("bytes").stage(helpers.identity, workers=1, name="one")
+            .stage(helpers.identity, workers=1, name="two"))
+    got = pipe.run(items, ordered=True, start_method=start_method)
+    expected = [x for x in items if x is not None]  # None is a dropped item
+    assert list(got) == expected and [type(x) for x in got] == [type(x) for x in expected]
+    assert list(pipe.imap(items, ordered=True, start_method=start_method)) == expected
