@@ -735,21 +735,10 @@ NOTES = [
 
 
 def leftover_children(timeout: float = 10.0) -> list:
-    import psutil
+    """Processes this benchmark left behind (bench_pool's check, imported late: after --mpkit)."""
+    from benchmarks.bench_pool import leftover_children as left
 
-    helpers = ("multiprocessing.forkserver", "resource_tracker")
-    deadline = time.monotonic() + timeout
-    while True:
-        left = []
-        for proc in psutil.Process().children(recursive=True):
-            try:
-                if proc.status() != psutil.STATUS_ZOMBIE and not any(h in " ".join(proc.cmdline()) for h in helpers):
-                    left.append(proc)
-            except psutil.NoSuchProcess:
-                pass
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.1)
+    return left(timeout)
 
 
 def run_cases(cfg, opts) -> dict:
