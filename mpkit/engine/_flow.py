@@ -17,8 +17,9 @@ One lock, ``cond`` (a Condition shared with every stage's Run and so with the po
 threads), guards only what other threads touch: ``incoming``, ``outlet`` and each Run's
 ``pending`` / ``done`` / ``failures``. Everything else (inboxes, outboxes, counts, the ledger)
 belongs to the router thread alone, so user code and pickling never run under the lock: the
-source is read and its items pickled by the feeder, key functions and observers run in the router
-without the lock, Future callbacks run in the service's callback thread. (A chunk's message, the
+source is read and its items pickled by the feeder, key functions run in the router without the
+lock, observers get their snapshots in a Watcher thread each (``_observe``), Future callbacks run
+in the service's callback thread. (A chunk's message, the
 list of its items' pickles, is made in the router outside the lock; the manager threads unpickle
 a results message, a list of pickles, under it.) Snapshots are taken by the router (other threads
 ask for one and wait for it), so the counts in a snapshot always agree with each other.
@@ -256,7 +257,7 @@ class Flow:
                 if self.finished:
                     break
                 self.step(self.next_timeout(tick))
-        except BaseException as exc:  # noqa: BLE001 - an observer or mpkit itself: the flow fails with it
+        except BaseException as exc:  # noqa: BLE001 - a key= function's interrupt, or mpkit itself: the flow fails
             if self.fatal is None:
                 self.fatal = exc
         finally:
@@ -577,13 +578,15 @@ class Flow:
             self._last = stats
             self._snapshots += 1
             self.cond.notify_all()
-        for observer in self.observers:
-            try:
-                observer.close(stats)
-            except Exception:  # noqa: BLE001 - a broken front-end must not hide the result
-                pass
-        for hook in self.on_finish:
-            hook()
+        try:
+            for observer in self.observers:
+                try:
+                    observer.close(stats)
+                except Exception:  # noqa: BLE001 - a broken front-end must not hide the result
+                    pass
+        finally:  # an interrupt raised by a front-end's close must not leave the service's threads
+            for hook in self.on_finish:
+                hook()
 
     # ---- stats ---------------------------------------------------------------------------------
     def _take_snapshot(self) -> PipelineStats:
