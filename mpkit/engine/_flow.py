@@ -280,7 +280,7 @@ class Flow:
                     run.failures.clear()
                     if run.fatal is not None and self.fatal is None:
                         self.fatal = run.fatal  # the stage cannot run at all (its object failed to build...)
-                    broken = lane.pool._manager.broken
+                    broken = lane.broken
                     if broken is not None and self.fatal is None:
                         self.fatal = broken
             first = self.stages[0]
@@ -499,7 +499,7 @@ class Flow:
                 if stage.input_closed and not lane.inbox:
                     lane.run.exhausted = True
             for lane in woken:
-                lane.pool._manager.wake()
+                lane.wake()
 
     def _hand_over(self) -> None:
         """imap(): what came out goes to the consumer's thread, which decodes it."""

@@ -143,6 +143,15 @@ class Lane:
         self.inbox_bytes = 0          # of the items in the inbox
         self.held = 0                 # items handed to the run and not answered yet
 
+    @property
+    def broken(self) -> BaseException | None:
+        """The error that stopped the lane's backend itself (a bug in it), if any."""
+        return self.pool._backend.broken
+
+    def wake(self) -> None:
+        """Tell the backend that chunks are waiting (``_backend.Backend.wake``)."""
+        self.pool._backend.wake()
+
     def room(self) -> bool:
         if self.keyed:  # one chunk at a time: what a crash or a retry sends again cannot be overtaken
             return self.held == 0
