@@ -172,3 +172,16 @@ def batch_touch_free(batch):
 def batch_lock_for(batch, bad=3):
     """A batched stage whose result for ``bad`` cannot be pickled (a lock)."""
     return [lock_for(x, bad) for x in batch]
+
+
+class Snapshots:
+    """A front-end of the test's own: it keeps every snapshot it is given, the last one too."""
+
+    def __init__(self):
+        self.seen: list = []
+
+    def update(self, stats):
+        self.seen.append(stats)
+
+    def close(self, stats):
+        self.seen.append(stats)

@@ -56,7 +56,7 @@ def release(pool: Pool) -> None:
 def _current(workers, init, start_method) -> Pool:
     global _pool, _pool_key
     key = (start_method or default_start_method(),
-           _serialize.dumps_by_value(init) if init is not None else None)
+           _serialize.dumps(init) if init is not None else None)
     if _pool is not None and (_pool.closed or _pool_key != key):
         if _pool.closed or _pool not in _leases:
             _pool.shutdown()

@@ -17,6 +17,7 @@ Errors whose frames travel without an exception (an ``init`` that failed) are ch
 from __future__ import annotations
 
 import functools
+import inspect
 import linecache
 import pickle
 import signal
@@ -346,3 +347,20 @@ class MapInterrupted(_Picklable, KeyboardInterrupt):
         if shell is None:
             return traceback.format_exception(self)
         return shell.InteractiveTB.structured_traceback(type(self), self, self.__traceback__)
+
+
+def unpicklable_result(value, exc: BaseException) -> SerializationError:
+    """Why a result cannot go back, with the fix; a coroutine or generator says what made it."""
+    said = (f"the result of this item ({type(value).__name__}) could not be pickled to send it back: "
+            f"{type(exc).__name__}: {exc}. ")
+    if inspect.iscoroutine(value):
+        value.close()  # never awaited, and never will be: no warning about it in the output
+        return SerializationError(
+            said + "The function returned a coroutine (it is async, or calls an async function without "
+            "awaiting it), and mpkit does not run coroutines. Fix: run it inside the function, "
+            "return asyncio.run(coroutine), in a plain def.")
+    if inspect.isgenerator(value):
+        return SerializationError(said + "The function returned a generator (it yields, or returns one). "
+                                  "Fix: return a list, return list(...).")
+    return SerializationError(said + "Fix: return plain data (numbers, strings, lists, dicts, DataFrames), "
+                              "not open files, locks or generators.")

@@ -21,7 +21,7 @@ import threading
 from typing import Any, Callable
 
 from . import _serialize
-from ._errors import SerializationError, _short_repr
+from ._errors import SerializationError, _short_repr, unpicklable_result
 
 
 class Item(_serialize.Pickled):
@@ -242,9 +242,7 @@ class Codec:
             # both ways (the router makes it an Item again where it becomes a next stage's item)
             return bytearray(item.data) if not item.buffers else item
         except Exception as exc:
-            from .process._worker import _unpicklable_result
-
-            raise _unpicklable_result(value, exc) from None
+            raise unpicklable_result(value, exc) from None
 
 
 def _item(x) -> Item:

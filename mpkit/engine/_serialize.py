@@ -78,8 +78,6 @@ def dumps(obj) -> bytes:
         return buffer.getvalue()
 
 
-dumps_by_value = dumps
-
 #: Buffers (numpy arrays, pandas/Arrow columns, bytearrays) at least this big are kept apart
 #: from the pickle by ``pack``, for a backend to move without copying them into a message.
 #: Smaller ones cost less to copy than to set apart.

@@ -11,7 +11,7 @@ import pytest
 
 import mpkit
 from mpkit import Pipeline
-from tests import helpers
+from tests import helpers, pipeline_tasks as tasks
 from tests.proctree import wait_until
 
 
@@ -117,17 +117,11 @@ def test_dead_worker_in_a_stage_is_replaced_and_retried(start_method, tmp_path):
 
 
 def test_bounded_channels_keep_a_fast_producer_waiting(start_method):
-    seen = []
-
-    class Watch:
-        def update(self, stats):
-            seen.append(stats)
-
-        def close(self, stats):
-            seen.append(stats)
+    watch = tasks.Snapshots()
+    seen = watch.seen
 
     pipe = Pipeline().stage(helpers.slow_stage, maxsize=50)
-    pipe._dashboards.append(Watch())
+    pipe._dashboards.append(watch)
     read = []
 
     def producer():

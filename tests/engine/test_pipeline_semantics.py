@@ -341,18 +341,12 @@ def test_a_source_that_raises_ends_the_run_with_its_error(start_method):
 
 # ---- fan-out -----------------------------------------------------------------------------------------
 def test_a_big_fan_out_is_held_back_by_the_next_channel(start_method):
-    seen = []
-
-    class Watch:
-        def update(self, stats):
-            seen.append(stats)
-
-        def close(self, stats):
-            seen.append(stats)
+    watch = tasks.Snapshots()
+    seen = watch.seen
 
     pipe = (Pipeline().stage(functools.partial(tasks.fan_out, n=20_000), many=True, name="fan")
             .stage(helpers.identity, maxsize=64, name="after"))
-    pipe._dashboards.append(Watch())
+    pipe._dashboards.append(watch)
     out = pipe.run(range(6), progress=False)
     assert len(out) == 120_000
     assert all(s.stage("after").queued <= 64 for s in seen)

@@ -329,14 +329,18 @@ BAD_INPUT = [
 ]
 
 
-@pytest.mark.parametrize("line, cell, message", BAD_INPUT)
-def test_bad_input_raises_a_usage_error(ip, line, cell, message):
+def _assert_one_line_usage_error(ip, line, cell, message):
     with pytest.raises(UsageError) as info:
         mp_pool(ip, line, cell)
     text = str(info.value)
     assert re.search(message, text), text
     assert "\n" not in text, f"not one line: {text!r}"
     assert _default._pool is None, "bad input started a pool"
+
+
+@pytest.mark.parametrize("line, cell, message", BAD_INPUT)
+def test_bad_input_raises_a_usage_error(ip, line, cell, message):
+    _assert_one_line_usage_error(ip, line, cell, message)
 
 
 @pytest.mark.parametrize("line, cell, message", BAD_INPUT)
@@ -489,12 +493,7 @@ BAD_OPTIONS = [
 
 @pytest.mark.parametrize("line, cell, message", BAD_OPTIONS)
 def test_bad_options_raise_a_usage_error_before_any_work(ip, line, cell, message):
-    with pytest.raises(UsageError) as info:
-        mp_pool(ip, line, cell)
-    text = str(info.value)
-    assert re.search(message, text), text
-    assert "\n" not in text, f"not one line: {text!r}"
-    assert _default._pool is None, "bad input started a pool"
+    _assert_one_line_usage_error(ip, line, cell, message)
     assert "for" not in ip.user_ns and "x.y" not in ip.user_ns and "1abc" not in ip.user_ns
 
 

@@ -84,7 +84,7 @@ def _cause(described, text: str, frames, note: str) -> BaseException:
 
 class _Worker:
     __slots__ = ("id", "process", "conn", "in_flight", "fns", "context_id", "stopping", "timed_out", "pid",
-                 "ready", "left", "slot", "started", "tasks", "spent", "globals_from", "born")
+                 "ready", "left", "slot", "started", "tasks", "spent", "globals_from")
 
     def __init__(self, wid: int, process, conn, slot, context_id: str | None):
         self.id, self.process, self.conn, self.slot = wid, process, conn, slot
@@ -100,7 +100,6 @@ class _Worker:
         self.left = False           # said BYE: it exits on purpose, what it held is not to blame
         self.tasks = 0              # items sent to it, retries included (max_tasks_per_child)
         self.spent = False          # it reached max_tasks_per_child: no more work, replaced
-        self.born = time.monotonic()  # when it was started (STARTING_SECONDS)
 
 
 
@@ -113,7 +112,7 @@ class Manager:
         self.max_tasks_per_child = max_tasks_per_child  # a run's own setting comes first
         self.init = init
         self.init_timeout = init_timeout
-        self._init_payload = _serialize.dumps_by_value(init) if init is not None else None
+        self._init_payload = _serialize.dumps(init) if init is not None else None
         self._context: tuple[bytes, str] | None = None  # (payload, id) of the latest run's context
         self.workers: dict[int, _Worker] = {}
         self.runs: list[Run] = []
@@ -286,7 +285,7 @@ class Manager:
             wanted += min(len(run.pending), max(0, run.max_workers - holders))
         wanted = max(wanted - sum(1 for w in alive if not w.in_flight), min(self.size, WARM_WORKERS) - len(alive))
         now = time.monotonic()
-        starting = sum(1 for w in alive if not w.ready and now - w.born < STARTING_SECONDS)
+        starting = sum(1 for w in alive if not w.ready and now - w.started < STARTING_SECONDS)
         for _ in range(min(self.size - len(alive), wanted, STARTS_AT_ONCE - starting)):
             if self.init_error is not None or time.monotonic() < self._next_start:
                 return

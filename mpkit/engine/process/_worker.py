@@ -28,7 +28,6 @@ decides what an interrupt stops, and the pool kills a worker with its whole grou
 """
 from __future__ import annotations
 
-import inspect
 import io
 import os
 import pickle
@@ -41,7 +40,7 @@ import traceback
 
 from .. import _serialize
 from . import _capture, _proctree, _wire
-from .._errors import ExceptionRecord, SerializationError
+from .._errors import ExceptionRecord, unpicklable_result
 
 # Message kinds, parent -> worker.
 CONTEXT, FN, FORGET, RUN, STOP = "context", "fn", "forget", "run", "stop"
@@ -322,28 +321,11 @@ def _results_message(kind, chunk_id, offset, results, failures, seconds) -> tupl
                 dumps(value)
             except BaseException as exc:
                 results[position] = None
-                err = _unpicklable_result(value, exc)
+                err = unpicklable_result(value, exc)
                 failures.append((offset + position, pickle.dumps(err, PROTOCOL), f"SerializationError: {err}", []))
         failures.sort(key=lambda f: f[0])
         results_bytes = _serialize.pack(results)
     return kind, chunk_id, offset, results_bytes, failures, seconds
-
-
-def _unpicklable_result(value, exc: BaseException) -> SerializationError:
-    """Why a result cannot go back, with the fix; a coroutine or generator says what made it."""
-    said = (f"the result of this item ({type(value).__name__}) could not be pickled to send it back: "
-            f"{type(exc).__name__}: {exc}. ")
-    if inspect.iscoroutine(value):
-        value.close()  # never awaited, and never will be: no warning about it in the output
-        return SerializationError(
-            said + "The function returned a coroutine (it is async, or calls an async function without "
-            "awaiting it), and mpkit does not run coroutines. Fix: run it inside the function, "
-            "return asyncio.run(coroutine), in a plain def.")
-    if inspect.isgenerator(value):
-        return SerializationError(said + "The function returned a generator (it yields, or returns one). "
-                                  "Fix: return a list, return list(...).")
-    return SerializationError(said + "Fix: return plain data (numbers, strings, lists, dicts, DataFrames), "
-                              "not open files, locks or generators.")
 
 
 def _leave(relay: _OutputRelay, sender: _Sender) -> None:
