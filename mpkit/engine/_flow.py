@@ -49,14 +49,18 @@ from collections import deque
 from concurrent.futures import Future
 from typing import Any, Callable
 
-from ._errors import Failure, ResultList, _short_repr
+from ._errors import Failure, ResultList
 from ._ledger import Ledger
 from ._pipeline_stats import SNAPSHOT_HZ, PipelineStats, mark_bottleneck
-from ._item import RAW, BadOutput, Item, Unpicklable, carried, chunk_payload, decoded, size, undecodable
-from ._stage import CHANNEL_BYTES, Fan, Stage
+from ._item import ATOM_BYTES, BadOutput, Item, Unpicklable, chunk_payload, decoded, shown, size, travel, undecodable
+from ._stage import CHANNEL_BYTES, Fan, Segment, Stage
 
 #: Snapshots kept for ``timeline()``: at 10 a second, ten minutes of history.
 HISTORY = 6000
+#: Types of results whose size is their len(), and a segment of them goes on as it is.
+_SIZED = frozenset({bytearray, bytes, str})
+#: Types of results that need a look each (a drop, a result that cannot go on).
+_SPECIAL = frozenset({type(None), BadOutput})
 #: How long another thread waits for the router to take a fresh snapshot before it settles for the
 #: last one: a router busy pickling a large chunk answers late, and a caller must not hang on it.
 SNAPSHOT_WAIT = 2.0
@@ -93,7 +97,7 @@ class Flow:
                              ends=stream and (ordered or on_error == "collect"))
         #: imap(): what the ledger streamed, handed to the consumer's thread [cond]
         self.outlet: deque = deque()
-        self.incoming: deque = deque()       # (Item or Unpicklable, future or None), from the feeder [cond]
+        self.incoming: deque = deque()       # (item as it travels or Unpicklable, future or None, bytes) [cond]
         self.input_closed = False            # [cond] no more put()
         self.stop_now = False                # [cond] stop without draining
         self.fatal: BaseException | None = None
@@ -130,17 +134,16 @@ class Flow:
         stage as its pickle. One that cannot be pickled is taken in and fails (its Future gets the
         error; run() raises or collects it per on_error)."""
         try:
-            packed = carried(item)
+            packed, nbytes = travel(item)
         except Exception as exc:  # noqa: BLE001 - any pickling error: this item fails, with the reason
-            packed = Unpicklable(item, exc)
-        nbytes = size(packed)
+            packed, nbytes = Unpicklable(item, exc), ATOM_BYTES
         if self._budget > 0 and self._budget_bytes > 0 and not (self.input_closed or self.fatal is not None):
             # Room known from the last look: no lock per item. Only the append that finds the
             # router possibly asleep (nothing was waiting) takes the lock, to wake it.
             self._budget -= 1
             self._budget_bytes -= nbytes
             self._fed_bytes += nbytes
-            entry = (packed, future)
+            entry = (packed, future, nbytes)
             self.incoming.append(entry)
             if self.state != "running":
                 self._withdraw(entry)  # the flow ended as this item came in
@@ -161,7 +164,7 @@ class Flow:
                 if left is not None and left <= 0:
                     raise TimeoutError(f"the first stage of {self.name!r} stayed full for {timeout} s")
                 self.cond.wait(min(0.1, left) if left is not None else 0.1)  # short: an interrupt lands
-            self.incoming.append((packed, future))
+            self.incoming.append((packed, future, nbytes))
             self._fed_bytes += nbytes
             self._budget = first.spec.maxsize - self._first_load - len(self.incoming)
             self._budget_bytes = CHANNEL_BYTES - self._first_bytes - (self._fed_bytes - self._taken_bytes)
@@ -175,7 +178,7 @@ class Flow:
             for i, waiting in enumerate(self.incoming):
                 if waiting is entry:
                     del self.incoming[i]
-                    self._taken_bytes += size(entry[0])
+                    self._taken_bytes += entry[2]
                     raise FlowEnded(self.name)
 
     def close_input(self) -> None:
@@ -288,7 +291,7 @@ class Flow:
             new, incoming, nbytes = [], self.incoming, 0
             while incoming and len(new) < room and nbytes < byte_room:
                 entry = incoming.popleft()
-                nbytes += size(entry[0])
+                nbytes += entry[2]
                 new.append(entry)
             self._taken_bytes += nbytes
             self._first_load = first.spec.maxsize - room + len(new)
@@ -299,10 +302,8 @@ class Flow:
             for lane in stage.lanes:
                 for stream, text in lane.pool.output.drain():
                     (sys.stderr if stream == "stderr" else sys.stdout).write(text)
-        now = time.monotonic()
-        for item, future in new:
-            root = self.ledger.take(future)
-            self._enter(first, (root,), item, now)
+        if new:
+            self._admit(first, new, nbytes, time.monotonic())
         if input_closed:
             first.input_closed = True
         for stage, lane, batches, failures in taken:
@@ -311,9 +312,9 @@ class Flow:
             for failure in failures:
                 lane.held -= 1
                 self._stage_failed(stage, failure.index, failure.item, failure.exception)
-            for keys, values in batches:
+            for keys, values, message in batches:
                 lane.held -= len(keys)
-                self._stage_done_all(stage, keys, values)
+                self._stage_done_all(stage, keys, values, message)
         self._move()
         self._dispatch()
         self._hand_over()
@@ -329,81 +330,106 @@ class Flow:
         return any(lane.run.done or lane.run.failures or lane.run.fatal is not None
                    for s in self.stages for lane in s.lanes)
 
-    def _enter(self, stage: Stage, key: tuple, item: Any, now: float) -> None:
-        stage.received += 1
-        if item.__class__ is Unpicklable:  # it could not be pickled where it was given
-            stage.failed_at_entry += 1
-            self._stage_failed(stage, key, item.item, item.error)
+    def _admit(self, first: Stage, new: list, nbytes: int, now: float) -> None:
+        """Items from the feeders become roots of the ledger and enter the first stage together."""
+        led = self.ledger
+        values = [entry[0] for entry in new]
+        futures = [entry[1] for entry in new]
+        if futures.count(None) == len(futures) and Unpicklable not in set(map(type, values)):
+            start = led.take_many(len(new))
+            self._enter(first, [(root,) for root in range(start, start + len(new))], values, nbytes, now)
             return
-        if len(stage.lanes) == 1:
-            lane = stage.lanes[0]
-            lane.inbox.append((key, item, now))
-            lane.inbox_bytes += size(item)
-            return
-        try:
-            lane_key = stage.spec.key(decoded(item))  # the only decoding on the way: key() needs the value
-            lane = stage.lanes[hash(lane_key) % len(stage.lanes)]
-        except Exception as exc:  # noqa: BLE001 - the user's key function: this item fails
-            stage.failed_at_entry += 1
-            try:
-                exc.add_note(f"(raised by the key= function of stage {stage.name!r} on {_short_repr(item, 80)})")
-            except Exception:
-                pass
-            self._stage_failed(stage, key, item, exc)
-            return
-        lane.inbox.append((key, item, now))
-        lane.inbox_bytes += size(item)
-
-    def _stage_done_all(self, stage: Stage, keys: list, values: list) -> None:
-        """Results of a stage, the hot path: plain results go straight to its outbox."""
-        if stage.spec.many or self.ledger.futures:
-            for key, value in zip(keys, values):
-                self._stage_done(stage, key, value)
-            return
-        outbox, done, nbytes = stage.outbox, 0, 0
-        for key, value in zip(keys, values):
-            if value.__class__ is bytearray:  # a result's pickle (see _item.Codec)
-                outbox.append((key, value))
-                done += 1
-                nbytes += len(value)
-            elif value is not None and (value.__class__ is Item or value.__class__ in RAW):
-                outbox.append((key, value))
-                done += 1
-                nbytes += size(value)
+        keys, kept, nbytes = [], [], 0
+        for item, future, n in new:
+            root = led.take(future)
+            if item.__class__ is Unpicklable:  # it could not be pickled where it was given
+                first.received += 1
+                first.failed_at_entry += 1
+                self._stage_failed(first, (root,), item.item, item.error)
             else:
-                self._stage_done(stage, key, value)
-        stage.done += done
-        stage.waiting += done
-        stage.waiting_bytes += nbytes
+                keys.append((root,))
+                kept.append(item)
+                nbytes += n
+        if keys:
+            self._enter(first, keys, kept, nbytes, now)
 
-    def _stage_done(self, stage: Stage, key: tuple, value: Any) -> None:
-        if value is None:
-            stage.dropped += 1
-            self.ledger.lost(key)
-        elif isinstance(value, BadOutput):
-            self._stage_failed(stage, key, value.item, value.error or TypeError(value.message))
-        elif self.ledger.futures and self.ledger.unwanted(key):  # its caller cancelled it meanwhile
-            stage.done += 1
-            self.ledger.lost(key)
-        elif stage.spec.many:
-            if not value:
+    def _enter(self, stage: Stage, keys: list, values: list, nbytes: int, now: float, message=None) -> None:
+        """Items (as they travel) enter ``stage``: its one lane's inbox, or each the lane its key picks."""
+        stage.received += len(keys)
+        if len(stage.lanes) == 1:
+            stage.lanes[0].put(Segment(keys, values, nbytes, now, message))
+            return
+        parts: dict[int, Segment] = {}
+        for key, item in zip(keys, values):
+            try:
+                lane_key = stage.spec.key(decoded(item))  # the only decoding on the way: key() needs the value
+                index = hash(lane_key) % len(stage.lanes)
+            except Exception as exc:  # noqa: BLE001 - the user's key function: this item fails
+                stage.failed_at_entry += 1
+                try:
+                    exc.add_note(f"(raised by the key= function of stage {stage.name!r} on {shown(item)})")
+                except Exception:
+                    pass
+                self._stage_failed(stage, key, item, exc)
+                continue
+            part = parts.get(index)
+            if part is None:
+                part = parts[index] = Segment([], [], 0, now)
+            part.keys.append(key)
+            part.values.append(item)
+            part.nbytes += size(item)
+        for index, part in parts.items():
+            stage.lanes[index].put(part)
+
+    def _stage_done_all(self, stage: Stage, keys: list, values: list, message) -> None:
+        """Results of a chunk (or a part of it). The hot path: plain results, nothing waiting for
+        them one by one (no futures, no fan-out), go on as one segment, their size taken in C,
+        with their message (``Segment.message``)."""
+        if not stage.spec.many and not self.ledger.futures:
+            types = set(map(type, values))
+            if types <= _SIZED:
+                self._emit(stage, keys, values, sum(map(len, values)), message)
+                return
+            if not types & _SPECIAL:  # numbers, Items
+                self._emit(stage, keys, values, sum(map(size, values)), message)
+                return
+        plain_keys, plain, nbytes = [], [], 0
+        for key, value in zip(keys, values):
+            if value is None:
                 stage.dropped += 1
                 self.ledger.lost(key)
-                return
-            stage.done += 1
-            self.ledger.fan_out(key[0], len(value))
-            stage.outbox.append(Fan(key, value))
-            stage.waiting += len(value)
-            stage.waiting_bytes += size(value)
-        else:
-            stage.done += 1
-            stage.outbox.append((key, value))
-            stage.waiting += 1
-            stage.waiting_bytes += size(value)
+            elif value.__class__ is BadOutput:
+                self._stage_failed(stage, key, value.item, value.error or TypeError(value.message))
+            elif self.ledger.futures and self.ledger.unwanted(key):  # its caller cancelled it meanwhile
+                stage.done += 1
+                self.ledger.lost(key)
+            elif stage.spec.many:
+                if not value:
+                    stage.dropped += 1
+                    self.ledger.lost(key)
+                    continue
+                stage.done += 1
+                self.ledger.fan_out(key[0], len(value))
+                stage.outbox.append(Fan(key, value))
+                stage.waiting += len(value)
+                stage.waiting_bytes += size(value)
+            else:
+                plain_keys.append(key)
+                plain.append(value)
+                nbytes += size(value)
+        if plain_keys:
+            self._emit(stage, plain_keys, plain, nbytes)
+
+    def _emit(self, stage: Stage, keys: list, values: list, nbytes: int, message=None) -> None:
+        """Results of ``stage`` wait in its outbox until the next channel has room."""
+        stage.done += len(keys)
+        stage.waiting += len(keys)
+        stage.waiting_bytes += nbytes
+        stage.outbox.append(Segment(keys, values, nbytes, message=message))
 
     def _stage_failed(self, stage: Stage, key: tuple, item: Any, exc: BaseException) -> None:
         stage.failed += 1
-        if item.__class__ is Item:
+        if item.__class__ is Item or item.__class__ is bytearray:  # still pickled (see _item)
             try:
                 item = decoded(item)  # the Failure shows the item itself
             except Exception:  # noqa: BLE001 - it cannot be unpickled here: its repr says so
@@ -417,44 +443,46 @@ class Flow:
         self.ledger.lost(key, Failure(key[0], item, exc))
 
     def _move(self) -> None:
+        """Results go on to the next stage (or out) as far as its channel has room, segment by
+        segment; a segment is cut only where the room ends inside it."""
         last = len(self.stages) - 1
         now = time.monotonic()
-        output = self.ledger.output
         for i in range(last, -1, -1):
             stage = self.stages[i]
             nxt = self.stages[i + 1] if i < last else None
-            if nxt is not None:
-                room, byte_room = nxt.space()
-            else:
-                room, byte_room = len(stage.outbox) + stage.waiting, stage.waiting_bytes + 1
-            outbox, moved, nbytes = stage.outbox, 0, 0
-            # the next stage's one inbox, when it has one lane (no key= to compute): the hot path
-            lane = nxt.lanes[0] if nxt is not None and len(nxt.lanes) == 1 else None
-            inbox = lane.inbox if lane is not None else None
+            room, byte_room = nxt.space() if nxt is not None else (float("inf"), float("inf"))
+            outbox, moved, nbytes, message = stage.outbox, 0, 0, None
+            keys: list = []
+            values: list = []
             while outbox and moved < room and nbytes < byte_room:
                 entry = outbox[0]
-                if entry.__class__ is Fan:
+                if entry.__class__ is Fan:  # a many= result's outputs, one by one
                     key, value = entry.pop()
                     if not entry.left:
                         outbox.popleft()
-                else:
-                    key, value = outbox.popleft()
-                moved += 1
-                if value.__class__ is bytearray:
-                    nbytes += len(value)
-                    if nxt is not None:
-                        value = Item(value)  # an item again: a message naming it shows its value
-                else:
+                    keys.append(key)
+                    values.append(value)
+                    moved += 1
                     nbytes += size(value)
-                if nxt is None:
-                    output(key, value)
-                elif inbox is not None:
-                    nxt.received += 1
-                    inbox.append((key, value, now))
+                    continue
+                count = entry.fits(room - moved, byte_room - nbytes)
+                if count == len(entry.keys):
+                    outbox.popleft()
                 else:
-                    self._enter(nxt, key, value, now)
-            if inbox is not None:
-                lane.inbox_bytes += nbytes
+                    entry = entry.cut(count)
+                message = entry.message if not moved else None  # one whole segment: its message goes on
+                keys += entry.keys
+                values += entry.values
+                moved += count
+                nbytes += entry.nbytes
+            if moved:
+                if nxt is None:
+                    self.ledger.deliver(keys, values, nbytes)
+                else:
+                    self._enter(nxt, keys, values, nbytes, now, message)
+            for entry in outbox:  # what waits lets its message go (Segment.message)
+                if entry.__class__ is Segment:
+                    entry.message = None
             stage.waiting -= moved
             stage.waiting_bytes -= nbytes
             stage.emitted += moved
@@ -475,25 +503,27 @@ class Flow:
                         break  # backpressure: the next stage cannot take more yet
                     if spec.batch is not None:
                         max_size, max_wait = spec.batch
-                        ready = (len(lane.inbox) >= max_size or stage.input_closed
-                                 or now - lane.inbox[0][2] >= max_wait)
+                        ready = (lane.inbox_count >= max_size or stage.input_closed
+                                 or now - lane.inbox[0].since >= max_wait)
                         if not ready:
                             break
-                        picked, batch = lane.take(max_size, whole=True), True
+                        (keys, values, message), batch = lane.take(max_size, whole=True), True
                     else:
-                        picked, batch = lane.take(lane.chunk_size(spec)), False
+                        (keys, values, message), batch = lane.take(lane.chunk_size(spec)), False
                     if self.ledger.futures:
-                        picked = self._wanted(stage, picked)
-                        if not picked:
+                        keys, values = self._wanted(stage, keys, values)
+                        message = None
+                        if not keys:
                             continue
-                    keys = [k for k, _, _ in picked]
                     lane.held += len(keys)
                     stage.batched += len(keys)
-                    items = [x for _, x, _ in picked]
-                    payload = chunk_payload(items)  # pickling, but of bytes: no user code runs
+                    # the last stage's results' message as it came, or pickling, but of pickles:
+                    # no user code runs
+                    payload = message if message is not None else chunk_payload(values)
                     with self.cond:
-                        lane.run.submit_encoded(keys, items, payload, batch)
+                        lane.run.submit_encoded(keys, values, payload, batch)
                     sent = True
+                lane.drop_messages()
                 if sent:
                     woken.append(lane)
                 if stage.input_closed and not lane.inbox:
@@ -510,16 +540,17 @@ class Flow:
                 self.cond.notify_all()
             streamed.clear()
 
-    def _wanted(self, stage: Stage, picked: list) -> list:
+    def _wanted(self, stage: Stage, keys: list, values: list) -> tuple[list, list]:
         """A service's items whose Future the caller cancelled are not sent to a worker."""
-        keep = []
-        for entry in picked:
-            if self.ledger.unwanted(entry[0]):
+        kept_keys, kept = [], []
+        for key, value in zip(keys, values):
+            if self.ledger.unwanted(key):
                 stage.cancelled_queued += 1
-                self.ledger.lost(entry[0])
+                self.ledger.lost(key)
             else:
-                keep.append(entry)
-        return keep
+                kept_keys.append(key)
+                kept.append(value)
+        return kept_keys, kept
 
     def next_timeout(self, tick: float) -> float:
         """How long the router may sleep: until the oldest item of a forming batch is due."""
@@ -534,7 +565,7 @@ class Flow:
             for lane in stage.lanes:
                 # a batch that cannot leave yet is no reason to wake: a worker's end is
                 if lane.inbox and lane.room():
-                    timeout = min(timeout, max(0.0, lane.inbox[0][2] + stage.spec.batch[1] - now))
+                    timeout = min(timeout, max(0.0, lane.inbox[0].since + stage.spec.batch[1] - now))
         return timeout
 
     @property
@@ -559,14 +590,14 @@ class Flow:
                     lane.run.pending.clear()  # cancelled: no worker takes them any more
             self.input_closed = True
             self.state = "failed" if self.fatal is not None and not self.stop_now else "stopped"
-        for _, future in left:  # taken in, never reached a stage
+        for _, future, _ in left:  # taken in, never reached a stage
             self.ledger.take(future)
         for stage in self.stages:
             for lane in stage.lanes:
-                stage.cancelled_queued += len(lane.inbox)
+                stage.cancelled_queued += lane.inbox_count
                 stage.cancelled_held += lane.held
                 lane.inbox.clear()
-                lane.inbox_bytes = 0
+                lane.inbox_count = lane.inbox_bytes = 0
                 lane.held = 0
             stage.outbox.clear()
             stage.waiting = stage.waiting_bytes = 0

@@ -1,17 +1,20 @@
 """A pipeline item on its way: its own pickle, made once where the item is given.
 
-    feeder thread            router (notebook)                   worker process (Codec)
-    ─────────────            ─────────────────                   ──────────────────────
-    encode(item) ─► Item ─► inboxes, chunks: the list of ─pipe─► unpickle each item, call the stage,
-                            their pickles (chunk_payload)        pickle each result on its own
-    decoded(value) ◄── the last stage's results ◄── Item, or its pickle's bytes ◄─pipe─┘
-    (caller's thread)       forwarded, never decoded (but for key= and a Failure's record)
+    feeder thread               router (notebook)                      worker process (Codec)
+    ─────────────               ─────────────────                      ──────────────────────
+    travel(item) ──► pickle ─► segments of items, moved whole ─pipe─► unpickle each item, call the stage,
+                               chunk_payload: the list of pickles,     pickle each result on its own
+                               one pickle.dumps (C)
+    decoded(value) ◄── the last stage's results ◄── the results' pickles ◄──────────────pipe─┘
+    (caller's thread)           forwarded, never decoded (but for key= and a Failure's record)
 
-An Item is a ``_serialize.Pickled`` (pickle protocol 5, large buffers kept apart), so every item's
-size is known exactly (``size``); a result without large buffers comes back as its pickle's bytes,
-which a chunk message carries in C both ways, as a ``bytearray`` (on the way, a bytearray is
-always a pickle). Atoms (``RAW``: str, bytes under OUT_OF_BAND_BYTES, numbers, None) travel as
-themselves: a chunk's message pickles them in C, and one pickle each would double their cost.
+An item travels as its pickle: a ``bytearray`` (on the way, a bytearray is always a pickle), or,
+when it holds large buffers kept apart (pickle protocol 5), an ``Item`` (a ``_serialize.Pickled``),
+so every item's size is known exactly (``size``). A chunk's message is the list of these pickles,
+made by one C call whatever the number of items; the worker's Codec answers with the list of its
+results' pickles, which the router hands to the next stage as they are. Atoms (``RAW``: str, bytes
+under OUT_OF_BAND_BYTES, numbers, None) travel as themselves: a chunk's message pickles them in C,
+and one pickle each would double their cost.
 """
 from __future__ import annotations
 
@@ -101,29 +104,38 @@ def encode(value) -> Item:
     return _encoder.encode(value)
 
 
-def carried(value):
-    """``value`` as it travels: an atom as itself (RAW), anything else as an Item."""
+def travel(value) -> tuple[Any, int]:
+    """``value`` as it travels, and its size: an atom as itself (RAW), anything else as its
+    pickle (a bytearray), or as an Item when its large buffers are kept apart."""
     cls = value.__class__
-    if cls in RAW and (cls is not bytes or len(value) < _LARGE):
-        return value
-    return encode(value)
+    if cls is str or cls is bytes:
+        if cls is str or len(value) < _LARGE:
+            return value, len(value)
+    elif cls in RAW:
+        return value, ATOM_BYTES
+    item = encode(value)
+    if item.buffers:
+        return item, item.nbytes
+    data = bytearray(item.data)
+    return data, len(data)
 
 
-def chunk_payload(items: list) -> _serialize.Pickled:
-    """The message of a chunk of Items: the list of their pickles, as bytes where they have no
-    buffers kept apart (pickled in C, not item by item in Python), else the Items themselves."""
-    out = []
-    for item in items:
-        if item.__class__ is Item:
-            if item.buffers:
-                return _serialize.pack(items)
-            data = item.data
-            out.append(data if data.__class__ is bytearray else bytearray(data))  # a pickle, marked as such
-        elif item.__class__ is bytearray:
-            out.append(item)
-        else:
-            out.append(item)  # an atom, as itself
-    return _serialize.Pickled(pickle.dumps(out, pickle.HIGHEST_PROTOCOL))
+def chunk_payload(values: list) -> _serialize.Pickled:
+    """The message of a chunk: the list of its items as they travel (pickles, atoms), pickled by
+    one C call; with an Item among them, its buffers are kept apart (shared memory on the wire)."""
+    if Item in set(map(type, values)):
+        return _serialize.pack(values)
+    return _serialize.Pickled(pickle.dumps(values, _PROTOCOL))
+
+
+def shown(value, limit: int = 80) -> str:
+    """A short repr of the item a pickle on its way stands for (for messages naming an item)."""
+    if value.__class__ is bytearray or value.__class__ is Item:
+        try:
+            value = decoded(value)
+        except Exception:  # noqa: BLE001 - it cannot be unpickled here: say what it is
+            return f"<item of {size(value)} bytes that cannot be unpickled here>"
+    return _short_repr(value, limit)
 
 
 def decoded(value):
@@ -182,11 +194,11 @@ class BadOutput:
 
 
 class Codec:
-    """A stage's callable as its worker runs it: each item arrives as its own ``Item`` (a batch
-    as a list of them), is unpickled here, and each result leaves pickled on its own (``None``
-    for a dropped item, a list of Items for a many= stage's outputs). So the
+    """A stage's callable as its worker runs it: each item arrives as it travels (its pickle, or
+    an atom; a batch as a list of them), is unpickled here, and each result leaves pickled on its
+    own (``None`` for a dropped item, a list of pickles for a many= stage's outputs). So the
     notebook's router forwards results to the next stage without decoding them, and knows the
-    size of every item. (A result without large buffers leaves as its pickle's bytes.) An item that cannot be unpickled, or a result that cannot be pickled,
+    size of every item. An item that cannot be unpickled, or a result that cannot be pickled,
     fails alone, with the reason."""
 
     def __init__(self, fn: Callable, stage: str, many: bool, batched: bool):
@@ -209,9 +221,9 @@ class Codec:
         out = []
         for r, x in zip(results, item):
             try:
-                out.append(self._encode(r) if r.__class__ is not BadOutput else BadOutput(_item(x), r.message))
+                out.append(self._encode(r) if r.__class__ is not BadOutput else BadOutput(x, r.message))
             except SerializationError as exc:  # this result cannot go back: only its item fails
-                out.append(BadOutput(_item(x), str(exc), exc))
+                out.append(BadOutput(x, str(exc), exc))
         return out
 
     def _decode(self, item):
@@ -244,7 +256,3 @@ class Codec:
         except Exception as exc:
             raise unpicklable_result(value, exc) from None
 
-
-def _item(x) -> Item:
-    """A batch's item as the router knows it, still pickled (a chunk sends plain pickles as bytes)."""
-    return Item(x) if x.__class__ is bytearray else x

@@ -14,7 +14,8 @@ Outputs stay pickled here (``Item``): a run's results are decoded by ``Flow.resu
 caller's thread, a service's by its Future when ``result()`` is first asked for, a stream's
 (``imap``) by the consumer's loop, which takes ``streamed`` entries as they come:
 ``(OUTPUT, key, value)`` for each output and, when it must know (ordered, or failures collected),
-``(ENDED, root, failure or None)`` when a root ends.
+``(ENDED, root, failure or None)`` when a root ends; or, where nothing else is asked (no futures,
+no fan-out, no ends), ``(OUTPUTS, values, nbytes)`` for a segment of outputs that each ended a root.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from ._errors import Failure
 #: person reads and, with tracebacks of a few KB each, a few MB at most in a kernel that runs for days.
 RECENT_FAILURES = 1000
 #: Tags of ``Ledger.streamed`` entries.
-OUTPUT, ENDED = "output", "ended"
+OUTPUT, OUTPUTS, ENDED = "output", "outputs", "ended"
 
 
 class Encoded:
@@ -69,6 +70,13 @@ class Ledger:
             self.futures[root] = future
         return root
 
+    def take_many(self, count: int) -> int:
+        """``count`` new roots without futures; the first one's number."""
+        start = self.submitted
+        self.submitted += count
+        self.live.update(dict.fromkeys(range(start, start + count), 1))
+        return start
+
     def unwanted(self, key: tuple) -> bool:
         """Whether the caller cancelled the Future of ``key``'s item (then it need not run)."""
         future = self.futures.get(key[0])
@@ -91,6 +99,24 @@ class Ledger:
         elif self.many:
             self.produced.add(root)
         self._one_ended(root, True)
+
+    def deliver(self, keys: list, values: list, nbytes: int) -> None:
+        """Outputs that came out of the last stage together: as ``output`` for each, in one go
+        where each ends its root and nothing waits for it (no future, no fan-out, no ends)."""
+        if self.futures or self.many or self.ends:
+            for key, value in zip(keys, values):
+                self.output(key, value)
+            return
+        count = len(keys)
+        self.delivered += count
+        self.completed += count
+        if self.keep_results:
+            self.results.extend(zip(keys, values))
+        elif self.streamed is not None:
+            self.streamed.append((OUTPUTS, values, nbytes))
+        live = self.live
+        for key in keys:
+            del live[key[0]]
 
     def lost(self, key: tuple, failure: Failure | None = None) -> None:
         """An output of ``key[0]`` was dropped, failed (then the root fails), or is not wanted."""

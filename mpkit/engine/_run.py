@@ -108,6 +108,11 @@ class Run:
         self.busy_workers = 0
         self.pool_workers = 0
         self.busy_seconds = 0.0                  # compute time reported by workers
+        #: a short repr of an item for messages (a pipeline's items are still pickled here)
+        self.describe: Callable[[Any], str] = _short_repr
+        #: a pipeline's run: each ``done`` entry carries its results' message too (None if some of
+        #: its items failed), which the next stage can send on as its chunk, unopened
+        self.forwards = False
 
     # ---- a pipeline's router (under self.cond) ---------------------------------------------
     def submit(self, keys: list, items: list, batch: bool = False) -> None:
@@ -234,14 +239,15 @@ class Run:
                 position -= offset
                 failed.add(position)
                 index, item = indices[position], items[position]
-                self._error(chunk, index, item, _rebuild(exc_bytes, text, self._frames(frames), worker_id, index, item,
+                self._error(chunk, index, item, _rebuild(exc_bytes, text, self._frames(frames), worker_id, index, self.describe(item),
                                                            self._frames))
             keep = [o for o in range(len(indices)) if o not in failed]
             if keep:
-                self.done.append(([indices[o] for o in keep], [results[o] for o in keep]))
+                kept = ([indices[o] for o in keep], [results[o] for o in keep])
+                self.done.append((*kept, None) if self.forwards else kept)
                 self.finished += len(keep)
         elif results:
-            self.done.append((indices, results))
+            self.done.append((indices, results, results_bytes) if self.forwards else (indices, results))
             self.finished += len(results)
         self.cond.notify_all()
 
@@ -258,7 +264,7 @@ class Run:
                 self._split(chunk, chunk.attempts + (len(chunk.indices) == 1))
                 return
             for index, item in zip(chunk.indices, chunk.items):
-                self._fail(index, item, WorkerDied(exitcode, pid, f"{index} ({_short_repr(item)}) in a batch of "
+                self._fail(index, item, WorkerDied(exitcode, pid, f"{index} ({self.describe(item)}) in a batch of "
                                                    f"{len(chunk.indices)}", chunk.attempts), chunk)
             return
         if running is None or running < 0:
@@ -268,7 +274,7 @@ class Run:
             start = rest if running is None else -1 - running
             if len(chunk.indices) - start == 1:
                 index, item = chunk.indices[start], chunk.items[start]
-                self._error(chunk, index, item, WorkerDied(exitcode, pid, f"{index} ({_short_repr(item)})",
+                self._error(chunk, index, item, WorkerDied(exitcode, pid, f"{index} ({self.describe(item)})",
                                                            chunk.attempts))
             else:
                 self._split(chunk, chunk.attempts, start)
@@ -277,7 +283,7 @@ class Run:
         after = self._sub_chunk(chunk, running + 1)
         if after is not None:
             self.pending.appendleft(after)        # never started: sent again as they were
-        self._error(chunk, index, item, WorkerDied(exitcode, pid, f"{index} ({_short_repr(item)})", chunk.attempts))
+        self._error(chunk, index, item, WorkerDied(exitcode, pid, f"{index} ({self.describe(item)})", chunk.attempts))
         before = self._sub_chunk(chunk, rest, running)
         if before is not None:
             self.pending.appendleft(before)       # finished, results lost with the worker: run again
@@ -293,7 +299,7 @@ class Run:
             self._batch_timed_out(chunk)
             return
         index, item = chunk.indices[0], chunk.items[0]
-        self._error(chunk, index, item, TaskTimeout(self.timeout, f"{index} ({_short_repr(item)})", chunk.attempts))
+        self._error(chunk, index, item, TaskTimeout(self.timeout, f"{index} ({self.describe(item)})", chunk.attempts))
 
     def _batch_timed_out(self, chunk: Chunk) -> None:
         """A pipeline micro-batch is one call on the whole list: when the call times out, every item
@@ -304,7 +310,7 @@ class Run:
                                           batch=True))
             return
         for index, item in zip(chunk.indices, chunk.items):
-            where = f"{index} ({_short_repr(item)}, in a batch of {len(chunk.indices)})"
+            where = f"{index} ({self.describe(item)}, in a batch of {len(chunk.indices)})"
             self._fail(index, item, TaskTimeout(self.timeout, where, chunk.attempts), chunk)
 
     def undecodable(self, chunk: Chunk, text: str) -> None:
@@ -326,7 +332,7 @@ class Run:
             self._split(chunk, chunk.attempts, start)
             return
         index, item = chunk.indices[start], chunk.items[start]
-        err = SerializationError(f"item {index} ({_short_repr(item)}): {what}: {type(exc).__name__}: {exc}")
+        err = SerializationError(f"item {index} ({self.describe(item)}): {what}: {type(exc).__name__}: {exc}")
         err.__cause__ = exc
         self._fail(index, item, err, chunk)
 
@@ -356,7 +362,7 @@ class Run:
         self.cond.notify_all()
 
 
-def _rebuild(described, text, frames, worker_id, index, item, fix_frames=None) -> BaseException:
+def _rebuild(described, text, frames, worker_id, index, shown: str, fix_frames=None) -> BaseException:
     """A worker's exception in this process, from ``_worker._describe_exception`` (a pickled
     :class:`ExceptionRecord`, chain included) or from a bare pickled exception (``None`` when it
     could not be pickled), with a note naming the worker and the item."""
@@ -376,7 +382,7 @@ def _rebuild(described, text, frames, worker_id, index, item, fix_frames=None) -
     if isinstance(index, tuple):  # a pipeline's item: its position in the input comes first
         index = index[0]
     try:
-        exc.add_note(f"(raised in mpkit worker {worker_id} on item {index}: {_short_repr(item)})")
+        exc.add_note(f"(raised in mpkit worker {worker_id} on item {index}: {shown})")
     except Exception:
         pass
     return exc

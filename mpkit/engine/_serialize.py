@@ -102,7 +102,10 @@ class Pickled:
         return len(self.data) + sum(memoryview(b).nbytes for b in self.buffers)
 
     def __reduce__(self):
-        return Pickled, (self.data, tuple(pickle.PickleBuffer(b) for b in self.buffers))
+        data = self.data
+        if len(data) >= OUT_OF_BAND_BYTES:  # a large pickle travels out of band too (a chunk of many items)
+            data = pickle.PickleBuffer(data)
+        return Pickled, (data, tuple(pickle.PickleBuffer(b) for b in self.buffers))
 
     def __repr__(self) -> str:
         return f"<Pickled {len(self.data)} bytes + {len(self.buffers)} buffers>"

@@ -1,8 +1,12 @@
 """A pipeline stage while it runs: what its workers call, its lanes, its channel and its counts.
 
-    items from the router ──► lane inbox ──► Run.pending (chunks) ──► the lane's Pool ──► Run.done
-                              (one per lane:  ◄─ held: items handed to the run, not answered yet ─┘
-                               key= picks it)                                 ──► outbox ──► next stage
+    segments from the router ──► lane inbox ──► Run.pending (chunks) ──► the lane's Pool ──► Run.done
+                                 (one per lane:  ◄─ held: items handed to the run, not answered yet ─┘
+                                  key= picks it)                            ──► outbox ──► next stage
+
+Items move through a stage in ``Segment`` s: the items that arrived together (or the results of one
+chunk), with their keys and their bytes, so that the router's work per step is per segment, not
+per item; a segment is cut only where a bound (chunk size, room downstream) falls inside it.
 
 A stage has one lane of N workers, or with ``key=`` N lanes of one worker each. What a worker
 calls is the stage's function, or, for a class or factory stage, the object that ``Built`` has it
@@ -19,7 +23,7 @@ from collections import deque
 from typing import Any, Callable
 
 from ._errors import _short_repr
-from ._item import BadOutput, Codec, size
+from ._item import BadOutput, Codec, shown
 from ._pipeline_stats import SNAPSHOT_HZ, StageStats
 from .process._pool import Pool
 
@@ -108,6 +112,38 @@ def stage_target(spec) -> Callable:
     return Codec(target, spec.name, spec.many, spec.batch is not None)
 
 
+class Segment:
+    """Items that move together: their keys, the items as they travel (``_item``), their bytes,
+    and when they arrived (a micro-batch's ``max_wait`` counts from the oldest).
+
+    ``message``: the results' message from the worker that made them (``Run.forwards``), while
+    the segment is whole: sent on unopened as the next stage's chunk, it spares the notebook
+    pickling them again. Kept only within one router step (``drop_message``): a segment that waits
+    would hold its items twice."""
+
+    __slots__ = ("keys", "values", "nbytes", "since", "message")
+
+    def __init__(self, keys: list, values: list, nbytes: int, since: float = 0.0, message=None):
+        self.keys, self.values, self.nbytes, self.since, self.message = keys, values, nbytes, since, message
+
+    def cut(self, count: int) -> "Segment":
+        """The first ``count`` items, taken out of this segment (bytes shared out by their mean:
+        the bounds they serve are approximate by an item)."""
+        n = len(self.keys)
+        nbytes = self.nbytes * count // n
+        head = Segment(self.keys[:count], self.values[:count], nbytes, self.since)
+        self.keys, self.values = self.keys[count:], self.values[count:]  # new lists: a chunk may share these
+        self.nbytes -= nbytes
+        self.message = None  # no longer the whole of it
+        return head
+
+    def fits(self, items: int, nbytes: float) -> int:
+        """How many of its first items fit in ``items`` and ``nbytes`` (one at least, if items > 0)."""
+        n = len(self.keys)
+        by_bytes = n if self.nbytes <= nbytes else int(nbytes * n // self.nbytes)
+        return max(1, min(items, n, by_bytes))
+
+
 class Fan:
     """The outputs of one item of a many= stage, handed on one by one as the next channel has room."""
 
@@ -139,8 +175,11 @@ class Lane:
                          max_tasks_per_child=spec.max_tasks_per_child)
         self.pool.output.label = spec.name
         self.run = self.pool._open_run(stage_target(spec), cond, retries=spec.retries, timeout=spec.timeout)
-        self.inbox: deque = deque()   # (key, item, arrival time)
-        self.inbox_bytes = 0          # of the items in the inbox
+        self.run.describe = shown     # messages naming an item show the item, not its pickle
+        self.run.forwards = True      # results come with their message (see Segment.message)
+        self.inbox: deque[Segment] = deque()
+        self.inbox_count = 0          # items in the inbox
+        self.inbox_bytes = 0          # and their bytes
         self.held = 0                 # items handed to the run and not answered yet
 
     @property
@@ -159,17 +198,36 @@ class Lane:
             return self.held < FAN_OUT_ITEMS * self.pool.size
         return len(self.run.pending) < 2 * self.pool.size
 
-    def take(self, most: int, whole: bool = False) -> list:
-        """The next ``most`` inbox entries, fewer if they pass CHUNK_BYTES (at least one), unless
-        ``whole`` (a micro-batch is the user's unit: it keeps its size)."""
-        inbox, picked, nbytes = self.inbox, [], 0
+    def put(self, segment: Segment) -> None:
+        self.inbox.append(segment)
+        self.inbox_count += len(segment.keys)
+        self.inbox_bytes += segment.nbytes
+
+    def take(self, most: int, whole: bool = False) -> tuple[list, list, Any]:
+        """Keys and items of the next ``most`` inbox items, fewer if they pass CHUNK_BYTES (one at
+        least), unless ``whole`` (a micro-batch is the user's unit: it keeps its size); and their
+        message, if they are one whole segment that has one (``Segment.message``)."""
+        inbox, keys, values, nbytes, message = self.inbox, [], [], 0, None
         limit = float("inf") if whole else CHUNK_BYTES
-        while inbox and len(picked) < most and (nbytes < limit or not picked):
-            entry = inbox.popleft()
-            nbytes += size(entry[1])
-            picked.append(entry)
+        while inbox and len(keys) < most and (nbytes < limit or not keys):
+            segment = inbox[0]
+            count = segment.fits(most - len(keys), limit - nbytes if keys else limit)
+            if count == len(segment.keys):
+                inbox.popleft()
+            else:
+                segment = segment.cut(count)
+            message = segment.message if not keys else None
+            keys += segment.keys
+            values += segment.values
+            nbytes += segment.nbytes
+        self.inbox_count -= len(keys)
         self.inbox_bytes -= nbytes
-        return picked
+        return keys, values, message
+
+    def drop_messages(self) -> None:
+        """Segments left waiting let their message go (see ``Segment.message``)."""
+        for segment in self.inbox:
+            segment.message = None
 
     def chunk_size(self, spec) -> int:
         """Items in the next chunk of an unbatched stage."""
@@ -192,7 +250,7 @@ class Stage:
         except BaseException:
             self.close(kill=True)
             raise
-        self.outbox: deque = deque()    # (key, value) or Fan: results waiting for room downstream
+        self.outbox: deque = deque()    # Segments or Fans: results waiting for room downstream
         self.waiting = 0                # outputs in the outbox (a fan counts its outputs left)
         self.waiting_bytes = 0          # and their bytes
         self.received = self.batched = self.done = self.emitted = self.failed = self.dropped = 0
@@ -206,7 +264,7 @@ class Stage:
         return self.spec.name
 
     def queued_in_inboxes(self) -> int:
-        return sum(len(lane.inbox) for lane in self.lanes)
+        return sum(lane.inbox_count for lane in self.lanes)
 
     def pending_items(self) -> int:
         """Items in chunks waiting for a worker (the manager threads take from them: lock)."""

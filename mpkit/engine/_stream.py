@@ -15,13 +15,14 @@ an exception, the generator closed or collected) stops the pipeline: what is ins
 """
 from __future__ import annotations
 
+import pickle
 from collections import deque
 from typing import Any, Iterator
 
 from ._errors import Failure
 from ._flow import Flow, FlowEnded
 from ._interrupts import held_interrupts
-from ._ledger import ENDED, OUTPUT
+from ._ledger import ENDED, OUTPUT, OUTPUTS
 from ._item import decoded, size, undecodable
 
 #: Bytes of results a stream keeps for its loop before it stops reading the source. Enough for
@@ -43,11 +44,16 @@ class Backlog:
         self.held: dict[int, list] = {}      # ordered: root -> its outputs, (key, value)
         self.ended: dict[int, Failure | None] = {}  # ordered: roots ended, not yet released
         self.next_root = 0
-        self.count = self.nbytes = 0         # results in the backlog
+        self.count = self.nbytes = 0         # results in the backlog (bytes counted per segment)
 
     def add(self, entries: list) -> None:
         for entry in entries:
-            if entry[0] is OUTPUT:
+            if entry[0] is OUTPUTS:  # never when ordered: the ledger sends each output then
+                _, values, nbytes = entry
+                self.count += len(values)
+                self.nbytes += nbytes
+                self.ready.extend(values)
+            elif entry[0] is OUTPUT:
                 _, key, value = entry
                 self.count += 1
                 self.nbytes += size(value)
@@ -73,9 +79,16 @@ class Backlog:
 
     def pop(self) -> Any:
         value = self.ready.popleft()
-        if value.__class__ is Failure:
+        cls = value.__class__
+        if cls is Failure:
             return value
         self.count -= 1
+        if cls is bytearray:  # a result's pickle, the usual case
+            self.nbytes -= len(value)
+            try:
+                return pickle.loads(value)
+            except Exception as exc:  # noqa: BLE001 - any unpickling error, with its reason
+                raise undecodable(exc) from exc
         self.nbytes -= size(value)
         try:
             return decoded(value)
@@ -91,11 +104,12 @@ def stream(flow: Flow, source: Iterator, *, ordered: bool, collect: bool) -> Ite
     backlog = Backlog(ordered, collect)
     bound = flow.stages[0].spec.maxsize
     exhausted = False
+    put, outlet = flow.put, flow.outlet
     flow.start()
     try:
         while True:
             wait = exhausted or backlog.full(bound)
-            if wait or flow.outlet:
+            if wait or outlet:
                 backlog.add(flow.take_outlet(POLL if wait else 0))
             while backlog.ready:
                 yield backlog.pop()
@@ -109,13 +123,10 @@ def stream(flow: Flow, source: Iterator, *, ordered: bool, collect: bool) -> Ite
             if exhausted or backlog.full(bound):
                 continue  # nothing to read now: wait for results
             try:
-                item = next(source)
+                put(next(source))
             except StopIteration:
                 exhausted = True
                 flow.close_input()
-                continue
-            try:
-                flow.put(item)
             except FlowEnded:
                 exhausted = True  # a stage failed or cannot run: the router ends, flow.fatal says why
     except BaseException as exc:
