@@ -104,24 +104,26 @@ def stream(flow: Flow, source: Iterator, *, ordered: bool, collect: bool) -> Ite
     backlog = Backlog(ordered, collect)
     bound = flow.stages[0].spec.maxsize
     exhausted = False
-    put, outlet = flow.put, flow.outlet
+    put, outlet, ready, pop = flow.put, flow.outlet, backlog.ready, backlog.pop
     flow.start()
     try:
         while True:
-            wait = exhausted or backlog.full(bound)
-            if wait or outlet:
+            # The hot path is one look (results came, the source is done, or the backlog full),
+            # then one item in; a flow that ended meanwhile refuses it (FlowEnded).
+            if exhausted or outlet or backlog.full(bound):
+                wait = exhausted or backlog.full(bound)
                 backlog.add(flow.take_outlet(POLL if wait else 0))
-            while backlog.ready:
-                yield backlog.pop()
-            if not flow.running:
-                backlog.add(flow.take_outlet(0))  # what the router handed over as it ended
-                while backlog.ready and flow.fatal is None:
-                    yield backlog.pop()
-                if flow.fatal is not None:
-                    raise flow.fatal
-                return
-            if exhausted or backlog.full(bound):
-                continue  # nothing to read now: wait for results
+                while ready:
+                    yield pop()
+                if not flow.running:
+                    backlog.add(flow.take_outlet(0))  # what the router handed over as it ended
+                    while ready and flow.fatal is None:
+                        yield pop()
+                    if flow.fatal is not None:
+                        raise flow.fatal
+                    return
+                if exhausted or backlog.full(bound):
+                    continue  # nothing to read now: wait for results
             try:
                 put(next(source))
             except StopIteration:
