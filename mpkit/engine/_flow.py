@@ -385,7 +385,7 @@ class Flow:
         """Results of a chunk (or a part of it). The hot path: plain results, nothing waiting for
         them one by one (no futures, no fan-out), go on as one segment, their size taken in C,
         with their message (``Segment.message``)."""
-        if not stage.spec.many and not self.ledger.futures:
+        if not stage.spec.many and not self.ledger.culling:
             types = set(map(type, values))
             if types <= _SIZED:
                 self._emit(stage, keys, values, sum(map(len, values)), message)
@@ -400,7 +400,7 @@ class Flow:
                 self.ledger.lost(key)
             elif value.__class__ is BadOutput:
                 self._stage_failed(stage, key, value.item, value.error or TypeError(value.message))
-            elif self.ledger.futures and self.ledger.unwanted(key):  # its caller cancelled it meanwhile
+            elif self.ledger.culling and self.ledger.unwanted(key):  # its caller cancelled it meanwhile
                 stage.done += 1
                 self.ledger.lost(key)
             elif stage.spec.many:
@@ -510,7 +510,7 @@ class Flow:
                         (keys, values, message), batch = lane.take(max_size, whole=True), True
                     else:
                         (keys, values, message), batch = lane.take(lane.chunk_size(spec)), False
-                    if self.ledger.futures:
+                    if self.ledger.culling:
                         keys, values = self._wanted(stage, keys, values)
                         message = None
                         if not keys:

@@ -57,6 +57,9 @@ class Ledger:
         self.produced: set[int] = set()      # roots with at least one output (run())
         self.failures_of: dict[int, Failure] = {}
         self.futures: dict[int, Future] = {}
+        #: Futures their callers cancelled, as counted by them (``Service``'s futures): while 0,
+        #: no item need be looked at to see whether it is still wanted
+        self.cancels = 0
         self.results: list = []          # (key, value), run() only
         self.failures: list[Failure] | deque[Failure] = [] if keep_all_failures else deque(maxlen=RECENT_FAILURES)
         self.cancelled_roots: list[int] = []  # run() only: MapInterrupted.pending
@@ -76,6 +79,11 @@ class Ledger:
         self.submitted += count
         self.live.update(dict.fromkeys(range(start, start + count), 1))
         return start
+
+    @property
+    def culling(self) -> bool:
+        """Whether some caller cancelled a Future: items must be looked at one by one (``unwanted``)."""
+        return bool(self.cancels and self.futures)
 
     def unwanted(self, key: tuple) -> bool:
         """Whether the caller cancelled the Future of ``key``'s item (then it need not run)."""
@@ -140,7 +148,7 @@ class Ledger:
             produced = True
         if self.ends:
             self.streamed.append((ENDED, root, failure))
-        if future is not None and future.cancelled():  # by its caller: its outcome goes nowhere
+        if future is not None and self.cancels and future.cancelled():  # by its caller: its outcome goes nowhere
             self.cancelled += 1
         elif failure is not None:
             self.failed += 1

@@ -67,14 +67,25 @@ class _Callbacks:
 
 
 class _ServiceFuture(Future):
-    """A Future whose done-callbacks run in the service's callback thread, not the one setting it."""
+    """A Future whose done-callbacks run in the service's callback thread, not the one setting it,
+    and that tells the router's ledger when its caller cancels it (``Ledger.cancels``)."""
 
-    def __init__(self, callbacks: _Callbacks):
+    def __init__(self, callbacks: _Callbacks, ledger):
         super().__init__()
         self._mpkit_callbacks = callbacks
+        self._mpkit_ledger = ledger
+
+    def cancel(self) -> bool:
+        cancelled = super().cancel()
+        if cancelled:
+            self._mpkit_ledger.cancels += 1  # read by the router only to know whether to look
+        return cancelled
 
     def _invoke_callbacks(self) -> None:
-        self._mpkit_callbacks.put(super()._invoke_callbacks)
+        # Callbacks are added under the Future's condition before it is set, so none can be
+        # missed here; without any, nothing goes to the callback thread.
+        if self._done_callbacks:
+            self._mpkit_callbacks.put(super()._invoke_callbacks)
 
     def result(self, timeout: float | None = None) -> Any:
         value = super().result(timeout)
@@ -99,7 +110,7 @@ class Service:
 
     def submit(self, item: Any, timeout: float | None = None) -> Future:
         """Send ``item`` in; blocks while the first stage's channel is full (up to ``timeout`` s)."""
-        future = _ServiceFuture(self._callbacks)
+        future = _ServiceFuture(self._callbacks, self.flow.ledger)
         try:
             self.flow.put(item, future, timeout)
         except FlowEnded:
