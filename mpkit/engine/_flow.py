@@ -53,7 +53,7 @@ from ._errors import Failure, ResultList
 from ._ledger import Ledger
 from ._pipeline_stats import SNAPSHOT_HZ, PipelineStats, mark_bottleneck
 from ._item import ATOM_BYTES, BadOutput, Item, Unpicklable, chunk_payload, decoded, shown, size, travel, undecodable
-from ._stage import CHANNEL_BYTES, Fan, Segment, Stage
+from ._stage import CHANNEL_BYTES, Fan, PoolFactory, Segment, Stage
 
 #: Snapshots kept for ``timeline()``: at 10 a second, ten minutes of history.
 HISTORY = 6000
@@ -73,8 +73,8 @@ class FlowEnded(Exception):
 class Flow:
     """Stages, channels, router thread and ledger of one run or one service of a pipeline."""
 
-    def __init__(self, name: str, specs: list, *, on_error: str = "raise", ordered: bool = False,
-                 start_method: str | None = None, observers: list | None = None, service: bool = False,
+    def __init__(self, name: str, specs: list, *, pools: PoolFactory, on_error: str = "raise",
+                 ordered: bool = False, observers: list | None = None, service: bool = False,
                  stream: bool = False):
         self.name = name
         self.cond = threading.Condition()
@@ -86,7 +86,7 @@ class Flow:
         self.stages: list[Stage] = []
         try:
             for i, spec in enumerate(specs):
-                self.stages.append(Stage(spec, i, self.cond, start_method))
+                self.stages.append(Stage(spec, i, self.cond, pools))
         except BaseException:
             for stage in self.stages:
                 stage.close(kill=True)

@@ -233,8 +233,8 @@ class Pipeline:
         if front is not None:
             observers.append(front)
         observers = [Watcher(o, f"pipeline {self.name!r}") for o in observers]
-        self._flow = Flow(self.name, self._specs, on_error=on_error, ordered=ordered,
-                          start_method=start_method, observers=observers, service=service, stream=stream)
+        self._flow = Flow(self.name, self._specs, pools=_process_pools(start_method), on_error=on_error,
+                          ordered=ordered, observers=observers, service=service, stream=stream)
         return self._flow
 
     def _check_runnable(self, on_error: str) -> None:
@@ -333,3 +333,15 @@ def _replace(spec: StageSpec, **changes) -> StageSpec:
 
 def live_pipelines() -> list[Pipeline]:
     return list(_live)
+
+
+def _process_pools(start_method: str | None):
+    """A stage's lanes as pools of worker processes on this machine (the process backend)."""
+    from .process._pool import Pool
+
+    def pools(workers: int, spec) -> Pool:
+        # idle workers stay for the run's life: a stage that waits for its input must not restart cold
+        return Pool(workers, start_method=start_method, idle_timeout=24 * 3600,
+                    max_tasks_per_child=spec.max_tasks_per_child)
+
+    return pools

@@ -149,11 +149,29 @@ class BasePool:
         self.shutdown()
 
     # ---- calling thread ----------------------------------------------------------------------
-    def _open_run(self, fn: Callable, cond, *, retries: int = 0, timeout: float | None = None) -> Run:
-        """A run fed by a pipeline's router (``Run.submit``) rather than from an iterable."""
+    # ---- what a pipeline's lane (_stage.Lane) uses ----------------------------------------------
+    def open_run(self, fn: Callable, cond, *, retries: int = 0, timeout: float | None = None) -> Run:
+        """A run fed by a pipeline's router (``Run.submit_encoded``) rather than from an iterable."""
         run = self._new_run(fn, (), None, None, "auto", False, "collect", retries, timeout, cond)
         self._backend.add(run)
         return run
+
+    @property
+    def broken(self) -> BaseException | None:
+        """The error that stopped the backend itself (a bug in it), if any."""
+        return self._backend.broken
+
+    def wake(self) -> None:
+        """Tell the backend that chunks are waiting."""
+        self._backend.wake()
+
+    def resize(self, workers: int) -> None:
+        """Run on ``workers`` workers from now on."""
+        raise NotImplementedError
+
+    def workers(self) -> list[tuple[int, int, str]]:
+        """(worker id, pid, "busy" or "idle") of each worker."""
+        raise NotImplementedError
 
     def _new_run(self, fn, items, total, workers, chunksize, ordered, on_error, retries, timeout,
                  cond=None) -> Run:

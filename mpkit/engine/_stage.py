@@ -25,7 +25,11 @@ from typing import Any, Callable
 from ._errors import _short_repr
 from ._item import BadOutput, Codec, shown
 from ._pipeline_stats import SNAPSHOT_HZ, StageStats
-from .process._pool import Pool
+from ._pool import BasePool
+
+#: Where a stage's workers come from: ``pools(workers, spec)`` makes a pool (of any backend) for a
+#: lane of ``workers`` workers of the stage ``spec`` (``_pipeline`` chooses the backend).
+PoolFactory = Callable[[int, Any], BasePool]
 
 #: Bytes a channel holds at most, besides its ``maxsize`` items (lane inboxes plus chunks no worker
 #: took yet; the results a stage made and the next channel cannot take yet count against it too).
@@ -172,12 +176,11 @@ class Lane:
     workers, or, with ``key=``, N lanes of one worker each, so that items of one key stay in order
     on one worker."""
 
-    def __init__(self, spec, workers: int, cond: threading.Condition, start_method: str | None, keyed: bool):
+    def __init__(self, spec, pool: BasePool, cond: threading.Condition, keyed: bool):
         self.keyed, self.fans_out = keyed, spec.many
-        self.pool = Pool(workers, start_method=start_method, idle_timeout=24 * 3600,
-                         max_tasks_per_child=spec.max_tasks_per_child)
+        self.pool = pool
         self.pool.output.label = spec.name
-        self.run = self.pool._open_run(stage_target(spec), cond, retries=spec.retries, timeout=spec.timeout)
+        self.run = self.pool.open_run(stage_target(spec), cond, retries=spec.retries, timeout=spec.timeout)
         self.run.describe = shown     # messages naming an item show the item, not its pickle
         self.run.forwards = True      # results come with their message (see Segment.message)
         self.inbox: deque[Segment] = deque()
@@ -188,11 +191,11 @@ class Lane:
     @property
     def broken(self) -> BaseException | None:
         """The error that stopped the lane's backend itself (a bug in it), if any."""
-        return self.pool._backend.broken
+        return self.pool.broken
 
     def wake(self) -> None:
-        """Tell the backend that chunks are waiting (``_backend.Backend.wake``)."""
-        self.pool._backend.wake()
+        """Tell the backend that chunks are waiting."""
+        self.pool.wake()
 
     def room(self) -> bool:
         if self.keyed:  # one chunk at a time: what a crash or a retry sends again cannot be overtaken
@@ -243,13 +246,18 @@ class Lane:
 
 
 class Stage:
-    def __init__(self, spec, index: int, cond: threading.Condition, start_method: str | None):
+    def __init__(self, spec, index: int, cond: threading.Condition, pools: PoolFactory):
         self.spec, self.index, self.cond = spec, index, cond
         self.lanes: list[Lane] = []
         keyed = spec.key is not None
         try:
             for _ in range(spec.workers if keyed else 1):
-                self.lanes.append(Lane(spec, 1 if keyed else spec.workers, cond, start_method, keyed))
+                pool = pools(1 if keyed else spec.workers, spec)
+                try:
+                    self.lanes.append(Lane(spec, pool, cond, keyed))
+                except BaseException:
+                    pool.shutdown(wait=False)
+                    raise
         except BaseException:
             self.close(kill=True)
             raise
