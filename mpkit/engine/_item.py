@@ -90,6 +90,9 @@ _ATOMS = frozenset({bytes, str, int, float, bool, type(None)})
 #: ATOM_BYTES, or a string's or bytes' length. A pickle on the way is a bytearray, never bytes.
 RAW = frozenset({str, bytes, int, float, bool, type(None)})
 _LARGE = _serialize.OUT_OF_BAND_BYTES
+#: What a container's elements may be for it to be pickled by the C pickler alone (``travel``):
+#: no bytes (a large one goes out of band through the notebook-aware pickler).
+_FLAT = frozenset({str, int, float, bool, type(None)})
 ATOM_BYTES = 16
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -113,6 +116,12 @@ def travel(value) -> tuple[Any, int]:
             return value, len(value)
     elif cls in RAW:
         return value, ATOM_BYTES
+    elif (cls is dict and set(map(type, value.values())) <= _FLAT and set(map(type, value)) <= _FLAT) or \
+            ((cls is tuple or cls is list) and set(map(type, value)) <= _FLAT):
+        # a record of numbers and strings (a row, a parsed JSON line): the C pickler alone makes
+        # the same pickle as the notebook-aware one, at a third of the cost
+        data = bytearray(pickle.dumps(value, _PROTOCOL))
+        return data, len(data)
     item = encode(value)
     if item.buffers:
         return item, item.nbytes
@@ -244,15 +253,10 @@ class Codec:
             return [self._pack(v) for v in result]
         return self._pack(result)
 
-    def _pack(self, value) -> Item | bytes:
-        cls = value.__class__
-        if cls in RAW and (cls is not bytes or len(value) < _LARGE):
-            return value  # an atom, as itself
+    def _pack(self, value) -> Item | bytearray:
+        """A result as it travels (``travel``): its pickle, an atom as itself, or an Item."""
         try:
-            item = encode(value)
-            # without buffers kept apart, the pickle alone: a list of bytes crosses the pipe in C,
-            # both ways (the router makes it an Item again where it becomes a next stage's item)
-            return bytearray(item.data) if not item.buffers else item
+            return travel(value)[0]
         except Exception as exc:
             raise unpicklable_result(value, exc) from None
 
