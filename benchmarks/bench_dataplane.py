@@ -823,6 +823,7 @@ def case_f(cfg, opts) -> list[dict]:
         busy_short, rate_short = under_load(kernel, FLOOD_CELL.format(sm=sm), cells, switch=SWITCH_TRIAL)
     finally:
         kernel.close()
+    load = os.getloadavg()[0]  # it counts this case's own busy kernel and workers too
     p50, worst = statistics.median(busy), max(busy)
     gil = p50 - statistics.median(away)
     rows = [row("f", "the kernel's GIL switch interval (sys.getswitchinterval())", switch, f"{switch * 1e3:.1f} ms"),
@@ -848,7 +849,9 @@ def case_f(cfg, opts) -> list[dict]:
                       "sharing the kernel's GIL)", gil, f"{gil * 1e3:+.1f} ms"),
              lat_row(f"control, no mpkit: 1 spinning thread, {short}", spin_short),
              lat_row(f"trivial cell, service flat out, {short}", busy_short),
-             row("f", f"items/s submitted flat out, {short}", rate_short, f"{rate_short:,.0f}")]
+             row("f", f"items/s submitted flat out, {short}", rate_short, f"{rate_short:,.0f}"),
+             row("f", "load average (1 min) at the end of the case: other work on the machine", load,
+                 f"{load:.2f}")]
     return rows
 
 
