@@ -636,7 +636,7 @@ for _line in sys.stdin:
 mpkit.shutdown()
 """
 #: (f)'s paced services, items/s: a notebook thread submitting at a rate, below what the flat-out
-#: flood reaches (about 37k/s on 2 cores), to show latency against load.
+#: flood reaches (20k-37k/s on 2 cores, with other work on them), to show latency against load.
 PACED_RATES = (5_000, 20_000)
 PACE_TICK = 0.005       # one burst per 5 ms: finer sleeps are not kept on a loaded machine
 QUEUE_MAXSIZE = 1_000   # the control's queue: bounded, as a stage's channel is
@@ -922,9 +922,10 @@ NOTES = [
     "IOPub), each of which needs the GIL at every hand-over; while another thread of the kernel keeps the "
     "GIL busy, each of these waits up to the switch interval (sys.getswitchinterval(), 5 ms). The controls "
     "put a number on it: with no mpkit at all, one spinning thread, or two threads passing bytes through "
-    "a queue, already cost a cell far more than 20 ms; the same service in another process costs it "
-    "little (the CPU is not the limit). The service in the kernel is such a busy thread; the "
-    "switch-interval rows are a trial of what a shorter interval does, not a setting mpkit makes.",
+    "a queue, already cost a cell more than 20 ms (how much varies from run to run with where the "
+    "hand-overs fall); the same service in another process adds little to the p50 (the CPU is not the "
+    "limit). A service fed flat out in the kernel is such a busy thread; the switch-interval rows are a "
+    "trial of what a shorter interval does, not a setting mpkit makes.",
     "- (e) has no number in the issue: met when mpkit.imap's growth is at most Pool.imap's, or under "
     "64 MB (a few 1 MB chunks in flight) when both are flat.",
 ]
