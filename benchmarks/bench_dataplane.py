@@ -925,7 +925,9 @@ NOTES = [
     "a queue, already cost a cell more than 20 ms (how much varies from run to run with where the "
     "hand-overs fall); the same service in another process adds little to the p50 (the CPU is not the "
     "limit). A service fed flat out in the kernel is such a busy thread; the switch-interval rows are a "
-    "trial of what a shorter interval does, not a setting mpkit makes.",
+    "trial of what a shorter interval does, not a setting mpkit makes. A busy phase's p50 may land at "
+    "about 30-40 ms in one run and 100-170 ms in the next, the no-mpkit spinning thread's as much as "
+    "the service's: compare the rows of one run with each other, not across runs.",
     "- (e) has no number in the issue: met when mpkit.imap's growth is at most Pool.imap's, or under "
     "64 MB (a few 1 MB chunks in flight) when both are flat.",
 ]
