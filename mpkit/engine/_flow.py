@@ -1,17 +1,28 @@
 """A running pipeline: one router thread moving every item between stages of worker processes.
 
-    feeder (the thread calling run()/imap(),   ┌──────────────────── router thread ───────────────────────┐
-    or any thread calling svc.submit())        │                                                          │
+    feeder (the thread calling run()/imap(),   ┌──────────────────── router thread ─────────────────────────┐
+    or any thread calling svc.submit())        │                                                            │
     put(item): pickled ─► incoming ─(room)─► lane inbox ─► Run.pending ─► stage 0 pool ─► Run.done ─► outbox ─(room)─► next stage ...
-    here, once (Item);     [cond]            per lane:      chunks [cond]   workers          [cond]     results     its lanes' inboxes
-    blocks while stage 0                     key= picks it   (a batch = one chunk)                       and fan-outs
-    is full                                                              last stage ─► ledger ─► ResultList / Futures / imap's outlet
+    here, once;            [cond]            Segments;      chunks [cond]   workers          [cond]     Segments    its lanes' inboxes
+    blocks while stage 0                     key= picks     (a batch = one chunk)          results and             and fan-outs
+    is full                                  the lane                                      their message
+                                                                         last stage ─► ledger ─► ResultList / Futures / imap's outlet
 
-Items travel as their own pickles (``_item.Item``; an atom, a str or a number, as itself): the
-feeder pickles each one once, a stage's workers unpickle it and pickle each result on its own
-(``_item.Codec``), and the router hands these pickles from stage to stage without decoding them. It decodes an item only for a keyed
+Items travel as their own pickles (a bytearray; an atom, a str or a number, as itself; an
+``_item.Item`` when large buffers are kept apart): the feeder pickles each one once, a stage's
+workers unpickle it and pickle each result on its own (``_item.Codec``), and the router hands
+these pickles from stage to stage without decoding them. It decodes an item only for a keyed
 stage's ``key()`` and for a Failure's record; results are decoded in the caller's thread
 (``result_list()``, a Future's ``result()``, imap's loop). So every item's size is known.
+
+The router's work is per segment (``_stage.Segment``), not per item: the items admitted in one
+step enter stage 0 together; a chunk's results (or a part of them) come back as one segment,
+checked for drops and bad outputs by one C pass over their types, and go on whole, cut only
+where a bound falls inside them. A segment of results that becomes the next stage's chunk whole
+goes in the message its worker sent (``Segment.message``): the notebook does not pickle it again.
+Items are looked at one by one only where something waits for each: a service's Futures (and
+their cancellation, once a caller cancelled one), a many= fan-out, a keyed stage, failures,
+an ordered stream.
 
 One lock, ``cond`` (a Condition shared with every stage's Run and so with the pools' manager
 threads), guards only what other threads touch: ``incoming``, ``outlet`` and each Run's

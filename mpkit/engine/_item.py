@@ -68,8 +68,7 @@ class _Encoder(threading.local):
         file, pickler = self.file, self.pickler
         file.seek(0)
         file.truncate()
-        pickler.clear_memo()
-        pickler._blobs = {}  # globals sent by value are looked at afresh for each item
+        pickler.forget()
         self.buffers = []
         try:
             pickler.dump(value)

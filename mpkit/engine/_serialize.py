@@ -214,6 +214,12 @@ class Pickler(cloudpickle.Pickler):
         self._blobs: dict[int, tuple] = {}  # id -> (token, blob): a global used twice is sent once
         self.by_value = False  # some code went by value, with the globals it uses
 
+    def forget(self) -> None:
+        """Pickle the next object as if this pickler were new (a pickler kept between objects:
+        making one costs more than pickling a small object)."""
+        self.clear_memo()
+        self._blobs = {}  # globals sent by value are looked at afresh for each object
+
     def reducer_override(self, obj):
         # Called for every object the C pickler does not handle itself (not for ints, strings,
         # lists, dicts...). Only classes, functions and modules may need more than pickle does;
