@@ -437,6 +437,8 @@ class Flow:
         stage.waiting += len(keys)
         stage.waiting_bytes += nbytes
         stage.outbox.append(Segment(keys, values, nbytes, message=message))
+        if message is not None:
+            stage.messages += 1
 
     def _stage_failed(self, stage: Stage, key: tuple, item: Any, exc: BaseException) -> None:
         stage.failed += 1
@@ -491,9 +493,11 @@ class Flow:
                     self.ledger.deliver(keys, values, nbytes)
                 else:
                     self._enter(nxt, keys, values, nbytes, now, message)
-            for entry in outbox:  # what waits lets its message go (Segment.message)
-                if entry.__class__ is Segment:
-                    entry.message = None
+            if stage.messages:  # what waits lets its message go (Segment.message)
+                stage.messages = 0
+                for entry in outbox:
+                    if entry.__class__ is Segment:
+                        entry.message = None
             stage.waiting -= moved
             stage.waiting_bytes -= nbytes
             stage.emitted += moved

@@ -186,6 +186,7 @@ class Lane:
         self.inbox: deque[Segment] = deque()
         self.inbox_count = 0          # items in the inbox
         self.inbox_bytes = 0          # and their bytes
+        self.messages = 0             # segments put in with a message since the last drop_messages
         self.held = 0                 # items handed to the run and not answered yet
 
     @property
@@ -208,6 +209,8 @@ class Lane:
         self.inbox.append(segment)
         self.inbox_count += len(segment.keys)
         self.inbox_bytes += segment.nbytes
+        if segment.message is not None:
+            self.messages += 1
 
     def take(self, most: int, whole: bool = False) -> tuple[list, list, Any]:
         """Keys and items of the next ``most`` inbox items, fewer if they pass CHUNK_BYTES (one at
@@ -232,8 +235,10 @@ class Lane:
 
     def drop_messages(self) -> None:
         """Segments left waiting let their message go (see ``Segment.message``)."""
-        for segment in self.inbox:
-            segment.message = None
+        if self.messages:
+            self.messages = 0
+            for segment in self.inbox:
+                segment.message = None
 
     def chunk_size(self, spec) -> int:
         """Items in the next chunk of an unbatched stage."""
@@ -264,6 +269,7 @@ class Stage:
         self.outbox: deque = deque()    # Segments or Fans: results waiting for room downstream
         self.waiting = 0                # outputs in the outbox (a fan counts its outputs left)
         self.waiting_bytes = 0          # and their bytes
+        self.messages = 0               # segments emitted with a message since _move last looked
         self.received = self.batched = self.done = self.emitted = self.failed = self.dropped = 0
         self.failed_at_entry = 0        # key= raised: the item never reached a lane
         self.cancelled_queued = self.cancelled_held = 0
