@@ -38,7 +38,8 @@ ask for one and wait for it), so the counts in a snapshot always agree with each
 Bounds, in items and in bytes (``_stage.CHANNEL_BYTES``): ``incoming`` plus stage 0's channel hold
 at most its ``maxsize`` items and CHANNEL_BYTES; a stage's channel (lane inboxes plus chunks not
 yet taken by a worker) holds at most its ``maxsize`` and CHANNEL_BYTES (one item more may pass
-the byte bound, so an item bigger than it still goes); a chunk holds at most CHUNK_BYTES (a batch
+the byte bound, so an item bigger than it still goes); a chunk holds at most CHUNK_BYTES, or
+CHUNK_PICKLE_BYTES of small items (a batch
 keeps its size); a stage is given more work only while the results it already made (its outbox,
 including the rest of a many= fan-out, expanded one by one) fit in the next channel, in items and
 bytes, and a many= stage's workers hold at most FAN_OUT_ITEMS items each, so the notebook holds the

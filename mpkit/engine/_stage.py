@@ -26,6 +26,7 @@ from ._errors import _short_repr
 from ._item import BadOutput, Codec, shown
 from ._pipeline_stats import SNAPSHOT_HZ, StageStats
 from ._pool import BasePool
+from ._serialize import OUT_OF_BAND_BYTES
 
 #: Where a stage's workers come from: ``pools(workers, spec)`` makes a pool (of any backend) for a
 #: lane of ``workers`` workers of the stage ``spec`` (``_pipeline`` chooses the backend).
@@ -39,11 +40,16 @@ PoolFactory = Callable[[int, Any], BasePool]
 CHANNEL_BYTES = 64 << 20
 #: Bytes of items in one chunk (one message to a worker), at most; a chunk holds at least one
 #: item. Larger chunks amortize nothing more once items are large, and each chunk is held twice
-#: while it waits and runs (its items and their message). Measured with 1 KB items through two
-#: stages on 2 cores: 4 MB chunks kept the stages in lockstep (one chunk of 4,000 items in one
-#: worker while the other waits) and their pickles out of the CPU's caches: 47-50k items/s; 1 MB
-#: 55-81k, 512 KB 62-92k, 256 KB 47-55k (a message under _wire.SHM_BYTES goes by pipe).
-CHUNK_BYTES = 1 << 20
+#: while it waits and runs (its items and their message). 1 MB items through two stages on 2
+#: cores: 4 MB chunks moved 15-25% more items/s than 1 MB ones (a message's fixed costs: its
+#: shared-memory segment, mapping, wake-ups).
+CHUNK_BYTES = 4 << 20
+#: Bytes of small items (under OUT_OF_BAND_BYTES: pickled into the chunk's message itself) in one
+#: chunk, at most. 1 KB items through two stages on 2 cores: chunks of 4 MB of them kept the stages
+#: in lockstep (4,000 items in one worker while the other waits) and their pickles out of the
+#: CPU's caches: 47-50k items/s; 1 MB 55-81k, 512 KB 62-92k, 256 KB 47-55k (a message under
+#: _wire.SHM_BYTES goes by pipe).
+CHUNK_PICKLE_BYTES = 1 << 20
 
 #: Items a worker of a many= stage holds at once. Each may fan out to any number of results, and
 #: the notebook holds them all until the next channel takes them, so few; two keep the worker busy
@@ -213,11 +219,16 @@ class Lane:
             self.messages += 1
 
     def take(self, most: int, whole: bool = False) -> tuple[list, list, Any]:
-        """Keys and items of the next ``most`` inbox items, fewer if they pass CHUNK_BYTES (one at
+        """Keys and items of the next ``most`` inbox items, fewer if they pass CHUNK_BYTES or CHUNK_PICKLE_BYTES (one at
         least), unless ``whole`` (a micro-batch is the user's unit: it keeps its size); and their
         message, if they are one whole segment that has one (``Segment.message``)."""
         inbox, keys, values, nbytes, message = self.inbox, [], [], 0, None
-        limit = float("inf") if whole else CHUNK_BYTES
+        if whole:
+            limit = float("inf")
+        else:  # small items are pickled into the message: fewer of them (CHUNK_PICKLE_BYTES)
+            first = inbox[0] if inbox else None
+            large = first is not None and first.nbytes >= OUT_OF_BAND_BYTES * len(first.keys)
+            limit = CHUNK_BYTES if large else CHUNK_PICKLE_BYTES
         while inbox and len(keys) < most and (nbytes < limit or not keys):
             segment = inbox[0]
             count = segment.fits(most - len(keys), limit - nbytes if keys else limit)
