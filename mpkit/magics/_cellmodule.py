@@ -23,14 +23,15 @@ import re
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import psutil
 
-from ..engine import _sigterm
-from ._share import SharedValues
+from ..engine import MpkitWarning, _sigterm
+from ._share import SharedValues, free_bytes
 
 _PREFIX = "mpkit-cells-"
 _FOLDER = re.compile(re.escape(_PREFIX) + r"(\d+)-")
@@ -190,10 +191,22 @@ class CellFunction:
     def __reduce__(self):
         shared: Any = self.shared
         if self._segment is None and shared and SharedValues.worth_it(shared):
-            self._segment = SharedValues(shared)
+            try:
+                self._segment = SharedValues(shared)
+            except OSError as exc:  # no room in /dev/shm: sent with the function, to each worker
+                _no_room_warning(shared, exc)
         if self._segment is not None:
             shared = self._segment
         return load_cell_function, (self.module_name, self.function, shared)
+
+
+def _no_room_warning(shared: dict[str, Any], exc: OSError) -> None:
+    free = free_bytes()
+    room = f"{free / 1e6:.0f} MB free" if free is not None else "no room"
+    warnings.warn(f"--share {', '.join(shared)}: these values do not fit in shared memory (/dev/shm has {room}: "
+                  f"{exc.strerror or exc}), so they are sent with the function, a copy to each worker. Results are "
+                  "right; memory and start-up cost more. Fix: give the container a larger /dev/shm (docker run "
+                  "--shm-size=2g, or a tmpfs mount), or share less.", MpkitWarning, stacklevel=2)
 
 
 def register_cell_file(shell, path: str) -> None:

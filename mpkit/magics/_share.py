@@ -13,9 +13,15 @@
 Small shares (under ``SHARE_BYTES``) are pickled with the function as before. The segment is
 registered with multiprocessing's resource tracker when it is made, so it is removed even if the
 notebook is killed with SIGKILL (the tracker outlives it and unlinks what is left).
+
+On Linux /dev/shm is a tmpfs that takes its pages when they are first written: a segment larger
+than its free space (a container's /dev/shm is 64 MB by default) would kill the notebook with
+SIGBUS half-way through the copy. So the segment's memory is reserved first (posix_fallocate);
+one that does not fit raises ``OSError`` here, and the caller sends the values with the function.
 """
 from __future__ import annotations
 
+import os
 import pickle
 import weakref
 from multiprocessing import shared_memory
@@ -46,6 +52,11 @@ class SharedValues:
             layout.append((offset, view.nbytes))
             offset = _aligned(offset + view.nbytes)
         self._segment = shared_memory.SharedMemory(create=True, size=max(offset, 1))
+        try:
+            _reserve(self._segment.name, max(offset, 1))
+        except OSError:
+            _unlink(self._segment)
+            raise
         self.name, self.stream_size, self.layout = self._segment.name, len(stream), layout
         buf = self._segment.buf
         buf[:len(stream)] = stream
@@ -77,6 +88,27 @@ class SharedValues:
 
     def __reduce__(self):
         return _attach, (self.name, self.stream_size, self.layout)
+
+
+def _reserve(name: str, size: int) -> None:
+    """Take a new segment's memory now (see the module docstring): ENOSPC here, not SIGBUS later."""
+    path = os.path.join("/dev/shm", name.lstrip("/"))
+    if not hasattr(os, "posix_fallocate") or not os.path.exists(path):
+        return  # not Linux: no tmpfs taking pages on first write
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    finally:
+        os.close(fd)
+
+
+def free_bytes() -> int | None:
+    """Free bytes in /dev/shm, if there is one."""
+    try:
+        stats = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return stats.f_bavail * stats.f_frsize
 
 
 def _unlink(segment: shared_memory.SharedMemory) -> None:

@@ -102,3 +102,46 @@ def test_a_killed_notebook_leaves_no_shared_memory(notebook):
     notebook.proc.wait(timeout=10)
     left = wait_until(lambda: not (_segments() & new), timeout=30) or (_segments() & new)
     assert left is True, f"shared memory outlived the killed notebook: {left}"
+
+
+SMALL_SHM_SCRIPT = r'''
+import json, warnings
+import numpy as np
+from IPython.testing.globalipapp import start_ipython
+if __name__ == "__main__":
+    ip = start_ipython()
+    ip.run_line_magic("load_ext", "mpkit")
+    ip.user_ns["big"] = np.arange(8 << 20, dtype=float)  # 64 MB: four times the /dev/shm below
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = ip.run_cell_magic("mp_pool", "range(4) -n 2 --share big --no-progress",
+                                "def f(i):\n    return float(big[i * 1000])\n")
+    print(json.dumps({"out": list(out), "warnings": [str(w.message) for w in caught]}), flush=True)
+'''
+
+
+def test_a_share_larger_than_dev_shm_goes_with_the_function_instead_of_killing_the_notebook(start_method,
+                                                                                         tmp_path):
+    """A container's /dev/shm is 64 MB by default; a larger --share used to kill the notebook with
+    SIGBUS half-way through copying it there. Here a 16 MB /dev/shm (a tmpfs mounted in a mount
+    namespace of the child's own, so the machine's is untouched)."""
+    import shutil
+    import subprocess
+    import sys
+
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) to give the child a small /dev/shm of its own")
+    script = tmp_path / "small_shm.py"
+    script.write_text(SMALL_SHM_SCRIPT)
+    command = f"mount -t tmpfs -o size=16m tmpfs /dev/shm && exec {sys.executable} {script}"
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /dev/shm"],
+                           capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a new mount namespace here: {probe.stderr.decode()[-200:]}")
+    done = subprocess.run(["unshare", "-m", "sh", "-c", command], capture_output=True, text=True, timeout=150,
+                          env=dict(os.environ, MPKIT_START_METHOD=start_method), cwd=os.getcwd())
+    assert done.returncode == 0, f"the notebook died (exit {done.returncode}): {done.stderr[-2000:]}"
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["out"] == [0.0, 1000.0, 2000.0, 3000.0]
+    said = [w for w in report["warnings"] if "/dev/shm" in w]
+    assert said and "--share big" in said[0] and "--shm-size" in said[0], report["warnings"]
