@@ -155,3 +155,13 @@ def one_buffer_refilled(n: int, size: int = 100_000):
     for i in range(n):
         buf[:] = i
         yield buf
+
+
+def segment_of_array(x) -> int:
+    """The size of the shared-memory segment an array argument arrived in; 0 at once for anything
+    else, so that a map of small items stays cheap (its chunks grow to thousands of items)."""
+    return array_segment(x) if isinstance(x, np.ndarray) else 0
+
+
+def length(x) -> int:
+    return len(x) if isinstance(x, (bytes, bytearray)) else 0
