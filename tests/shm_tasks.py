@@ -165,3 +165,55 @@ def segment_of_array(x) -> int:
 
 def length(x) -> int:
     return len(x) if isinstance(x, (bytes, bytearray)) else 0
+
+
+def _fork_a_socket_holder(folder: str) -> bool:
+    """The first time (no ``folder``/child yet): fork a child that holds the worker's socket open
+    (it inherits every fd) and sleeps; its pid goes to ``folder``/child. Whether it forked."""
+    marker = os.path.join(folder, "child")
+    if os.path.exists(marker):
+        return False
+    pid = os.fork()
+    if pid == 0:  # the child: holds the socket as long as it lives
+        import time
+
+        time.sleep(120)
+        os._exit(0)
+    with open(marker, "w") as f:
+        f.write(str(pid))
+    return True
+
+
+def large_result_then_die_before_its_fd(folder: str):
+    """A 1 MB result (sent through shared memory); the first time, a forked child holds the socket
+    and the worker is SIGKILLed right after the message's frame is out, before the fd of its shared
+    memory follows it."""
+    import sys
+
+    if _fork_a_socket_holder(folder):
+        def kill_before_the_fd(frame, event, arg):
+            if event == "call" and frame.f_code.co_name == "_send_fd":
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        sys.setprofile(kill_before_the_fd)
+    return np.full(MB // 8, 7.0)
+
+
+def large_result_then_die_half_sent(folder: str):
+    """A 1 MB str result (in the message itself: no shared memory); the first time, a forked child
+    holds the socket and the worker is SIGKILLed halfway through writing the message (its header
+    and half its bytes are out, as when a kill lands during a large write)."""
+    import struct
+    import sys
+
+    if _fork_a_socket_holder(folder):
+        def kill_halfway(frame, event, arg):
+            if event == "call" and frame.f_code.co_name == "_send_bytes":
+                conn, buf = frame.f_locals["self"], frame.f_locals["buf"]
+                data = struct.pack("!i", len(buf)) + bytes(buf[:len(buf) // 2])
+                while data:
+                    data = data[os.write(conn.fileno(), data):]
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        sys.setprofile(kill_halfway)
+    return "x" * MB

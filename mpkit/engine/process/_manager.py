@@ -8,7 +8,8 @@ worker was running is split, retried or failed; the chunks it had not started go
     wait(wake socket, worker pipes, process sentinels)
       ├─ wake: a run was added, fed, or cancelled ─► dispatch pending chunks, PREFETCH per worker
       ├─ pipe: "part" / "done" / "out" / "fn_error" / "undecodable" / "init_error" ─► the run, the relay
-      │        ("run" out and "part"/"done" back go through ``_wire``: large buffers in shared memory)
+      │        ("run" out and "part"/"done" back go through ``_wire``: large buffers in shared memory;
+      │        read by a ``_wire.Reader``, which takes what arrived and never waits for the rest)
       └─ sentinel: a worker ended ─► _bury (its shared slot names the item it was running; the
                                             processes its tasks started end too: _proctree)
     then: kill workers past a timeout or init_timeout, or busy with a cancelled run, each with its
@@ -84,10 +85,11 @@ def _cause(described, text: str, frames, note: str) -> BaseException:
 
 class _Worker:
     __slots__ = ("id", "process", "conn", "in_flight", "fns", "context_id", "stopping", "timed_out", "pid",
-                 "ready", "left", "slot", "started", "tasks", "spent", "globals_from")
+                 "ready", "left", "slot", "started", "tasks", "spent", "globals_from", "reader")
 
     def __init__(self, wid: int, process, conn, slot, context_id: str | None):
         self.id, self.process, self.conn, self.slot = wid, process, conn, slot
+        self.reader = _wire.Reader(conn)  # what the worker sent, taken without waiting for the rest
         self.pid = process.pid
         self.in_flight: deque = deque()
         self.fns: OrderedDict[str, None] = OrderedDict()  # what the worker holds, least recent first
@@ -392,13 +394,15 @@ class Manager:
                 return
 
     def _read(self, w: _Worker) -> None:
+        """Handle what the worker's socket holds now; never waits for the rest of a message."""
         try:
-            while w.conn.poll():
-                self._handle(w, _wire.receive(w.conn))
+            for msg in w.reader.messages():
+                self._handle(w, msg)
+                del msg  # its results may point into shared memory: held no longer than handled
         except _wire.ReceiveError as exc:
             self._lost(w, exc)
-        except (EOFError, OSError):
-            pass
+        except OSError:
+            pass  # the connection was reset: the worker is gone, its sentinel says so
 
     def _lost(self, w: _Worker, exc: OSError) -> None:
         """A worker's message came but its shared memory could not be taken: the maps it was
@@ -497,6 +501,7 @@ class Manager:
         exitcode = w.process.exitcode
         self.trees.end(w.pid)  # what its tasks started dies with it
         del self.workers[w.id]
+        w.reader.close()  # with what it holds of a message the worker did not finish
         w.conn.close()
         interrupted = exitcode == -signal.SIGINT  # a kernel interrupt to the process group (spawn)
         if not w.ready and not w.stopping and not w.left and self.init_error is None and not interrupted:
