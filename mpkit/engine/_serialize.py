@@ -221,9 +221,9 @@ class _Counting(io.BytesIO):
 
 
 def pack_capped(obj: "list | Items", cap: int) -> Pickled:
-    """:func:`pack` of a list, or of :class:`Items`, stopped with :class:`Full` as soon as the
-    pickle holds more than ``cap`` bytes (its buffers set apart included), at most 64 KB and the
-    item being pickled after it went past."""
+    """:func:`pack` of a list, or of :class:`Items`, stopped with :class:`Full` once the pickle
+    holds more than ``cap`` bytes, its buffers set apart included (counted as the pickler writes:
+    at most 64 KB late)."""
     pickled = _pack(obj, _Counting(cap))
     return _bytes_apart(obj.read if isinstance(obj, Items) else obj, pickled)
 
