@@ -217,3 +217,13 @@ def large_result_then_die_half_sent(folder: str):
 
         sys.setprofile(kill_halfway)
     return "x" * MB
+
+
+def die_once_or_head(arg) -> str:
+    """``(x, folder)``: the first ``"die"`` forks a child that holds the worker's socket and SIGKILLs
+    the worker at once (while the next chunk, a large one, is still being written to it); any other
+    x gives its first ten characters back."""
+    x, folder = arg
+    if x == "die" and _fork_a_socket_holder(folder):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x[:10]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import array
 import os
+import pickle
+import select
 import signal
 import socket
 import struct
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+import mpkit
 from mpkit.engine import _serialize
 from mpkit.engine.process import _wire
 from tests import shm_tasks
@@ -60,6 +63,21 @@ def test_a_worker_killed_between_a_frame_and_its_shared_memory_does_not_hang_the
 def test_a_worker_killed_halfway_through_a_message_does_not_hang_the_pool(pool, tmp_path):
     [result] = _map_with_a_dying_worker(pool, shm_tasks.large_result_then_die_half_sent, tmp_path)
     assert result == "x" * shm_tasks.MB
+
+
+def test_a_worker_killed_while_a_large_chunk_is_written_to_it_does_not_hang_the_pool(start_method, tmp_path):
+    big = "y" * (256 << 20)  # in the message itself (a str), far larger than the socket's buffer
+    with mpkit.Pool(1, start_method=start_method) as pool:  # both chunks go to the one worker
+        thread, box = _map_in_thread(pool, shm_tasks.die_once_or_head, [("die", str(tmp_path)), (big, str(tmp_path))],
+                                     chunksize=1, retries=1)
+        thread.join(HANG_SECONDS)
+        hung = thread.is_alive()
+        if hung:
+            os.kill(int((tmp_path / "child").read_text()), signal.SIGKILL)
+            thread.join(HANG_SECONDS)
+        assert not hung, "the pool's manager waited to write a chunk to a worker that had died"
+        assert "error" not in box, box.get("error")
+        assert box["result"] == ["die", "y" * 10]
 
 
 # ---- the Reader on a real socket pair: what the manager does with bytes as they come ----------
@@ -128,5 +146,30 @@ def test_a_frame_whose_fd_does_not_come_is_a_lost_message_and_the_next_ones_stil
         assert list(reader.messages()) == [("after", 1)]
     finally:
         reader.close()
+        sender.close()
+        receiver.close()
+
+
+def test_the_writer_never_waits_for_a_peer_that_does_not_read_and_delivers_in_order_later():
+    sender, receiver = Pipe(duplex=True)
+    writer = _wire.Writer(sender)
+    array_ = np.arange(100_000, dtype=np.float64)  # through shared memory: a frame, then its fd
+    try:
+        writer.send(("text", "z" * (8 << 20)))  # far more than the socket takes: the rest waits
+        writer.send(("array", _serialize.pack(array_)))
+        writer.send_bytes(pickle.dumps(("last",)))
+        assert writer.pending, "8 MB went into a socket nobody reads"
+        got: list = []
+        reading = threading.Thread(target=lambda: got.extend(_wire.receive(receiver) for _ in range(3)), daemon=True)
+        reading.start()
+        while writer.pending:
+            _, ready, _ = select.select([], [sender], [], HANG_SECONDS)
+            assert ready, "the reader stopped taking what was written"
+            writer.flush()
+        reading.join(HANG_SECONDS)
+        assert [m[0] for m in got] == ["text", "array", "last"]
+        assert got[0][1] == "z" * (8 << 20) and np.array_equal(_serialize.unpack(got[1][1]), array_)
+    finally:
+        writer.close()
         sender.close()
         receiver.close()

@@ -28,8 +28,9 @@ A message and its fd travel as a pair on one socket: the two writes are made und
 lock (a worker's main loop and output thread share its pipe; the manager is the only sender on its
 side). A worker's receiver thread, which serves one peer, waits for the fd right after the frame
 that announces it (``receive``). The manager thread serves every worker, so it never waits on a
-socket: its ``Reader`` per worker takes whatever bytes and fds have arrived, without blocking, and
-keeps a message begun until the rest comes; a worker that dies halfway through a message (even
+socket: its ``Writer`` per worker writes what the socket takes and keeps the rest for when it can
+take more, and its ``Reader`` per worker takes whatever bytes and fds have arrived, without
+blocking, and keeps a message begun until the rest comes; a worker that dies halfway through a message (even
 with a process its task forked holding the socket open, so that no end of file comes) leaves a
 message that is dropped with it, and its death is accounted for as any other. Where memfd is
 missing (not Linux) or fails (ENOMEM, EMFILE...), the buffers go in band, with a one-time
@@ -262,6 +263,84 @@ class Reader:
         if self._fds and self._fds[0][0] == position:
             return self._fds.popleft()[1]
         return None
+
+
+class Writer:
+    """Messages to a peer, written as far as its socket takes them now; the rest waits, in order,
+    for :meth:`flush` (when the socket can take more: ``pending`` says to wait for that).
+
+    The manager's side of :func:`send`, for the same reason as :class:`Reader`: a worker that does
+    not read (dead, while a process its task forked keeps the socket open; or a task holding the
+    GIL) must not stop the thread that serves every worker on a message larger than the socket's
+    buffer. The framing is ``multiprocessing.Connection``'s, which the worker reads.
+    """
+
+    def __init__(self, conn):
+        self._fd = conn.fileno()
+        self._queue: deque[tuple[memoryview, int | None]] = deque()  # (bytes to write, fd to pass with them)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._queue)
+
+    def send(self, msg: tuple) -> None:
+        """``msg`` as :func:`send` writes it; OSError: the peer is gone."""
+        frame, fd = _encode(msg)
+        self.send_bytes(frame, fd)
+
+    def send_bytes(self, data: bytes, fd: int | None = None) -> None:
+        """A frame (and the fd to pass after it, owned from now on); OSError: the peer is gone."""
+        size = len(data)
+        header = _HEADER.pack(size) if size <= 0x7fffffff else _HEADER.pack(-1) + _LONG_HEADER.pack(size)
+        if size < _SMALL_FRAME:
+            self._queue.append((memoryview(header + data), None))  # one write
+        else:
+            self._queue += ((memoryview(header), None), (memoryview(data), None))
+        if fd is not None:
+            self._queue.append((memoryview(b"F"), fd))
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what the socket takes now; OSError: the peer is gone."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, self._fd)
+        try:
+            while self._queue:
+                data, fd = self._queue[0]
+                try:
+                    if fd is None:
+                        written = sock.send(data, socket.MSG_DONTWAIT)
+                    else:
+                        written = sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                         array.array("i", [fd]))], socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:
+                    if fd is None or exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.EBADF):
+                        raise  # the peer is gone
+                    # the fd cannot go (too many in flight, no memory): the byte goes alone, and
+                    # the receiver learns that its message is lost
+                    self._queue[0] = (data, None)
+                    os.close(fd)
+                    continue
+                if written == len(data):
+                    self._queue.popleft()
+                    if fd is not None:
+                        os.close(fd)
+                else:
+                    self._queue[0] = (data[written:], fd)
+        finally:
+            sock.detach()  # the fd stays the connection's
+
+    def close(self) -> None:
+        """Close the fds of messages that will never be sent."""
+        while self._queue:
+            fd = self._queue.popleft()[1]
+            if fd is not None:
+                os.close(fd)
+
+
+#: Frames smaller than this go out with their header in one write (a copy costs less than a call).
+_SMALL_FRAME = 16 << 10
 
 
 _INCOMPLETE, _AGAIN = object(), object()
