@@ -55,7 +55,10 @@ def memfd_held_bytes(pid="self") -> int:
     held = {}
     for start, end, name in _maps(pid):
         if name.startswith("/memfd:"):
-            st = os.stat(f"/proc/{pid}/map_files/{start:x}-{end:x}")
+            try:
+                st = os.stat(f"/proc/{pid}/map_files/{start:x}-{end:x}")
+            except FileNotFoundError:
+                continue  # unmapped since the listing (by another thread): it holds nothing now
             held[st.st_ino] = st.st_blocks * 512
     return sum(held.values())
 
