@@ -55,7 +55,10 @@ def memfd_held_bytes(pid="self") -> int:
     held = {}
     for start, end, name in _maps(pid):
         if name.startswith("/memfd:"):
-            st = os.stat(f"/proc/{pid}/map_files/{start:x}-{end:x}")
+            try:
+                st = os.stat(f"/proc/{pid}/map_files/{start:x}-{end:x}")
+            except FileNotFoundError:
+                continue  # unmapped since the listing (by another thread): it holds nothing now
             held[st.st_ino] = st.st_blocks * 512
     return sum(held.values())
 
@@ -155,3 +158,75 @@ def one_buffer_refilled(n: int, size: int = 100_000):
     for i in range(n):
         buf[:] = i
         yield buf
+
+
+def segment_of_array(x) -> int:
+    """The size of the shared-memory segment an array argument arrived in; 0 at once for anything
+    else, so that a map of small items stays cheap (its chunks grow to thousands of items)."""
+    return array_segment(x) if isinstance(x, np.ndarray) else 0
+
+
+def length(x) -> int:
+    return len(x) if isinstance(x, (bytes, bytearray)) else 0
+
+
+def _fork_a_socket_holder(folder: str) -> bool:
+    """The first time (no ``folder``/child yet): fork a child that holds the worker's socket open
+    (it inherits every fd) and sleeps; its pid goes to ``folder``/child. Whether it forked."""
+    marker = os.path.join(folder, "child")
+    if os.path.exists(marker):
+        return False
+    pid = os.fork()
+    if pid == 0:  # the child: holds the socket as long as it lives
+        import time
+
+        time.sleep(120)
+        os._exit(0)
+    with open(marker, "w") as f:
+        f.write(str(pid))
+    return True
+
+
+def large_result_then_die_before_its_fd(folder: str):
+    """A 1 MB result (sent through shared memory); the first time, a forked child holds the socket
+    and the worker is SIGKILLed right after the message's frame is out, before the fd of its shared
+    memory follows it."""
+    import sys
+
+    if _fork_a_socket_holder(folder):
+        def kill_before_the_fd(frame, event, arg):
+            if event == "call" and frame.f_code.co_name == "_send_fd":
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        sys.setprofile(kill_before_the_fd)
+    return np.full(MB // 8, 7.0)
+
+
+def large_result_then_die_half_sent(folder: str):
+    """A 1 MB str result (in the message itself: no shared memory); the first time, a forked child
+    holds the socket and the worker is SIGKILLed halfway through writing the message (its header
+    and half its bytes are out, as when a kill lands during a large write)."""
+    import struct
+    import sys
+
+    if _fork_a_socket_holder(folder):
+        def kill_halfway(frame, event, arg):
+            if event == "call" and frame.f_code.co_name == "_send_bytes":
+                conn, buf = frame.f_locals["self"], frame.f_locals["buf"]
+                data = struct.pack("!i", len(buf)) + bytes(buf[:len(buf) // 2])
+                while data:
+                    data = data[os.write(conn.fileno(), data):]
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        sys.setprofile(kill_halfway)
+    return "x" * MB
+
+
+def die_once_or_head(arg) -> str:
+    """``(x, folder)``: the first ``"die"`` forks a child that holds the worker's socket and SIGKILLs
+    the worker at once (while the next chunk, a large one, is still being written to it); any other
+    x gives its first ten characters back."""
+    x, folder = arg
+    if x == "die" and _fork_a_socket_holder(folder):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x[:10]

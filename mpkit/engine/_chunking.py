@@ -10,10 +10,30 @@ It measures bytes too: the pickled size per item of the chunks it cuts (``observ
 the results that come back (``observe``), and caps a chunk at ``TARGET_CHUNK_BYTES`` of the larger,
 so that a cheap function over large items (``np.mean`` of 1 MB arrays) makes chunks of a few items,
 not messages of hundreds of MB that a worker waits for while the notebook pickles them.
+
+A size is chosen before the chunk's items are read, so it cannot know them: an input of small
+items that turns into large ones (ids, then frames) would put thousands of large items in the
+chunk that follows the change. ``Cutter`` closes a chunk of ``"auto"`` size at the item that takes
+its pickle past ``TARGET_CHUNK_BYTES`` instead, whatever the size said:
+
+    input ─► a list, tuple or range (its items exist already): read ``size`` of them, pickle them
+    │        as one list with the bytes counted where the pickler writes (every 64 KB, each large
+    │        buffer); past the cap, pickle again as many as fit, and keep the rest for the next chunk
+    └──────► any other iterator (a generator): the pickler itself reads the items, one by one as it
+             pickles them, and stops reading at the cap; what it read (at most two items past the
+             cap) is pickled again, as many as fit, and the rest kept for the next chunk
+
+So the cap costs nothing per item on a list (no Python call per item: 200,000 trivial items map in
+the same time), about 15 ns per item on a generator (two C calls), and a second pickling only for
+a chunk that went past it. The items of a chunk are always the ones its pickle holds.
 """
 from __future__ import annotations
 
+import itertools
 import math
+from typing import Iterator
+
+from . import _serialize
 
 #: Work per chunk the sizer aims at. The fixed cost of a chunk (two pickles, two pipe writes, a
 #: few dict operations) is 50-100 us, so 20 ms keeps it under 0.5% while a worker that gets the
@@ -91,3 +111,73 @@ class ChunkSizer:
 def _decaying_max(old: float, sample: float) -> float:
     """Up at once to a larger sample, down slowly (a tenth of the way) to smaller ones."""
     return sample if sample >= old else 0.9 * old + 0.1 * sample
+
+
+#: Iterators over items that exist already (the caller holds them): reading ahead of the cap costs
+#: no memory, so they are read whole and the pickle alone is capped.
+_HELD = tuple({type(iter(x)) for x in ([], (), range(0), range(1 << 64))})
+
+
+class Cutter:
+    """The items of a map's next chunks, read from its input, and their pickle, capped in bytes."""
+
+    def __init__(self, source: Iterator):
+        self._source = source
+        self._held = type(source) in _HELD
+        self._left: list = []     # items read for a chunk that did not fit in it: the next chunk's
+        self._drained = False     # the input gave its last item
+
+    @property
+    def exhausted(self) -> bool:
+        """Every item of the input is in a chunk cut already."""
+        return self._drained and not self._left
+
+    def cut(self, size: int, cap: int | None) -> tuple[list, _serialize.Pickled | None]:
+        """Up to ``size`` items, and their pickle: at most ``cap`` bytes and the item that went past
+        (None: ``size`` items, uncapped). The pickle is None when an item cannot be pickled (the
+        caller finds which); an exception raised by the input itself is raised."""
+        if self._left:
+            items, self._left = self._left[:size], self._left[size:]
+        elif cap is None or self._held:
+            items = list(itertools.islice(self._source, size))
+            self._drained = len(items) < size
+        else:
+            return self._read_capped(size, cap)
+        if cap is None or not items:
+            return items, None
+        try:
+            return items, _serialize.pack_capped(items, cap)
+        except _serialize.Full:
+            return self._fit(items, cap)
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            return items, None
+
+    def _read_capped(self, size: int, cap: int) -> tuple[list, _serialize.Pickled | None]:
+        stream = _serialize.Items(itertools.islice(self._source, size))
+        try:
+            pickled = _serialize.pack_capped(stream, cap)
+        except _serialize.Full:
+            return self._fit(stream.read, cap)
+        except BaseException as exc:
+            # The input raised while the pickler read it, or an item cannot be pickled: the items
+            # read before pickle alone when the input is to blame.
+            if isinstance(exc, KeyboardInterrupt) or _picklable(stream.read):
+                raise
+            return stream.read, None
+        self._drained = len(stream.read) < size
+        return stream.read, pickled
+
+    def _fit(self, items: list, cap: int) -> tuple[list, _serialize.Pickled]:
+        taken, pickled = _serialize.pack_upto(items, cap)
+        self._left[:0] = items[taken:]
+        return items[:taken], pickled
+
+
+def _picklable(items: list) -> bool:
+    try:
+        _serialize.pack(items)
+    except Exception:
+        return False
+    return True

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator
 
 from . import _serialize
 from ._arguments import ON_ERROR, check_run  # noqa: F401 - _pipeline imports ON_ERROR from here
-from ._chunking import ChunkSizer
+from ._chunking import TARGET_CHUNK_BYTES, ChunkSizer, Cutter
 from ._errors import (ExceptionRecord, Failure, RemoteError, SerializationError, TaskTimeout,
                       WorkerDied, _short_repr)
 
@@ -89,7 +89,7 @@ class Run:
         self.ordered, self.on_error, self.retries, self.timeout = ordered, on_error, retries, timeout
         self.sizer = ChunkSizer(1 if timeout is not None else chunksize, workers, total, seconds_per_item)
         self.total = total
-        self._items = items
+        self._cutter = Cutter(items)
         #: items come from an iterator that may hand out one buffer refilled (a generator of frames
         #: read into the same array): a chunk copies their large buffers when it is cut, and keeps
         #: the copies, so neither the send nor a retry reads what the buffer holds later
@@ -144,21 +144,25 @@ class Run:
             if max_ahead is not None and self.submitted - consumed >= max_ahead:
                 return
             size = self.sizer.next_size(self.submitted)
-            batch = list(itertools.islice(self._items, size))
-            if len(batch) < size:
-                self.exhausted = True
+            # "auto" chunks are capped in bytes too, whatever the size said (the items may have
+            # grown since it was measured); a chunksize given is items per message, as asked
+            batch, payload = self._cutter.cut(size, TARGET_CHUNK_BYTES if self.sizer.fixed is None else None)
+            self.exhausted = self._cutter.exhausted
             if not batch:
                 return
             start = self.submitted
             self.submitted += len(batch)
-            chunk = self._make_chunk(range(start, start + len(batch)), batch)
+            chunk = self._make_chunk(range(start, start + len(batch)), batch, payload)
             if chunk is not None:
                 with self.cond:
                     self.pending.append(chunk)
 
-    def _make_chunk(self, indices, items) -> Chunk | None:
+    def _make_chunk(self, indices, items, payload: _serialize.Pickled | None = None) -> Chunk | None:
+        """A chunk of ``items``, pickled here unless ``payload`` is their pickle already; items that
+        cannot be pickled fail, each with the reason, and the others go."""
         try:
-            payload = _serialize.pack(items)
+            if payload is None:
+                payload = _serialize.pack(items)
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise

@@ -30,6 +30,7 @@ import copyreg
 import dis
 import hashlib
 import io
+import itertools
 import pickle
 import sys
 import types
@@ -126,7 +127,11 @@ def pack(obj) -> Pickled:
     pickle that large is looked through for them, and made again if it holds one (a scan of every
     list would cost more than pickling a list of numbers).
     """
-    pickled = _pack(obj)
+    return _bytes_apart(obj, _pack(obj))
+
+
+def _bytes_apart(obj, pickled: Pickled) -> Pickled:
+    """``pickled`` (of ``obj``) made again with the large bytes among a list's elements set apart."""
     if type(obj) is list and len(pickled.data) >= max(OUT_OF_BAND_BYTES, SCAN_BYTES_PER_ITEM * len(obj)) \
             and any(type(x) in _BYTES and len(x) >= OUT_OF_BAND_BYTES for x in obj):
         wrapped: dict[int, _OutOfBand] = {}  # one per object: the same bytes many times go once (memo)
@@ -135,8 +140,10 @@ def pack(obj) -> Pickled:
     return pickled
 
 
-def _pack(obj) -> Pickled:
+def _pack(obj, file: io.BytesIO | None = None) -> Pickled:
     buffers: list = []
+    file = io.BytesIO() if file is None else file
+    count = file.add if isinstance(file, _Counting) else None
 
     def keep_apart(buffer: pickle.PickleBuffer) -> bool:
         try:
@@ -146,9 +153,11 @@ def _pack(obj) -> Pickled:
         if raw.nbytes < OUT_OF_BAND_BYTES:
             return True  # in band
         buffers.append(raw)
+        if count is not None:
+            count(raw.nbytes)
         return False
 
-    with io.BytesIO() as file:
+    with file:
         Pickler(file, buffer_callback=keep_apart).dump(obj)
         return Pickled(file.getvalue(), buffers)
 
@@ -172,6 +181,74 @@ class _OutOfBand:
 def unpack(pickled: Pickled):
     """The object back; its large buffers are used in place (arrays point into them)."""
     return pickle.loads(pickled.data, buffers=pickled.buffers)
+
+
+class Full(Exception):
+    """:func:`pack_capped` stopped: the pickle went past its cap (nothing of it is kept)."""
+
+
+class Items:
+    """Items still to be read from an iterator, pickled as a list: the pickler reads each one as it
+    comes to it (``read`` keeps them, in order), so a pickle stopped at its cap stops the reading
+    too. It unpickles as a plain list. The reading costs two C calls per item, no Python code."""
+
+    __slots__ = ("read", "_source")
+
+    def __init__(self, source):
+        self.read: list = []
+        self._source = itertools.filterfalse(self.read.append, source)  # append gives None: all pass
+
+    def __reduce__(self):
+        return list, (), None, self._source
+
+
+class _Counting(io.BytesIO):
+    """A pickle's file that counts the bytes the pickler writes into it and the buffers it sets
+    apart (``nbytes``), and stops it with :class:`Full` past ``cap`` (None: never). The pickler
+    writes every 64 KB frame, each large bytes and each buffer set apart as it comes: the count
+    costs a call per 64 KB, not one per element."""
+
+    def __init__(self, cap: int | None = None):
+        super().__init__()
+        self.cap, self.nbytes = cap, 0
+
+    def write(self, data) -> int:
+        written = super().write(data)
+        self.add(written)
+        return written
+
+    def add(self, nbytes: int) -> None:
+        self.nbytes += nbytes
+        if self.cap is not None and self.nbytes > self.cap:
+            raise Full(self.nbytes)
+
+
+def pack_capped(obj: "list | Items", cap: int) -> Pickled:
+    """:func:`pack` of a list, or of :class:`Items`, stopped with :class:`Full` once the pickle
+    holds more than ``cap`` bytes, its buffers set apart included (counted as the pickler writes:
+    at most 64 KB late)."""
+    pickled = _pack(obj, _Counting(cap))
+    return _bytes_apart(obj.read if isinstance(obj, Items) else obj, pickled)
+
+
+def pack_upto(items: list, cap: int) -> tuple[int, Pickled]:
+    """The first ``n`` of ``items`` pickled as a list, and ``n``: as many as fit in ``cap`` bytes,
+    with the one that goes past (at least one). The pickler is asked for each item in Python, so
+    this is for a list known not to fit (:func:`pack_capped` said :class:`Full`)."""
+    file = _Counting()
+    taken = 0
+
+    def fitting():
+        nonlocal taken
+        for item in items:
+            if taken and file.nbytes > cap:  # the pickler asks one item ahead of what it wrote
+                return
+            taken += 1
+            yield item
+
+    stream = Items(fitting())
+    pickled = _bytes_apart(stream.read, _pack(stream, file))
+    return taken, pickled
 
 
 def dumps_code(fn) -> tuple[bytes, bool]:

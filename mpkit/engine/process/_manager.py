@@ -3,12 +3,17 @@
 Only this thread touches a worker's pipe or process, so what each worker holds (``in_flight``)
 is known without locks, and a death is accounted for in one place (``_bury``): the chunk the
 worker was running is split, retried or failed; the chunks it had not started go back to
-``pending``. Runs (one per map call) are shared with the calling threads under ``run.cond``.
+``pending``. Runs (one per map call) are shared with the calling threads under ``run.cond``. The
+thread waits only in ``_wait``, for all of them at once, never on one worker's socket: a worker
+that stops reading, or dies halfway through a message while a process its task forked holds the
+socket open, would stop the whole pool.
 
-    wait(wake socket, worker pipes, process sentinels)
+    wait(wake socket, worker pipes, process sentinels; pipes with something left to send)
       ├─ wake: a run was added, fed, or cancelled ─► dispatch pending chunks, PREFETCH per worker
       ├─ pipe: "part" / "done" / "out" / "fn_error" / "undecodable" / "init_error" ─► the run, the relay
-      │        ("run" out and "part"/"done" back go through ``_wire``: large buffers in shared memory)
+      │        ("run" out and "part"/"done" back go through ``_wire``: large buffers in shared memory;
+      │        read by a ``_wire.Reader``, which takes what arrived and never waits for the rest)
+      ├─ pipe can take more: the rest of what its ``_wire.Writer`` could not write at once
       └─ sentinel: a worker ended ─► _bury (its shared slot names the item it was running; the
                                             processes its tasks started end too: _proctree)
     then: kill workers past a timeout or init_timeout, or busy with a cancelled run, each with its
@@ -29,12 +34,12 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
+import selectors
 import signal
 import socket
 import threading
 import time
 from collections import OrderedDict, deque
-from multiprocessing.connection import wait as mp_wait
 
 from .. import _serialize
 from . import _wire, _worker
@@ -84,10 +89,12 @@ def _cause(described, text: str, frames, note: str) -> BaseException:
 
 class _Worker:
     __slots__ = ("id", "process", "conn", "in_flight", "fns", "context_id", "stopping", "timed_out", "pid",
-                 "ready", "left", "slot", "started", "tasks", "spent", "globals_from")
+                 "ready", "left", "slot", "started", "tasks", "spent", "globals_from", "reader", "writer")
 
     def __init__(self, wid: int, process, conn, slot, context_id: str | None):
         self.id, self.process, self.conn, self.slot = wid, process, conn, slot
+        self.reader = _wire.Reader(conn)  # what the worker sent, taken without waiting for the rest
+        self.writer = _wire.Writer(conn)  # what is sent to it, written as far as its socket takes it
         self.pid = process.pid
         self.in_flight: deque = deque()
         self.fns: OrderedDict[str, None] = OrderedDict()  # what the worker holds, least recent first
@@ -180,7 +187,7 @@ class Manager:
         workers = list(self.workers.values())
         for w in workers:
             try:
-                w.conn.send_bytes(pickle.dumps((_worker.STOP,)))
+                w.writer.send_bytes(pickle.dumps((_worker.STOP,)))  # after what it has not taken yet
             except OSError:
                 pass
         deadline = time.monotonic() + (STOP_GRACE if wait else 0)
@@ -189,6 +196,8 @@ class Manager:
         for w in workers:
             self.trees.end(w.pid, w.process)  # also what a worker that left on its own left running
             w.process.join(timeout=5)
+            w.reader.close()
+            w.writer.close()
             w.conn.close()
         self.workers.clear()
         self._wake_r.close()
@@ -219,15 +228,14 @@ class Manager:
                 self._dispatch(active)
                 self._retire_spent()
                 self._update_stats(runs)
-                waitables: list = [self._wake_r]
-                for w in self.workers.values():
-                    waitables += (w.conn, w.process.sentinel)
-                for obj in mp_wait(waitables, timeout=self._next_deadline(active)):
+                for obj, writable in self._wait(self._next_deadline(active)):
                     if obj is self._wake_r:
                         try:
                             self._wake_r.recv(4096)
                         except BlockingIOError:
                             pass
+                    elif writable:
+                        self._flush(obj)
                     else:
                         self._service(obj)
                 self._check_timeouts()
@@ -241,13 +249,38 @@ class Manager:
                 with run.cond:
                     run.cond.notify_all()
 
+    def _wait(self, timeout: float | None) -> list:
+        """(object, writable) pairs ready, within ``timeout``: the wake socket, workers' pipes with
+        something to read, their process sentinels, and their pipes that can take more of what
+        waits to be sent (``_wire.Writer``): the thread waits for them all, never on one."""
+        with selectors.PollSelector() as selector:
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            for w in self.workers.values():
+                write = selectors.EVENT_WRITE if w.writer.pending else 0
+                selector.register(w.conn, selectors.EVENT_READ | write, w)
+                selector.register(w.process.sentinel, selectors.EVENT_READ)
+            ready = []
+            for key, events in selector.select(timeout):
+                if key.data is not None and events & selectors.EVENT_WRITE:
+                    ready.append((key.data, True))
+                if events & selectors.EVENT_READ:
+                    ready.append((key.fileobj, False))
+            return ready
+
+    def _flush(self, w: _Worker) -> None:
+        if w.id in self.workers:  # not buried meanwhile
+            try:
+                w.writer.flush()
+            except OSError:
+                pass  # the worker died; its sentinel fires and what it held is handled in _bury
+
     def _retire_extra(self) -> None:
         """After a resize down: idle workers beyond the size are asked to leave."""
         alive = [w for w in self.workers.values() if not w.stopping and not w.left and not w.spent]
         for w in [w for w in alive if not w.in_flight][: max(0, len(alive) - self.size)]:
             w.stopping = True
             try:
-                w.conn.send_bytes(pickle.dumps((_worker.STOP,)))
+                w.writer.send_bytes(pickle.dumps((_worker.STOP,)))
             except OSError:
                 pass
 
@@ -260,7 +293,7 @@ class Manager:
             if w.spent and not w.in_flight and not w.stopping:
                 w.stopping = True
                 try:
-                    w.conn.send_bytes(pickle.dumps((_worker.STOP,)))
+                    w.writer.send_bytes(pickle.dumps((_worker.STOP,)))
                 except OSError:
                     pass
 
@@ -361,7 +394,7 @@ class Manager:
         chunk.started = time.monotonic()
         try:
             if w.context_id != run.context_id:
-                w.conn.send_bytes(run.context)
+                w.writer.send_bytes(run.context)
                 w.context_id = run.context_id
             # A function with notebook globals is sent again when another one was sent after it:
             # that one may have changed the globals they share, and the notebook's values as this
@@ -369,15 +402,15 @@ class Manager:
             if run.fn_id in w.fns and (not run.fn_globals or w.globals_from == run.fn_id):
                 w.fns.move_to_end(run.fn_id)
             else:
-                w.conn.send_bytes(run.fn_payload)
+                w.writer.send_bytes(run.fn_payload)
                 w.fns[run.fn_id] = None
                 w.fns.move_to_end(run.fn_id)
                 if run.fn_globals:
                     w.globals_from = run.fn_id
                 while len(w.fns) > FN_CACHE_SIZE:
                     old, _ = w.fns.popitem(last=False)
-                    w.conn.send_bytes(pickle.dumps((_worker.FORGET, old), _worker.PROTOCOL))
-            _wire.send(w.conn, (_worker.RUN, chunk.id, run.fn_id, chunk.payload, chunk.batch))
+                    w.writer.send_bytes(pickle.dumps((_worker.FORGET, old), _worker.PROTOCOL))
+            w.writer.send((_worker.RUN, chunk.id, run.fn_id, chunk.payload, chunk.batch))
         except OSError:
             pass  # the worker died; its sentinel fires and what it held is handled in _bury
 
@@ -392,13 +425,15 @@ class Manager:
                 return
 
     def _read(self, w: _Worker) -> None:
+        """Handle what the worker's socket holds now; never waits for the rest of a message."""
         try:
-            while w.conn.poll():
-                self._handle(w, _wire.receive(w.conn))
+            for msg in w.reader.messages():
+                self._handle(w, msg)
+                del msg  # its results may point into shared memory: held no longer than handled
         except _wire.ReceiveError as exc:
             self._lost(w, exc)
-        except (EOFError, OSError):
-            pass
+        except OSError:
+            pass  # the connection was reset: the worker is gone, its sentinel says so
 
     def _lost(self, w: _Worker, exc: OSError) -> None:
         """A worker's message came but its shared memory could not be taken: the maps it was
@@ -497,6 +532,8 @@ class Manager:
         exitcode = w.process.exitcode
         self.trees.end(w.pid)  # what its tasks started dies with it
         del self.workers[w.id]
+        w.reader.close()  # with what it holds of a message the worker did not finish
+        w.writer.close()  # and what was not sent to it
         w.conn.close()
         interrupted = exitcode == -signal.SIGINT  # a kernel interrupt to the process group (spawn)
         if not w.ready and not w.stopping and not w.left and self.init_error is None and not interrupted:

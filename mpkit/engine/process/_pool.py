@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing as mp
+# Imported for its exit handler, which joins the live children: registered before ours, it runs
+# after ours (the last registered runs first), once ours has stopped the workers.
+import multiprocessing.util  # noqa: F401
 import os
 import pickle
 import sys
