@@ -155,3 +155,8 @@ def one_buffer_refilled(n: int, size: int = 100_000):
     for i in range(n):
         buf[:] = i
         yield buf
+
+
+def frame_index_and_value(record: dict) -> tuple:
+    """A pipeline stage over {"index": i, "frame": array}: (i, the frame's first value)."""
+    return record["index"], float(record["frame"].flat[0])

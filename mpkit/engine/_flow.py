@@ -52,7 +52,7 @@ from typing import Any, Callable
 from ._errors import Failure, ResultList
 from ._ledger import Ledger
 from ._pipeline_stats import SNAPSHOT_HZ, PipelineStats, mark_bottleneck
-from ._item import ATOM_BYTES, BadOutput, Item, Unpicklable, chunk_payload, decoded, shown, size, travel, undecodable
+from ._item import ATOM_BYTES, BadOutput, Item, Unpicklable, chunk_payload, decoded, shown, size, taken, undecodable
 from ._stage import CHANNEL_BYTES, Fan, PoolFactory, Segment, Stage
 
 #: Snapshots kept for ``timeline()``: at 10 a second, ten minutes of history.
@@ -134,7 +134,7 @@ class Flow:
         stage as its pickle. One that cannot be pickled is taken in and fails (its Future gets the
         error; run() raises or collects it per on_error)."""
         try:
-            packed, nbytes = travel(item)
+            packed, nbytes = taken(item)
         except Exception as exc:  # noqa: BLE001 - any pickling error: this item fails, with the reason
             packed, nbytes = Unpicklable(item, exc), ATOM_BYTES
         if self._budget > 0 and self._budget_bytes > 0 and not (self.input_closed or self.fatal is not None):
