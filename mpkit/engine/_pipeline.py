@@ -160,6 +160,7 @@ class Pipeline:
         except TypeError:
             raise TypeError(f"items must be iterable, got {type(items).__name__} {_short_repr(items)}") from None
         flow = self._flow_for(on_error, ordered, start_method, progress)
+        flow.copy_buffers = _may_refill(items)
         flow.start()
         try:
             # The source is read here, in the calling thread, never under the flow's lock: each item
@@ -212,6 +213,7 @@ class Pipeline:
 
         def results():
             flow = self._flow_for(on_error, ordered, start_method, progress, stream=True)
+            flow.copy_buffers = _may_refill(items)
             yield from stream(flow, source, ordered=ordered, collect=on_error == "collect")
 
         return results()
@@ -323,6 +325,11 @@ class Pipeline:
         state = self._flow.state if self._flow is not None else "ready"
         chain = " -> ".join(s.name if s.batch is None else f"batch({s.batch[0]}) -> {s.name}" for s in self._specs)
         return f"<mpkit.Pipeline {self.name!r}: {chain or 'no stages'} ({state})>"
+
+
+def _may_refill(items) -> bool:
+    """Whether a source may hand out one buffer refilled (a generator of frames): not a list or tuple."""
+    return not isinstance(items, (list, tuple, range))
 
 
 def _replace(spec: StageSpec, **changes) -> StageSpec:
