@@ -10,8 +10,8 @@
 
 An item travels as its pickle: a ``bytearray`` (on the way, a bytearray is always a pickle), or,
 when it holds large buffers kept apart (pickle protocol 5), an ``Item`` (a ``_serialize.Pickled``),
-so every item's size is known exactly (``size``); the feeder copies those buffers (``taken``), as the
-caller may refill them once ``put`` returns. A chunk's message is the list of these pickles,
+so every item's size is known exactly (``size``); the feeder copies those buffers (``taken``) where
+the caller may refill them once ``put`` returns. A chunk's message is the list of these pickles,
 made by one C call whatever the number of items; the worker's Codec answers with the list of its
 results' pickles, which the router hands to the next stage as they are. Atoms (``RAW``: str, bytes
 under OUT_OF_BAND_BYTES, numbers, None) travel as themselves: a chunk's message pickles them in C,

@@ -248,7 +248,7 @@ class Pipeline:
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {', '.join(map(repr, ON_ERROR))}, not {on_error!r}")
         if self._flow is not None and self._flow.state == "running":
-            raise RuntimeError(f"pipeline {self.name!r} is already running; stop it first (svc.stop())")
+            raise RuntimeError(f"pipeline {self.name!r} is already running: {_what_runs(self)}")
 
     # ---- watching ---------------------------------------------------------------------------
     def stats(self) -> PipelineStats:
@@ -325,6 +325,17 @@ class Pipeline:
         state = self._flow.state if self._flow is not None else "ready"
         chain = " -> ".join(s.name if s.batch is None else f"batch({s.batch[0]}) -> {s.name}" for s in self._specs)
         return f"<mpkit.Pipeline {self.name!r}: {chain or 'no stages'} ({state})>"
+
+
+def _what_runs(pipe: Pipeline) -> str:
+    """What holds a pipeline's running flow, and how to end it (for the message of a second start)."""
+    flow = pipe._flow
+    if pipe._service is not None and pipe._service.flow is flow:
+        return "its service was started with start(); stop it first with svc.stop() (or pipe.service.stop())"
+    if flow.stream:
+        return ("an imap() stream of it is still open (a loop not finished, or a stream kept in a variable, "
+                "as a cell run again leaves it); end it first with stream.close(), or finish its loop")
+    return "a run() of it is going on in another thread; wait for it to end"
 
 
 def _may_refill(items) -> bool:

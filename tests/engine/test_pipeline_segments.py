@@ -3,6 +3,7 @@ results), cut where a bound falls inside one: what a user sees must not depend o
 fall, on a whole segment of results going on as the next stage's chunk unopened, or on an item's
 memory travelling out of band."""
 import numpy as np
+import pytest
 
 from mpkit import Pipeline
 from tests import helpers, shm_tasks
@@ -42,3 +43,19 @@ def test_an_array_changed_after_submit_arrives_as_it_was_submitted(start_method)
         assert [f.result(timeout=60) for f in futures] == [float(i) for i in range(20)]
     finally:
         svc.stop(timeout=60)
+
+
+def test_a_cell_rerun_while_its_imap_stream_is_open_says_how_to_end_it(start_method):
+    # cell 1: stream = pipe.imap(files); first = next(stream) ... the cell is run again while the
+    # first stream is still open: the message must say that a stream runs and how to end it
+    pipe = Pipeline("again").stage(helpers.identity)
+    stream = pipe.imap(range(100_000))
+    assert next(stream) == 0
+    with pytest.raises(RuntimeError) as info:
+        pipe.imap(range(10))
+    message = str(info.value)
+    assert "imap" in message and ".close()" in message and "svc.stop()" not in message, message
+    stream.close()
+    assert list(pipe.imap(range(5))) == [0, 1, 2, 3, 4]
+    stats = identities(pipe.stats())
+    assert stats.state == "stopped" and stats.completed == 5
