@@ -185,3 +185,13 @@ class Snapshots:
 
     def close(self, stats):
         self.seen.append(stats)
+
+
+def batch_identity(batch):
+    """A batched stage that gives each item back as it came."""
+    return list(batch)
+
+
+def kind_key(x):
+    """A key= function for items of any type: items of one type go to one worker."""
+    return type(x).__name__

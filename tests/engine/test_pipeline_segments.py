@@ -4,9 +4,11 @@ fall, on a whole segment of results going on as the next stage's chunk unopened,
 memory travelling out of band."""
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from mpkit import Pipeline
-from tests import helpers, shm_tasks
+from tests import helpers, pipeline_tasks as tasks, shm_tasks
+from tests.pipeline_tasks import finishes
 from tests.engine.test_pipeline_accounting import Watch, identities
 
 
@@ -59,3 +61,68 @@ def test_a_cell_rerun_while_its_imap_stream_is_open_says_how_to_end_it(start_met
     assert list(pipe.imap(range(5))) == [0, 1, 2, 3, 4]
     stats = identities(pipe.stats())
     assert stats.state == "stopped" and stats.completed == 5
+
+
+# ---- whatever the items, they come out as they went in ---------------------------------------------
+def canon(x):
+    """A comparable stand-in for an item: arrays by dtype, shape and bytes, containers by content."""
+    if isinstance(x, np.ndarray):
+        return ("array", x.dtype.str, x.shape, x.tobytes())
+    if isinstance(x, dict):
+        return (type(x).__name__, tuple(sorted((repr(k), canon(v)) for k, v in x.items())))
+    if isinstance(x, (list, tuple)):
+        return (type(x).__name__, tuple(canon(v) for v in x))
+    return (type(x).__name__, x)
+
+
+flat = st.one_of(st.integers(-2**70, 2**70), st.booleans(), st.none(), st.floats(allow_nan=False),
+                 st.text(max_size=20))
+large = st.integers(64 << 10, 300 << 10)  # sizes that travel out of band
+items = st.one_of(
+    st.integers(), st.text(max_size=50), st.binary(max_size=100),
+    st.dictionaries(st.one_of(st.text(max_size=5), st.integers(), st.booleans()), flat, max_size=5),
+    st.tuples(flat, flat), st.lists(flat, max_size=5),
+    st.lists(st.lists(flat, max_size=3), max_size=3),                       # nested records
+    large.map(lambda n: b"b" * n), large.map(lambda n: bytearray(b"a" * n)),
+    st.integers(1, 40_000).map(lambda n: np.arange(n)),                     # small and large arrays
+    st.integers(1, 20_000).map(lambda n: {"frame": np.full(n, 7.0), "n": n}),
+)
+
+
+@st.composite
+def shapes(draw):
+    stages = []
+    for _ in range(draw(st.integers(1, 3))):
+        stages.append(dict(workers=draw(st.integers(1, 2)), maxsize=draw(st.integers(1, 6)),
+                           batch=draw(st.one_of(st.none(), st.integers(1, 4))), key=draw(st.booleans())))
+    return stages
+
+
+@settings(max_examples=12, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(stages=shapes(), xs=st.lists(items, max_size=25), how=st.sampled_from(["run", "imap", "submit"]))
+def test_any_items_through_any_stages_come_out_as_they_went_in(start_method, stages, xs, how):
+    # small channels (maxsize 1-6) cut every segment; mixed sizes move the byte bounds
+    pipe = Pipeline("anything")
+    for i, shape in enumerate(stages):
+        if shape["batch"] is not None:
+            pipe.batch(shape["batch"], max_wait=0.02)
+        fn = tasks.batch_identity if shape["batch"] is not None else helpers.identity
+        pipe.stage(fn, name=f"s{i}", workers=shape["workers"], maxsize=shape["maxsize"],
+                   key=tasks.kind_key if shape["key"] else None)
+    watch = Watch()
+    pipe._dashboards.append(watch)
+    xs = [x for x in xs if x is not None]  # None from a stage drops the item
+    if how == "run":
+        out = finishes(lambda: list(pipe.run(xs, ordered=True, progress=False)))
+    elif how == "imap":
+        out = finishes(lambda: list(pipe.imap(iter(xs), ordered=True)))
+    else:
+        svc = pipe.start()
+        try:
+            out = [f.result(timeout=60) for f in [svc.submit(x) for x in xs]]
+        finally:
+            svc.stop(timeout=60)
+    assert [canon(x) for x in out] == [canon(x) for x in xs]
+    stats = identities(pipe.stats())
+    assert (stats.submitted, stats.completed, stats.pending) == (len(xs), len(xs), 0)
