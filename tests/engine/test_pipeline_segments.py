@@ -7,6 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from mpkit import Pipeline
+from mpkit.engine._stage import Segment
 from tests import helpers, pipeline_tasks as tasks, shm_tasks
 from tests.pipeline_tasks import finishes
 from tests.engine.test_pipeline_accounting import Watch, identities
@@ -126,3 +127,36 @@ def test_any_items_through_any_stages_come_out_as_they_went_in(start_method, sta
     assert [canon(x) for x in out] == [canon(x) for x in xs]
     stats = identities(pipe.stats())
     assert (stats.submitted, stats.completed, stats.pending) == (len(xs), len(xs), 0)
+
+
+def test_large_results_among_small_ones_spread_over_the_next_stages_workers(start_method):
+    # stage one loads a few images among many small records (paths in, arrays out): one chunk's
+    # results, a few MB among thousands of tiny ones, must not go on as ONE chunk of the next
+    # stage (a chunk holds CHUNK_BYTES at most), which would leave all the slow work to one worker
+    items = list(range(100, 3000)) + list(range(10)) + list(range(3000, 5000))
+    pipe = Pipeline("mixed").stage(tasks.large_below).stage(tasks.pid_for_large, workers=2)
+    out = pipe.run(items, progress=False)
+    pids = [pid for pid in out if pid is not None]
+    assert len(pids) == 10
+    assert len(set(pids)) == 2, f"all 10 large items ran on worker {pids[0]} while the other had none"
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(sizes=st.lists(st.one_of(st.integers(0, 100), st.integers(0, 3 << 20)), min_size=1, max_size=300),
+       most=st.integers(1, 400), limit=st.integers(1, 2 << 20))
+def test_segments_cut_where_the_bound_falls_and_lose_nothing(sizes, most, limit):
+    # the rule behind every chunk and every move: the items taken fit the byte bound, or are one
+    # item; no item is lost or reordered; the bytes of the parts add up to the whole
+    values = [b"x" * n for n in sizes]
+    segment = Segment(list(range(len(values))), values, sum(sizes))
+    parts = []
+    while segment.keys:
+        count = segment.fits(most, limit)
+        part = segment.cut(count) if count < len(segment.keys) else segment
+        parts.append(part)
+        assert len(part.keys) <= most
+        assert len(part.keys) == 1 or sum(map(len, part.values)) <= limit
+        assert part.nbytes == sum(map(len, part.values))
+        if part is segment:
+            break
+    assert [k for p in parts for k in p.keys] == list(range(len(values)))
