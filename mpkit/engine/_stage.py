@@ -159,14 +159,15 @@ class Segment:
         self.message = None  # no longer the whole of it
         return head
 
-    def fits(self, items: int, nbytes: float) -> int:
-        """How many of its first items fit in ``items`` and ``nbytes`` (one at least, if items > 0)."""
+    def fits(self, items: int, nbytes: float, least: int = 1) -> int:
+        """How many of its first items fit in ``items`` and ``nbytes`` (``least`` at least: one
+        for a chunk still empty, so that an item bigger than the bound goes alone)."""
         n = len(self.keys)
         if self.nbytes <= nbytes:
-            return max(1, min(items, n))
+            return max(least, min(items, n))
         most = int(min(items, n))
         by_bytes = bisect.bisect_right(list(itertools.accumulate(itertools.islice(self._sizes(), most))), nbytes)
-        return max(1, min(most, by_bytes))
+        return max(least, min(most, by_bytes))
 
 
 class Fan:
@@ -235,7 +236,9 @@ class Lane:
         limit = float("inf") if whole else CHUNK_BYTES
         while inbox and len(keys) < most and (nbytes < limit or not keys):
             segment = inbox[0]
-            count = segment.fits(most - len(keys), limit - nbytes if keys else limit)
+            count = segment.fits(most - len(keys), limit - nbytes, least=0 if keys else 1)
+            if not count:
+                break  # its next item would take the chunk over CHUNK_BYTES: it starts the next one
             if count == len(segment.keys):
                 inbox.popleft()
             else:

@@ -2,12 +2,14 @@
 results), cut where a bound falls inside one: what a user sees must not depend on where the cuts
 fall, on a whole segment of results going on as the next stage's chunk unopened, or on an item's
 memory travelling out of band."""
+from collections import deque
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from mpkit import Pipeline
-from mpkit.engine._stage import Segment
+from mpkit.engine._stage import CHUNK_BYTES, Lane, Segment
 from tests import helpers, pipeline_tasks as tasks, shm_tasks
 from tests.pipeline_tasks import finishes
 from tests.engine.test_pipeline_accounting import Watch, identities
@@ -160,3 +162,26 @@ def test_segments_cut_where_the_bound_falls_and_lose_nothing(sizes, most, limit)
         if part is segment:
             break
     assert [k for p in parts for k in p.keys] == list(range(len(values)))
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(segments=st.lists(st.lists(st.one_of(st.integers(0, 2000), st.integers(0, 3 << 20)), min_size=1, max_size=50),
+                         min_size=1, max_size=8),
+       most=st.integers(1, 400))
+def test_a_chunk_holds_chunk_bytes_at_most_or_one_item(segments, most):
+    # a lane's inbox of segments as they came (a few large items among small ones), taken chunk
+    # by chunk: each chunk is within CHUNK_BYTES or is one item, and every item goes once, in order
+    lane = Lane.__new__(Lane)  # only its inbox: no pool needed to cut chunks
+    lane.inbox, lane.inbox_count, lane.inbox_bytes = deque(), 0, 0
+    key = 0
+    for sizes in segments:
+        keys = list(range(key, key + len(sizes)))
+        key += len(sizes)
+        lane.put(Segment(keys, [b"x" * n for n in sizes], sum(sizes)))
+    taken = []
+    while lane.inbox:
+        keys, values, _ = lane.take(most)
+        assert 1 <= len(keys) <= most
+        assert len(keys) == 1 or sum(map(len, values)) <= CHUNK_BYTES, [len(v) for v in values]
+        taken += keys
+    assert taken == list(range(key)) and lane.inbox_count == lane.inbox_bytes == 0
