@@ -52,7 +52,8 @@ from typing import Any, Callable
 from ._errors import Failure, ResultList
 from ._ledger import Ledger
 from ._pipeline_stats import SNAPSHOT_HZ, PipelineStats, mark_bottleneck
-from ._item import ATOM_BYTES, BadOutput, Item, Unpicklable, chunk_payload, decoded, shown, size, taken, travel, undecodable
+from ._item import (ATOM_BYTES, BadOutput, Item, Unpicklable, chunk_payload, decoded, shown, size, taken, travel,
+                    undecodable)
 from ._stage import CHANNEL_BYTES, Fan, PoolFactory, Segment, Stage
 
 #: Snapshots kept for ``timeline()``: at 10 a second, ten minutes of history.
