@@ -185,3 +185,26 @@ class Snapshots:
 
     def close(self, stats):
         self.seen.append(stats)
+
+
+def batch_identity(batch):
+    """A batched stage that gives each item back as it came."""
+    return list(batch)
+
+
+def kind_key(x):
+    """A key= function for items of any type: items of one type go to one worker."""
+    return type(x).__name__
+
+
+def pid_for_large(x, seconds=0.2):
+    """(the worker's pid, or None for a small item): a stage whose large items take a while."""
+    if isinstance(x, bytes) and len(x) >= 1 << 20:
+        time.sleep(seconds)
+        return os.getpid()
+    return None
+
+
+def large_below(x, n=10, nbytes=2 << 20):
+    """Items under ``n`` become ``nbytes`` of bytes (an image loaded from its path), others stay."""
+    return bytes([x % 256]) * nbytes if x < n else x

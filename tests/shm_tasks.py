@@ -143,10 +143,6 @@ def block_slow_first(i, nbytes=MB):
     return block(i, nbytes)
 
 
-def first_value(a):
-    return float(a[0])
-
-
 def first_value(a) -> float:
     return float(a.flat[0])
 
@@ -230,3 +226,6 @@ def die_once_or_head(arg) -> str:
     if x == "die" and _fork_a_socket_holder(folder):
         os.kill(os.getpid(), signal.SIGKILL)
     return x[:10]
+def frame_index_and_value(record: dict) -> tuple:
+    """A pipeline stage over {"index": i, "frame": array}: (i, the frame's first value)."""
+    return record["index"], float(record["frame"].flat[0])

@@ -64,7 +64,8 @@ from typing import Any, Callable
 from ._errors import Failure, ResultList
 from ._ledger import Ledger
 from ._pipeline_stats import SNAPSHOT_HZ, PipelineStats, mark_bottleneck
-from ._item import ATOM_BYTES, BadOutput, Item, Unpicklable, chunk_payload, decoded, shown, size, travel, undecodable
+from ._item import (ATOM_BYTES, BadOutput, Item, Unpicklable, chunk_payload, decoded, shown, size, taken, travel,
+                    undecodable)
 from ._stage import CHANNEL_BYTES, Fan, PoolFactory, Segment, Stage
 
 #: Snapshots kept for ``timeline()``: at 10 a second, ten minutes of history.
@@ -95,6 +96,10 @@ class Flow:
         #: the error goes to the failing item's Future
         self.stop_on_failure = on_error == "raise" and not service
         self.stream = stream  # imap(): outputs go to ``outlet`` as they come, for the consumer's thread
+        #: put() takes a copy of an item's large buffers (``_item.taken``): the caller may refill them
+        #: (a generator of frames read into one array, an array changed after submit()). Off only
+        #: for a source that cannot (a list, a tuple): as ``mpkit.map`` does, it saves a copy
+        self.copy_buffers = True
         self.stages: list[Stage] = []
         try:
             for i, spec in enumerate(specs):
@@ -146,7 +151,7 @@ class Flow:
         stage as its pickle. One that cannot be pickled is taken in and fails (its Future gets the
         error; run() raises or collects it per on_error)."""
         try:
-            packed, nbytes = travel(item)
+            packed, nbytes = taken(item) if self.copy_buffers else travel(item)
         except Exception as exc:  # noqa: BLE001 - any pickling error: this item fails, with the reason
             packed, nbytes = Unpicklable(item, exc), ATOM_BYTES
         if self._budget > 0 and self._budget_bytes > 0 and not (self.input_closed or self.fatal is not None):

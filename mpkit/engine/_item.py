@@ -2,7 +2,7 @@
 
     feeder thread               router (notebook)                      worker process (Codec)
     ─────────────               ─────────────────                      ──────────────────────
-    travel(item) ──► pickle ─► segments of items, moved whole ─pipe─► unpickle each item, call the stage,
+    taken(item) ───► pickle ─► segments of items, moved whole ─pipe─► unpickle each item, call the stage,
                                chunk_payload: the list of pickles,     pickle each result on its own
                                one pickle.dumps (C)
     decoded(value) ◄── the last stage's results ◄── the results' pickles ◄──────────────pipe─┘
@@ -10,7 +10,8 @@
 
 An item travels as its pickle: a ``bytearray`` (on the way, a bytearray is always a pickle), or,
 when it holds large buffers kept apart (pickle protocol 5), an ``Item`` (a ``_serialize.Pickled``),
-so every item's size is known exactly (``size``). A chunk's message is the list of these pickles,
+so every item's size is known exactly (``size``); the feeder copies those buffers (``taken``) where
+the caller may refill them once ``put`` returns. A chunk's message is the list of these pickles,
 made by one C call whatever the number of items; the worker's Codec answers with the list of its
 results' pickles, which the router hands to the next stage as they are. Atoms (``RAW``: str, bytes
 under OUT_OF_BAND_BYTES, numbers, None) travel as themselves: a chunk's message pickles them in C,
@@ -126,6 +127,17 @@ def travel(value) -> tuple[Any, int]:
         return item, item.nbytes
     data = bytearray(item.data)
     return data, len(data)
+
+
+def taken(value) -> tuple[Any, int]:
+    """``value`` as it travels (``travel``), taken as it is now: the memory of its large buffers
+    is copied (a ``bytes`` cannot change: it is not), since the caller may refill it before the
+    chunk holding the item is sent (a generator of frames read into one array, an array
+    changed after ``submit()``). Costs one copy of the item's large buffers."""
+    packed, nbytes = travel(value)
+    if packed.__class__ is Item and packed.buffers:
+        packed = Item(packed.data, [b if b.obj.__class__ is bytes else bytearray(b) for b in packed.buffers])
+    return packed, nbytes
 
 
 def chunk_payload(values: list) -> _serialize.Pickled:

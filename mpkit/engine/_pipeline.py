@@ -160,6 +160,7 @@ class Pipeline:
         except TypeError:
             raise TypeError(f"items must be iterable, got {type(items).__name__} {_short_repr(items)}") from None
         flow = self._flow_for(on_error, ordered, start_method, progress)
+        flow.copy_buffers = _may_refill(items)
         flow.start()
         try:
             # The source is read here, in the calling thread, never under the flow's lock: each item
@@ -212,6 +213,7 @@ class Pipeline:
 
         def results():
             flow = self._flow_for(on_error, ordered, start_method, progress, stream=True)
+            flow.copy_buffers = _may_refill(items)
             yield from stream(flow, source, ordered=ordered, collect=on_error == "collect")
 
         return results()
@@ -246,7 +248,7 @@ class Pipeline:
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {', '.join(map(repr, ON_ERROR))}, not {on_error!r}")
         if self._flow is not None and self._flow.state == "running":
-            raise RuntimeError(f"pipeline {self.name!r} is already running; stop it first (svc.stop())")
+            raise RuntimeError(f"pipeline {self.name!r} is already running: {_what_runs(self)}")
 
     # ---- watching ---------------------------------------------------------------------------
     def stats(self) -> PipelineStats:
@@ -323,6 +325,22 @@ class Pipeline:
         state = self._flow.state if self._flow is not None else "ready"
         chain = " -> ".join(s.name if s.batch is None else f"batch({s.batch[0]}) -> {s.name}" for s in self._specs)
         return f"<mpkit.Pipeline {self.name!r}: {chain or 'no stages'} ({state})>"
+
+
+def _what_runs(pipe: Pipeline) -> str:
+    """What holds a pipeline's running flow, and how to end it (for the message of a second start)."""
+    flow = pipe._flow
+    if pipe._service is not None and pipe._service.flow is flow:
+        return "its service was started with start(); stop it first with svc.stop() (or pipe.service.stop())"
+    if flow.stream:
+        return ("an imap() stream of it is still open (a loop not finished, or a stream kept in a variable, "
+                "as a cell run again leaves it); end it first with stream.close(), or finish its loop")
+    return "a run() of it is going on in another thread; wait for it to end"
+
+
+def _may_refill(items) -> bool:
+    """Whether a source may hand out one buffer refilled (a generator of frames): not a list or tuple."""
+    return not isinstance(items, (list, tuple, range))
 
 
 def _replace(spec: StageSpec, **changes) -> StageSpec:

@@ -18,12 +18,14 @@ stage; the manager threads touch its Runs, under the shared condition.
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import threading
 from collections import deque
 from typing import Any, Callable
 
 from ._errors import _short_repr
-from ._item import BadOutput, Codec, shown
+from ._item import BadOutput, Codec, shown, size
 from ._pipeline_stats import SNAPSHOT_HZ, StageStats
 from ._pool import BasePool
 from ._serialize import OUT_OF_BAND_BYTES
@@ -50,6 +52,9 @@ CHUNK_BYTES = 4 << 20
 #: CPU's caches: 47-50k items/s; 1 MB 55-81k, 512 KB 62-92k, 256 KB 47-55k (a message under
 #: _wire.SHM_BYTES goes by pipe).
 CHUNK_PICKLE_BYTES = 1 << 20
+
+#: Types of items whose size is their len() (``Segment.sizes``).
+_SIZED = frozenset({bytearray, bytes, str})
 
 #: Items a worker of a many= stage holds at once. Each may fan out to any number of results, and
 #: the notebook holds them all until the next channel takes them, so few; two keep the worker busy
@@ -127,34 +132,48 @@ def stage_target(spec) -> Callable:
 
 class Segment:
     """Items that move together: their keys, the items as they travel (``_item``), their bytes,
-    and when they arrived (a micro-batch's ``max_wait`` counts from the oldest).
+    and when they arrived (a micro-batch's ``max_wait`` counts from the oldest). Each item's size
+    is looked at only where a bound falls inside the segment (``fits``, ``cut``): a mean would let
+    a few large items among many small ones (images loaded among small records) go as one chunk
+    far over CHUNK_BYTES, all to one worker.
 
     ``message``: the results' message from the worker that made them (``Run.forwards``), while
     the segment is whole: sent on unopened as the next stage's chunk, it spares the notebook
     pickling them again. Kept only within one router step (``drop_message``): a segment that waits
     would hold its items twice."""
 
-    __slots__ = ("keys", "values", "nbytes", "since", "message")
+    __slots__ = ("keys", "values", "nbytes", "since", "message", "sizes")
 
     def __init__(self, keys: list, values: list, nbytes: int, since: float = 0.0, message=None):
         self.keys, self.values, self.nbytes, self.since, self.message = keys, values, nbytes, since, message
+        self.sizes: list[int] | None = None  # each item's bytes, once a bound fell inside
+
+    def _sizes(self) -> list[int]:
+        if self.sizes is None:
+            values = self.values
+            self.sizes = list(map(len, values)) if set(map(type, values)) <= _SIZED else list(map(size, values))
+        return self.sizes
 
     def cut(self, count: int) -> "Segment":
-        """The first ``count`` items, taken out of this segment (bytes shared out by their mean:
-        the bounds they serve are approximate by an item)."""
-        n = len(self.keys)
-        nbytes = self.nbytes * count // n
-        head = Segment(self.keys[:count], self.values[:count], nbytes, self.since)
+        """The first ``count`` items, taken out of this segment, with their own bytes."""
+        sizes = self._sizes()
+        head = Segment(self.keys[:count], self.values[:count], sum(sizes[:count]), self.since)
+        head.sizes = sizes[:count]
         self.keys, self.values = self.keys[count:], self.values[count:]  # new lists: a chunk may share these
-        self.nbytes -= nbytes
+        self.sizes = sizes[count:]
+        self.nbytes -= head.nbytes
         self.message = None  # no longer the whole of it
         return head
 
-    def fits(self, items: int, nbytes: float) -> int:
-        """How many of its first items fit in ``items`` and ``nbytes`` (one at least, if items > 0)."""
+    def fits(self, items: int, nbytes: float, least: int = 1) -> int:
+        """How many of its first items fit in ``items`` and ``nbytes`` (``least`` at least: one
+        for a chunk still empty, so that an item bigger than the bound goes alone)."""
         n = len(self.keys)
-        by_bytes = n if self.nbytes <= nbytes else int(nbytes * n // self.nbytes)
-        return max(1, min(items, n, by_bytes))
+        if self.nbytes <= nbytes:
+            return max(least, min(items, n))
+        most = int(min(items, n))
+        by_bytes = bisect.bisect_right(list(itertools.accumulate(itertools.islice(self._sizes(), most))), nbytes)
+        return max(least, min(most, by_bytes))
 
 
 class Fan:
@@ -231,7 +250,9 @@ class Lane:
             limit = CHUNK_BYTES if large else CHUNK_PICKLE_BYTES
         while inbox and len(keys) < most and (nbytes < limit or not keys):
             segment = inbox[0]
-            count = segment.fits(most - len(keys), limit - nbytes if keys else limit)
+            count = segment.fits(most - len(keys), limit - nbytes, least=0 if keys else 1)
+            if not count:
+                break  # its next item would take the chunk over CHUNK_BYTES: it starts the next one
             if count == len(segment.keys):
                 inbox.popleft()
             else:
