@@ -191,6 +191,12 @@ class Run:
                 good.append(item)
         return Chunk(self, good_idx, good, _serialize.pack(good)) if good else None
 
+    def _named(self, index, item) -> str:
+        """``index (item)`` for messages: a pipeline's key shows its position in the input."""
+        if isinstance(index, tuple):
+            index = index[0] if len(index) == 1 else f"{index[0]} (output {', '.join(map(str, index[1:]))})"
+        return f"{index} ({self.describe(item)})"
+
     def _frames(self, frames):
         """Give frames of functions sent by value their notebook file back (cloudpickle drops it)."""
         return [(self.code_files.get(name, filename) if filename == DYNAMIC_CODE else filename, lineno, name, line)
@@ -268,7 +274,7 @@ class Run:
                 self._split(chunk, chunk.attempts + (len(chunk.indices) == 1))
                 return
             for index, item in zip(chunk.indices, chunk.items):
-                self._fail(index, item, WorkerDied(exitcode, pid, f"{index} ({self.describe(item)}) in a batch of "
+                self._fail(index, item, WorkerDied(exitcode, pid, f"{self._named(index, item)} in a batch of "
                                                    f"{len(chunk.indices)}", chunk.attempts), chunk)
             return
         if running is None or running < 0:
@@ -278,7 +284,7 @@ class Run:
             start = rest if running is None else -1 - running
             if len(chunk.indices) - start == 1:
                 index, item = chunk.indices[start], chunk.items[start]
-                self._error(chunk, index, item, WorkerDied(exitcode, pid, f"{index} ({self.describe(item)})",
+                self._error(chunk, index, item, WorkerDied(exitcode, pid, self._named(index, item),
                                                            chunk.attempts))
             else:
                 self._split(chunk, chunk.attempts, start)
@@ -287,7 +293,7 @@ class Run:
         after = self._sub_chunk(chunk, running + 1)
         if after is not None:
             self.pending.appendleft(after)        # never started: sent again as they were
-        self._error(chunk, index, item, WorkerDied(exitcode, pid, f"{index} ({self.describe(item)})", chunk.attempts))
+        self._error(chunk, index, item, WorkerDied(exitcode, pid, self._named(index, item), chunk.attempts))
         before = self._sub_chunk(chunk, rest, running)
         if before is not None:
             self.pending.appendleft(before)       # finished, results lost with the worker: run again
@@ -303,7 +309,7 @@ class Run:
             self._batch_timed_out(chunk)
             return
         index, item = chunk.indices[0], chunk.items[0]
-        self._error(chunk, index, item, TaskTimeout(self.timeout, f"{index} ({self.describe(item)})", chunk.attempts))
+        self._error(chunk, index, item, TaskTimeout(self.timeout, self._named(index, item), chunk.attempts))
 
     def _batch_timed_out(self, chunk: Chunk) -> None:
         """A pipeline micro-batch is one call on the whole list: when the call times out, every item
@@ -314,7 +320,7 @@ class Run:
                                           batch=True))
             return
         for index, item in zip(chunk.indices, chunk.items):
-            where = f"{index} ({self.describe(item)}, in a batch of {len(chunk.indices)})"
+            where = f"{self._named(index, item)} in a batch of {len(chunk.indices)}"
             self._fail(index, item, TaskTimeout(self.timeout, where, chunk.attempts), chunk)
 
     def undecodable(self, chunk: Chunk, text: str) -> None:
@@ -336,7 +342,7 @@ class Run:
             self._split(chunk, chunk.attempts, start)
             return
         index, item = chunk.indices[start], chunk.items[start]
-        err = SerializationError(f"item {index} ({self.describe(item)}): {what}: {type(exc).__name__}: {exc}")
+        err = SerializationError(f"item {self._named(index, item)}: {what}: {type(exc).__name__}: {exc}")
         err.__cause__ = exc
         self._fail(index, item, err, chunk)
 

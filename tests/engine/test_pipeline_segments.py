@@ -185,3 +185,18 @@ def test_a_chunk_holds_chunk_bytes_at_most_or_one_item(segments, most):
         assert len(keys) == 1 or sum(map(len, values)) <= CHUNK_BYTES, [len(v) for v in values]
         taken += keys
     assert taken == list(range(key)) and lane.inbox_count == lane.inbox_bytes == 0
+
+
+def test_a_pipeline_item_that_dies_or_times_out_is_named_by_its_position_and_value(start_method):
+    """The messages say "item 2 (3)": the item's position in the input and its value, not the
+    router's key tuple "(2,)" nor the pickle the item travels as."""
+    pipe = Pipeline("names").stage(helpers.identity).stage(helpers.kill_self_on, name="killer")
+    out = pipe.run([1, 2, 3, 4], on_error="collect")
+    [failure] = out.failures
+    assert failure.index == 2 and failure.item == 3
+    assert "item 2 (3)" in str(failure.exception), str(failure.exception)
+    assert "(2,)" not in str(failure.exception), str(failure.exception)
+    slow = Pipeline("slow").stage(helpers.identity).stage(helpers.sleep_then, timeout=0.5, name="sleeper")
+    out = slow.run([0, 0, 30, 0], on_error="collect")
+    [failure] = out.failures
+    assert "item 2 (30)" in str(failure.exception) and "(2,)" not in str(failure.exception), str(failure.exception)
