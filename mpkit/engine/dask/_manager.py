@@ -1,0 +1,367 @@
+"""The Dask backend's manager thread: Run chunks in, one Dask task each, outcomes back into the Run.
+
+    Run.pending ──take()──► client.submit(_task.run_chunk, ..., items bytes)  up to PREFETCH per
+                            (a future per chunk, key "mpkit-<fn>-<pool>-<n>")  thread of the run
+    inbox (SimpleQueue) ◄── future done (Dask's callback, on the client's event loop)
+                        ◄── "start" / "out" events of the pool's topic (subscribe_topic)
+                        ◄── wake(): pending grew, a run was cancelled
+    then per outcome:  done ─► run.chunk_done / fn_error, init_error ─► run.set_fatal
+                       KilledWorker (the task's worker died, past Dask's allowed failures)
+                          ─► run.crashed: a chunk of many items is split and sent again, a single
+                             item is blamed (retries= counts it)
+                       a timeout (from the task's "start" event) ─► run.timed_out, and the
+                          worker is restarted through its nanny (a Dask thread cannot be killed)
+                       the scheduler gone ─► ``broken``: every waiting map ends with that error
+
+Only this thread submits, cancels and reads futures; runs are shared with the calling threads
+under ``run.cond`` as the Backend contract (``_backend``) says.
+"""
+from __future__ import annotations
+
+import itertools
+import pickle
+import queue
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import CancelledError
+from dataclasses import dataclass, field
+
+from distributed import Client
+from distributed.client import FutureCancelledError
+
+from .._errors import WorkerInitError, _short_repr
+from .._output import OutputRelay
+from .._run import Chunk, Run
+from ..process._manager import _cause
+from . import _task
+
+#: Chunks a run keeps submitted per Dask thread: one running, one waiting on the worker, so a
+#: thread never waits for a round trip to the notebook between chunks.
+PREFETCH = 2
+#: How often the manager looks at the cluster (workers alive, the scheduler still there) when
+#: nothing else happens.
+POLL = 0.5
+#: Seconds a restart of a hung worker (timeout=) may take before it is given up on.
+RESTART_TIMEOUT = 30.0
+
+
+class ClusterLost(ConnectionError):
+    """The Dask scheduler went away (or the client was closed) while maps ran."""
+
+
+@dataclass(eq=False)
+class _Task:
+    run: Run
+    chunk: Chunk
+    future: object
+    started: float | None = None
+    worker: str | None = None
+    dropped: bool = False   # its outcome no longer counts (timed out, cancelled)
+    key: str = field(default="")
+
+
+class Manager:
+    """Submits the chunks of a Dask pool's runs and records their outcomes."""
+
+    def __init__(self, client: Client, output: OutputRelay, init_name: str | None):
+        self.client, self.output, self.init_name = client, output, init_name
+        self.broken: BaseException | None = None
+        self.runs: list[Run] = []
+        self.lock = threading.Lock()
+        self.topic = f"mpkit-{uuid.uuid4().hex[:12]}"
+        self._keys = itertools.count()
+        self._tasks: dict[str, _Task] = {}
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._worker_ids: dict[str, int] = {}
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self.size = self._alive = self.threads()
+        self._looked = time.monotonic()
+        client.subscribe_topic(self.topic, lambda event: self._inbox.put(("event", event[1])))
+
+    # ---- any thread --------------------------------------------------------------------------
+    def threads(self) -> int:
+        """Task threads of the cluster's workers now (at least 1: a cluster still starting)."""
+        try:
+            workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+        except Exception:  # the scheduler is gone: _check_cluster says so
+            return 1
+        return max(1, sum(w.get("nthreads", 1) for w in workers.values()))
+
+    def add(self, run: Run) -> None:
+        with self.lock:
+            self.runs.append(run)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._manage, name="mpkit-dask-manager", daemon=True)
+                self._thread.start()
+        self.wake()
+
+    def remove(self, run: Run) -> None:
+        with self.lock:
+            if run in self.runs:
+                self.runs.remove(run)
+        self.wake()
+
+    def wake(self) -> None:
+        self._inbox.put(("wake",))
+
+    def resize(self, workers: int) -> None:
+        self.size = workers
+        self.wake()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def worker_id(self, address: str) -> int:
+        """A small number for a Dask worker's address, in the order they were first seen (w1, w2...)."""
+        with self.lock:
+            return self._worker_ids.setdefault(address, len(self._worker_ids) + 1)
+
+    def close(self, wait: bool) -> None:
+        with self.lock:
+            self._closing = True
+            runs = list(self.runs)
+        for run in runs:
+            with run.cond:
+                run.cancelled = True
+                run.set_fatal(RuntimeError("the pool was shut down while this map ran"))
+        self.wake()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        try:
+            self.client.unsubscribe_topic(self.topic)
+        except Exception:
+            pass
+
+    # ---- manager thread ----------------------------------------------------------------------
+    def _manage(self) -> None:
+        try:
+            while True:
+                with self.lock:
+                    if self._closing:
+                        self._cancel([t for t in self._tasks.values()])
+                        return
+                    runs = list(self.runs)
+                self._reap_cancelled(runs)
+                self._check_cluster(runs)
+                self._dispatch([r for r in runs if not r.cancelled and r.fatal is None])
+                self._update_stats(runs)
+                try:
+                    msg = self._inbox.get(timeout=self._next_wait())
+                except queue.Empty:
+                    msg = None
+                while msg is not None:
+                    self._handle(msg)
+                    try:
+                        msg = self._inbox.get_nowait()
+                    except queue.Empty:
+                        msg = None
+                self._check_timeouts()
+        except BaseException as exc:  # a bug here must not leave callers waiting forever
+            self.broken = RuntimeError(f"mpkit's Dask manager failed ({type(exc).__name__}: {exc}); "
+                                        "this is a bug in mpkit. mpkit.shutdown() resets the pool.")
+            self.broken.__cause__ = exc
+            for run in list(self.runs):
+                with run.cond:
+                    run.cond.notify_all()
+
+    def _dispatch(self, runs: list[Run]) -> None:
+        threads = self.size
+        for run in runs:
+            limit = PREFETCH * min(run.max_workers, threads)
+            while True:
+                with run.cond:
+                    if run.in_flight >= limit:
+                        break
+                    chunk = run.take()
+                    if chunk is None:
+                        break
+                    run.in_flight += 1
+                self._submit(run, chunk)
+
+    def _submit(self, run: Run, chunk: Chunk) -> None:
+        key = f"mpkit-{_key_name(run.fn_name)}-{self.topic[6:]}-{next(self._keys)}"
+        items = pickle.dumps(chunk.payload, _task.PROTOCOL)  # its large buffers in band: one bytes
+        future = self.client.submit(_task.run_chunk, self.topic, run.fn_id, run.fn_payload, items, self.init_name,
+                                    tuple(sys.version_info[:2]), key=key, pure=False, retries=0)
+        task = _Task(run, chunk, future, key=key)
+        self._tasks[key] = task
+        future.add_done_callback(lambda f, key=key: self._inbox.put(("done", key)))
+
+    def _handle(self, msg) -> None:
+        if msg[0] == "done":
+            task = self._tasks.pop(msg[1], None)
+            if task is not None:
+                self._outcome(task)
+        elif msg[0] == "event":
+            event = msg[1]
+            if event[0] == _task.START:
+                task = self._tasks.get(event[1])
+                if task is not None and task.started is None:
+                    task.started, task.worker = time.monotonic(), event[2]
+            elif event[0] == _task.OUT:
+                _, address, parts, dropped, chars = event
+                self.output.add(self.worker_id(address), [tuple(p) for p in parts], dropped, chars)
+
+    def _outcome(self, task: _Task) -> None:
+        run, chunk, future = task.run, task.chunk, task.future
+        if task.dropped:
+            return
+        status = future.status
+        data = exc = None
+        try:
+            if status == "finished":
+                data = pickle.loads(future.result(timeout=RESTART_TIMEOUT))
+            else:
+                exc = future.exception(timeout=RESTART_TIMEOUT)
+        except (CancelledError, FutureCancelledError) as err:
+            exc = err
+        except BaseException as err:  # the result could not be fetched (its worker just died)
+            exc = err
+        with run.cond:
+            run.in_flight -= 1
+            if run.cancelled:
+                run.cond.notify_all()
+                return
+            if data is not None:
+                self._record(run, chunk, data, task.worker)
+            elif type(exc).__name__ == "KilledWorker":
+                run.crashed(chunk, None, None, None)
+            elif isinstance(exc, (CancelledError, FutureCancelledError)) and self._cluster_gone():
+                run.requeue(chunk)
+                self._lost()
+            elif self._cluster_gone():
+                run.requeue(chunk)
+                self._lost()
+            else:
+                err = RuntimeError(f"the Dask task of a chunk of {run.fn_name} failed outside mpkit's "
+                                   f"wrapper: {type(exc).__name__}: {exc}. Cause: the worker could not "
+                                   "run mpkit's task (see its log). Fix: check that the workers run "
+                                   "the notebook's environment (mpkit installed, same packages).")
+                err.__cause__ = exc
+                run.set_fatal(err)
+            run.cond.notify_all()
+
+    def _record(self, run: Run, chunk: Chunk, data: tuple, address: str | None) -> None:
+        kind = data[0]
+        wid = self.worker_id(address) if address else 0
+        if kind == _task.DONE:
+            _, results, failures, seconds = data
+            run.chunk_done(chunk, 0, results, failures, seconds, wid)
+        elif kind == _task.FN_ERROR:
+            run.requeue(chunk)
+            run.set_fatal(_fn_error(run, data[1:], address))
+        elif kind == _task.INIT_ERROR:
+            run.requeue(chunk)
+            err = WorkerInitError(f"init= failed in Dask worker {address}: {data[2]}. No item can run "
+                                  "there. Fix the init function; the next map runs it again on workers "
+                                  "that join.")
+            err.__cause__ = _cause(*data[1:], f"(raised by init= in Dask worker {address})")
+            run.set_fatal(err)
+        elif kind == _task.UNDECODABLE:
+            run.undecodable(chunk, data[1])
+        elif kind == _task.PYTHON:
+            run.requeue(chunk)
+            run.set_fatal(RuntimeError(
+                f"the Dask worker {address} runs Python {data[1]} ({data[2]}), this notebook Python "
+                f"{sys.version.split()[0]}: notebook functions are sent as cloudpickle bytes, which load "
+                "only in the same Python minor version. Fix: start the workers from the notebook's "
+                "environment."))
+
+    def _reap_cancelled(self, runs: list[Run]) -> None:
+        cancelled = [t for t in self._tasks.values() if t.run.cancelled and not t.dropped]
+        if cancelled:
+            self._cancel(cancelled)
+            for task in cancelled:
+                with task.run.cond:
+                    task.run.in_flight -= 1
+                    task.run.cond.notify_all()
+        # workers still running a cancelled run's chunks are restarted: a thread cannot be stopped
+        busy = {t.worker for t in cancelled if t.started is not None and t.worker}
+        if busy:
+            self._restart(sorted(busy))
+
+    def _cancel(self, tasks: list[_Task]) -> None:
+        for task in tasks:
+            task.dropped = True
+            self._tasks.pop(task.key, None)
+        try:
+            self.client.cancel([t.future for t in tasks], force=True)
+        except Exception:
+            pass
+
+    def _check_timeouts(self) -> None:
+        now = time.monotonic()
+        late = [t for t in self._tasks.values() if t.run.timeout is not None and t.started is not None
+                and not t.dropped and now - t.started > t.run.timeout * max(1, len(t.chunk.indices))]
+        if not late:
+            return
+        self._cancel(late)
+        for task in late:
+            with task.run.cond:
+                task.run.in_flight -= 1
+                task.run.timed_out(task.chunk)
+                task.run.cond.notify_all()
+        self._restart(sorted({t.worker for t in late if t.worker}))
+
+    def _restart(self, addresses: list[str]) -> None:
+        """Restart Dask workers through their nannies, off this thread (it takes seconds)."""
+        def restart():
+            try:
+                self.client.restart_workers(addresses, timeout=RESTART_TIMEOUT, raise_for_error=False)
+            except Exception:
+                pass
+        threading.Thread(target=restart, name="mpkit-dask-restart", daemon=True).start()
+
+    def _next_wait(self) -> float:
+        deadlines = [t.started + t.run.timeout * max(1, len(t.chunk.indices)) - time.monotonic()
+                     for t in self._tasks.values() if t.started is not None and t.run.timeout is not None]
+        return max(0.01, min([POLL, *deadlines]))
+
+    def _cluster_gone(self) -> bool:
+        return self.client.status not in ("running", "connecting", "newly-created")
+
+    def _check_cluster(self, runs: list[Run]) -> None:
+        if self.broken is None and self._cluster_gone() and any(r.in_flight or r.pending for r in runs):
+            self._lost()
+
+    def _lost(self) -> None:
+        """The scheduler is gone: every map waiting on this pool ends with ClusterLost."""
+        if self.broken is None:
+            self.broken = ClusterLost(
+                f"the Dask scheduler at {self.client.scheduler.address if self.client.scheduler else '?'} "
+                f"went away (client status {self.client.status!r}); the results that arrived before are "
+                "kept in the error's .results (MapInterrupted) when the map was interrupted, and lost "
+                "otherwise. Fix: restart the scheduler and its workers, then run the map again "
+                "(mpkit.shutdown() drops this connection).")
+        self._cancel(list(self._tasks.values()))
+        for run in list(self.runs):
+            with run.cond:
+                run.in_flight = 0
+                run.cond.notify_all()
+
+    def _update_stats(self, runs: list[Run]) -> None:
+        now = time.monotonic()
+        if now - self._looked >= POLL:  # asking the scheduler is a round trip: at most every POLL
+            self._looked = now
+            self._alive = self.threads() if not self._cluster_gone() else 0
+        alive = self._alive
+        for run in runs:
+            busy = sum(1 for t in self._tasks.values() if t.run is run and t.started is not None)
+            with run.cond:
+                run.pool_workers, run.busy_workers = alive, busy
+
+
+def _fn_error(run: Run, described: tuple, address: str | None) -> BaseException:
+    err = RuntimeError(f"{run.fn_name} could not be loaded in the Dask worker {address}: {described[1]}. "
+                       "Cause: it uses a module or class the worker cannot import. Fix: install that "
+                       "package in the workers' environment, or define what it needs in the notebook.")
+    err.__cause__ = _cause(*described, f"(while loading {run.fn_name} in Dask worker {address})")
+    return err
+
+
+def _key_name(name: str) -> str:
+    """A function's name as the dashboard shows it in a task's key (its group before the dashes)."""
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in name)[:40] or "fn"
