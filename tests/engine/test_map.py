@@ -150,7 +150,7 @@ def test_unpicklable_result_is_named(pool):
 
 def test_public_surface_is_deliberate():
     assert sorted(mpkit.__all__) == sorted([
-        "map", "imap", "shutdown", "Pool", "MapStats", "Pipeline", "PipelineStats", "StageStats",
+        "map", "imap", "shutdown", "use", "Pool", "MapStats", "Pipeline", "PipelineStats", "StageStats",
         "Service", "Failure", "ResultList", "RemoteTraceback",
         "RemoteError", "WorkerDied", "TaskTimeout", "SerializationError", "WorkerInitError",
         "MapInterrupted", "MpkitWarning"])
@@ -161,7 +161,7 @@ def test_public_surface_is_deliberate():
 def test_import_is_light():
     import subprocess
     code = ("import sys, mpkit; heavy = [m for m in ('pandas', 'openpyxl', 'emoji', 'IPython', "
-            "'ipywidgets', 'tqdm') if m in sys.modules]; print(heavy)")
+            "'ipywidgets', 'tqdm', 'dask', 'distributed') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
 

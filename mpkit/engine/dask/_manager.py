@@ -7,8 +7,8 @@
                         ◄── wake(): pending grew, a run was cancelled
     then per outcome:  done ─► run.chunk_done / fn_error, init_error ─► run.set_fatal
                        KilledWorker (the task's worker died, past Dask's allowed failures)
-                          ─► run.crashed: a chunk of many items is split and sent again, a single
-                             item is blamed (retries= counts it)
+                          ─► a chunk of many items is split and sent again (run.crashed); a single
+                             item is sent again once, and blamed if its worker dies again (_killed)
                        a timeout (from the task's "start" event) ─► run.timed_out, and the
                           worker is restarted through its nanny (a Dask thread cannot be killed)
                        the scheduler gone ─► ``broken``: every waiting map ends with that error
@@ -45,6 +45,10 @@ PREFETCH = 2
 POLL = 0.5
 #: Seconds a restart of a hung worker (timeout=) may take before it is given up on.
 RESTART_TIMEOUT = 30.0
+#: Seconds to fetch a finished chunk's result. A result held by a worker that died just then
+#: cannot come (Dask would try to reach it for its connect timeout, 30 s): past this the chunk is
+#: sent again, through no fault of its own. Long enough for a result of hundreds of MB.
+FETCH_TIMEOUT = 10.0
 
 
 class ClusterLost(ConnectionError):
@@ -59,6 +63,7 @@ class _Task:
     started: float | None = None
     worker: str | None = None
     dropped: bool = False   # its outcome no longer counts (timed out, cancelled)
+    alone: bool = False     # a suspect of a worker death, run with no other chunk of its run
     key: str = field(default="")
 
 
@@ -75,6 +80,7 @@ class Manager:
         self._tasks: dict[str, _Task] = {}
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._worker_ids: dict[str, int] = {}
+        self._suspects: set[tuple[int, int]] = set()  # (run, index) of single items on a worker that died
         self._closing = False
         self._thread: threading.Thread | None = None
         self.size = self._alive = self.threads()
@@ -173,20 +179,23 @@ class Manager:
             limit = PREFETCH * min(run.max_workers, threads)
             while True:
                 with run.cond:
-                    if run.in_flight >= limit:
+                    if run.in_flight >= limit or any(t.run is run and t.alone for t in self._tasks.values()):
                         break
+                    alone = bool(run.pending) and self._suspect(run, run.pending[0])
+                    if alone and run.in_flight:
+                        break  # a suspect runs alone: wait until the others are done
                     chunk = run.take()
                     if chunk is None:
                         break
                     run.in_flight += 1
-                self._submit(run, chunk)
+                self._submit(run, chunk, alone)
 
-    def _submit(self, run: Run, chunk: Chunk) -> None:
+    def _submit(self, run: Run, chunk: Chunk, alone: bool = False) -> None:
         key = f"mpkit-{_key_name(run.fn_name)}-{self.topic[6:]}-{next(self._keys)}"
         items = pickle.dumps(chunk.payload, _task.PROTOCOL)  # its large buffers in band: one bytes
         future = self.client.submit(_task.run_chunk, self.topic, run.fn_id, run.fn_payload, items, self.init_name,
                                     tuple(sys.version_info[:2]), key=key, pure=False, retries=0)
-        task = _Task(run, chunk, future, key=key)
+        task = _Task(run, chunk, future, key=key, alone=alone)
         self._tasks[key] = task
         future.add_done_callback(lambda f, key=key: self._inbox.put(("done", key)))
 
@@ -199,7 +208,7 @@ class Manager:
             event = msg[1]
             if event[0] == _task.START:
                 task = self._tasks.get(event[1])
-                if task is not None and task.started is None:
+                if task is not None:
                     task.started, task.worker = time.monotonic(), event[2]
             elif event[0] == _task.OUT:
                 _, address, parts, dropped, chars = event
@@ -209,29 +218,29 @@ class Manager:
         run, chunk, future = task.run, task.chunk, task.future
         if task.dropped:
             return
-        status = future.status
         data = exc = None
+        lost = False
         try:
-            if status == "finished":
-                data = pickle.loads(future.result(timeout=RESTART_TIMEOUT))
-            else:
-                exc = future.exception(timeout=RESTART_TIMEOUT)
+            data = pickle.loads(future.result(timeout=FETCH_TIMEOUT))
         except (CancelledError, FutureCancelledError) as err:
             exc = err
-        except BaseException as err:  # the result could not be fetched (its worker just died)
-            exc = err
+        except Exception as err:
+            if type(err).__name__ == "KilledWorker" or not isinstance(err, (TimeoutError, OSError)):
+                exc = err  # a worker death, or the task failed outside mpkit's wrapper
+            else:  # the result could not be fetched (its worker just died): send it again
+                lost = True
+                self._cancel([task])
         with run.cond:
             run.in_flight -= 1
             if run.cancelled:
                 run.cond.notify_all()
                 return
-            if data is not None:
+            if lost:
+                run.requeue(chunk)
+            elif data is not None:
                 self._record(run, chunk, data, task.worker)
             elif type(exc).__name__ == "KilledWorker":
-                run.crashed(chunk, None, None, None)
-            elif isinstance(exc, (CancelledError, FutureCancelledError)) and self._cluster_gone():
-                run.requeue(chunk)
-                self._lost()
+                self._killed(run, chunk, task.alone)
             elif self._cluster_gone():
                 run.requeue(chunk)
                 self._lost()
@@ -269,6 +278,27 @@ class Manager:
                 f"{sys.version.split()[0]}: notebook functions are sent as cloudpickle bytes, which load "
                 "only in the same Python minor version. Fix: start the workers from the notebook's "
                 "environment."))
+
+    def _killed(self, run: Run, chunk: Chunk, alone: bool) -> None:
+        """The worker holding ``chunk`` died. Which of the tasks it held was running cannot be
+        known (a task that finished just before may not have told the scheduler; a "start" event
+        sent just before a segfault may never leave), so: a chunk of many items is split into
+        single items, sent again without counting a try; a single item becomes a suspect, sent
+        again without counting a try but alone (no other chunk of its map in flight), and blamed
+        (WorkerDied, counted against retries=) if its worker dies then."""
+        if len(chunk.indices) > 1 or chunk.reported:
+            run.crashed(chunk, None, None, None)
+            return
+        suspect = (id(run), chunk.indices[0])
+        if alone:
+            self._suspects.discard(suspect)
+            run.crashed(chunk, None, None, None)
+        else:
+            self._suspects.add(suspect)
+            run.requeue(chunk)
+
+    def _suspect(self, run: Run, chunk: Chunk) -> bool:
+        return len(chunk.indices) == 1 and (id(run), chunk.indices[0]) in self._suspects
 
     def _reap_cancelled(self, runs: list[Run]) -> None:
         cancelled = [t for t in self._tasks.values() if t.run.cancelled and not t.dropped]
@@ -321,7 +351,8 @@ class Manager:
         return max(0.01, min([POLL, *deadlines]))
 
     def _cluster_gone(self) -> bool:
-        return self.client.status not in ("running", "connecting", "newly-created")
+        """The client lost its scheduler (it may be trying to reconnect: what it held is lost anyway)."""
+        return self.client.status != "running"
 
     def _check_cluster(self, runs: list[Run]) -> None:
         if self.broken is None and self._cluster_gone() and any(r.in_flight or r.pending for r in runs):

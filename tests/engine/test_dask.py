@@ -1,0 +1,239 @@
+"""mpkit.map / imap / Pool on a real Dask cluster: a LocalCluster on 127.0.0.1 (shared by this
+module), and a `dask scheduler` with two `dask worker` processes started from the command line."""
+import functools
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+pytest.importorskip("distributed")
+
+import mpkit  # noqa: E402
+from mpkit.engine import dask as dask_backend  # noqa: E402
+from tests import dask_tasks, helpers, timed_tasks  # noqa: E402
+from tests.dask_cluster import command_line_cluster  # noqa: E402
+from tests.engine.test_interrupt import _InterruptWhen  # noqa: E402
+from tests.proctree import wait_until  # noqa: E402
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def dpool(dask_client):
+    with mpkit.Pool(cluster=dask_client) as pool:
+        yield pool
+
+
+def worker_pids(client) -> dict[str, int]:
+    return client.run(os.getpid, on_error="ignore")
+
+
+def test_map_on_a_cluster_matches_builtin_map(dask_client):
+    offset = 7
+    fn = lambda x: x * x + offset  # noqa: E731 - a notebook's function: sent by value
+    assert mpkit.map(fn, range(3000), cluster=dask_client) == [x * x + offset for x in range(3000)]
+    assert isinstance(mpkit.engine.default_pool(), dask_backend.Pool)
+
+
+def test_pool_with_cluster_is_a_dask_pool(dpool, dask_client):
+    assert isinstance(dpool, dask_backend.Pool) and dpool.size == 2
+    pids = set(dpool.map(dask_tasks.slow_pid, range(20), chunksize=1))
+    assert pids <= set(worker_pids(dask_client).values())
+    assert sorted(dpool.imap(helpers.identity, iter(range(500)), ordered=False)) == list(range(500))
+
+
+def test_each_chunk_is_one_task(dpool, dask_client):
+    from distributed import get_task_stream
+
+    with get_task_stream(dask_client) as stream:
+        assert dpool.map(helpers.square, range(10_000), chunksize=2500) == [x * x for x in range(10_000)]
+    assert len([t for t in stream.data if t["key"].startswith("mpkit-")]) == 4
+
+
+def test_errors_keep_their_item_and_traceback(dpool):
+    with pytest.raises(ValueError, match="bad item 3") as info:
+        dpool.map(helpers.fail_on, range(10))
+    assert any("item 3" in note for note in getattr(info.value, "__notes__", []))
+    out = dpool.map(helpers.fail_on, range(10), on_error="collect")
+    assert out == [x for x in range(10) if x != 3]
+    assert [f.index for f in out.failures] == [3]
+
+
+def test_retries_count_exceptions(dpool, tmp_path):
+    assert dpool.map(functools.partial(helpers.flaky_file, path=str(tmp_path / "m")), range(6),
+                     retries=1) == list(range(6))
+
+
+def test_progress_and_stats_come_from_the_run(dpool):
+    seen = []
+
+    class Bar(_InterruptWhen):
+        def update(self, stats):
+            seen.append(stats)
+
+        def close(self, stats):
+            seen.append(stats)
+
+    dpool.map(timed_tasks.slow_identity, range(40), chunksize=2, progress=Bar(None))
+    assert seen[-1].done == 40 and seen[-1].total == 40 and seen[-1].workers == 2
+
+
+def test_use_and_environment_set_the_default_cluster(dask_client, monkeypatch):
+    mpkit.use(dask_client)
+    try:
+        assert mpkit.map(helpers.square, range(10)) == [x * x for x in range(10)]
+        assert isinstance(mpkit.engine.default_pool(), dask_backend.Pool)
+        assert isinstance(mpkit.Pool(), dask_backend.Pool)
+    finally:
+        mpkit.use(None)
+    monkeypatch.setenv("MPKIT_CLUSTER", dask_client.scheduler.address)
+    assert list(mpkit.imap(helpers.square, range(10))) == [x * x for x in range(10)]
+    pool = mpkit.engine.default_pool()
+    assert isinstance(pool, dask_backend.Pool) and pool.client is not dask_client
+    mpkit.shutdown()  # closes the client mpkit opened to the address, not the cluster
+    assert pool.client.status == "closed" and dask_client.status == "running"
+    monkeypatch.delenv("MPKIT_CLUSTER")
+    assert not isinstance(mpkit.Pool(1), dask_backend.Pool)
+
+
+def test_bad_cluster_values_are_explained(dask_client):
+    with pytest.raises(TypeError, match="cluster= takes a distributed.Client"):
+        mpkit.map(helpers.square, range(3), cluster=8786)
+    with pytest.raises(ValueError, match="start_method"):
+        mpkit.map(helpers.square, range(3), cluster=dask_client, start_method="spawn")
+    with pytest.raises(ConnectionError, match="could not reach a Dask scheduler"):
+        dask_backend._cluster.CONNECT_TIMEOUT, old = 2.0, dask_backend._cluster.CONNECT_TIMEOUT
+        try:
+            mpkit.Pool(cluster="tcp://127.0.0.1:9")
+        finally:
+            dask_backend._cluster.CONNECT_TIMEOUT = old
+
+
+def test_a_worker_on_another_python_is_refused(dask_client):
+    """The task itself checks the notebook's Python version (a worker that joined after the pool
+    connected is not in the first check)."""
+    import pickle
+
+    from mpkit.engine.dask import _task
+
+    out = pickle.loads(dask_client.submit(_task.run_chunk, "t", "f", b"", b"", None, (3, 0), pure=False)
+                       .result(timeout=60))
+    assert out[0] == _task.PYTHON and out[1] == sys.version.split()[0]
+
+
+def test_import_mpkit_does_not_import_dask():
+    code = "import sys, mpkit; print([m for m in ('dask', 'distributed') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+# ---- worker output ----------------------------------------------------------------------------
+
+def test_worker_prints_reach_the_cell_with_a_prefix(dpool, capsys):
+    dpool.map(helpers.chatty, range(6), chunksize=1, progress=False)
+    out, err = capsys.readouterr()
+    for x in range(6):
+        assert any(line.endswith(f"] item {x}") and line.startswith("[w") for line in out.splitlines()), out
+        assert any(line.endswith(f"] warn {x}") for line in err.splitlines()), err
+
+
+# ---- init= ------------------------------------------------------------------------------------
+
+def test_init_runs_once_per_worker_and_on_a_replacement(dask_client, tmp_path):
+    marker = str(tmp_path / "inits")
+    with mpkit.Pool(cluster=dask_client, init=functools.partial(dask_tasks.record_init, marker)) as pool:
+        pids = set(pool.map(dask_tasks.slow_pid, range(40), chunksize=1))
+        assert sorted(dask_tasks.inits(marker)) == sorted(pids) and len(pids) == 2
+        victim = next(iter(pids))
+        os.kill(victim, signal.SIGKILL)
+        assert wait_until(lambda: len(set(worker_pids(dask_client).values()) - pids) == 1, timeout=60)
+        again = set(pool.map(dask_tasks.slow_pid, range(40), chunksize=1))
+        fresh = again - pids
+        assert fresh and all(dask_tasks.inits(marker).count(p) == 1 for p in again)
+
+
+def test_init_failure_is_reported(dask_client):
+    def init():
+        raise RuntimeError("no model file")
+
+    with mpkit.Pool(cluster=dask_client, init=init) as pool:
+        with pytest.raises(mpkit.WorkerInitError, match="no model file"):
+            pool.map(helpers.square, range(4))
+
+
+# ---- faults -----------------------------------------------------------------------------------
+
+def test_sigkill_of_a_dask_worker_mid_map_loses_nothing(dpool, dask_client):
+    pids = list(worker_pids(dask_client).values())
+    killed = []
+
+    class KillAWorker(_InterruptWhen):
+        def update(self, stats):
+            if not killed and stats.done >= 20:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+
+    out = dpool.map(timed_tasks.slow_identity, range(200), chunksize=5, progress=KillAWorker(None))
+    assert killed and out == list(range(200))
+    assert wait_until(lambda: len(worker_pids(dask_client)) == 2, timeout=60)
+
+
+def test_a_segfault_is_blamed_on_its_item(dpool, dask_client):
+    out = dpool.map(helpers.segfault_on, range(8), on_error="collect")
+    assert out == [x for x in range(8) if x != 2]
+    assert [f.index for f in out.failures] == [2]
+    assert isinstance(out.failures[0].exception, mpkit.WorkerDied)
+    assert wait_until(lambda: len(worker_pids(dask_client)) == 2, timeout=60)
+
+
+def test_timeout_restarts_the_hung_worker(dpool, dask_client):
+    before = set(worker_pids(dask_client).values())
+    out = dpool.map(dask_tasks.hang_on, range(5), timeout=3, on_error="collect")
+    assert out == [0, 1, 3, 4]
+    assert [f.index for f in out.failures] == [2] and isinstance(out.failures[0].exception, mpkit.TaskTimeout)
+    assert wait_until(lambda: len(set(worker_pids(dask_client).values()) - before) == 1, timeout=60), \
+        "the worker running the hung item was not restarted"
+
+
+def test_interrupt_keeps_finished_results_and_cancels_the_rest(dpool, dask_client):
+    bar = _InterruptWhen(lambda stats: stats.done >= 4)
+    with pytest.raises(mpkit.MapInterrupted) as info:
+        dpool.map(timed_tasks.slow_identity, range(400), chunksize=1, progress=bar)
+    exc = info.value
+    assert 4 <= len(exc.results) < 400 and exc.results == sorted(set(exc.results))
+    assert sorted(exc.results + exc.pending) == list(range(400))
+    assert wait_until(lambda: not dask_client.processing() or not any(dask_client.processing().values()),
+                      timeout=30), "tasks of the interrupted map still run"
+
+
+# ---- a cluster started from the command line ---------------------------------------------------
+
+def test_command_line_cluster_map_worker_death_and_scheduler_loss():
+    from distributed import Client
+
+    with command_line_cluster(workers=2) as address:
+        with Client(address, timeout=60) as probe:
+            probe.wait_for_workers(2, timeout=60)
+            pids = list(probe.run(os.getpid).values())
+            scheduler_pid = probe.run_on_scheduler(os.getpid)
+        with mpkit.Pool(cluster=address) as pool:
+            assert pool.map(helpers.square, range(1000)) == [x * x for x in range(1000)]
+            killed = []
+
+            class KillAWorker(_InterruptWhen):
+                def update(self, stats):
+                    if not killed and stats.done >= 10:
+                        os.kill(pids[0], signal.SIGKILL)
+                        killed.append(pids[0])
+
+            assert pool.map(timed_tasks.slow_identity, range(100), chunksize=2,
+                            progress=KillAWorker(None)) == list(range(100))
+            got = []
+            threading.Timer(1.0, os.kill, (scheduler_pid, signal.SIGKILL)).start()
+            with pytest.raises(dask_backend.ClusterLost, match="went away"):
+                for value in pool.imap(timed_tasks.slow_identity, range(100_000), chunksize=1):
+                    got.append(value)
+            assert got == list(range(len(got))) and got, "results that arrived before are kept, in order"
