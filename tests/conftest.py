@@ -56,6 +56,19 @@ def pool(start_method):
         yield p
 
 
+@pytest.fixture(params=START_METHODS + ["dask"])
+def any_pool(request, monkeypatch):
+    """The same map behaviour on each backend: a 2-worker local pool under each start method, and a
+    pool on a real 2-worker Dask LocalCluster (this module's ``dask_client``)."""
+    if request.param == "dask":
+        with mpkit.Pool(cluster=request.getfixturevalue("dask_client")) as p:
+            yield p
+        return
+    monkeypatch.setenv("MPKIT_START_METHOD", request.param)
+    with mpkit.Pool(2, start_method=request.param) as p:
+        yield p
+
+
 @pytest.fixture(scope="module")
 def dask_client():
     """A real LocalCluster (2 single-threaded worker processes on 127.0.0.1) and a Client to it,

@@ -237,3 +237,16 @@ def test_command_line_cluster_map_worker_death_and_scheduler_loss():
                 for value in pool.imap(timed_tasks.slow_identity, range(100_000), chunksize=1):
                     got.append(value)
             assert got == list(range(len(got))) and got, "results that arrived before are kept, in order"
+
+
+def test_local_cluster_is_started_and_closed_by_mpkit():
+    """cluster="local": a LocalCluster of this machine's size, owned by mpkit: shutdown() ends its
+    processes (the autouse leak check would see them)."""
+    out = mpkit.map(helpers.segfault_on, range(6), cluster="local", on_error="collect")
+    assert out == [0, 1, 3, 4, 5]
+    err = out.failures[0].exception
+    assert isinstance(err, mpkit.WorkerDied) and "None" not in str(err), str(err)
+    pool = mpkit.engine.default_pool()
+    assert pool.client.cluster is not None and "127.0.0.1" in pool.client.scheduler.address
+    mpkit.shutdown()
+    assert pool.client.status == "closed"

@@ -240,7 +240,7 @@ class Manager:
             elif data is not None:
                 self._record(run, chunk, data, task.worker)
             elif type(exc).__name__ == "KilledWorker":
-                self._killed(run, chunk, task.alone)
+                self._killed(run, chunk, task.alone, getattr(getattr(exc, "last_worker", None), "pid", None))
             elif self._cluster_gone():
                 run.requeue(chunk)
                 self._lost()
@@ -279,7 +279,7 @@ class Manager:
                 "only in the same Python minor version. Fix: start the workers from the notebook's "
                 "environment."))
 
-    def _killed(self, run: Run, chunk: Chunk, alone: bool) -> None:
+    def _killed(self, run: Run, chunk: Chunk, alone: bool, pid: int | None) -> None:
         """The worker holding ``chunk`` died. Which of the tasks it held was running cannot be
         known (a task that finished just before may not have told the scheduler; a "start" event
         sent just before a segfault may never leave), so: a chunk of many items is split into
@@ -287,12 +287,12 @@ class Manager:
         again without counting a try but alone (no other chunk of its map in flight), and blamed
         (WorkerDied, counted against retries=) if its worker dies then."""
         if len(chunk.indices) > 1 or chunk.reported:
-            run.crashed(chunk, None, None, None)
+            run.crashed(chunk, None, pid, None)
             return
         suspect = (id(run), chunk.indices[0])
         if alone:
             self._suspects.discard(suspect)
-            run.crashed(chunk, None, None, None)
+            run.crashed(chunk, None, pid, None)
         else:
             self._suspects.add(suspect)
             run.requeue(chunk)
