@@ -119,8 +119,8 @@ def test_a_worker_on_another_python_is_refused(dask_client):
 
     from mpkit.engine.dask import _task
 
-    out = pickle.loads(dask_client.submit(_task.run_chunk, "t", "f", b"", b"", None, (3, 0), pure=False)
-                       .result(timeout=60))
+    _, out = pickle.loads(dask_client.submit(_task.run_chunk, "t", "f", b"", b"", None, (3, 0), pure=False)
+                          .result(timeout=60))
     assert out[0] == _task.PYTHON and out[1] == sys.version.split()[0]
 
 
@@ -138,6 +138,14 @@ def test_worker_prints_reach_the_cell_with_a_prefix(dpool, capsys):
     for x in range(6):
         assert any(line.endswith(f"] item {x}") and line.startswith("[w") for line in out.splitlines()), out
         assert any(line.endswith(f"] warn {x}") for line in err.splitlines()), err
+
+
+def test_the_last_prints_of_a_map_reach_its_own_cell(dpool, capsys):
+    """Output printed just before a task returns comes with its results, not in a later cell."""
+    for _ in range(3):
+        dpool.map(helpers.chatty, range(4), chunksize=1, progress=False)
+        out, _ = capsys.readouterr()
+        assert sorted(line.split("] ", 1)[1] for line in out.splitlines()) == [f"item {x}" for x in range(4)]
 
 
 # ---- init= ------------------------------------------------------------------------------------

@@ -238,7 +238,10 @@ class Manager:
             if lost:
                 run.requeue(chunk)
             elif data is not None:
-                self._record(run, chunk, data, task.worker)
+                (parts, dropped, chars), outcome = data
+                if task.worker and (parts or dropped):  # before its results: the cell shows it first
+                    self.output.add(self.worker_id(task.worker), [tuple(p) for p in parts], dropped, chars)
+                self._record(run, chunk, outcome, task.worker)
             elif type(exc).__name__ == "KilledWorker":
                 self._killed(run, chunk, task.alone, getattr(getattr(exc, "last_worker", None), "pid", None))
             elif self._cluster_gone():

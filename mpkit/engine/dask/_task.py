@@ -9,7 +9,7 @@
     subscribe_topic(topic) ◄── log_event: ("start", key) ─── when the task begins (timeouts)
                            ◄── log_event: ("out", parts) ─── print() of this thread, every
                                                              OUTPUT_INTERVAL and before returning
-    future.result() ◄──────────────────────────────────────── pickle.dumps((kind, ...)): one bytes
+    future.result() ◄──── pickle.dumps((what it printed last, (kind, ...))): one bytes
 
 Dask pickles a returned list element by element, and the function argument of ``submit`` by
 reference when it can: so the task is this module's function (mpkit must be installed on the
@@ -93,9 +93,13 @@ class _Capture:
     def flush(self) -> None:
         self.last = time.monotonic()
         if self.parts or self.dropped:
-            parts, dropped, chars = self.parts, self.dropped, self.dropped_chars
-            self.parts, self.size, self.dropped, self.dropped_chars = [], 0, 0, 0
-            self.worker.log_event(self.topic, [OUT, self.worker.address, parts, dropped, chars])
+            self.worker.log_event(self.topic, [OUT, self.worker.address, *self.take()])
+
+    def take(self) -> tuple[list, int, int]:
+        """What was printed since the last send: (parts, lines dropped, characters dropped)."""
+        out = (self.parts, self.dropped, self.dropped_chars)
+        self.parts, self.size, self.dropped, self.dropped_chars = [], 0, 0, 0
+        return out
 
 
 class _ThreadStream(io.TextIOBase):
@@ -169,37 +173,45 @@ def _run_init(name: str | None) -> BaseException | None:
 
 def run_chunk(topic: str, fn_id: str, fn_bytes: bytes, items_bytes: bytes, init: str | None,
               python: tuple[int, int]) -> bytes:
-    """Run one chunk in this Dask worker; the outcome as one pickled bytes (see the module doc)."""
+    """Run one chunk in this Dask worker: pickled (output printed at its end, outcome), one bytes.
+
+    What the task printed last travels with its outcome, not as an event: so it reaches the cell
+    before the map returns, never in the next cell's output."""
     if tuple(sys.version_info[:2]) != tuple(python):
-        return pickle.dumps((PYTHON, sys.version.split()[0], sys.executable), PROTOCOL)
+        return pickle.dumps((([], 0, 0), (PYTHON, sys.version.split()[0], sys.executable)), PROTOCOL)
     worker = get_worker()
     worker.log_event(topic, [START, worker.get_current_task(), worker.address])
     _route_output()
     capture = _local.capture = _Capture(worker, topic)
     try:
-        err = _run_init(init)
-        if err is not None:
-            return pickle.dumps((INIT_ERROR, *_describe_exception(err, skip_frames=0)), PROTOCOL)
-        try:
-            fn = _load(fn_id, fn_bytes)
-        except BaseException as exc:
-            return pickle.dumps((FN_ERROR, *_describe_exception(exc, skip_frames=0)), PROTOCOL)
-        try:
-            items = _serialize.unpack(pickle.loads(items_bytes))
-        except BaseException as exc:
-            _, text, _frames = _describe_exception(exc, skip_frames=0)
-            return pickle.dumps((UNDECODABLE, text), PROTOCOL)
-        results, failures = [], []
-        start = time.perf_counter()
-        for offset, item in enumerate(items):
-            try:
-                results.append(fn(item))
-            except BaseException as exc:  # SystemExit too: a task failure, not the worker's
-                results.append(None)
-                failures.append((offset, *_describe_exception(exc)))
-        seconds = time.perf_counter() - start
-        _, _, _, results_pickled, failures, _ = _results_message(DONE, 0, 0, results, failures, seconds)
-        return pickle.dumps((DONE, results_pickled, failures, seconds), PROTOCOL)
+        outcome = _run(fn_id, fn_bytes, items_bytes, init)
     finally:
         _local.capture = None
-        capture.flush()
+    return pickle.dumps((capture.take(), outcome), PROTOCOL)
+
+
+def _run(fn_id: str, fn_bytes: bytes, items_bytes: bytes, init: str | None) -> tuple:
+    """The chunk's outcome: (DONE, results, failures, seconds) or why it could not run."""
+    err = _run_init(init)
+    if err is not None:
+        return (INIT_ERROR, *_describe_exception(err, skip_frames=0))
+    try:
+        fn = _load(fn_id, fn_bytes)
+    except BaseException as exc:
+        return (FN_ERROR, *_describe_exception(exc, skip_frames=0))
+    try:
+        items = _serialize.unpack(pickle.loads(items_bytes))
+    except BaseException as exc:
+        _, text, _frames = _describe_exception(exc, skip_frames=0)
+        return (UNDECODABLE, text)
+    results, failures = [], []
+    start = time.perf_counter()
+    for offset, item in enumerate(items):
+        try:
+            results.append(fn(item))
+        except BaseException as exc:  # SystemExit too: a task failure, not the worker's
+            results.append(None)
+            failures.append((offset, *_describe_exception(exc)))
+    seconds = time.perf_counter() - start
+    _, _, _, results_pickled, failures, _ = _results_message(DONE, 0, 0, results, failures, seconds)
+    return (DONE, results_pickled, failures, seconds)
