@@ -62,6 +62,18 @@ def test_errors_keep_their_item_and_traceback(dpool):
     assert [f.index for f in out.failures] == [3]
 
 
+def test_a_failed_map_leaves_no_results_on_the_cluster(dpool, dask_client):
+    """Results of a map that raised stay in no worker's memory (a held future keeps them there)."""
+    def held():
+        return dask_client.run_on_scheduler(lambda dask_scheduler: sorted(
+            str(k) for k in dask_scheduler.tasks if str(k).startswith("mpkit-")))
+
+    for _ in range(3):
+        with pytest.raises(ValueError):
+            dpool.map(helpers.fail_on, range(100), chunksize=5)
+    assert wait_until(lambda: not held(), timeout=30), held()
+
+
 def test_retries_count_exceptions(dpool, tmp_path):
     assert dpool.map(functools.partial(helpers.flaky_file, path=str(tmp_path / "m")), range(6),
                      retries=1) == list(range(6))

@@ -230,6 +230,9 @@ class Manager:
             else:  # the result could not be fetched (its worker just died): send it again
                 lost = True
                 self._cancel([task])
+        # Let go of the future now: an error rebuilt below may keep this frame alive (its
+        # traceback), and a future held keeps its result in a Dask worker's memory.
+        task.future = future = None
         with run.cond:
             run.in_flight -= 1
             if run.cancelled:
@@ -320,8 +323,11 @@ class Manager:
         for task in tasks:
             task.dropped = True
             self._tasks.pop(task.key, None)
+        futures = [t.future for t in tasks if t.future is not None]
+        for task in tasks:
+            task.future = None
         try:
-            self.client.cancel([t.future for t in tasks], force=True)
+            self.client.cancel(futures, force=True)
         except Exception:
             pass
 
