@@ -51,7 +51,8 @@ def local_cluster(workers: int = 2, allowed_failures: int = 0):
 
     with dask.config.set({"distributed.scheduler.allowed-failures": allowed_failures}):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, silence_logs=40)
+                               dashboard_address=None, silence_logs=40,
+                               scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
     client = Client(cluster, timeout=START_TIMEOUT)
     pids = functools.partial(_local_worker_pids, cluster)
     KEPT_CLUSTERS.append(pids)

@@ -67,7 +67,9 @@ def connect(cluster: Any) -> Connection:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         with dask.config.set({"distributed.scheduler.allowed-failures": LOCAL_ALLOWED_FAILURES}):
             local = LocalCluster(n_workers=cpus, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                 dashboard_address=None, silence_logs=40)
+                                 dashboard_address=None, silence_logs=40,
+                                 # its HTTP server (health, metrics) on a free loopback port, not 8787
+                                 scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
         try:
             conn = Connection(Client(local, timeout=CONNECT_TIMEOUT), local, owned=True)
         except BaseException:
