@@ -52,7 +52,13 @@ FETCH_TIMEOUT = 10.0
 
 
 class ClusterLost(ConnectionError):
-    """The Dask scheduler went away (or the client was closed) while maps ran."""
+    """The Dask scheduler went away (or the client was closed) while maps ran.
+
+    ``results``: what a ``map`` had received before, a ResultList in input order (an ``imap``
+    handed those over already)."""
+
+    keeps_results = True   # BasePool.map sets .results
+    results = None
 
 
 @dataclass(eq=False)
@@ -372,10 +378,10 @@ class Manager:
         if self.broken is None:
             self.broken = ClusterLost(
                 f"the Dask scheduler at {self.client.scheduler.address if self.client.scheduler else '?'} "
-                f"went away (client status {self.client.status!r}); the results that arrived before are "
-                "kept in the error's .results (MapInterrupted) when the map was interrupted, and lost "
-                "otherwise. Fix: restart the scheduler and its workers, then run the map again "
-                "(mpkit.shutdown() drops this connection).")
+                f"went away (client status {self.client.status!r}); the results of a map that arrived "
+                "before are in .results of this error (sys.last_value.results in IPython). Fix: restart "
+                "the scheduler and its workers, then run the map again (mpkit.shutdown() drops this "
+                "connection; the next map makes a new one).")
         self._cancel(list(self._tasks.values()))
         for run in list(self.runs):
             with run.cond:
