@@ -277,3 +277,41 @@ def test_local_cluster_is_started_and_closed_by_mpkit():
     assert pool.client.cluster is not None and "127.0.0.1" in pool.client.scheduler.address
     mpkit.shutdown()
     assert pool.client.status == "closed"
+
+
+# ---- a real Jupyter kernel ---------------------------------------------------------------------
+
+@pytest.mark.timeout(300)
+def test_kernel_interrupt_keeps_results_and_the_cluster(tmp_path):
+    """Jupyter's interrupt (SIGINT to the kernel's process group, the LocalCluster's workers in it
+    too) stops a map on cluster="local": the finished results are in sys.last_value, nothing of
+    the map keeps running, and the next map runs on the same cluster."""
+    import json
+
+    from tests.kernels import KernelSession
+
+    kernel = KernelSession()
+    try:
+        kernel.run("import functools, json, sys, os\nimport mpkit\nfrom tests import error_tasks\n"
+                   "mpkit.use('local')\nmpkit.map(abs, [-1, -2], progress=False)\n"
+                   "pids = sorted(mpkit.engine.default_pool().client.run(os.getpid).values())",
+                   timeout=120)
+        marker = tmp_path / "done"
+        msg_id = kernel.start(f"out = mpkit.map(functools.partial(error_tasks.mark_done, path={str(marker)!r}), "
+                              "range(400), chunksize=1)")
+        assert wait_until(lambda: marker.exists() and len(marker.read_text().split()) >= 5, timeout=60)
+        kernel.km.interrupt_kernel()
+        cell = kernel.collect(msg_id, timeout=60)
+        assert cell.error and cell.error["ename"] == "MapInterrupted", cell.error
+        seen = kernel.run("e = sys.last_value\nagain = mpkit.map(abs, range(-5, 0), progress=False)\n"
+                          "now = sorted(mpkit.engine.default_pool().client.run(os.getpid).values())\n"
+                          "print(json.dumps({'results': len(e.results), 'pending': len(e.pending), "
+                          "'again': again, 'same_workers': now == pids}))", timeout=120)
+        report = json.loads(seen.text().strip().splitlines()[-1])
+        assert report["results"] >= 5 and report["results"] + report["pending"] == 400, report
+        assert report["again"] == [5, 4, 3, 2, 1], report
+        finished = len(marker.read_text().split())
+        assert not wait_until(lambda: len(marker.read_text().split()) > finished + 2, timeout=3), \
+            "items of the interrupted map kept running"
+    finally:
+        kernel.close()

@@ -17,12 +17,16 @@ What differs from the process backend, and why (the rest is the shared driver, `
   blames and retries as locally. On a cluster of your own, Dask first reschedules the task itself
   (``distributed.scheduler.allowed-failures``, 3 by default): an item can then run again after a
   death even with ``retries=0``.
+- Workers on this machine in the notebook's process group (a LocalCluster started in the kernel)
+  ignore SIGINT: Jupyter's interrupt reaches the whole group, and would kill them.
 - The notebook's sys.path, cwd and environment variables are not sent (the workers may be other
   machines); what the function needs must be importable there. Only what a task prints from its
   own thread is captured, not file descriptors 1 and 2.
 """
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import uuid
 import weakref
@@ -59,6 +63,8 @@ class Pool(BasePool):
         self.init = init
         init_name = None
         try:
+            if hasattr(os, "getpgid"):
+                self.client.register_plugin(_task.InterruptShield(socket.gethostname(), os.getpgid(0)))
             if init is not None:
                 init_name = f"mpkit-init-{uuid.uuid4().hex[:12]}"
                 self.client.register_plugin(_task.InitPlugin(init_name, _serialize.dumps(init)), name=init_name)

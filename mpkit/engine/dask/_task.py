@@ -23,7 +23,10 @@ are not captured on Dask (they belong to the worker process, shared by every thr
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import signal
+import socket
 import sys
 import threading
 import time
@@ -69,6 +72,27 @@ class InitPlugin(WorkerPlugin):
 
     def setup(self, worker) -> None:
         _inits[self.name] = self.payload
+
+
+class InterruptShield(WorkerPlugin):
+    """Jupyter interrupts a kernel with SIGINT to its whole process group, where the worker
+    processes of a LocalCluster started in the kernel are too: a Dask worker dies of it (a
+    KeyboardInterrupt in its event loop), with whatever it held. Workers in the notebook's
+    process group on the notebook's machine ignore SIGINT: the notebook decides what an
+    interrupt stops (as the process backend's workers do). Other workers are left as they are."""
+
+    idempotent = True
+    name = "mpkit-interrupt-shield"
+
+    def __init__(self, host: str, pgid: int):
+        self.host, self.pgid = host, pgid
+
+    def setup(self, worker) -> None:
+        try:
+            if socket.gethostname() == self.host and os.getpgid(0) == self.pgid:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+        except (OSError, ValueError):  # not the main thread, or no process groups here
+            pass
 
 
 class _Capture:
