@@ -209,6 +209,19 @@ def test_a_segfault_is_blamed_on_its_item(dpool, dask_client):
     assert wait_until(lambda: len(worker_pids(dask_client)) == 2, timeout=60)
 
 
+def test_retries_count_worker_deaths(dpool, dask_client, tmp_path):
+    """An item that kills its worker every time: retries=1 tries it twice once it is pinned on
+    it (Dask cannot say which task of a dying worker ran: the first death is only a suspicion)."""
+    path = str(tmp_path / "tries")
+    out = dpool.map(functools.partial(helpers.fail_every_time, path=path, how="crash"), range(8),
+                    retries=1, on_error="collect")
+    assert out == [x for x in range(8) if x != 3]
+    assert [f.index for f in out.failures] == [3] and isinstance(out.failures[0].exception, mpkit.WorkerDied)
+    assert "tried 2 times" in str(out.failures[0].exception)
+    assert helpers.attempts(path, 3) == 3
+    assert wait_until(lambda: len(worker_pids(dask_client)) == 2, timeout=60)
+
+
 def test_timeout_restarts_the_hung_worker(dpool, dask_client):
     before = set(worker_pids(dask_client).values())
     out = dpool.map(dask_tasks.hang_on, range(5), timeout=3, on_error="collect")

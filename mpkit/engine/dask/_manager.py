@@ -297,16 +297,16 @@ class Manager:
         sent just before a segfault may never leave), so: a chunk of many items is split into
         single items, sent again without counting a try; a single item becomes a suspect, sent
         again without counting a try but alone (no other chunk of its map in flight), and blamed
-        (WorkerDied, counted against retries=) if its worker dies then."""
+        (WorkerDied, counted against retries=) if its worker dies then; its retries run alone
+        too. So an item that kills its worker runs once more than retries= says, and never
+        takes an innocent neighbour down with it."""
         if len(chunk.indices) > 1 or chunk.reported:
             run.crashed(chunk, None, pid, None)
             return
-        suspect = (id(run), chunk.indices[0])
+        self._suspects.add((id(run), chunk.indices[0]))  # kept: its retries run alone too
         if alone:
-            self._suspects.discard(suspect)
             run.crashed(chunk, None, pid, None)
         else:
-            self._suspects.add(suspect)
             run.requeue(chunk)
 
     def _suspect(self, run: Run, chunk: Chunk) -> bool:
