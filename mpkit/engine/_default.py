@@ -116,14 +116,14 @@ def shutdown() -> None:
     """
     global _pool
     with _lock:
-        for pool in live_pools() + _dask_pools():  # the default pool among them: listed before it is let go
+        for pool in live_pools() + dask_pools():  # the default pool among them: listed before it is let go
             pool.shutdown()
         _pool = None
         _retired.clear()
         _leases.clear()
 
 
-def _dask_pools() -> list:
+def dask_pools() -> list:
     """The Dask pools open now (none, and no Dask import, if no call asked for a cluster)."""
     dask_backend = sys.modules.get(__package__ + ".dask")
     return dask_backend.live_pools() if dask_backend is not None else []

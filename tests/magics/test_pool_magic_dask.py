@@ -54,3 +54,13 @@ def test_cluster_and_start_method_together_are_a_usage_error(ip, dask_client):
     ip.user_ns["client"] = dask_client
     with pytest.raises(UsageError, match="start_method"):
         mp_pool(ip, "range(3) --cluster client --start-method spawn", "def f(x):\n    return x\n")
+
+
+def test_mp_ps_lists_a_dask_pool_with_its_workers(ip, dask_client, capsys):
+    ip.user_ns["client"] = dask_client
+    cell(ip, "import mpkit\nmpkit.map(abs, [-1], cluster=client, progress=False)")
+    capsys.readouterr()
+    ip.run_line_magic("mp_ps", "")
+    out = capsys.readouterr().out
+    assert f"mpkit.map pool (Dask Client {dask_client.scheduler.address}, 2 threads)" in out, out
+    assert out.count("    worker ") == 2, out

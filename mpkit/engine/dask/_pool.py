@@ -114,9 +114,14 @@ class Pool(BasePool):
         return [(self._manager.worker_id(address), w.get("pid", 0), "busy" if address in busy else "idle")
                 for address, w in sorted(info.items())]
 
+    @property
+    def where(self) -> str:
+        """The cluster, as messages show it: "local", an address, or the Client's scheduler."""
+        return _cluster.describe(self.cluster)
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self.size} threads"
-        return f"<mpkit.Pool on Dask {_cluster.describe(self.cluster)}, {state}>"
+        return f"<mpkit.Pool on Dask {self.where}, {state}>"
 
 
 def live_pools() -> list[Pool]:
