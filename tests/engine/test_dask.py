@@ -136,6 +136,24 @@ def test_a_worker_on_another_python_is_refused(dask_client):
     assert out[0] == _task.PYTHON and out[1] == sys.version.split()[0]
 
 
+def test_connecting_to_workers_on_another_python_is_refused(dask_client, monkeypatch):
+    """The check made when a pool connects (here the notebook pretends to run another Python: the
+    workers are real, on this machine's only Python)."""
+    monkeypatch.setattr(sys, "version", "3.99.0 (pretend)")
+    with pytest.raises(RuntimeError, match=r"runs Python 3\.\d+\.\d+ .* this notebook Python 3\.99\.0") as info:
+        mpkit.Pool(cluster=dask_client)
+    assert "same Python minor version" in str(info.value) and "Fix:" in str(info.value)
+
+
+def test_mpkit_does_not_take_over_the_default_client(dask_client):
+    from distributed import default_client
+
+    before = default_client()
+    with mpkit.Pool(cluster=dask_client.scheduler.address) as pool:
+        assert pool.map(helpers.square, range(3)) == [0, 1, 4]
+        assert default_client() is before
+
+
 def test_import_mpkit_does_not_import_dask():
     code = "import sys, mpkit; print([m for m in ('dask', 'distributed') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -2,6 +2,8 @@
 
     cluster=Client(...)            ─► used as is (the user's: never closed by mpkit)
     cluster="tcp://host:8786"      ─► Client(address), owned and closed by mpkit
+                                      (neither is made Dask's default client: dask.compute in
+                                      the notebook goes where it went before)
     cluster="local"                ─► LocalCluster on 127.0.0.1 sized to this machine + Client,
                                       both owned and closed by mpkit
 
@@ -71,13 +73,13 @@ def connect(cluster: Any) -> Connection:
                                  # its HTTP server (health, metrics) on a free loopback port, not 8787
                                  scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
         try:
-            conn = Connection(Client(local, timeout=CONNECT_TIMEOUT), local, owned=True)
+            conn = Connection(Client(local, timeout=CONNECT_TIMEOUT, set_as_default=False), local, owned=True)
         except BaseException:
             local.close()
             raise
     elif isinstance(cluster, str):
         try:
-            client = Client(cluster, timeout=CONNECT_TIMEOUT)
+            client = Client(cluster, timeout=CONNECT_TIMEOUT, set_as_default=False)
         except (OSError, TimeoutError) as exc:
             raise ConnectionError(
                 f"could not reach a Dask scheduler at {cluster!r} within {CONNECT_TIMEOUT:g} s "
