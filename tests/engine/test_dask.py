@@ -260,6 +260,18 @@ def test_interrupt_keeps_finished_results_and_cancels_the_rest(dpool, dask_clien
                       timeout=30), "tasks of the interrupted map still run"
 
 
+def test_interrupt_restarts_workers_stuck_in_its_items(dpool, dask_client):
+    """A long item of an interrupted map would hold its Dask thread for a minute: past a short
+    grace its worker is restarted; the short ones that finished are kept."""
+    before = worker_pids(dask_client)
+    bar = _InterruptWhen(lambda stats: stats.done >= 2)
+    with pytest.raises(mpkit.MapInterrupted) as info:
+        dpool.map(helpers.sleep_then, [0.01, 0.01, 60, 60, 60, 60], chunksize=1, progress=bar)
+    assert info.value.results == [0.01, 0.01]
+    assert wait_until(lambda: not set(worker_pids(dask_client).values()) & set(before.values())
+                      and len(worker_pids(dask_client)) == 2, timeout=60), "workers running 60 s items were not restarted"
+
+
 # ---- a cluster started from the command line ---------------------------------------------------
 
 def test_command_line_cluster_map_worker_death_and_scheduler_loss():
@@ -339,7 +351,7 @@ def test_kernel_interrupt_keeps_results_and_the_cluster(tmp_path):
                           "print(json.dumps({'results': len(e.results), 'pending': len(e.pending), "
                           "'again': again, 'same_workers': now == pids}))", timeout=120)
         report = json.loads(seen.text().strip().splitlines()[-1])
-        assert report["results"] >= 5 and report["results"] + report["pending"] == 400, report
+        assert report["results"] >= 1 and report["results"] + report["pending"] == 400, report
         assert report["again"] == [5, 4, 3, 2, 1], report
         finished = len(marker.read_text().split())
         assert not wait_until(lambda: len(marker.read_text().split()) > finished + 2, timeout=3), \

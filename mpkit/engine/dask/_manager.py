@@ -2,7 +2,8 @@
 
     Run.pending ──take()──► client.submit(_task.run_chunk, ..., items bytes)  up to PREFETCH per
                             (a future per chunk, key "mpkit-<fn>-<pool>-<n>")  thread of the run
-    inbox (SimpleQueue) ◄── future done (Dask's callback, on the client's event loop)
+    inbox (SimpleQueue) ◄── a future's result or error, fetched on the client's event loop
+                            as soon as it is done (many at once, never by this thread)
                         ◄── "start" / "out" events of the pool's topic (subscribe_topic)
                         ◄── wake(): pending grew, a run was cancelled
     then per outcome:  done ─► run.chunk_done / fn_error, init_error ─► run.set_fatal
@@ -18,6 +19,7 @@ under ``run.cond`` as the Backend contract (``_backend``) says.
 """
 from __future__ import annotations
 
+import asyncio
 import itertools
 import pickle
 import queue
@@ -43,6 +45,10 @@ PREFETCH = 2
 #: How often the manager looks at the cluster (workers alive, the scheduler still there) when
 #: nothing else happens.
 POLL = 0.5
+#: Seconds a running task of a cancelled map (an error raised, an interrupt) may take to end
+#: before its worker is restarted: a chunk is ~20 ms of work, so most end on their own and the
+#: worker stays warm; a long item is stopped within a second.
+CANCEL_GRACE = 1.0
 #: Seconds a restart of a hung worker (timeout=) may take before it is given up on.
 RESTART_TIMEOUT = 30.0
 #: Seconds to fetch a finished chunk's result. A result held by a worker that died just then
@@ -86,6 +92,7 @@ class Manager:
         self._tasks: dict[str, _Task] = {}
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._worker_ids: dict[str, int] = {}
+        self._stopping: dict[str, tuple[_Task, float]] = {}  # key -> (task of a cancelled run, deadline)
         self._suspects: set[tuple[int, int]] = set()  # (run, index) of single items on a worker that died
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -153,7 +160,7 @@ class Manager:
             while True:
                 with self.lock:
                     if self._closing:
-                        self._cancel([t for t in self._tasks.values()])
+                        self._cancel([t for t in self._tasks.values()] + [t for t, _ in self._stopping.values()])
                         return
                     runs = list(self.runs)
                 self._reap_cancelled(runs)
@@ -203,13 +210,29 @@ class Manager:
                                     tuple(sys.version_info[:2]), key=key, pure=False, retries=0)
         task = _Task(run, chunk, future, key=key, alone=alone)
         self._tasks[key] = task
-        future.add_done_callback(lambda f, key=key: self._inbox.put(("done", key)))
+        future.add_done_callback(lambda f, key=key: self._fetch(key, f))
+
+    def _fetch(self, key: str, future) -> None:
+        """A task ended (a thread of Dask's callbacks): fetch its result on the client's event loop,
+        without waiting for it, so results of many chunks come back at once, while this thread
+        dispatches; the result, or the error, goes to the inbox."""
+        async def fetch():
+            try:
+                (value,) = await asyncio.wait_for(self.client._gather([future]), FETCH_TIMEOUT)
+                self._inbox.put(("done", key, value, None))
+            except BaseException as exc:  # the task's own error too (KilledWorker...)
+                self._inbox.put(("done", key, None, exc))
+        try:
+            asyncio.run_coroutine_threadsafe(fetch(), self.client.loop.asyncio_loop)
+        except Exception as exc:  # the client's loop is closed: the cluster is gone
+            self._inbox.put(("done", key, None, exc))
 
     def _handle(self, msg) -> None:
         if msg[0] == "done":
+            self._stopping.pop(msg[1], None)  # a cancelled run's task that ended in its grace
             task = self._tasks.pop(msg[1], None)
             if task is not None:
-                self._outcome(task)
+                self._outcome(task, *msg[2:])
         elif msg[0] == "event":
             event = msg[1]
             if event[0] == _task.START:
@@ -220,25 +243,24 @@ class Manager:
                 _, address, parts, dropped, chars = event
                 self.output.add(self.worker_id(address), [tuple(p) for p in parts], dropped, chars)
 
-    def _outcome(self, task: _Task) -> None:
-        run, chunk, future = task.run, task.chunk, task.future
+    def _outcome(self, task: _Task, value: bytes | None, error: BaseException | None) -> None:
+        run, chunk = task.run, task.chunk
         if task.dropped:
             return
         data = exc = None
         lost = False
-        try:
-            data = pickle.loads(future.result(timeout=FETCH_TIMEOUT))
-        except (CancelledError, FutureCancelledError) as err:
-            exc = err
-        except Exception as err:
-            if type(err).__name__ == "KilledWorker" or not isinstance(err, (TimeoutError, OSError)):
-                exc = err  # a worker death, or the task failed outside mpkit's wrapper
-            else:  # the result could not be fetched (its worker just died): send it again
-                lost = True
-                self._cancel([task])
+        if error is None:
+            data = pickle.loads(value)
+        elif isinstance(error, (CancelledError, FutureCancelledError)):
+            exc = error
+        elif type(error).__name__ == "KilledWorker" or not isinstance(error, (TimeoutError, OSError)):
+            exc = error  # a worker death, or the task failed outside mpkit's wrapper
+        else:  # the result could not be fetched (its worker just died): send it again
+            lost = True
+            self._cancel([task])
         # Let go of the future now: an error rebuilt below may keep this frame alive (its
         # traceback), and a future held keeps its result in a Dask worker's memory.
-        task.future = future = None
+        task.future = error = None
         with run.cond:
             run.in_flight -= 1
             if run.cancelled:
@@ -313,17 +335,27 @@ class Manager:
         return len(chunk.indices) == 1 and (id(run), chunk.indices[0]) in self._suspects
 
     def _reap_cancelled(self, runs: list[Run]) -> None:
+        """Tasks of a cancelled run: those waiting are cancelled; those running are given
+        CANCEL_GRACE to end, and their workers are restarted past it (a thread cannot be stopped)."""
         cancelled = [t for t in self._tasks.values() if t.run.cancelled and not t.dropped]
-        if cancelled:
-            self._cancel(cancelled)
-            for task in cancelled:
-                with task.run.cond:
-                    task.run.in_flight -= 1
-                    task.run.cond.notify_all()
-        # workers still running a cancelled run's chunks are restarted: a thread cannot be stopped
-        busy = {t.worker for t in cancelled if t.started is not None and t.worker}
-        if busy:
-            self._restart(sorted(busy))
+        waiting = [t for t in cancelled if t.started is None]
+        if waiting:
+            self._cancel(waiting)
+        now = time.monotonic()
+        for task in cancelled:
+            if task.started is not None:
+                task.dropped = True
+                self._tasks.pop(task.key, None)
+                self._stopping[task.key] = (task, now + CANCEL_GRACE)
+            with task.run.cond:
+                task.run.in_flight -= 1
+                task.run.cond.notify_all()
+        late = [task for task, deadline in self._stopping.values() if now >= deadline]
+        if late:
+            for task in late:
+                self._stopping.pop(task.key, None)
+            self._cancel(late)
+            self._restart(sorted({t.worker for t in late if t.worker}))
 
     def _cancel(self, tasks: list[_Task]) -> None:
         for task in tasks:
@@ -361,8 +393,10 @@ class Manager:
         threading.Thread(target=restart, name="mpkit-dask-restart", daemon=True).start()
 
     def _next_wait(self) -> float:
-        deadlines = [t.started + t.run.timeout * max(1, len(t.chunk.indices)) - time.monotonic()
+        now = time.monotonic()
+        deadlines = [t.started + t.run.timeout * max(1, len(t.chunk.indices)) - now
                      for t in self._tasks.values() if t.started is not None and t.run.timeout is not None]
+        deadlines += [deadline - now for _, deadline in self._stopping.values()]
         return max(0.01, min([POLL, *deadlines]))
 
     def _cluster_gone(self) -> bool:
