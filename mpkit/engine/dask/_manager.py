@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import pickle
 import queue
 import sys
@@ -49,8 +50,6 @@ POLL = 0.5
 #: before its worker is restarted: a chunk is ~20 ms of work, so most end on their own and the
 #: worker stays warm; a long item is stopped within a second.
 CANCEL_GRACE = 1.0
-#: Seconds a restart of a hung worker (timeout=) may take before it is given up on.
-RESTART_TIMEOUT = 30.0
 #: Seconds to fetch a finished chunk's result. A result held by a worker that died just then
 #: cannot come (Dask would try to reach it for its connect timeout, 30 s): past this the chunk is
 #: sent again, through no fault of its own. Long enough for a result of hundreds of MB.
@@ -384,11 +383,20 @@ class Manager:
         self._restart(sorted({t.worker for t in late if t.worker}))
 
     def _restart(self, addresses: list[str]) -> None:
-        """Restart Dask workers through their nannies, off this thread (it takes seconds)."""
-        def restart():
+        """Have the nannies of these Dask workers start them again: a task thread cannot be
+        stopped, so the process ends (os._exit, from the worker's event loop) and its nanny starts
+        a fresh one. (Client.restart_workers asks the worker to close first, which waits for the
+        hung thread; it left a nanny closed for good in tests.) A worker without a nanny is left."""
+        if not addresses:
+            return
+
+        def restart():  # off this thread: the call returns when the worker's connection drops
             try:
-                self.client.restart_workers(addresses, timeout=RESTART_TIMEOUT, raise_for_error=False)
-            except Exception:
+                info = self.client.scheduler_info(n_workers=-1).get("workers", {})
+                nannied = [a for a in addresses if info.get(a, {}).get("nanny")]
+                if nannied:
+                    self.client.run(os._exit, 1, workers=nannied, on_error="ignore")
+            except Exception:  # the worker or the scheduler is gone already
                 pass
         threading.Thread(target=restart, name="mpkit-dask-restart", daemon=True).start()
 
