@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 
 import pytest
 
@@ -111,17 +110,16 @@ def test_use_and_environment_set_the_default_cluster(dask_client, monkeypatch):
     assert not isinstance(mpkit.Pool(1), dask_backend.Pool)
 
 
-def test_bad_cluster_values_are_explained(dask_client):
+def test_bad_cluster_values_are_explained(dask_client, monkeypatch):
     with pytest.raises(TypeError, match="cluster= takes a distributed.Client"):
         mpkit.map(helpers.square, range(3), cluster=8786)
     with pytest.raises(ValueError, match="start_method"):
         mpkit.map(helpers.square, range(3), cluster=dask_client, start_method="spawn")
-    with pytest.raises(ConnectionError, match="could not reach a Dask scheduler"):
-        dask_backend._cluster.CONNECT_TIMEOUT, old = 2.0, dask_backend._cluster.CONNECT_TIMEOUT
-        try:
-            mpkit.Pool(cluster="tcp://127.0.0.1:9")
-        finally:
-            dask_backend._cluster.CONNECT_TIMEOUT = old
+    with pytest.raises(TypeError, match="idle_timeout is about local worker processes"):
+        mpkit.Pool(cluster=dask_client, idle_timeout=5)
+    monkeypatch.setattr(dask_backend._cluster, "CONNECT_TIMEOUT", 2.0)
+    with pytest.raises(ConnectionError, match="could not reach a Dask scheduler at 'tcp://127.0.0.1:9'"):
+        mpkit.Pool(cluster="tcp://127.0.0.1:9")
 
 
 def test_a_worker_on_another_python_is_refused(dask_client):

@@ -9,7 +9,7 @@ from IPython.core.error import UsageError
 
 pytest.importorskip("distributed")
 
-from tests.shell import cell, ip, ipython  # noqa: E402,F401  (fixtures: a kernel-like shell)
+from tests.shell import cell, ip, ipython  # noqa: E402,F401,F811  (fixtures: a kernel-like shell)
 
 pytestmark = pytest.mark.timeout(180)
 

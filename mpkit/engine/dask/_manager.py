@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from distributed import Client
 from distributed.client import FutureCancelledError
 
-from .._errors import WorkerInitError, _short_repr
+from .._errors import WorkerInitError
 from .._output import OutputRelay
 from .._run import Chunk, Run
 from ..process._manager import _cause

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import uuid
 import weakref
 from typing import Any, Callable
@@ -76,7 +75,6 @@ class Pool(BasePool):
         self._init_name = init_name
         self._limit = workers
         self.size = self._sized()
-        self._lock = threading.Lock()
         _live_pools.add(self)
 
     def _sized(self) -> int:
