@@ -73,6 +73,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _dask_command() -> list[str]:
+    """The `dask` command of this Python's environment (its `dask scheduler`, `dask worker`)."""
+    script = os.path.join(os.path.dirname(sys.executable), "dask")
+    return [script] if os.path.exists(script) else [sys.executable, "-m", "dask"]
+
+
 @contextlib.contextmanager
 def command_line_cluster(workers: int = 2):
     """`dask scheduler` and `dask worker` processes, as a user starts them, on free loopback ports;
@@ -80,14 +86,14 @@ def command_line_cluster(workers: int = 2):
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     env = child_env()
-    dask_cli = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
-    procs = [subprocess.Popen(dask_cli + ["--host", "127.0.0.1", "--port", str(port), "--dashboard-address",
-                                          "127.0.0.1:0", "--no-show"], env=env, cwd=REPO,
+    dask = _dask_command()
+    procs = [subprocess.Popen(dask + ["scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                      "--dashboard-address", "127.0.0.1:0", "--no-show"], env=env, cwd=REPO,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
         for _ in range(workers):
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+                dask + ["worker", address, "--nthreads", "1",
                  "--nworkers", "1", "--host", "127.0.0.1", "--no-dashboard"],
                 env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         KEPT.update(p.pid for p in procs)
