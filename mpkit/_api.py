@@ -77,8 +77,7 @@ def _dask_pool_class():
     """``mpkit.engine.dask.Pool`` with mpkit.Pool's progress bar (Dask imported only now)."""
     global _DaskPool
     if _DaskPool is None:
-        from .engine import dask
-
+        dask = _default.dask_backend()
         _DaskPool = type("Pool", (dask.Pool,), {"front_end": staticmethod(_map_front_end),
                                                 "__module__": __name__, "__doc__": dask.Pool.__doc__})
     return _DaskPool

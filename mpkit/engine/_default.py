@@ -91,9 +91,7 @@ def _current(workers, init, start_method, cluster=None) -> Pool:
             _retired.append(_pool)
         _pool = None
     if _pool is None and cluster is not None:
-        from .dask import Pool as DaskPool
-
-        _pool = DaskPool(cluster=cluster, init=init)
+        _pool = dask_backend().Pool(cluster=cluster, init=init)
         _pool_key = key
     elif _pool is None:
         _pool = Pool(workers, start_method=key[0], init=init)
@@ -121,6 +119,17 @@ def shutdown() -> None:
         _pool = None
         _retired.clear()
         _leases.clear()
+
+
+def dask_backend():
+    """``mpkit.engine.dask``, imported now, or an ImportError that says how to install it."""
+    try:
+        from . import dask
+    except ImportError as exc:
+        raise ImportError(f"cluster= runs mpkit on Dask, which is not installed here ({exc}). Fix: pip "
+                          "install \"mpkit[dask]\" (or distributed), or leave out cluster= and unset "
+                          "MPKIT_CLUSTER to use worker processes on this machine.") from exc
+    return dask
 
 
 def dask_pools() -> list:

@@ -152,6 +152,13 @@ def test_mpkit_does_not_take_over_the_default_client(dask_client):
         assert default_client() is before
 
 
+def test_cluster_without_dask_installed_says_how_to_install_it():
+    code = ("import sys; sys.modules['distributed'] = None\nimport mpkit\ntry:\n    mpkit.map(abs, [1], cluster='local')\n"
+            "except ImportError as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert 'pip install "mpkit[dask]"' in out.stdout, out.stdout + out.stderr
+
+
 def test_import_mpkit_does_not_import_dask():
     code = "import sys, mpkit; print([m for m in ('dask', 'distributed') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
