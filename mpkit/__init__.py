@@ -6,14 +6,14 @@
     %load_ext mpkit
     %%mp_pool items -n 4 -o results         # a cell's function mapped over items
 """
-from ._api import Pipeline, Pool, imap, map, shutdown
+from ._api import Pipeline, Pool, imap, map, shutdown, use
 from .engine import (Failure, MapInterrupted, MapStats, PipelineStats, Service, StageStats, RemoteError, RemoteTraceback,
                      ResultList, SerializationError, TaskTimeout, WorkerDied, WorkerInitError, MpkitWarning)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "map", "imap", "shutdown", "Pool", "MapStats", "Pipeline", "PipelineStats", "StageStats", "Service",
+    "map", "imap", "shutdown", "use", "Pool", "MapStats", "Pipeline", "PipelineStats", "StageStats", "Service",
     "Failure", "ResultList", "RemoteTraceback", "RemoteError", "WorkerDied", "TaskTimeout",
     "SerializationError", "WorkerInitError", "MapInterrupted", "MpkitWarning",
 ]

@@ -2,6 +2,7 @@
 
     mpkit.map / mpkit.imap ─► the default pool (engine) ─ progress= resolved here ─► a bar (widgets)
     mpkit.Pool             = engine Pool      + front_end: a bar in IPython / Jupyter
+    mpkit.Pool(cluster=c)  = engine.dask.Pool + the same front_end (Dask imported only then)
     mpkit.Pipeline         = engine Pipeline  + front_end: a dashboard in Jupyter, text in a terminal,
                                               + dashboard() and timeline()
 
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from . import engine
 from .engine import _default
-from .engine._arguments import check_map
+from .engine._arguments import check_cluster, check_map
 from .engine._errors import ResultList
 from .engine.process._manager import INIT_TIMEOUT
 
@@ -48,8 +49,41 @@ class Pool(engine.Pool):
     __doc__ = engine.Pool.__doc__ + """
     ``progress=`` of its maps shows a bar by default under IPython and Jupyter (``mpkit.widgets``);
     the engine's ``mpkit.engine.Pool`` shows none unless given a factory.
+
+    ``cluster=`` (a ``distributed.Client``, a scheduler address, or ``"local"``; default: what
+    :func:`use` or ``MPKIT_CLUSTER`` set, else none) runs the pool on a Dask cluster instead of
+    local processes: ``Pool(cluster=...)`` is then a ``mpkit.engine.dask.Pool``, with the same
+    map/imap (see its docstring for what differs).
     """
     front_end = staticmethod(_map_front_end)
+
+    def __new__(cls, *args, cluster: Any = None, **kwargs):
+        cluster = _default.cluster_for(cluster)
+        if cluster is None:
+            return super().__new__(cls)
+        check_cluster(cluster, kwargs.get("start_method"))
+        local_only = sorted(set(kwargs) - {"init"})
+        if local_only:
+            raise TypeError(f"{', '.join(local_only)} {'is' if len(local_only) == 1 else 'are'} about local "
+                            f"worker processes, not a Dask cluster (cluster={cluster!r}). Fix: leave "
+                            f"{'it' if len(local_only) == 1 else 'them'} out, or leave out cluster=.")
+        return _dask_pool_class()(*args, cluster=cluster, **kwargs)
+
+    def __init__(self, *args, cluster: Any = None, **kwargs):
+        super().__init__(*args, **kwargs)
+
+
+def _dask_pool_class():
+    """``mpkit.engine.dask.Pool`` with mpkit.Pool's progress bar (Dask imported only now)."""
+    global _DaskPool
+    if _DaskPool is None:
+        dask = _default.dask_backend()
+        _DaskPool = type("Pool", (dask.Pool,), {"front_end": staticmethod(_map_front_end),
+                                                "__module__": __name__, "__doc__": dask.Pool.__doc__})
+    return _DaskPool
+
+
+_DaskPool = None
 
 
 class Pipeline(engine.Pipeline):
@@ -77,7 +111,7 @@ def map(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize:
         ordered: bool = True, on_error: str = "raise", retries: int = 0, timeout: float | None = None,
         init: Callable[[], Any] | None = None, init_timeout: float | None = None,
         progress: bool | None = None, start_method: str | None = None,
-        max_tasks_per_child: int | None = None) -> ResultList:
+        max_tasks_per_child: int | None = None, cluster: Any = None) -> ResultList:
     """Apply ``fn`` to every item in worker processes and return the results as a list.
 
     - ``fn`` may be defined in a notebook cell: it is sent to the workers by value (cloudpickle).
@@ -96,13 +130,16 @@ def map(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize:
     - ``start_method``: ``"forkserver"`` (Linux default) or ``"spawn"``; never ``"fork"`` in a kernel.
     - ``max_tasks_per_child``: replace each worker by a fresh process after this many items (a
       library that leaks memory); no item is lost or re-run for it.
+    - ``cluster``: run on a Dask cluster instead: a ``distributed.Client``, a scheduler address
+      (``"tcp://127.0.0.1:8786"``) or ``"local"``; :func:`use` or ``MPKIT_CLUSTER`` set the default.
     """
     __tracebackhide__ = True
     check_map(fn, workers=workers, chunksize=chunksize, ordered=ordered, on_error=on_error, retries=retries,
               timeout=timeout, progress=progress, init=init, start_method=start_method)
-    pool = _default.acquire(workers, init, start_method)  # held until the map ends: see _default
+    check_cluster(_default.cluster_for(cluster), start_method)
+    pool = _default.acquire(workers, init, start_method, cluster)  # held until the map ends: see _default
     try:
-        pool.set_init_timeout(INIT_TIMEOUT if init_timeout is None else init_timeout)
+        _set_init_timeout(pool, init_timeout)
         return pool.map(fn, items, workers=workers, chunksize=chunksize, ordered=ordered, on_error=on_error,
                         retries=retries, timeout=timeout, progress=_progress_for(progress),
                         max_tasks_per_child=max_tasks_per_child)
@@ -114,7 +151,7 @@ def imap(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize
          ordered: bool = True, on_error: str = "raise", retries: int = 0, timeout: float | None = None,
          init: Callable[[], Any] | None = None, init_timeout: float | None = None,
          progress: bool | None = None, start_method: str | None = None,
-         max_tasks_per_child: int | None = None) -> Iterator:
+         max_tasks_per_child: int | None = None, cluster: Any = None) -> Iterator:
     """Like :func:`map`, but yield results as they come, taking items only as workers need them.
 
     Memory stays flat on an endless generator. With ``on_error="collect"`` a failed item yields
@@ -123,9 +160,10 @@ def imap(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize
     __tracebackhide__ = True
     check_map(fn, workers=workers, chunksize=chunksize, ordered=ordered, on_error=on_error, retries=retries,
               timeout=timeout, progress=progress, init=init, start_method=start_method)
-    pool = _default.acquire(workers, init, start_method)
+    check_cluster(_default.cluster_for(cluster), start_method)
+    pool = _default.acquire(workers, init, start_method, cluster)
     try:
-        pool.set_init_timeout(INIT_TIMEOUT if init_timeout is None else init_timeout)
+        _set_init_timeout(pool, init_timeout)
         results = pool.imap(fn, items, workers=workers, chunksize=chunksize, ordered=ordered,
                             on_error=on_error, retries=retries, timeout=timeout,
                             progress=_progress_for(progress), max_tasks_per_child=max_tasks_per_child)
@@ -133,6 +171,19 @@ def imap(fn: Callable, items: Iterable, *, workers: int | None = None, chunksize
         _default.release(pool)
         raise
     return _Leased(results, pool)
+
+
+def _set_init_timeout(pool, init_timeout: float | None) -> None:
+    """init_timeout= of a local pool; a Dask pool runs init in a task (timeout= does not cover it)."""
+    if hasattr(pool, "set_init_timeout"):
+        pool.set_init_timeout(INIT_TIMEOUT if init_timeout is None else init_timeout)
+
+
+def use(cluster: Any) -> None:
+    """Run every following :func:`map`, :func:`imap` and :class:`Pool` on a Dask cluster (a
+    ``distributed.Client``, a scheduler address, or ``"local"``) unless they say otherwise: a whole
+    notebook moves with one line. ``use(None)`` goes back to local processes."""
+    _default.use(cluster)
 
 
 class _Leased:

@@ -7,6 +7,7 @@ import psutil
 import pytest
 
 import mpkit
+from tests.dask_cluster import kept_processes
 from tests.proctree import wait_until, workers_of
 
 START_METHODS = ["spawn", "forkserver"]
@@ -15,8 +16,10 @@ START_METHODS = ["spawn", "forkserver"]
 def live_children() -> list[psutil.Process]:
     """Descendant processes of this test process, other than multiprocessing's session helpers
     (the resource tracker and the fork server, direct children): a forkserver worker, a child
-    of the fork server, counts."""
-    return workers_of(os.getpid())
+    of the fork server, counts. A Dask cluster that a module-scoped fixture keeps for its tests
+    (tests/dask_cluster.py) does not; that fixture checks its processes are gone at its end."""
+    kept = kept_processes()
+    return [p for p in workers_of(os.getpid()) if p.pid not in kept]
 
 
 @pytest.fixture(autouse=True)
@@ -51,3 +54,27 @@ def start_method(request, monkeypatch):
 def pool(start_method):
     with mpkit.Pool(2, start_method=start_method) as p:
         yield p
+
+
+@pytest.fixture(params=START_METHODS + ["dask"])
+def any_pool(request, monkeypatch):
+    """The same map behaviour on each backend: a 2-worker local pool under each start method, and a
+    pool on a real 2-worker Dask LocalCluster (this module's ``dask_client``)."""
+    if request.param == "dask":
+        with mpkit.Pool(cluster=request.getfixturevalue("dask_client")) as p:
+            yield p
+        return
+    monkeypatch.setenv("MPKIT_START_METHOD", request.param)
+    with mpkit.Pool(2, start_method=request.param) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    """A real LocalCluster (2 single-threaded worker processes on 127.0.0.1) and a Client to it,
+    shared by the tests of one module (it takes ~2 s to start); skipped without the dask extra."""
+    pytest.importorskip("distributed")
+    from tests.dask_cluster import local_cluster
+
+    with local_cluster() as client:
+        yield client

@@ -154,6 +154,22 @@ def check_start_method(start_method: Any) -> None:
                      "(forkserver on Linux, spawn elsewhere). Fix: leave it out.")
 
 
+def check_cluster(cluster: Any, start_method: Any = None) -> None:
+    """``cluster=``: a distributed.Client, a scheduler address, "local", or None (checked without
+    importing Dask: a Client is known by its class)."""
+    if cluster is None:
+        return
+    is_client = any(k.__module__.startswith("distributed") and k.__name__ == "Client" for k in type(cluster).__mro__)
+    if not is_client and not (isinstance(cluster, str) and (cluster == "local" or "://" in cluster or ":" in cluster)):
+        raise TypeError(f"{_given('cluster', cluster)} is not a cluster; cluster= takes a distributed.Client, "
+                        "a scheduler address such as 'tcp://127.0.0.1:8786', 'local' (a Dask cluster on this "
+                        "machine) or None (worker processes here, the default). Fix: cluster='local'.")
+    if start_method is not None:
+        raise ValueError(f"start_method={start_method!r} and cluster= were both given: a start method is how "
+                         "local worker processes start, and a Dask cluster starts its own. Fix: leave out "
+                         "start_method=.")
+
+
 def _name_of(fn: Any) -> str:
     while isinstance(fn, functools.partial):
         fn = fn.func

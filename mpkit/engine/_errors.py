@@ -237,7 +237,8 @@ class WorkerDied(_Picklable, RuntimeError):
         self.exitcode = exitcode
         self.pid = pid
         super().__init__(
-            f"worker process {pid} ended while running item {item_repr} ({describe_exit(exitcode)}); "
+            f"worker process {pid} ended while running item {item_repr} "
+            f"({describe_exit(exitcode) if exitcode is not None else 'how it ended is not known here'}); "
             f"tried {attempts} time{'s' if attempts != 1 else ''}. Likely causes: the function crashed "
             "in C code (segfault), called os._exit, or the machine ran out of memory and the OOM "
             "killer stopped it. Fix: look for a crash when running the function on this item alone; "

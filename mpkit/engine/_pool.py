@@ -106,6 +106,8 @@ class BasePool:
         finally:
             batches.close()  # cancels the run if it did not complete
         if fatal is not None:
+            if getattr(fatal, "keeps_results", False):  # the backend itself failed: what finished is kept
+                fatal.results = _assemble(done, failures, ordered)
             raise fatal
         if failures and on_error == "skip":
             first = min(failures, key=lambda f: f.index)

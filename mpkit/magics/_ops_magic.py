@@ -12,6 +12,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 from .. import shutdown
 from ..engine import Pipeline, default_pool, live_pipelines, live_pools
+from ..engine._default import dask_pools
 from ._cellmodule import CellError, register_cell_file
 
 
@@ -75,6 +76,10 @@ class OpsMagics(Magics):
             if pool.output.label:
                 continue  # a pipeline stage's pool: listed under its pipeline
             rows.append(f"{label} ({pool.start_method}, {pool.size} workers)")
+            rows += [f"    worker {wid}  pid {pid}  {state}" for wid, pid, state in pool.workers()]
+        for pool in dask_pools():
+            label = "mpkit.map pool" if pool is default else "Pool"
+            rows.append(f"{label} (Dask {pool.where}, {pool.size} threads)")
             rows += [f"    worker {wid}  pid {pid}  {state}" for wid, pid, state in pool.workers()]
         for pipe in live_pipelines():
             rows.append(f"Pipeline {pipe.name!r} ({pipe.state}): {' -> '.join(pipe.stages)}")

@@ -50,6 +50,9 @@ class PoolMagics(Magics):
                    "model there); the globals it sets are the ones the mapped function reads.")
     @argument("--start-method", choices=("forkserver", "spawn"), default=None,
               help="How workers start (default: forkserver on Linux, spawn elsewhere).")
+    @argument("--cluster", default=None, metavar="ADDRESS",
+              help="Run on a Dask cluster: a scheduler address (tcp://host:8786), 'local', or the name of "
+                   "a notebook variable holding a distributed.Client (default: mpkit.use / MPKIT_CLUSTER).")
     @argument("--no-progress", action="store_true", help="No progress bar.")
     @cell_magic
     def mp_pool(self, line: str, cell: str):
@@ -92,7 +95,8 @@ class PoolMagics(Magics):
         try:
             results = _api.map(fn, items, workers=args.workers, chunksize=chunksize, ordered=not args.unordered,
                                on_error=args.on_error, retries=args.retries, timeout=args.timeout, init=init,
-                               progress=not args.no_progress, start_method=args.start_method)
+                               progress=not args.no_progress, start_method=args.start_method,
+                               cluster=self._cluster(args.cluster))
         except (TypeError, ValueError) as exc:
             if not raised_in_worker(exc):
                 self._unpicklable_share(shared)  # the function or its globals could not be sent
@@ -115,6 +119,12 @@ class PoolMagics(Magics):
             self.shell.user_ns[args.out] = results
             return None
         return results
+
+    def _cluster(self, name: str | None):
+        """--cluster: a notebook variable's value (a Client) if there is one by that name, else the text."""
+        if name is not None and name.isidentifier() and name in self.shell.user_ns:
+            return self.shell.user_ns[name]
+        return name
 
     @staticmethod
     def _check_options(args, chunksize) -> None:

@@ -1,4 +1,5 @@
-"""mpkit.map / imap / Pool: results, order, laziness, warm reuse, bad input."""
+"""mpkit.map / imap / Pool: results, order, laziness, warm reuse, bad input (``any_pool``: the same
+tests on local processes and on a Dask cluster)."""
 import functools
 import itertools
 import os
@@ -10,27 +11,27 @@ import mpkit
 from tests import helpers
 
 
-def test_map_matches_builtin_map(pool):
-    assert pool.map(helpers.square, range(1000)) == [x * x for x in range(1000)]
+def test_map_matches_builtin_map(any_pool):
+    assert any_pool.map(helpers.square, range(1000)) == [x * x for x in range(1000)]
 
 
-def test_empty_input(pool):
-    assert pool.map(helpers.square, []) == []
-    assert list(pool.imap(helpers.square, iter([]))) == []
+def test_empty_input(any_pool):
+    assert any_pool.map(helpers.square, []) == []
+    assert list(any_pool.imap(helpers.square, iter([]))) == []
 
 
-def test_notebook_style_function_is_sent_by_value(pool):
+def test_notebook_style_function_is_sent_by_value(any_pool):
     offset = 10
     fn = lambda x: x + offset  # noqa: E731 - defined in __main__-like scope, not importable
-    assert pool.map(fn, range(5)) == [10, 11, 12, 13, 14]
+    assert any_pool.map(fn, range(5)) == [10, 11, 12, 13, 14]
 
 
-def test_unordered_map_has_same_multiset(pool):
-    out = pool.map(helpers.square, range(500), ordered=False, chunksize=7)
+def test_unordered_map_has_same_multiset(any_pool):
+    out = any_pool.map(helpers.square, range(500), ordered=False, chunksize=7)
     assert sorted(out) == [x * x for x in range(500)]
 
 
-def test_imap_is_lazy_on_an_endless_generator(pool):
+def test_imap_is_lazy_on_an_endless_generator(any_pool):
     taken = []
 
     def source():
@@ -38,19 +39,19 @@ def test_imap_is_lazy_on_an_endless_generator(pool):
             taken.append(i)
             yield i
 
-    out = list(itertools.islice(pool.imap(helpers.square, source()), 50))
+    out = list(itertools.islice(any_pool.imap(helpers.square, source()), 50))
     assert out == [x * x for x in range(50)]
     # bounded read-ahead (a few chunks per worker): it did not try to drain an endless input
     assert len(taken) < 100_000
 
 
-def test_imap_unordered_yields_everything(pool):
-    assert sorted(pool.imap(helpers.identity, range(300), ordered=False)) == list(range(300))
+def test_imap_unordered_yields_everything(any_pool):
+    assert sorted(any_pool.imap(helpers.identity, range(300), ordered=False)) == list(range(300))
 
 
 @pytest.mark.parametrize("chunksize", [1, 3, 1000])
-def test_explicit_chunksize(pool, chunksize):
-    assert pool.map(helpers.square, range(100), chunksize=chunksize) == [x * x for x in range(100)]
+def test_explicit_chunksize(any_pool, chunksize):
+    assert any_pool.map(helpers.square, range(100), chunksize=chunksize) == [x * x for x in range(100)]
 
 
 def test_warm_pool_reuses_processes(pool):
@@ -97,32 +98,32 @@ def test_init_failure_is_reported(start_method):
             p.map(helpers.square, range(3))
 
 
-def test_redefined_function_runs_new_version(pool):
+def test_redefined_function_runs_new_version(any_pool):
     ns = {}
     exec("def f(x):\n    return x + 1\n", ns)
-    assert pool.map(ns["f"], [1]) == [2]
+    assert any_pool.map(ns["f"], [1]) == [2]
     exec("def f(x):\n    return x + 100\n", ns)
-    assert pool.map(ns["f"], [1]) == [101]
+    assert any_pool.map(ns["f"], [1]) == [101]
 
 
 @pytest.mark.parametrize("bad, message", [
     (5, "items must be iterable"),
     (None, "items must be iterable"),
 ])
-def test_not_iterable(pool, bad, message):
+def test_not_iterable(any_pool, bad, message):
     with pytest.raises(TypeError, match=message):
-        pool.map(helpers.square, bad)
+        any_pool.map(helpers.square, bad)
 
 
-def test_bad_options(pool):
+def test_bad_options(any_pool):
     with pytest.raises(ValueError, match="on_error must be one of"):
-        pool.map(helpers.square, [1], on_error="ignore")
+        any_pool.map(helpers.square, [1], on_error="ignore")
     with pytest.raises(ValueError, match="chunksize"):
-        pool.map(helpers.square, [1], chunksize=0)
+        any_pool.map(helpers.square, [1], chunksize=0)
     with pytest.raises(ValueError, match="retries"):
-        pool.map(helpers.square, [1], retries=-1)
+        any_pool.map(helpers.square, [1], retries=-1)
     with pytest.raises(TypeError, match="must be callable"):
-        pool.map(42, [1])
+        any_pool.map(42, [1])
 
 
 def test_unpicklable_function_is_named():
@@ -132,17 +133,17 @@ def test_unpicklable_function_is_named():
         p.map(functools.partial(lambda lk, x: x, lock), [1])
 
 
-def test_unpicklable_item_is_named_and_others_finish(pool):
+def test_unpicklable_item_is_named_and_others_finish(any_pool):
     items = [1, 2, helpers.Unpicklable(), 4]
     with pytest.raises(mpkit.SerializationError, match="item 2"):
-        pool.map(helpers.identity, items)
-    out = pool.map(helpers.identity, items, on_error="collect")
+        any_pool.map(helpers.identity, items)
+    out = any_pool.map(helpers.identity, items, on_error="collect")
     assert out == [1, 2, 4]
     assert [f.index for f in out.failures] == [2]
 
 
-def test_unpicklable_result_is_named(pool):
-    out = pool.map(helpers.return_unpicklable, range(4), on_error="collect")
+def test_unpicklable_result_is_named(any_pool):
+    out = any_pool.map(helpers.return_unpicklable, range(4), on_error="collect")
     assert out == [0, 1, 3]
     (failure,) = out.failures
     assert failure.index == 2 and "could not be pickled" in str(failure.exception)
@@ -150,7 +151,7 @@ def test_unpicklable_result_is_named(pool):
 
 def test_public_surface_is_deliberate():
     assert sorted(mpkit.__all__) == sorted([
-        "map", "imap", "shutdown", "Pool", "MapStats", "Pipeline", "PipelineStats", "StageStats",
+        "map", "imap", "shutdown", "use", "Pool", "MapStats", "Pipeline", "PipelineStats", "StageStats",
         "Service", "Failure", "ResultList", "RemoteTraceback",
         "RemoteError", "WorkerDied", "TaskTimeout", "SerializationError", "WorkerInitError",
         "MapInterrupted", "MpkitWarning"])
@@ -161,7 +162,7 @@ def test_public_surface_is_deliberate():
 def test_import_is_light():
     import subprocess
     code = ("import sys, mpkit; heavy = [m for m in ('pandas', 'openpyxl', 'emoji', 'IPython', "
-            "'ipywidgets', 'tqdm') if m in sys.modules]; print(heavy)")
+            "'ipywidgets', 'tqdm', 'dask', 'distributed') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
 

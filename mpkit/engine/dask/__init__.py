@@ -1,0 +1,13 @@
+"""The Dask backend: map/imap on a Dask distributed cluster, one task per chunk.
+
+    Pool (_pool) ── Run chunks ──► Manager thread (_manager) ── client.submit ──► run_chunk (_task)
+    cluster= (_cluster): a Client,  futures, KilledWorker,       on a Dask worker: init= once,
+    an address or "local"           events (starts, prints)      fn from cloudpickle bytes
+
+Imported only when a map asks for ``cluster=`` (``import mpkit`` does not import Dask). Needs the
+``dask`` extra: ``pip install "mpkit[dask]"``.
+"""
+from ._manager import ClusterLost
+from ._pool import Pool, live_pools
+
+__all__ = ["ClusterLost", "Pool", "live_pools"]

@@ -1,0 +1,28 @@
+"""Task functions for the Dask backend's tests (importable by the workers: the repo is on their path)."""
+import os
+import time
+
+
+def record_init(path: str) -> None:
+    """An init= that notes each process it runs in (one line per run)."""
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def inits(path: str) -> list[int]:
+    try:
+        with open(path) as f:
+            return [int(line) for line in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def slow_pid(x, seconds=0.05):
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def hang_on(x, bad=2, seconds=600.0):
+    if x == bad:
+        time.sleep(seconds)
+    return x
