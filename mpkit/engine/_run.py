@@ -337,6 +337,12 @@ class Run:
             self.fatal = exc
         self.cond.notify_all()
 
+    def pool_closed(self) -> None:
+        """Its pool was shut down while it ran (any thread; takes cond): it ends with that error."""
+        with self.cond:
+            self.cancelled = True
+            self.set_fatal(RuntimeError("the pool was shut down while this map ran"))
+
     def _undecodable(self, chunk: Chunk, what: str, exc: BaseException, start: int = 0) -> None:
         if len(chunk.indices) - start > 1:
             self._split(chunk, chunk.attempts, start)

@@ -178,9 +178,7 @@ class Manager:
             self._closing = True
             runs = list(self.runs)
         for run in runs:
-            with run.cond:
-                run.cancelled = True
-                run.set_fatal(RuntimeError("the pool was shut down while this map ran"))
+            run.pool_closed()
         self.wake()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
