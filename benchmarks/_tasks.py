@@ -24,3 +24,17 @@ def nap(seconds):
     """Warm-up: long enough per item that every worker of a pool gets one and is started."""
     time.sleep(seconds)
     return seconds
+
+
+def inc_chunk(data: bytes) -> bytes:
+    """bench_dask: (a) for plain Dask, a chunk of items in and out as one pickled bytes each."""
+    import pickle
+
+    return pickle.dumps([x + 1 for x in pickle.loads(data)], pickle.HIGHEST_PROTOCOL)
+
+
+def spin_chunk(data: bytes) -> bytes:
+    """bench_dask: (b) for plain Dask, a chunk of loop lengths in, their spin() results out."""
+    import pickle
+
+    return pickle.dumps([spin(n) for n in pickle.loads(data)], pickle.HIGHEST_PROTOCOL)

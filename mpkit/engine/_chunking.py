@@ -56,12 +56,16 @@ TARGET_CHUNK_BYTES = 8 << 20
 
 class ChunkSizer:
     def __init__(self, chunksize: int | str, workers: int, total: int | None,
-                 seconds_per_item: float | None = None):
+                 seconds_per_item: float | None = None, target_seconds: float = TARGET_CHUNK_SECONDS):
         if chunksize != "auto" and (not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError(f"chunksize must be 'auto' or a positive int, not {chunksize!r}")
         self.fixed = None if chunksize == "auto" else chunksize
         self.workers = workers
         self.total = total
+        #: work per chunk aimed at: TARGET_CHUNK_SECONDS, or a backend's own (a chunk's fixed cost
+        #: differs: ~0.1 ms through a pipe, a few ms as a Dask task); the tail's floor scales with it
+        self.target_seconds = target_seconds
+        self.min_seconds = MIN_CHUNK_SECONDS * target_seconds / TARGET_CHUNK_SECONDS
         #: measured time per item; a warm pool passes what the last map of the same function saw
         self.seconds_per_item: float | None = seconds_per_item
         #: pickled bytes per item, of the items sent and of the results that came back (largest seen
@@ -95,10 +99,10 @@ class ChunkSizer:
             return self.fixed
         if self.seconds_per_item is None:
             return 1  # nothing measured yet: a long task must not sit behind others in one chunk
-        size = TARGET_CHUNK_SECONDS / self.seconds_per_item
+        size = self.target_seconds / self.seconds_per_item
         if self.total is not None:
             remaining = max(self.total - fed, 1)
-            tail = max(remaining / (self.workers * TAIL_SPLIT), MIN_CHUNK_SECONDS / self.seconds_per_item)
+            tail = max(remaining / (self.workers * TAIL_SPLIT), self.min_seconds / self.seconds_per_item)
             size = min(size, math.ceil(tail))
         else:
             size = min(size, MAX_CHUNK)

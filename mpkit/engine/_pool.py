@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from . import _arguments, _serialize
 from ._backend import Backend
-from ._chunking import MAX_CHUNK, TARGET_CHUNK_BYTES
+from ._chunking import MAX_CHUNK, TARGET_CHUNK_BYTES, TARGET_CHUNK_SECONDS
 from ._errors import MapInterrupted, MpkitWarning, ResultList, _short_repr
 from ._interrupts import held_interrupts
 from ._observe import MapFrontEnd, Watcher
@@ -64,6 +64,8 @@ class BasePool:
     #: have none (no bar by default, and ``progress=True`` asks for a factory). Set it on a
     #: subclass or an instance: ``mpkit.Pool`` shows a bar in IPython and Jupyter.
     front_end: MapFrontEnd | None = None
+    #: Work per chunk "auto" aims at, from what a chunk costs this backend (see _chunking).
+    chunk_seconds: float = TARGET_CHUNK_SECONDS
 
     def __init__(self) -> None:
         self._timings: dict[str, float] = {}  # function id -> seconds per item, last measured
@@ -210,7 +212,7 @@ class BasePool:
                   fn_payload=self._function_message(fn_id, fn_payload), fn_globals=by_value,
                   context=context, context_id=hashlib.blake2b(context, digest_size=10).hexdigest(),
                   seconds_per_item=self._timings.get(fn_id), cond=cond,
-                  copy_buffers=not isinstance(items, (list, tuple, range)))
+                  copy_buffers=not isinstance(items, (list, tuple, range)), chunk_seconds=self.chunk_seconds)
         return run
 
     def _imap(self, run: Run, progress):

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator
 
 from . import _serialize
 from ._arguments import ON_ERROR, check_run  # noqa: F401 - _pipeline imports ON_ERROR from here
-from ._chunking import TARGET_CHUNK_BYTES, ChunkSizer, Cutter
+from ._chunking import TARGET_CHUNK_BYTES, TARGET_CHUNK_SECONDS, ChunkSizer, Cutter
 from ._errors import (ExceptionRecord, Failure, RemoteError, SerializationError, TaskTimeout,
                       WorkerDied, _short_repr)
 
@@ -78,7 +78,7 @@ class Run:
                  chunksize: int | str, ordered: bool, on_error: str, retries: int,
                  timeout: float | None, fn_id: str, fn_payload: bytes, context: bytes, context_id: str,
                  fn_globals: bool = False, seconds_per_item: float | None = None, cond: threading.Condition | None = None,
-                 copy_buffers: bool = False):
+                 copy_buffers: bool = False, chunk_seconds: float = TARGET_CHUNK_SECONDS):
         check_run(chunksize, on_error, retries, timeout)
         self.fn_name = getattr(fn, "__qualname__", repr(fn))
         self.code_files = _code_files(fn)
@@ -87,7 +87,8 @@ class Run:
         self.context, self.context_id = context, context_id  # the notebook's sys.path, cwd, env now
         self.max_workers = workers
         self.ordered, self.on_error, self.retries, self.timeout = ordered, on_error, retries, timeout
-        self.sizer = ChunkSizer(1 if timeout is not None else chunksize, workers, total, seconds_per_item)
+        self.sizer = ChunkSizer(1 if timeout is not None else chunksize, workers, total, seconds_per_item,
+                                chunk_seconds)
         self.total = total
         self._cutter = Cutter(items)
         #: items come from an iterator that may hand out one buffer refilled (a generator of frames

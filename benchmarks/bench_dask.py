@@ -1,0 +1,196 @@
+"""Benchmark: mpkit on a Dask LocalCluster next to plain Dask and local processes, in one run.
+
+    python benchmarks/bench_dask.py            # R=3 rounds, ~3 min on 2 cores
+    python benchmarks/bench_dask.py --quick    # R=1, small sizes
+
+One LocalCluster of W single-threaded worker processes on 127.0.0.1 (W = usable cores), made once;
+every tool runs the same work on it, rotating the order each round; medians of R rounds:
+
+  (a) 200,000 trivial items (x + 1): mpkit.map(cluster=client), Dask client.map over chunks sent
+      as one pickled bytes each (what mpkit does), dask.bag (W partitions), Dask client.map one task
+      per item (on 2,000 items: its time per item times 200,000), mpkit's local pool, Pool.map.
+      Target: mpkit on Dask within 2x of multiprocessing.Pool.map's time.
+  (b) 20,000 items of 200 us CPU: the same tools but one task per item. Target: 85% of the ideal
+      (serial time / W).
+  (c) a warm call of 10 items. Target: under 30 ms.
+  start-up: a LocalCluster from nothing to its first result, next to mpkit's local pool.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+
+from benchmarks import _tasks  # noqa: E402
+
+FULL = {"rounds": 3, "n_trivial": 200_000, "n_per_item": 2_000, "n_cpu": 20_000, "warm_calls": 10}
+QUICK = {"rounds": 1, "n_trivial": 50_000, "n_per_item": 500, "n_cpu": 4_000, "warm_calls": 5}
+TASK_SECONDS = 200e-6
+RESULTS = os.path.join(HERE, "results", "dask.md")
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+W = usable_cores()
+
+
+def calibrate_spin(target: float) -> int:
+    def once(n):
+        start = time.perf_counter()
+        _tasks.spin(n)
+        return time.perf_counter() - start
+    n = 20_000
+    n = max(1, round(n * target / min(once(n) for _ in range(5))))
+    return max(1, round(n * target / min(once(n) for _ in range(5))))
+
+
+def chunks(items: list, count: int) -> list[bytes]:
+    size = max(1, -(-len(items) // count))
+    return [pickle.dumps(items[i:i + size], pickle.HIGHEST_PROTOCOL) for i in range(0, len(items), size)]
+
+
+def unchunk(results: list[bytes]) -> list:
+    return [x for data in results for x in pickle.loads(data)]
+
+
+def timed(call, expected) -> float:
+    start = time.perf_counter()
+    out = call()
+    seconds = time.perf_counter() - start
+    if list(out) != expected:
+        raise AssertionError("wrong results")
+    return seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="R=1, small sizes")
+    opts = parser.parse_args()
+    cfg = QUICK if opts.quick else FULL
+    import multiprocessing as mp
+
+    import dask
+    import dask.bag as db
+    import distributed
+
+    import mpkit
+
+    n_iter = calibrate_spin(TASK_SECONDS)
+    start = time.perf_counter()
+    cluster = distributed.LocalCluster(n_workers=W, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                       dashboard_address=None)
+    client = distributed.Client(cluster, set_as_default=False)
+    client.submit(_tasks.inc, 1).result()
+    cluster_start = time.perf_counter() - start
+    start = time.perf_counter()
+    local = mpkit.Pool(W)
+    local.map(_tasks.inc, [1], progress=False)
+    local_start = time.perf_counter() - start
+    ctx = mp.get_context("forkserver")
+    mp_pool = ctx.Pool(W)
+    on_dask = mpkit.Pool(cluster=client)
+    rows: dict[str, dict[str, list[float]]] = {}
+
+    def record(case, tool, seconds):
+        rows.setdefault(case, {}).setdefault(tool, []).append(seconds)
+
+    try:
+        trivial = list(range(cfg["n_trivial"]))
+        expect_a = [x + 1 for x in trivial]
+        few = trivial[:cfg["n_per_item"]]
+        cpu = [n_iter] * cfg["n_cpu"]
+        expect_b = [_tasks.spin(n_iter)] * cfg["n_cpu"]
+        warm = list(range(10))
+        expect_c = [x + 1 for x in warm]
+        with dask.config.set(scheduler=client.get):
+            bag = lambda items, fn: db.from_sequence(items, npartitions=W).map(fn).compute()  # noqa: E731
+            tools_a = {
+                "mpkit.map on Dask": lambda: on_dask.map(_tasks.inc, trivial, progress=False),
+                "Dask client.map, chunks as bytes": lambda: unchunk(client.gather(client.map(
+                    _tasks.inc_chunk, chunks(trivial, 4 * W), pure=False))),
+                "dask.bag": lambda: bag(trivial, _tasks.inc),
+                "mpkit.map, local processes": lambda: local.map(_tasks.inc, trivial, progress=False),
+                "multiprocessing Pool.map": lambda: mp_pool.map(_tasks.inc, trivial, max(1, len(trivial) // (4 * W))),
+            }
+            tools_b = {
+                "mpkit.map on Dask": lambda: on_dask.map(_tasks.spin, cpu, progress=False),
+                "Dask client.map, chunks as bytes": lambda: unchunk(client.gather(client.map(
+                    _tasks.spin_chunk, chunks(cpu, 8 * W), pure=False))),
+                "dask.bag": lambda: bag(cpu, _tasks.spin),
+                "mpkit.map, local processes": lambda: local.map(_tasks.spin, cpu, progress=False),
+                "multiprocessing Pool.map": lambda: mp_pool.map(_tasks.spin, cpu, max(1, len(cpu) // (4 * W))),
+            }
+            tools_c = {
+                "mpkit.map on Dask": lambda: on_dask.map(_tasks.inc, warm, progress=False),
+                "Dask client.map, one task per item": lambda: client.gather(client.map(_tasks.inc, warm, pure=False)),
+                "mpkit.map, local processes": lambda: local.map(_tasks.inc, warm, progress=False),
+                "multiprocessing Pool.map": lambda: mp_pool.map(_tasks.inc, warm),
+            }
+            for tools in (tools_a, tools_b, tools_c):  # warm-up, untimed
+                for call in tools.values():
+                    call()
+            serial = min(timed(lambda: [_tasks.spin(n) for n in cpu], expect_b) for _ in range(2))
+            for r in range(cfg["rounds"]):
+                order = list(tools_a)[r % len(tools_a):] + list(tools_a)[:r % len(tools_a)]
+                for name in order:
+                    record("a", name, timed(tools_a[name], expect_a))
+                per_item = timed(lambda: client.gather(client.map(_tasks.inc, few, pure=False)), few and [x + 1 for x in few])
+                record("a", "Dask client.map, one task per item (extrapolated)", per_item * len(trivial) / len(few))
+                for name in order:
+                    record("b", name, timed(tools_b[name], expect_b))
+                for name in tools_c:
+                    calls = [timed(tools_c[name], expect_c) for _ in range(cfg["warm_calls"])]
+                    record("c", name, statistics.median(calls))
+                print(f"round {r + 1}/{cfg['rounds']} done", file=sys.stderr, flush=True)
+    finally:
+        on_dask.shutdown()
+        local.shutdown()
+        mp_pool.terminate()
+        client.close()
+        cluster.close()
+
+    base_a = statistics.median(rows["a"]["multiprocessing Pool.map"])
+    lines = ["# mpkit on Dask (bench_dask.py)", "",
+             f"- machine: {W} usable cores; Python {sys.version.split()[0]}; distributed {distributed.__version__}; "
+             f"rounds R = {cfg['rounds']}; load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}",
+             f"- LocalCluster of {W} single-threaded worker processes: start to first result {cluster_start:.2f} s; "
+             f"mpkit's local pool: {local_start:.2f} s", "",
+             "| case | tool | median s | vs Pool.map's time | note |", "|---|---|---:|---:|---|"]
+    for name, samples in rows["a"].items():
+        med = statistics.median(samples)
+        lines.append(f"| (a) {cfg['n_trivial']:,} trivial items | {name} | {med:.3f} | {med / base_a:.2f}x | |")
+    for name, samples in rows["b"].items():
+        med = statistics.median(samples)
+        lines.append(f"| (b) {cfg['n_cpu']:,} x 200 us | {name} | {med:.2f} | | {serial / W / med:.0%} of ideal "
+                     f"(serial {serial:.2f} s / {W}) |")
+    for name, samples in rows["c"].items():
+        lines.append(f"| (c) warm call, 10 items | {name} | {statistics.median(samples) * 1e3:.1f} ms | | |")
+    mp_a = statistics.median(rows["a"]["mpkit.map on Dask"]) / base_a
+    mp_b = serial / W / statistics.median(rows["b"]["mpkit.map on Dask"])
+    mp_c = statistics.median(rows["c"]["mpkit.map on Dask"])
+    lines += ["", f"- (a) target: mpkit on Dask within 2x of Pool.map's time: {mp_a:.2f}x ({'met' if mp_a <= 2 else 'NOT met'})",
+              f"- (b) target: 85% of ideal: {mp_b:.0%} ({'met' if mp_b >= 0.85 else 'NOT met'})",
+              f"- (c) target: a warm call under 30 ms: {mp_c * 1e3:.1f} ms ({'met' if mp_c < 0.03 else 'NOT met'})"]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    with open(RESULTS, "w") as f:
+        f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
