@@ -30,6 +30,7 @@ sys.path.insert(0, ROOT)
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
 
 from benchmarks import _tasks  # noqa: E402
+from benchmarks.bench_pool import calibrate_spin, usable_cores  # noqa: E402
 
 FULL = {"rounds": 3, "n_trivial": 200_000, "n_per_item": 2_000, "n_cpu": 20_000, "warm_calls": 10}
 QUICK = {"rounds": 1, "n_trivial": 50_000, "n_per_item": 500, "n_cpu": 4_000, "warm_calls": 5}
@@ -37,24 +38,7 @@ TASK_SECONDS = 200e-6
 RESULTS = os.path.join(HERE, "results", "dask.md")
 
 
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 W = usable_cores()
-
-
-def calibrate_spin(target: float) -> int:
-    def once(n):
-        start = time.perf_counter()
-        _tasks.spin(n)
-        return time.perf_counter() - start
-    n = 20_000
-    n = max(1, round(n * target / min(once(n) for _ in range(5))))
-    return max(1, round(n * target / min(once(n) for _ in range(5))))
 
 
 def chunks(items: list, count: int) -> list[bytes]:
@@ -117,22 +101,19 @@ def main() -> int:
         expect_c = [x + 1 for x in warm]
         with dask.config.set(scheduler=client.get):
             bag = lambda items, fn: db.from_sequence(items, npartitions=W).map(fn).compute()  # noqa: E731
-            tools_a = {
-                "mpkit.map on Dask": lambda: on_dask.map(_tasks.inc, trivial, progress=False),
-                "Dask client.map, chunks as bytes": lambda: unchunk(client.gather(client.map(
-                    _tasks.inc_chunk, chunks(trivial, 4 * W), pure=False))),
-                "dask.bag": lambda: bag(trivial, _tasks.inc),
-                "mpkit.map, local processes": lambda: local.map(_tasks.inc, trivial, progress=False),
-                "multiprocessing Pool.map": lambda: mp_pool.map(_tasks.inc, trivial, max(1, len(trivial) // (4 * W))),
-            }
-            tools_b = {
-                "mpkit.map on Dask": lambda: on_dask.map(_tasks.spin, cpu, progress=False),
-                "Dask client.map, chunks as bytes": lambda: unchunk(client.gather(client.map(
-                    _tasks.spin_chunk, chunks(cpu, 8 * W), pure=False))),
-                "dask.bag": lambda: bag(cpu, _tasks.spin),
-                "mpkit.map, local processes": lambda: local.map(_tasks.spin, cpu, progress=False),
-                "multiprocessing Pool.map": lambda: mp_pool.map(_tasks.spin, cpu, max(1, len(cpu) // (4 * W))),
-            }
+            def bulk(fn, chunk_fn, items, n_chunks):
+                """The tools of (a) and (b): the same work on each, Dask's chunks as bytes."""
+                return {
+                    "mpkit.map on Dask": lambda: on_dask.map(fn, items, progress=False),
+                    "Dask client.map, chunks as bytes": lambda: unchunk(client.gather(client.map(
+                        chunk_fn, chunks(items, n_chunks), pure=False))),
+                    "dask.bag": lambda: bag(items, fn),
+                    "mpkit.map, local processes": lambda: local.map(fn, items, progress=False),
+                    "multiprocessing Pool.map": lambda: mp_pool.map(fn, items, max(1, len(items) // (4 * W))),
+                }
+
+            tools_a = bulk(_tasks.inc, _tasks.inc_chunk, trivial, 4 * W)
+            tools_b = bulk(_tasks.spin, _tasks.spin_chunk, cpu, 8 * W)
             tools_c = {
                 "mpkit.map on Dask": lambda: on_dask.map(_tasks.inc, warm, progress=False),
                 "Dask client.map, one task per item": lambda: client.gather(client.map(_tasks.inc, warm, pure=False)),
