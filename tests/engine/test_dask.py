@@ -73,6 +73,23 @@ def test_a_failed_map_leaves_no_results_on_the_cluster(dpool, dask_client):
     assert wait_until(lambda: not held(), timeout=30), held()
 
 
+def test_a_large_closure_reaches_each_worker_once(dpool, dask_client):
+    """A notebook function over a big global (a lookup table, weights) is not sent with every chunk:
+    Dask warns of each "large graph" it is given, and the scheduler forgets it after the map."""
+    import warnings
+
+    np = pytest.importorskip("numpy")
+    table = np.arange(2_000_000, dtype=np.float64)  # 16 MB, past Dask's large-graph warning (10 MB)
+    fn = lambda i: float(table[i])  # noqa: E731 - a notebook's closure: sent by value
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert dpool.map(fn, range(40), chunksize=1) == [float(i) for i in range(40)]
+    assert not [w for w in caught if "large graph" in str(w.message)]
+    assert wait_until(lambda: not dask_client.run_on_scheduler(
+        lambda dask_scheduler: [k for k in dask_scheduler.tasks if not str(k).startswith("mpkit-")]),
+        timeout=30)
+
+
 def test_retries_count_exceptions(dpool, tmp_path):
     assert dpool.map(functools.partial(helpers.flaky_file, path=str(tmp_path / "m")), range(6),
                      retries=1) == list(range(6))
