@@ -98,6 +98,25 @@ class RemoteError(_Picklable, Exception):
     """Stands in for a worker exception that could not be pickled back to this process."""
 
 
+class Reborn:
+    """Pickles an exception as its class, ``args`` and attributes, rebuilt by ``_reborn`` without
+    calling its ``__init__``: for exceptions whose ``__init__`` does not take their ``args``."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+    def __reduce__(self):
+        exc = self.exc
+        return _reborn, (type(exc), exc.args, dict(getattr(exc, "__dict__", {})))
+
+
+def _reborn(cls, args: tuple, state: dict) -> BaseException:
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
 Frame = tuple[str, int, str, "str | None"]  # (filename, lineno, function, line) as the worker saw it
 
 

@@ -96,11 +96,32 @@ def test_a_cause_that_cannot_be_pickled_arrives_as_remote_error_with_its_frames(
              'raise ValueError(f"outer failure on {x}") from err', "ValueError: outer failure on 4")
 
 
-def test_an_outer_error_that_cannot_be_rebuilt_still_has_its_rebuilt_cause(pool):
+def test_an_outer_error_with_its_own_init_arrives_as_its_type_with_its_rebuilt_cause(pool):
     err = raised(pool, error_tasks.outer_cannot_be_rebuilt, [9])
-    assert type(err) is mpkit.RemoteError and "NeedsTwoArgs" in str(err), str(err)
+    assert type(err) is helpers.NeedsTwoArgs and str(err) == "item 9 failed: no entry", str(err)
     assert type(err.__cause__) is KeyError and err.__cause__.args == (9,)
     in_order(shown(err), "return TABLE[x]", "KeyError: 9", "direct cause", "raise NeedsTwoArgs(")
+
+
+def test_a_notebook_exception_whose_init_takes_other_arguments_can_be_caught_by_its_type(pool):
+    """What users write in a cell: an exception class with a constructor of its own. Pickle calls
+    it with its one message and fails; it must still arrive as itself, attributes and all."""
+    class RowError(ValueError):  # a local class: pickled by value, as a notebook's
+        def __init__(self, path, row):
+            super().__init__(f"{path}: bad row {row}")
+            self.path, self.row = path, row
+
+    def check(x):
+        if x == 3:
+            raise RowError("a.xlsx", x)
+        return x
+
+    with pytest.raises(RowError) as info:
+        pool.map(check, range(6))
+    assert (info.value.path, info.value.row, str(info.value)) == ("a.xlsx", 3, "a.xlsx: bad row 3")
+    assert 'raise RowError("a.xlsx", x)' in shown(info.value)
+    out = pool.map(check, range(6), on_error="collect")
+    assert type(out.failures[0].exception) is RowError and out.failures[0].exception.row == 3
 
 
 def test_a_chain_of_three_keeps_every_link_and_its_frames(pool):

@@ -40,7 +40,7 @@ import traceback
 
 from .. import _serialize
 from . import _capture, _proctree, _wire
-from .._errors import ExceptionRecord, unpicklable_result
+from .._errors import ExceptionRecord, Reborn, unpicklable_result
 
 # Message kinds, parent -> worker.
 CONTEXT, FN, FORGET, RUN, STOP = "context", "fn", "forget", "run", "stop"
@@ -200,13 +200,24 @@ def _describe_exception(exc: BaseException, skip_frames: int = 1):
     return pickle.dumps(record, PROTOCOL), record.text, record.frames
 
 
+def _exception_bytes(exc: BaseException) -> bytes | None:
+    """The exception's pickle, checked to unpickle here; an exception whose ``__init__`` takes other
+    arguments than its ``args`` (``MyError(path, line)`` with one message) pickles but cannot be
+    rebuilt, so it goes as its class, args and attributes, rebuilt without calling ``__init__``,
+    and arrives as its own type. None: it cannot cross at all (a lock inside)."""
+    for value in (exc, Reborn(exc)):
+        try:
+            data = dumps(value)
+            pickle.loads(data)
+            return data
+        except BaseException:
+            continue
+    return None
+
+
 def _record(exc: BaseException, skip_frames: int, memo: dict) -> ExceptionRecord:
     memo[id(exc)] = None  # in progress: a chain that loops back to it ends there
-    try:
-        exc_bytes = dumps(exc)
-        pickle.loads(exc_bytes)  # some exceptions pickle but cannot be rebuilt (custom __init__)
-    except BaseException:
-        exc_bytes = None
+    exc_bytes = _exception_bytes(exc)
     text = "".join(traceback.format_exception_only(type(exc), exc)).rstrip()
     tb = exc.__traceback__
     for _ in range(skip_frames):  # drop the worker's own frame, keep the user's
