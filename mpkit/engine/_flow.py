@@ -63,7 +63,7 @@ from typing import Any, Callable
 
 from ._errors import Failure, ResultList
 from ._ledger import Ledger
-from ._pipeline_stats import SNAPSHOT_HZ, PipelineStats, mark_bottleneck
+from ._pipeline_stats import SNAPSHOT_HZ, Bottleneck, PipelineStats
 from ._item import (ATOM_BYTES, BadOutput, Item, Unpicklable, chunk_payload, decoded, shown, size, taken, travel,
                     undecodable)
 from ._stage import CHANNEL_BYTES, Fan, PoolFactory, Segment, Stage
@@ -119,6 +119,10 @@ class Flow:
         self.stop_now = False                # [cond] stop without draining
         self.fatal: BaseException | None = None
         self.state = "running"
+        self.service = service
+        self.interrupted = False             # run() stopped by the kernel's interrupt (for stats' outcome)
+        self.total: int | None = None        # len() of run()'s source, if it has one (for the progress)
+        self._bottleneck = Bottleneck()
         self.started = time.perf_counter()
         self.history: deque[PipelineStats] = deque(maxlen=HISTORY)
         self.on_finish: list[Callable[[], None]] = []
@@ -648,11 +652,20 @@ class Flow:
             for stage in self.stages:
                 stages += stage.stats(now)
             waiting = len(self.incoming)
-        stages = mark_bottleneck(stages)
+        stages = self._bottleneck.mark(stages, now, running=self.state == "running")
         led = self.ledger
         return PipelineStats(self.name, self.state, now - self.started, led.submitted + waiting, led.completed,
                              led.failed, led.dropped, led.pending + waiting, led.delivered, tuple(stages),
-                             cancelled=led.cancelled)
+                             cancelled=led.cancelled, outcome=self._outcome(), total=self.total)
+
+    def _outcome(self) -> str:
+        if self.state == "running":
+            return ""
+        if self.state == "failed":
+            return "failed"
+        if self.interrupted:
+            return "interrupted"
+        return "stopped" if self.stop_now or self.service else "finished"
 
     def _snapshot(self) -> None:
         now = time.perf_counter()
