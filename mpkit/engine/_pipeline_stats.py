@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from ._usage import WorkerUsage
+
 #: Snapshots a second at most, and so dashboard updates a second: enough to look live, few enough
 #: that a notebook's message rate stays far under Jupyter's limits.
 SNAPSHOT_HZ = 10
@@ -41,6 +43,17 @@ class StageStats:
     bottleneck: bool = False  #: its input is full while the next stage starves
     cancelled: int = 0     #: items inside when the flow stopped early (stop(drain=False), interrupt, error)
     waiting: int = 0       #: results made, waiting for room in the next stage's channel
+    usage: tuple[WorkerUsage, ...] = ()  #: CPU and memory of each worker (read once a second; none at the end)
+
+    @property
+    def cpu_percent(self) -> float:
+        """CPU of all its workers, in % of one core (200.0 = two cores busy)."""
+        return sum(u.cpu_percent for u in self.usage)
+
+    @property
+    def rss(self) -> int:
+        """Resident memory of all its workers, in bytes."""
+        return sum(u.rss for u in self.usage)
 
     @property
     def fill(self) -> float:
@@ -89,6 +102,11 @@ class PipelineStats:
             if stage.name == name:
                 return stage
         raise KeyError(f"no stage named {name!r}; stages: {', '.join(s.name for s in self.stages)}")
+
+
+def with_usage(stages: list[StageStats], usage: dict[str, tuple[WorkerUsage, ...]]) -> list[StageStats]:
+    """Each process stage's snapshot with its workers' CPU and memory (``_usage.Usage.sample``)."""
+    return [replace(s, usage=usage[s.name]) if s.kind == "stage" and s.name in usage else s for s in stages]
 
 
 #: The bottleneck rule, with hysteresis. A stage becomes the bottleneck when its input is at least

@@ -69,3 +69,15 @@ def mean_rate(stage: StageStats, elapsed: float) -> float:
 def eta(seconds: float) -> str:
     """Time left, as ``elapsed`` shows time spent."""
     return elapsed(max(0.0, seconds))
+
+
+def memory(nbytes: int) -> str:
+    """Resident memory: ``85 MB``, ``1.2 GB``."""
+    if nbytes >= 10**9:
+        return f"{nbytes / 1e9:.1f} GB"
+    return f"{nbytes / 1e6:,.0f} MB"
+
+
+def cpu(percent: float) -> str:
+    """Share of one core: ``98%``; ``250%`` is two and a half cores."""
+    return f"{percent:,.0f}%"

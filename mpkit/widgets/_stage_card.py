@@ -8,6 +8,7 @@
     | in 120 · out 118                   |  .mpkit-counts
     | 45.2 items/s · 12.3 ms/item        |  .mpkit-speed (at the end: the run's mean rate)
     | errors 0 · dropped 0 · cancelled 0 |  .mpkit-failed ...
+    | cpu 180% · mem 210 MB              |  .mpkit-usage: all its workers (each in the tooltip)
     +------------------------------------+
 
 Every card has the same size, the same lines, the same border width whatever its numbers: the
@@ -114,13 +115,23 @@ def card_html(s: StageStats, elapsed: float, ended: bool) -> str:
     if s.kind != "batch":
         speed += f" \u00b7 {num(fmt.mean_ms(s.mean_seconds), 5)} ms/item"
     err = " mpkit-err" if s.failed else ""
+    if s.kind == "batch":
+        usage, tip = "in the router, no worker", ""
+    elif ended or not s.usage:
+        usage, tip = "cpu \u2013 \u00b7 mem \u2013", ""
+    else:
+        usage = f"cpu {num(fmt.cpu(s.cpu_percent), 5)} \u00b7 mem {num(fmt.memory(s.rss), 7)}"
+        tip = " title=\"" + html.escape("; ".join(
+            f"worker {u.id} (pid {u.pid}, {u.state}): cpu {fmt.cpu(u.cpu_percent)}, mem {fmt.memory(u.rss)}"
+            for u in s.usage)) + "\""
     return (f'<div class="{classes}"><div class="mpkit-name">{head}</div>'
             f'<div class="mpkit-workers">{html.escape(workers)}</div>'
             f'<div class="mpkit-queue">{queue}</div>'
             f'<div class="mpkit-counts">in {num(s.received, 7)} \u00b7 out {num(s.emitted, 7)}</div>'
             f'<div class="mpkit-speed">{speed}</div>'
             f'<div class="mpkit-failed{err}">errors {s.failed:,} \u00b7 dropped {s.dropped:,}'
-            f" \u00b7 cancelled {s.cancelled:,}</div></div>")
+            f" \u00b7 cancelled {s.cancelled:,}</div>"
+            f'<div class="mpkit-usage"{tip}>{usage}</div></div>')
 
 
 def plural_workers(s: StageStats) -> str:
