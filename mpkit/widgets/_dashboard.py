@@ -58,25 +58,25 @@ def header_html(title: str, stats: PipelineStats) -> str:
     ended = bool(stats.outcome)
     parts = [f'<b class="mpkit-title">{html.escape(title)}</b>',
              f'<span class="mpkit-state mpkit-state-{html.escape(state)}">{html.escape(state)}</span>',
-             f'<span class="mpkit-elapsed">{num(fmt.elapsed(stats.elapsed), 7)}</span>']
+             f'<span class="mpkit-elapsed">{num(fmt.elapsed(stats.elapsed), 6)}</span>']
     done, total = stats.ended, stats.total
     if total:
         pct = min(100.0, 100.0 * done / total)
-        progress = f"{queue_bar(done, total, ' mpkit-wide')} {num(done, 7)} / {total:,} {num(f'{pct:.0f}%', 4)}"
+        progress = f"{queue_bar(done, total, ' mpkit-wide')} {num(done, 5)} / {total:,} {num(f'{pct:.0f}%', 4)}"
         if not ended:
             rate = done / stats.elapsed if stats.elapsed > 0 else 0.0
             left = fmt.eta((total - done) / rate) if rate > 0 and done < total else "\u2013"
             progress += f" ETA {num(left, 6)}"
     else:
-        progress = f"done {num(done, 7)} / {num(stats.submitted, 7)} submitted"
+        progress = f"done {num(done, 5)} of {stats.submitted:,} submitted"
     parts.append(f'<span class="mpkit-progress">{progress}</span>')
-    totals = [f"completed {num(stats.completed, 7)}",
+    totals = [f"completed {num(stats.completed, 5)}",
               f'<span class="{"mpkit-err" if stats.failed else ""}">failed {num(stats.failed, 3)}</span>',
               f"dropped {num(stats.dropped, 3)}", f"cancelled {num(stats.cancelled, 3)}"]
     if not ended:
-        totals.append(f"pending {num(stats.pending, 5)}")
+        totals.append(f"pending {num(stats.pending, 4)}")
     if stats.results != stats.completed:
-        totals.append(f"results {num(stats.results, 7)}")
+        totals.append(f"results {num(stats.results, 5)}")
     parts.append(f'<span class="mpkit-totals">{SEP.join(totals)}</span>')
     return f'<div class="mpkit-head">{"".join(parts)}</div>'
 

@@ -1,7 +1,7 @@
 """One stage's card in the pipeline dashboard, drawn as HTML from one ``StageStats``.
 
     .mpkit-stage .mpkit-stage-<name> .mpkit-kind-<stage|batch> (+ .mpkit-bottleneck)
-    +-- 230 px, always ------------------+
+    +-- 260 px, always ------------------+
     | embed  stage          bottleneck   |  name, kind, the badge (hidden, never removed)
     | 1 of 2 workers busy                |  .mpkit-workers (in words)
     | [#######-----]  5 / 8 queued       |  .mpkit-queue: a bar of fixed width
@@ -38,7 +38,7 @@ NUM_WIDTHS = (3, 4, 5, 6, 7)
 #: every state, only its colour changes; lines are cut at the edge, never wrapped.
 CSS = f"""
 .mpkit-dashboard .mpkit-cards{{display:flex;flex-wrap:nowrap;align-items:stretch;overflow-x:auto;padding:2px 0}}
-.mpkit-dashboard .mpkit-stage{{box-sizing:border-box;width:230px;flex:0 0 230px;border:2px solid #c8c8c8;
+.mpkit-dashboard .mpkit-stage{{box-sizing:border-box;width:260px;flex:0 0 260px;border:2px solid #c8c8c8;
   border-radius:4px;padding:3px 8px;font-variant-numeric:tabular-nums}}
 .mpkit-dashboard .mpkit-stage.mpkit-bottleneck{{border-color:{BOTTLENECK_COLOR}}}
 .mpkit-dashboard .mpkit-stage>div{{white-space:nowrap;overflow:hidden;text-overflow:ellipsis;height:1.45em;
@@ -107,27 +107,27 @@ def card_html(s: StageStats, elapsed: float, ended: bool) -> str:
         workers = "batcher, ended" if s.kind == "batch" else f"ended ({plural_workers(s)})"
         left = s.queued + s.in_flight
         queue = f"{left:,} left inside" if left else "nothing left inside"
-        speed = f"mean {num(fmt.rate(fmt.mean_rate(s, elapsed)), 6)} items/s"
+        speed = f"mean {num(fmt.rate(fmt.mean_rate(s, elapsed)), 5)} items/s"
     else:
         workers = fmt.workers_words(s)
-        queue = f"{queue_bar(s.queued, s.capacity)} {num(s.queued, 5)} / {s.capacity:,} queued"
-        speed = f"{num(fmt.rate(s.rate), 6)} items/s"
+        queue = f"{queue_bar(s.queued, s.capacity)} {num(s.queued, 4)} / {s.capacity:,} queued"
+        speed = f"{num(fmt.rate(s.rate), 5)} items/s"
     if s.kind != "batch":
-        speed += f" \u00b7 {num(fmt.mean_ms(s.mean_seconds), 5)} ms/item"
+        speed += f" \u00b7 {num(fmt.mean_ms(s.mean_seconds), 4)} ms/item"
     err = " mpkit-err" if s.failed else ""
     if s.kind == "batch":
         usage, tip = "in the router, no worker", ""
     elif ended or not s.usage:
         usage, tip = "cpu \u2013 \u00b7 mem \u2013", ""
     else:
-        usage = f"cpu {num(fmt.cpu(s.cpu_percent), 5)} \u00b7 mem {num(fmt.memory(s.rss), 7)}"
+        usage = f"cpu {num(fmt.cpu(s.cpu_percent), 4)} \u00b7 mem {num(fmt.memory(s.rss), 6)}"
         tip = " title=\"" + html.escape("; ".join(
             f"worker {u.id} (pid {u.pid}, {u.state}): cpu {fmt.cpu(u.cpu_percent)}, mem {fmt.memory(u.rss)}"
             for u in s.usage)) + "\""
     return (f'<div class="{classes}"><div class="mpkit-name">{head}</div>'
             f'<div class="mpkit-workers">{html.escape(workers)}</div>'
             f'<div class="mpkit-queue">{queue}</div>'
-            f'<div class="mpkit-counts">in {num(s.received, 7)} \u00b7 out {num(s.emitted, 7)}</div>'
+            f'<div class="mpkit-counts">in {num(s.received, 5)} \u00b7 out {num(s.emitted, 5)}</div>'
             f'<div class="mpkit-speed">{speed}</div>'
             f'<div class="mpkit-failed{err}">errors {s.failed:,} \u00b7 dropped {s.dropped:,}'
             f" \u00b7 cancelled {s.cancelled:,}</div>"

@@ -47,7 +47,8 @@ def summary_html(title: str, stats: PipelineStats, history: Sequence[PipelineSta
                              for name in ("submitted", "completed", "failed", "dropped", "cancelled"))
     if stats.results != stats.completed:
         totals += f" \u00b7 results {stats.results:,}"
-    mean = stats.ended / stats.elapsed if stats.elapsed > 0 else 0.0
+    went_through = stats.completed + stats.failed + stats.dropped   # not the cancelled: never run
+    mean = went_through / stats.elapsed if stats.elapsed > 0 else 0.0
     head = (f'<div class="mpkit-summary-head"><b>{html.escape(title)}</b> {badge(state)} '
             f"after {fmt.elapsed(stats.elapsed)} \u00b7 {totals} \u00b7 "
             f"{fmt.rate(mean)} items/s</div>")

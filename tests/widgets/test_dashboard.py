@@ -173,7 +173,7 @@ def test_overall_progress_with_a_total():
     assert "27 / 100 27%" in header
     assert "ETA 13.5s" in header                               # 73 left at 5.4 items/s
     dash.update(three_stages(4))                               # no len(): done / submitted
-    assert "done 27 / 45 submitted" in text(dash.header.value)
+    assert "done 27 of 45 submitted" in text(dash.header.value)
 
 
 def ended(outcome: str, **totals) -> PipelineStats:
