@@ -2,13 +2,13 @@
 
     .mpkit-stage .mpkit-stage-<name> .mpkit-kind-<stage|batch> (+ .mpkit-bottleneck)
     +-- 260 px, always ------------------+
-    | embed  stage          bottleneck   |  name, kind, the badge (hidden, never removed)
-    | 1 of 2 workers busy                |  .mpkit-workers (in words)
-    | [#######-----]  5 / 8 queued       |  .mpkit-queue: a bar of fixed width
-    | in 120 · out 118                   |  .mpkit-counts
-    | 45.2 items/s · 12.3 ms/item        |  .mpkit-speed (at the end: the run's mean rate)
-    | errors 0 · dropped 0 · cancelled 0 |  .mpkit-failed ...
-    | cpu 180% · mem 210 MB              |  .mpkit-usage: all its workers (each in the tooltip)
+    | embed  stage          bottleneck   |  name, kind, the badge (CSS: hidden, never removed)
+    | 1 of 2 workers busy                |  workers, in words
+    | [#######-----]  5 / 8 queued       |  the input channel: a bar of fixed width
+    | in 120 · out 118                   |  counts
+    | 45.2 items/s · 12.3 ms/item        |  speed (at the end: the run's mean rate)
+    | errors 0 · dropped 0 · cancelled 0 |  red (.mpkit-err) once an item failed
+    | cpu 180% · mem 210 MB              |  all its workers (each in the tooltip)
     +------------------------------------+
 
 Every card has the same size, the same lines, the same border width whatever its numbers: the
@@ -43,8 +43,9 @@ CSS = f"""
 .mpkit-dashboard .mpkit-stage.mpkit-bottleneck{{border-color:{BOTTLENECK_COLOR}}}
 .mpkit-dashboard .mpkit-stage>div{{white-space:nowrap;overflow:hidden;text-overflow:ellipsis;height:1.45em;
   line-height:1.45em}}
-.mpkit-dashboard .mpkit-bottleneck-badge{{float:right;font-weight:bold;color:{BOTTLENECK_COLOR};visibility:hidden}}
-.mpkit-dashboard .mpkit-bottleneck .mpkit-bottleneck-badge{{visibility:visible}}
+.mpkit-dashboard .mpkit-stage>div:first-child::after{{content:"bottleneck";float:right;font-weight:bold;
+  color:{BOTTLENECK_COLOR};visibility:hidden}}
+.mpkit-dashboard .mpkit-bottleneck>div:first-child::after{{visibility:visible}}
 .mpkit-dashboard .mpkit-kind{{color:#777777}}
 .mpkit-dashboard .mpkit-err{{color:{ERROR_COLOR}}}
 {",".join(f".mpkit-dashboard .n{w}" for w in NUM_WIDTHS)}{{display:inline-block;text-align:right}}
@@ -101,8 +102,7 @@ def card_html(s: StageStats, elapsed: float, ended: bool) -> str:
     bottleneck = s.bottleneck and not ended
     classes = f"mpkit-stage {css_name(s.name)} mpkit-kind-{s.kind}" + (" mpkit-bottleneck" if bottleneck else "")
     kind = "batcher" if s.kind == "batch" else "stage"
-    head = (f'<span class="mpkit-bottleneck-badge">bottleneck</span><b>{html.escape(s.name)}</b> '
-            f'<span class="mpkit-kind">{kind}</span>')
+    head = f'<b>{html.escape(s.name)}</b> <span class=mpkit-kind>{kind}</span>'
     if ended:
         workers = "batcher, ended" if s.kind == "batch" else f"ended ({plural_workers(s)})"
         left = s.queued + s.in_flight
@@ -114,7 +114,6 @@ def card_html(s: StageStats, elapsed: float, ended: bool) -> str:
         speed = f"{num(fmt.rate(s.rate), 5)} items/s"
     if s.kind != "batch":
         speed += f" \u00b7 {num(fmt.mean_ms(s.mean_seconds), 4)} ms/item"
-    err = " mpkit-err" if s.failed else ""
     if s.kind == "batch":
         usage, tip = "in the router, no worker", ""
     elif ended or not s.usage:
@@ -124,14 +123,14 @@ def card_html(s: StageStats, elapsed: float, ended: bool) -> str:
         tip = " title=\"" + html.escape("; ".join(
             f"worker {u.id} (pid {u.pid}, {u.state}): cpu {fmt.cpu(u.cpu_percent)}, mem {fmt.memory(u.rss)}"
             for u in s.usage)) + "\""
-    return (f'<div class="{classes}"><div class="mpkit-name">{head}</div>'
-            f'<div class="mpkit-workers">{html.escape(workers)}</div>'
-            f'<div class="mpkit-queue">{queue}</div>'
-            f'<div class="mpkit-counts">in {num(s.received, 5)} \u00b7 out {num(s.emitted, 5)}</div>'
-            f'<div class="mpkit-speed">{speed}</div>'
-            f'<div class="mpkit-failed{err}">errors {s.failed:,} \u00b7 dropped {s.dropped:,}'
-            f" \u00b7 cancelled {s.cancelled:,}</div>"
-            f'<div class="mpkit-usage"{tip}>{usage}</div></div>')
+    # one <div> a line, in this order; the badge is the first line's ::after (CSS), so it costs
+    # nothing in a snapshot and takes its place whether shown or not
+    lines = (head, html.escape(workers), queue,
+             f"in {num(s.received, 5)} \u00b7 out {num(s.emitted, 5)}", speed,
+             f"errors {s.failed:,} \u00b7 dropped {s.dropped:,} \u00b7 cancelled {s.cancelled:,}", usage)
+    attrs = ("", "", "", "", "", " class=mpkit-err" if s.failed else "", tip)
+    body = "".join(f"<div{attr}>{text}</div>" for attr, text in zip(attrs, lines))
+    return f'<div class="{classes}">{body}</div>'
 
 
 def plural_workers(s: StageStats) -> str:
