@@ -95,7 +95,9 @@ class Pipeline(engine.Pipeline):
     front_end = staticmethod(_pipeline_front_end)
 
     def dashboard(self) -> Dashboard:
-        """A live ipywidgets panel of this pipeline; shown by the runs and services that follow."""
+        """A live ipywidgets panel of this pipeline; shown by the runs and services that follow.
+        When the run or service it shows ends, it becomes a static HTML summary (kept in the saved
+        notebook) and its widgets are closed."""
         from .widgets._live import dashboard_for
 
         return dashboard_for(self)

@@ -208,3 +208,11 @@ def pid_for_large(x, seconds=0.2):
 def large_below(x, n=10, nbytes=2 << 20):
     """Items under ``n`` become ``nbytes`` of bytes (an image loaded from its path), others stay."""
     return bytes([x % 256]) * nbytes if x < n else x
+
+
+def spin(x, seconds=0.2):
+    """Busy CPU for ``seconds`` (a worker whose CPU a snapshot should see)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+    return x

@@ -33,7 +33,9 @@ lock, observers get their snapshots in a Watcher thread each (``_observe``), Fut
 in the service's callback thread. (A chunk's message, the
 list of its items' pickles, is made in the router outside the lock; the manager threads unpickle
 a results message, a list of pickles, under it.) Snapshots are taken by the router (other threads
-ask for one and wait for it), so the counts in a snapshot always agree with each other.
+ask for one and wait for it), so the counts in a snapshot always agree with each other; the
+router also marks the bottleneck in them (``_pipeline_stats.Bottleneck``) and adds the workers' CPU
+and memory, read at most once a second (``_usage``).
 
 Bounds, in items and in bytes (``_stage.CHANNEL_BYTES``): ``incoming`` plus stage 0's channel hold
 at most its ``maxsize`` items and CHANNEL_BYTES; a stage's channel (lane inboxes plus chunks not
@@ -63,10 +65,11 @@ from typing import Any, Callable
 
 from ._errors import Failure, ResultList
 from ._ledger import Ledger
-from ._pipeline_stats import SNAPSHOT_HZ, PipelineStats, mark_bottleneck
+from ._pipeline_stats import SNAPSHOT_HZ, Bottleneck, PipelineStats, with_usage
 from ._item import (ATOM_BYTES, BadOutput, Item, Unpicklable, chunk_payload, decoded, shown, size, taken, travel,
                     undecodable)
 from ._stage import CHANNEL_BYTES, Fan, PoolFactory, Segment, Stage
+from ._usage import Usage
 
 #: Snapshots kept for ``timeline()``: at 10 a second, ten minutes of history.
 HISTORY = 6000
@@ -119,6 +122,11 @@ class Flow:
         self.stop_now = False                # [cond] stop without draining
         self.fatal: BaseException | None = None
         self.state = "running"
+        self.service = service
+        self.interrupted = False             # run() stopped by the kernel's interrupt (for stats' outcome)
+        self.total: int | None = None        # len() of run()'s source, if it has one (for the progress)
+        self._bottleneck = Bottleneck()
+        self._usage = Usage()                # workers' CPU and memory, read once a second
         self.started = time.perf_counter()
         self.history: deque[PipelineStats] = deque(maxlen=HISTORY)
         self.on_finish: list[Callable[[], None]] = []
@@ -648,11 +656,22 @@ class Flow:
             for stage in self.stages:
                 stages += stage.stats(now)
             waiting = len(self.incoming)
-        stages = mark_bottleneck(stages)
+        stages = self._bottleneck.mark(stages, now, running=self.state == "running")
+        if self.state == "running":
+            stages = with_usage(stages, self._usage.sample(now, {s.name: s.workers for s in self.stages}))
         led = self.ledger
         return PipelineStats(self.name, self.state, now - self.started, led.submitted + waiting, led.completed,
                              led.failed, led.dropped, led.pending + waiting, led.delivered, tuple(stages),
-                             cancelled=led.cancelled)
+                             cancelled=led.cancelled, outcome=self._outcome(), total=self.total)
+
+    def _outcome(self) -> str:
+        if self.state == "running":
+            return ""
+        if self.state == "failed":
+            return "failed"
+        if self.interrupted:
+            return "interrupted"
+        return "stopped" if self.stop_now or self.service else "finished"
 
     def _snapshot(self) -> None:
         now = time.perf_counter()

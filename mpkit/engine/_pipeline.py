@@ -161,6 +161,7 @@ class Pipeline:
             raise TypeError(f"items must be iterable, got {type(items).__name__} {_short_repr(items)}") from None
         flow = self._flow_for(on_error, ordered, start_method, progress)
         flow.copy_buffers = _may_refill(items)
+        flow.total = _length(items)
         flow.start()
         try:
             # The source is read here, in the calling thread, never under the flow's lock: each item
@@ -175,6 +176,7 @@ class Pipeline:
             flow.wait()
         except KeyboardInterrupt:
             with held_interrupts():  # a second interrupt while the stages stop keeps the results
+                flow.interrupted = True
                 flow.stop()
                 flow.wait_quietly()
                 interrupted = MapInterrupted(flow.result_list(), list(flow.ledger.cancelled_roots), None)
@@ -341,6 +343,14 @@ def _what_runs(pipe: Pipeline) -> str:
 def _may_refill(items) -> bool:
     """Whether a source may hand out one buffer refilled (a generator of frames): not a list or tuple."""
     return not isinstance(items, (list, tuple, range))
+
+
+def _length(items) -> int | None:
+    """How many items a source holds, for the dashboard's progress and ETA; None if it cannot say."""
+    try:
+        return len(items)
+    except Exception:  # noqa: BLE001 - no len() (a generator), or one that fails: no total shown
+        return None
 
 
 def _replace(spec: StageSpec, **changes) -> StageSpec:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from ._usage import WorkerUsage
+
 #: Snapshots a second at most, and so dashboard updates a second: enough to look live, few enough
 #: that a notebook's message rate stays far under Jupyter's limits.
 SNAPSHOT_HZ = 10
@@ -41,6 +43,17 @@ class StageStats:
     bottleneck: bool = False  #: its input is full while the next stage starves
     cancelled: int = 0     #: items inside when the flow stopped early (stop(drain=False), interrupt, error)
     waiting: int = 0       #: results made, waiting for room in the next stage's channel
+    usage: tuple[WorkerUsage, ...] = ()  #: CPU and memory of each worker (read once a second; none at the end)
+
+    @property
+    def cpu_percent(self) -> float:
+        """CPU of all its workers, in % of one core (200.0 = two cores busy)."""
+        return sum(u.cpu_percent for u in self.usage)
+
+    @property
+    def rss(self) -> int:
+        """Resident memory of all its workers, in bytes."""
+        return sum(u.rss for u in self.usage)
 
     @property
     def fill(self) -> float:
@@ -64,6 +77,14 @@ class PipelineStats:
     stages: tuple[StageStats, ...] = field(default_factory=tuple)
     cancelled: int = 0     #: items inside when the flow stopped early: stop(drain=False), an
                            #: interrupted run(), or an error that stopped the run or the service
+    outcome: str = ""      #: how it ended: "finished", "failed", "interrupted" or "stopped"
+                           #: (a service, or a stream left early); "" while it runs
+    total: int | None = None  #: items in the source of a run() whose source has a len(), else None
+
+    @property
+    def ended(self) -> int:
+        """Items that went through one way or another: completed, failed, dropped or cancelled."""
+        return self.completed + self.failed + self.dropped + self.cancelled
 
     @property
     def accounted(self) -> bool:
@@ -83,14 +104,58 @@ class PipelineStats:
         raise KeyError(f"no stage named {name!r}; stages: {', '.join(s.name for s in self.stages)}")
 
 
-def mark_bottleneck(stages: list[StageStats]) -> list[StageStats]:
-    """The stage holding the pipeline back: its input at least half full while the stage after it
-    has almost nothing queued (or it is the last)."""
-    out = list(stages)
-    for i, stage in enumerate(stages):
-        if stage.kind != "stage" or stage.fill < 0.5:
-            continue
-        after = stages[i + 1] if i + 1 < len(stages) else None
-        if after is None or after.fill < 0.1:
-            out[i] = replace(stage, bottleneck=True)
-    return out
+def with_usage(stages: list[StageStats], usage: dict[str, tuple[WorkerUsage, ...]]) -> list[StageStats]:
+    """Each process stage's snapshot with its workers' CPU and memory (``_usage.Usage.sample``)."""
+    return [replace(s, usage=usage[s.name]) if s.kind == "stage" and s.name in usage else s for s in stages]
+
+
+#: The bottleneck rule, with hysteresis. A stage becomes the bottleneck when its input is at least
+#: ENTER_FILL full while the next one's is under STARVED_FILL (or it is the last stage); it stays the
+#: bottleneck until its input falls under LEAVE_FILL or the next one's rises over FED_FILL. The gaps
+#: between the pairs are what stops a queue that sits on one line (a batcher's, emptied by every
+#: batch) from moving the mark at every snapshot; wider gaps would keep a mark after it moved.
+ENTER_FILL, LEAVE_FILL = 0.5, 0.25
+STARVED_FILL, FED_FILL = 0.1, 0.35
+#: Seconds a new answer of the rule must hold before the mark moves: longer than a batch cycle or
+#: a burst of the source, short enough that a real move shows within a second or two.
+BOTTLENECK_HOLD = 1.0
+
+
+class Bottleneck:
+    """The stage holding the pipeline back, as the router's snapshots go by (one per flow).
+
+    :meth:`mark` takes each snapshot's stages with the time, and marks at most one: the mark moves
+    only when the rule's answer has changed and held for ``BOTTLENECK_HOLD`` seconds, and the rule
+    keeps the stage already marked while it is within the looser bounds.
+    """
+
+    def __init__(self) -> None:
+        self.current: str | None = None     # the stage marked now
+        self._candidate: str | None = None  # a different answer of the rule, and since when
+        self._since = 0.0
+
+    def mark(self, stages: list[StageStats], now: float, running: bool = True) -> list[StageStats]:
+        if not running:  # a flow that ended holds nothing back
+            self.current = self._candidate = None
+            return list(stages)
+        answer = self._rule(stages)
+        if answer == self.current:
+            self._candidate = None
+        elif answer != self._candidate:
+            self._candidate, self._since = answer, now
+        elif now - self._since >= BOTTLENECK_HOLD:
+            self.current, self._candidate = answer, None
+        return [replace(s, bottleneck=True) if s.name == self.current else s for s in stages]
+
+    def _rule(self, stages: list[StageStats]) -> str | None:
+        def after_fill(i: int) -> float:
+            return stages[i + 1].fill if i + 1 < len(stages) else 0.0
+
+        for i, stage in enumerate(stages):
+            if (stage.name == self.current and stage.kind == "stage" and stage.fill >= LEAVE_FILL
+                    and after_fill(i) < FED_FILL):
+                return stage.name
+        for i, stage in enumerate(stages):
+            if stage.kind == "stage" and stage.fill >= ENTER_FILL and after_fill(i) < STARVED_FILL:
+                return stage.name
+        return None

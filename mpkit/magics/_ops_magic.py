@@ -6,6 +6,7 @@ import importlib
 import sys
 
 import cloudpickle
+import psutil
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
@@ -14,6 +15,38 @@ from .. import shutdown
 from ..engine import Pipeline, default_pool, live_pipelines, live_pools
 from ..engine._default import dask_pools
 from ._cellmodule import CellError, register_cell_file
+
+
+def _usage(pid: int) -> str:
+    """A worker's CPU time so far and resident memory, read now (a pool keeps no readings)."""
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            times, rss = proc.cpu_times(), proc.memory_info().rss
+    except psutil.Error:
+        return ""
+    return f"  cpu {times.user + times.system:,.1f} s  mem {rss / 1e6:,.0f} MB"
+
+
+def _pipeline_rows(pipe: Pipeline) -> list[str]:
+    """A running pipeline's stages (time per item, counts) and their workers' CPU and memory, as
+    its last snapshot read them (CPU as a share of one core over the last second)."""
+    workers = pipe.workers()
+    if not workers:
+        return []
+    rows = []
+    for stage in pipe.stats().stages:
+        if stage.kind != "stage":
+            continue
+        rows.append(f"    stage {stage.name}  {stage.mean_seconds * 1000:,.1f} ms/item  in {stage.received:,}  "
+                    f"out {stage.emitted:,}  queued {stage.queued:,}"
+                    + ("" if workers.get(stage.name) else "  (no worker started yet)"))
+        if stage.usage:
+            rows += [f"        worker {u.id}  pid {u.pid}  {u.state}  cpu {u.cpu_percent:,.0f}%  "
+                     f"mem {u.rss / 1e6:,.0f} MB" for u in stage.usage]
+        else:  # the first reading is not in yet
+            rows += [f"        worker {wid}  pid {pid}  {st}{_usage(pid)}" for wid, pid, st in workers.get(stage.name, ())]
+    return rows
 
 
 @magics_class
@@ -76,16 +109,14 @@ class OpsMagics(Magics):
             if pool.output.label:
                 continue  # a pipeline stage's pool: listed under its pipeline
             rows.append(f"{label} ({pool.start_method}, {pool.size} workers)")
-            rows += [f"    worker {wid}  pid {pid}  {state}" for wid, pid, state in pool.workers()]
+            rows += [f"    worker {wid}  pid {pid}  {state}{_usage(pid)}" for wid, pid, state in pool.workers()]
         for pool in dask_pools():
             label = "mpkit.map pool" if pool is default else "Pool"
             rows.append(f"{label} (Dask {pool.where}, {pool.size} threads)")
             rows += [f"    worker {wid}  pid {pid}  {state}" for wid, pid, state in pool.workers()]
         for pipe in live_pipelines():
             rows.append(f"Pipeline {pipe.name!r} ({pipe.state}): {' -> '.join(pipe.stages)}")
-            for stage, workers in pipe.workers().items():  # while it runs
-                rows.append(f"    stage {stage}" + ("" if workers else " (no worker started yet)"))
-                rows += [f"        worker {wid}  pid {pid}  {st}" for wid, pid, st in workers]
+            rows += _pipeline_rows(pipe)
         print("\n".join(rows) if rows else "no mpkit pools or pipelines alive")
 
     @magic_arguments()

@@ -40,3 +40,44 @@ def workers(stage: StageStats) -> str:
 def queue(stage: StageStats) -> str:
     """``queued/capacity`` of the stage's input channel."""
     return f"{stage.queued}/{stage.capacity}"
+
+
+def plural(n: int, word: str) -> str:
+    """``1 worker``, ``2 workers``."""
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
+
+
+def workers_words(stage: StageStats) -> str:
+    """What a stage's workers do, in words: ``1 of 2 workers busy``, ``starting 2 workers``,
+    ``scaling 2 → 4 workers (1 busy)``; a batcher's line says what it holds."""
+    if stage.kind == "batch":
+        return f"batching ({plural(stage.emitted, 'item')} sent)"
+    if stage.workers == 0 and stage.target_workers:
+        return f"starting {plural(stage.target_workers, 'worker')}"
+    if stage.target_workers != stage.workers:
+        return f"scaling {stage.workers} \u2192 {plural(stage.target_workers, 'worker')} ({stage.busy} busy)"
+    return f"{stage.busy} of {plural(stage.workers, 'worker')} busy"
+
+
+def mean_rate(stage: StageStats, elapsed: float) -> float:
+    """Items a stage finished (done, failed or dropped) per second over the whole run: the rate
+    to show once it ended, when the live one (over the last second) has decayed to zero."""
+    finished = stage.done + stage.failed + stage.dropped
+    return finished / elapsed if elapsed > 0 else 0.0
+
+
+def eta(seconds: float) -> str:
+    """Time left, as ``elapsed`` shows time spent."""
+    return elapsed(max(0.0, seconds))
+
+
+def memory(nbytes: int) -> str:
+    """Resident memory: ``85 MB``, ``1.2 GB``."""
+    if nbytes >= 10**9:
+        return f"{nbytes / 1e9:.1f} GB"
+    return f"{nbytes / 1e6:,.0f} MB"
+
+
+def cpu(percent: float) -> str:
+    """Share of one core: ``98%``; ``250%`` is two and a half cores."""
+    return f"{percent:,.0f}%"

@@ -48,4 +48,5 @@ def dashboard_for(pipe):
         if service is not None and service.running:
             service.stop(drain=False, timeout=0)
 
-    return pipe.observe(Dashboard(pipe.name, on_stop=stop, on_scale=pipe.scale))
+    scalable = {spec.name: spec.workers for spec in pipe.specs if spec.key is None}
+    return pipe.observe(Dashboard(pipe.name, on_stop=stop, on_scale=pipe.scale, workers=scalable))

@@ -1,33 +1,61 @@
-"""One stage's card in the pipeline dashboard: a small ipywidgets panel over one ``StageStats``.
+"""One stage's card in the pipeline dashboard, drawn as HTML from one ``StageStats``.
 
-    card  .mpkit-stage .mpkit-stage-<name> .mpkit-kind-<stage|batch> (+ .mpkit-bottleneck)
-    +------------------------------------------------------------------+
-    | embed  [stage]  [bottleneck]                    .mpkit-name ...   |
-    | busy 2/3->4   [workers: 4]                .mpkit-workers .mpkit-scale
-    | [#######-----]  5/8 queued           .mpkit-queue-bar .mpkit-queued
-    | in 120  out 118  45.2 items/s  12.3 ms/item  .mpkit-received ...  |
-    | errors 0  dropped 0                        .mpkit-failed .mpkit-dropped
-    +------------------------------------------------------------------+
+    .mpkit-stage .mpkit-stage-<name> .mpkit-kind-<stage|batch> (+ .mpkit-bottleneck)
+    +-- 260 px, always ------------------+
+    | embed  stage          bottleneck   |  name, kind, the badge (CSS: hidden, never removed)
+    | 1 of 2 workers busy                |  workers, in words
+    | [#######-----]  5 / 8 queued       |  the input channel: a bar of fixed width
+    | in 120 · out 118                   |  counts
+    | 45.2 items/s · 12.3 ms/item        |  speed (at the end: the run's mean rate)
+    | errors 0 · dropped 0 · cancelled 0 |  red (.mpkit-err) once an item failed
+    | cpu 180% · mem 210 MB              |  all its workers (each in the tooltip)
+    +------------------------------------+
 
-Every update goes through :func:`set_if_changed`, so a snapshot that changed one count sends one
-trait change to the browser, not thirty. ipywidgets is imported only when a card is built.
+Every card has the same size, the same lines, the same border width whatever its numbers: the
+bottleneck and the end are colours and text (state), never geometry, so nothing on the page
+moves while the numbers change. Digits are tabular and every line is cut, not wrapped, at the
+card's edge. The dashboard sends all cards as one ``HTML`` widget value, which costs one comm
+message per snapshot that changed anything.
 """
 from __future__ import annotations
 
 import html
 import re
-import threading
-from collections.abc import Callable
 from typing import Any
 
 from ..engine._pipeline_stats import StageStats
 from . import _format as fmt
 
-BORDER = "1px solid #c8c8c8"
-BOTTLENECK_BORDER = "3px solid #e67e22"   # orange: the stage that holds the pipeline back
-ERROR_COLOR = "#d9534f"                   # tqdm.notebook's 'danger' red
 #: Upper bound of the worker-count input; the engine decides what it accepts.
 MAX_WORKERS = 1024
+BOTTLENECK_COLOR = "#e67e22"   # orange: the stage that holds the pipeline back
+ERROR_COLOR = "#d9534f"        # tqdm.notebook's 'danger' red
+
+#: Widths of the number boxes, in digits (see num()).
+NUM_WIDTHS = (3, 4, 5, 6, 7)
+#: The cards' style, sent once (the dashboard's style widget), so a snapshot sends only classes
+#: and figures. The card width fits "scaling 12 → 16 workers (12 busy)"; the border is 2px in
+#: every state, only its colour changes; lines are cut at the edge, never wrapped.
+CSS = f"""
+.mpkit-dashboard .mpkit-cards{{display:flex;flex-wrap:nowrap;align-items:stretch;overflow-x:auto;padding:2px 0}}
+.mpkit-dashboard .mpkit-stage{{box-sizing:border-box;width:260px;flex:0 0 260px;border:2px solid #c8c8c8;
+  border-radius:4px;padding:3px 8px;font-variant-numeric:tabular-nums}}
+.mpkit-dashboard .mpkit-stage.mpkit-bottleneck{{border-color:{BOTTLENECK_COLOR}}}
+.mpkit-dashboard .mpkit-stage>div{{white-space:nowrap;overflow:hidden;text-overflow:ellipsis;height:1.45em;
+  line-height:1.45em}}
+.mpkit-dashboard .mpkit-stage>div:first-child::after{{content:"bottleneck";float:right;font-weight:bold;
+  color:{BOTTLENECK_COLOR};visibility:hidden}}
+.mpkit-dashboard .mpkit-bottleneck>div:first-child::after{{visibility:visible}}
+.mpkit-dashboard .mpkit-kind{{color:#777777}}
+.mpkit-dashboard .mpkit-err{{color:{ERROR_COLOR}}}
+{",".join(f".mpkit-dashboard .n{w}" for w in NUM_WIDTHS)}{{display:inline-block;text-align:right}}
+{"".join(f".mpkit-dashboard .n{w}{{min-width:{w}ch}}" for w in NUM_WIDTHS)}
+.mpkit-dashboard .mpkit-bar{{display:inline-block;vertical-align:middle;width:110px;height:9px;
+  background:#eeeeee;border-radius:2px;overflow:hidden}}
+.mpkit-dashboard .mpkit-bar>span{{display:block;height:9px;background:#5b9bd5}}
+.mpkit-dashboard .mpkit-bar.mpkit-full>span{{background:{BOTTLENECK_COLOR}}}
+.mpkit-dashboard .mpkit-arrow{{flex:0 0 22px;align-self:center;text-align:center;color:#999999}}
+"""
 
 
 def set_if_changed(obj: Any, name: str, value: Any) -> bool:
@@ -39,9 +67,13 @@ def set_if_changed(obj: Any, name: str, value: Any) -> bool:
 
 
 def close_tree(widget: Any) -> None:
-    """Close a widget and everything inside it (their comms too)."""
+    """Close a widget, everything inside it, and their layout and style models (their comms too)."""
     for child in getattr(widget, "children", ()):
         close_tree(child)
+    for part in ("layout", "style"):
+        model = getattr(widget, part, None)
+        if model is not None and hasattr(model, "close"):
+            model.close()
     widget.close()
 
 
@@ -50,102 +82,56 @@ def css_name(stage_name: str) -> str:
     return "mpkit-stage-" + re.sub(r"[^A-Za-z0-9_-]", "-", stage_name)
 
 
-class StageCard:
-    """The widgets of one stage; :meth:`update` copies a snapshot into them."""
+def num(n: int | float | str, width: int = 5) -> str:
+    """A figure in a box at least ``width`` digits wide, right-aligned: growing from 9 to 10 does
+    not push what follows."""
+    text = n if isinstance(n, str) else f"{n:,}"
+    return f"<span class=n{width}>{html.escape(text)}</span>"
 
-    def __init__(self, stage: StageStats, on_scale: Callable[[str, int], Any] | None = None):
-        import ipywidgets as w
 
-        self.name, self.kind = stage.name, stage.kind
-        self._on_scale = on_scale
-        self._target: int | None = None   # last target_workers seen in a snapshot
-        self._writer: int | None = None   # the thread inside update() writing the scale input
+def queue_bar(queued: int, capacity: int, css: str = "") -> str:
+    """The input channel's fill as a bar of fixed width (orange when full)."""
+    fill = min(1.0, queued / capacity) if capacity else 0.0
+    full = " mpkit-full" if capacity and queued >= capacity else ""
+    return f'<span class="mpkit-bar{full}{css}"><span style="width:{fill * 100:.0f}%"></span></span>'
 
-        def label(css: str) -> Any:
-            widget = w.Label("")
-            widget.add_class(css)
-            return widget
 
-        title = w.HTML(f"<b>{html.escape(stage.name)}</b>")
-        title.add_class("mpkit-name")
-        kind = label("mpkit-kind")
-        kind.value = "batcher" if stage.kind == "batch" else "stage"
-        kind.style.text_color = "#777777"
-        self.badge = label("mpkit-bottleneck-badge")
-        self.badge.style.text_color = "#e67e22"
-        self.badge.style.font_weight = "bold"
-        self.workers = label("mpkit-workers")
-        self.bar = w.IntProgress(value=0, min=0, max=max(1, stage.capacity),
-                                 layout=w.Layout(width="140px"))
-        self.bar.add_class("mpkit-queue-bar")
-        self.queued = label("mpkit-queued")
-        self.received, self.emitted = label("mpkit-received"), label("mpkit-emitted")
-        self.rate, self.mean = label("mpkit-rate"), label("mpkit-mean")
-        self.failed, self.dropped = label("mpkit-failed"), label("mpkit-dropped")
+def card_html(s: StageStats, elapsed: float, ended: bool) -> str:
+    """One card. ``ended``: the run or service is over, so no worker is busy, nothing is queued,
+    no stage holds anything back, and the rate is the run's mean."""
+    bottleneck = s.bottleneck and not ended
+    classes = f"mpkit-stage {css_name(s.name)} mpkit-kind-{s.kind}" + (" mpkit-bottleneck" if bottleneck else "")
+    kind = "batcher" if s.kind == "batch" else "stage"
+    head = f'<b>{html.escape(s.name)}</b> <span class=mpkit-kind>{kind}</span>'
+    if ended:
+        workers = "batcher, ended" if s.kind == "batch" else f"ended ({plural_workers(s)})"
+        left = s.queued + s.in_flight
+        queue = f"{left:,} left inside" if left else "nothing left inside"
+        speed = f"mean {num(fmt.rate(fmt.mean_rate(s, elapsed)), 5)} items/s"
+    else:
+        workers = fmt.workers_words(s)
+        queue = f"{queue_bar(s.queued, s.capacity)} {num(s.queued, 4)} / {s.capacity:,} queued"
+        speed = f"{num(fmt.rate(s.rate), 5)} items/s"
+    if s.kind != "batch":
+        speed += f" \u00b7 {num(fmt.mean_ms(s.mean_seconds), 4)} ms/item"
+    if s.kind == "batch":
+        usage, tip = "in the router, no worker", ""
+    elif ended or not s.usage:
+        usage, tip = "cpu \u2013 \u00b7 mem \u2013", ""
+    else:
+        usage = f"cpu {num(fmt.cpu(s.cpu_percent), 4)} \u00b7 mem {num(fmt.memory(s.rss), 6)}"
+        tip = " title=\"" + html.escape("; ".join(
+            f"worker {u.id} (pid {u.pid}, {u.state}): cpu {fmt.cpu(u.cpu_percent)}, mem {fmt.memory(u.rss)}"
+            for u in s.usage)) + "\""
+    # one <div> a line, in this order; the badge is the first line's ::after (CSS), so it costs
+    # nothing in a snapshot and takes its place whether shown or not
+    lines = (head, html.escape(workers), queue,
+             f"in {num(s.received, 5)} \u00b7 out {num(s.emitted, 5)}", speed,
+             f"errors {s.failed:,} \u00b7 dropped {s.dropped:,} \u00b7 cancelled {s.cancelled:,}", usage)
+    attrs = ("", "", "", "", "", " class=mpkit-err" if s.failed else "", tip)
+    body = "".join(f"<div{attr}>{text}</div>" for attr, text in zip(attrs, lines))
+    return f'<div class="{classes}">{body}</div>'
 
-        self.scale = None
-        if on_scale is not None and stage.kind == "stage":
-            self.scale = w.BoundedIntText(
-                value=max(1, stage.target_workers), min=1, max=MAX_WORKERS, description="workers",
-                style={"description_width": "initial"}, layout=w.Layout(width="9em"))
-            self.scale.add_class("mpkit-scale")
-            self._target = stage.target_workers
-            self.scale.observe(self._scaled, names="value")
 
-        worker_row = [self.workers] + ([self.scale] if self.scale is not None else [])
-        gap = w.Layout(grid_gap="0 10px", flex_flow="row wrap")
-        self.widget = w.VBox(
-            [w.HBox([title, kind, self.badge], layout=gap),
-             w.HBox(worker_row, layout=gap),
-             w.HBox([self.bar, self.queued], layout=gap),
-             w.HBox([self.received, self.emitted, self.rate, self.mean], layout=gap),
-             w.HBox([self.failed, self.dropped], layout=gap)],
-            layout=w.Layout(border=BORDER, padding="2px 8px", margin="2px", min_width="250px"))
-        for css in ("mpkit-stage", css_name(stage.name), f"mpkit-kind-{stage.kind}"):
-            self.widget.add_class(css)
-        self.update(stage)
-
-    def update(self, s: StageStats) -> None:
-        set_if_changed(self.workers, "value",
-                       f"holding {s.in_flight}" if s.kind == "batch" else f"busy {fmt.workers(s)}")
-        # max before value: IntProgress clamps value into [min, max].
-        set_if_changed(self.bar, "max", max(1, s.capacity))
-        set_if_changed(self.bar, "value", min(s.queued, max(1, s.capacity)))
-        set_if_changed(self.bar, "bar_style",
-                       "warning" if s.capacity and s.queued >= s.capacity else "")
-        set_if_changed(self.queued, "value", f"{fmt.queue(s)} queued")
-        set_if_changed(self.received, "value", f"in {s.received}")
-        set_if_changed(self.emitted, "value", f"out {s.emitted}")
-        set_if_changed(self.rate, "value", f"{fmt.rate(s.rate)} items/s")
-        set_if_changed(self.mean, "value", f"{fmt.mean_ms(s.mean_seconds)} ms/item")
-        set_if_changed(self.failed, "value", f"errors {s.failed}")
-        set_if_changed(self.failed.style, "text_color", ERROR_COLOR if s.failed else None)
-        set_if_changed(self.dropped, "value", f"dropped {s.dropped}")
-        self._mark_bottleneck(s.bottleneck)
-        if self.scale is not None and s.target_workers != self._target:
-            # Follow the engine's target only when it moves, so a value the user is still
-            # typing is not overwritten by the previous target.
-            # Observers run on the thread that sets the trait: a change made by this thread
-            # now is the snapshot's, while the user's arrives on the kernel's thread.
-            self._target = s.target_workers
-            self._writer = threading.get_ident()
-            try:
-                set_if_changed(self.scale, "value", max(1, s.target_workers))
-            finally:
-                self._writer = None
-
-    def disable(self) -> None:
-        if self.scale is not None:
-            set_if_changed(self.scale, "disabled", True)
-
-    def _mark_bottleneck(self, bottleneck: bool) -> None:
-        set_if_changed(self.badge, "value", "bottleneck" if bottleneck else "")
-        set_if_changed(self.widget.layout, "border", BOTTLENECK_BORDER if bottleneck else BORDER)
-        if bottleneck:
-            self.widget.add_class("mpkit-bottleneck")      # both are no-ops when nothing changes
-        else:
-            self.widget.remove_class("mpkit-bottleneck")
-
-    def _scaled(self, change: dict) -> None:
-        if self._writer != threading.get_ident() and self._on_scale is not None:
-            self._on_scale(self.name, int(change["new"]))
+def plural_workers(s: StageStats) -> str:
+    return fmt.plural(s.target_workers, "worker")

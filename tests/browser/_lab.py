@@ -88,9 +88,11 @@ def write_notebook(path: Path, cells: list[str]) -> Path:
 
 
 class LabServer:
-    """``jupyter lab`` on 127.0.0.1 serving ``root`` (a temporary directory the caller owns)."""
+    """``jupyter lab`` (or, with ``app="notebook"``, Notebook 7's ``jupyter notebook``) on
+    127.0.0.1 serving ``root`` (a temporary directory the caller owns)."""
 
-    def __init__(self, root: Path, work: Path):
+    def __init__(self, root: Path, work: Path, app: str = "lab"):
+        self.app = app
         self.root = root
         self.token = secrets.token_hex(24)
         self.port = 0
@@ -106,16 +108,19 @@ class LabServer:
         self._dirs = jupyter
         # No request leaves the machine: no news feed, no update check, no extension index,
         # and no toast asking about them.
-        (jupyter["config"] / "jupyter_lab_config.json").write_text(json.dumps({
-            "LabApp": {
-                "news_url": None,
-                "check_for_updates_class": "jupyterlab.NeverCheckForUpdate",
-                "extension_manager": "readonly",   # no index queries for extensions
-                "expose_app_in_browser": True,
-                "user_settings_dir": str(jupyter["settings"]),
-                "workspaces_dir": str(jupyter["workspaces"]),
-            },
-        }))
+        settings = {
+            "news_url": None,
+            "check_for_updates_class": "jupyterlab.NeverCheckForUpdate",
+            "extension_manager": "readonly",   # no index queries for extensions
+            "expose_app_in_browser": True,
+            "user_settings_dir": str(jupyter["settings"]),
+            "workspaces_dir": str(jupyter["workspaces"]),
+        }
+        (jupyter["config"] / "jupyter_lab_config.json").write_text(json.dumps({"LabApp": settings}))
+        if app == "notebook":   # Notebook 7 has fewer of these settings, and refuses unknown ones
+            (jupyter["config"] / "jupyter_notebook_config.json").write_text(json.dumps(
+                {"JupyterNotebookApp": {k: settings[k] for k in
+                                        ("expose_app_in_browser", "user_settings_dir", "workspaces_dir")}}))
         notification = jupyter["settings"] / "@jupyterlab" / "apputils-extension"
         notification.mkdir(parents=True, exist_ok=True)
         (notification / "notification.jupyterlab-settings").write_text(
@@ -124,6 +129,11 @@ class LabServer:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def notebook_url(self, name: str) -> str:
+        """Where the app opens a notebook: JupyterLab's tree, or Notebook 7's notebook page."""
+        # ?reset: a workspace of its own, so the notebooks of earlier tests are not open too
+        return self.url(f"/lab/tree/{name}?reset" if self.app == "lab" else f"/notebooks/{name}")
 
     def url(self, path: str) -> str:
         sep = "&" if "?" in path else "?"
@@ -148,7 +158,7 @@ class LabServer:
             self.port = _free_port()
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - held by the server; closed in close()
             cmd = [
-                sys.executable, "-m", "jupyter", "lab",
+                sys.executable, "-m", "jupyter", self.app,
                 "--no-browser",
                 "--ServerApp.open_browser=False",
                 # ServerApp.token's current name (the old one still works, with a warning)
@@ -202,6 +212,14 @@ class LabServer:
     def kernels(self) -> list[dict]:
         _, body = self._request("GET", "/api/kernels")
         return body or []
+
+    def shutdown_kernels(self) -> None:
+        """Shut down every kernel of the server (a test's notebook leaves its kernel running)."""
+        for kernel in self.kernels():
+            try:
+                self._request("DELETE", f"/api/kernels/{kernel['id']}", timeout=30.0)
+            except (urllib.error.URLError, ConnectionError, OSError, ValueError):
+                pass
 
     def log_tail(self, chars: int = 4000) -> str:
         try:
@@ -290,7 +308,7 @@ class LabBrowser:
     def open_notebook(self, lab: LabServer, name: str) -> None:
         """Open ``name`` (relative to the server's root) and wait for its kernel to be idle."""
         page = self.page
-        page.goto(lab.url(f"/lab/tree/{name}"), wait_until="domcontentloaded",
+        page.goto(lab.notebook_url(name), wait_until="domcontentloaded",
                   timeout=PAGE_TIMEOUT * 1000)
         page.wait_for_function("() => window.jupyterapp !== undefined && window.jupyterapp.shell",
                                timeout=PAGE_TIMEOUT * 1000)
@@ -348,14 +366,36 @@ class LabBrowser:
                                     timeout=timeout * 1000, polling=250)
         return self.run_all_result()
 
+    def run_cell(self, index: int, wait: float | None = KERNEL_TIMEOUT) -> None:
+        """Run one cell with the app's own command (as Shift+Enter would); with ``wait``, until
+        the kernel is idle again."""
+        self.page.evaluate(
+            """(i) => {
+                const w = window.jupyterapp.shell.currentWidget;
+                w.content.activeCellIndex = i;
+                window.jupyterapp.commands.execute('notebook:run-cell');
+                return true;
+            }""", index)
+        if wait:
+            time.sleep(0.5)   # the execute request on its way: the kernel turns busy
+            self.wait_kernel_idle(wait)
+
+    def command(self, name: str) -> None:
+        """Run one of the app's commands (``notebook:interrupt-kernel``, ``docmanager:save``...)."""
+        self.page.evaluate("(name) => window.jupyterapp.commands.execute(name).then(() => true)", name)
+
     def texts(self, selector: str) -> list[str]:
         """The text of every element matching ``selector`` now (empty if none)."""
         return self.page.locator(selector).all_inner_texts()
 
-    def screenshot(self, name: str) -> Path:
+    def screenshot(self, name: str, selector: str | None = None) -> Path:
+        """A screenshot under tests/artifacts: the page, or only the element ``selector`` finds."""
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         path = ARTIFACTS / name
-        self.page.screenshot(path=str(path), full_page=False, timeout=30_000)
+        if selector is None:
+            self.page.screenshot(path=str(path), full_page=False, timeout=30_000)
+        else:
+            self.page.locator(selector).screenshot(path=str(path), timeout=30_000)
         return path
 
     def close(self) -> None:

@@ -370,7 +370,7 @@ def test_a_kernel_shows_the_default_bar_dashboard_and_timeline(start_method):
         assert widget in shown and text.strip() == "40 40"   # the dashboard of a blocking run
         shown, text = _outputs(kernel, "dash = pipe.dashboard()\nsvc = pipe.start()\n"
                                        "print(svc.submit(7).result(timeout=60)); svc.stop(timeout=60)\n"
-                                       "print(dash.closed, dash.totals['completed'].value)\n"
+                                       "print(dash.closed, 'completed', dash.final.completed)\n"
                                        "fig = pipe.timeline(); print(type(fig).__name__)")
         assert text.split() == ["7", "True", "completed", "1", "Figure"], text
     finally:

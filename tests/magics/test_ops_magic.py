@@ -1,4 +1,6 @@
 """%%mp_module, %mp_ps, %mp_stop and %mp_dashboard in a real IPython shell."""
+import re
+
 import pytest
 from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
@@ -84,3 +86,31 @@ def test_mp_ps_lists_pools_and_services(ip, start_method, capsys):
         ip.run_line_magic("mp_stop", "nothing_like_this")
     ip.run_line_magic("mp_stop", "--all")
     assert not mpkit.engine.process._pool.live_pools()
+
+
+def test_mp_ps_and_the_dashboard_show_each_workers_cpu_and_memory(ip, start_method, capsys):
+    from tests.proctree import wait_until
+
+    run(ip, "from mpkit import Pipeline\nfrom tests.pipeline_tasks import spin\n"
+            "busy_pipe = Pipeline('busy').stage(spin, workers=2, name='burn')\n"
+            "busy_dash = busy_pipe.dashboard()\nbusy_svc = busy_pipe.start()\n"
+            "busy_futures = [busy_svc.submit(i) for i in range(300)]")
+    try:
+        def burning():
+            stage = run(ip, "busy_pipe.stats()").stage("burn")
+            # any share of a core will do: the machine may be busy, the reading must be there
+            return stage if len(stage.usage) == 2 and stage.cpu_percent > 5 and stage.done else None
+
+        stage = wait_until(burning, 60)
+        assert stage, "no snapshot saw the two workers burn CPU"
+        assert all(u.rss > 1_000_000 for u in stage.usage)
+        capsys.readouterr()
+        ip.run_line_magic("mp_ps", "")
+        out = capsys.readouterr().out
+        assert "stage burn" in out and " ms/item" in out, out
+        workers = [line for line in out.splitlines() if line.strip().startswith("worker") and "cpu" in line]
+        assert len(workers) >= 2 and all("mem" in line and "MB" in line for line in workers), out
+        cards = run(ip, "busy_dash.stages.value")
+        assert "cpu <span" in cards and re.search(r"worker \d+ \(pid \d+, \w+\): cpu \d+%, mem \d+ MB", cards)
+    finally:
+        run(ip, "busy_svc.stop(drain=False, timeout=30)")

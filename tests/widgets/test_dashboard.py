@@ -1,17 +1,21 @@
 """The pipeline dashboard: ipywidgets fed hand-built PipelineStats, no kernel and no engine."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 
 import pytest
 import traitlets
 
-from tests.widgets.pipeline_snapshots import pipeline, stage, three_stages, with_stage
+from mpkit.engine._pipeline_stats import PipelineStats
+from tests.widgets.pipeline_snapshots import three_stages, with_stage
 
 ipywidgets = pytest.importorskip("ipywidgets")
-from mpkit.widgets._dashboard import Dashboard
+from mpkit.widgets._dashboard import CSS, Dashboard
+from mpkit.widgets._summary import summary_html
 
 
 def tree(widget):
@@ -24,19 +28,19 @@ def tree(widget):
         yield from tree(child)
 
 
-def with_class(dash, css):
-    return [w for w in tree(dash.widget) if css in getattr(w, "_dom_classes", ())]
+def text(html: str) -> str:
+    """What the page shows of some HTML: its text, spaces collapsed."""
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)).strip()
 
 
-def one(dash, css, within=None):
-    found = with_class(dash, css) if within is None else [
-        w for w in tree(within) if css in getattr(w, "_dom_classes", ())]
-    assert len(found) == 1, f"{css}: {len(found)} widgets"
-    return found[0]
+def cards(dash) -> list[str]:
+    """Each card's HTML, in order."""
+    return re.findall(r'<div class="mpkit-stage .*?</div></div>', dash.stages.value)
 
 
-def card(dash, name):
-    return one(dash, f"mpkit-stage-{name}")
+def card(dash, name) -> str:
+    (found,) = [c for c in cards(dash) if f"mpkit-stage-{name} " in c]
+    return found
 
 
 def count_changes(dash):
@@ -46,112 +50,112 @@ def count_changes(dash):
     return changes
 
 
+def live_widgets() -> int:
+    from ipywidgets.widgets.widget import _instances
+
+    return len(_instances)
+
+
 def test_cards_show_each_snapshot():
     dash = Dashboard("demo")
     for step in (1, 2, 3):
         stats = three_stages(step)
         dash.update(stats)
-        assert with_class(dash, "mpkit-stage") == [
-            card(dash, "parse"), card(dash, "batch-embed"), card(dash, "embed")]   # in order
-        parse = card(dash, "parse")
-        bar = one(dash, "mpkit-queue-bar", parse)
-        assert (bar.value, bar.max) == (min(8, step), 8)
-        assert one(dash, "mpkit-queued", parse).value == f"{min(8, step)}/8 queued"
-        assert one(dash, "mpkit-received", parse).value == f"in {10 * step}"
-        assert one(dash, "mpkit-emitted", parse).value == f"out {10 * step}"
-        assert one(dash, "mpkit-rate", parse).value == f"{5.0 * step:.1f} items/s"
-        assert one(dash, "mpkit-mean", parse).value == "12.3 ms/item"
-        assert one(dash, "mpkit-workers", parse).value == "busy 1/2"
-        embed = card(dash, "embed")
-        assert one(dash, "mpkit-failed", embed).value == f"errors {step // 2}"
-        assert one(dash, "mpkit-dropped", embed).value == "dropped 1"
-        assert one(dash, "mpkit-queue-bar", embed).bar_style == "warning"   # a full input
-        header = one(dash, "mpkit-header")
-        assert one(dash, "mpkit-state", header).value == "running"
-        assert one(dash, "mpkit-elapsed", header).value == f"{1.0 + step:.1f}s"
-        assert one(dash, "mpkit-submitted", header).value == f"submitted {stats.submitted}"
-        assert one(dash, "mpkit-completed", header).value == f"completed {stats.completed}"
-        assert one(dash, "mpkit-pending", header).value == f"pending {stats.pending}"
-        assert one(dash, "mpkit-failed", header).value == f"failed {stats.failed}"
+        assert [re.search(r"mpkit-stage-(\S+)", c).group(1) for c in cards(dash)] == [
+            "parse", "batch-embed", "embed"]                                 # in order
+        parse = text(card(dash, "parse"))
+        assert f"{min(8, step)} / 8 queued" in parse
+        assert f"in {10 * step} \u00b7 out {10 * step}" in parse
+        assert f"{5.0 * step:.1f} items/s \u00b7 12.3 ms/item" in parse
+        assert "1 of 2 workers busy" in parse
+        embed = text(card(dash, "embed"))
+        assert f"errors {step // 2} \u00b7 dropped 1" in embed
+        assert "mpkit-full" in card(dash, "embed")                         # a full input
+        header = text(dash.header.value)
+        assert header.startswith(f"demo running {1.0 + step:.1f}s")
+        for name in ("completed", "pending", "failed"):
+            assert f"{name} {getattr(stats, name)}" in header
 
 
 def test_batcher_card():
-    dash = Dashboard("demo", on_scale=lambda name, n: None)
+    dash = Dashboard("demo", on_scale=lambda name, n: None, workers={"parse": 2, "embed": 4})
     dash.update(three_stages(1))
     batcher = card(dash, "batch-embed")
-    assert "mpkit-kind-batch" in batcher._dom_classes
-    assert one(dash, "mpkit-kind", batcher).value == "batcher"
-    assert one(dash, "mpkit-workers", batcher).value == "holding 3"
-    assert (one(dash, "mpkit-queue-bar", batcher).max, one(dash, "mpkit-queued", batcher).value) \
-        == (64, "2/64 queued")
-    assert [w for w in tree(batcher) if "mpkit-scale" in getattr(w, "_dom_classes", ())] == []
-    assert len(with_class(dash, "mpkit-scale")) == 2          # parse and embed, not the batcher
+    assert "mpkit-kind-batch" in batcher and "batcher" in text(batcher)
+    assert "2 / 64 queued" in text(batcher) and "ms/item" not in batcher
+    assert sorted(dash.scales) == ["embed", "parse"]                     # not the batcher
 
 
-def test_bottleneck_is_marked_and_unmarked():
+def test_workers_in_words():
+    dash = Dashboard("demo")
+    dash.update(with_stage(three_stages(1), "embed", workers=0, target_workers=2, busy=0))
+    assert "starting 2 workers" in text(card(dash, "embed"))
+    dash.update(with_stage(three_stages(1), "embed", workers=2, target_workers=4, busy=1))
+    assert "scaling 2 \u2192 4 workers (1 busy)" in text(card(dash, "embed"))
+    assert "->" not in dash.stages.value
+
+
+def test_bottleneck_is_a_class_and_a_visible_badge_not_geometry():
     dash = Dashboard("demo")
     dash.update(three_stages(0))
-    assert with_class(dash, "mpkit-bottleneck") == []
-    assert one(dash, "mpkit-bottleneck-badge", card(dash, "embed")).value == ""
-    dash.update(three_stages(1))
-    embed = card(dash, "embed")
-    assert with_class(dash, "mpkit-bottleneck") == [embed]
-    assert one(dash, "mpkit-bottleneck-badge", embed).value == "bottleneck"
-    assert "e67e22" in embed.layout.border                        # orange frame
-    assert "e67e22" not in card(dash, "parse").layout.border
-    dash.update(with_stage(three_stages(1), "embed", bottleneck=False))
-    assert with_class(dash, "mpkit-bottleneck") == []
+    plain = card(dash, "embed")
+    assert "mpkit-bottleneck " not in plain and 'mpkit-bottleneck"' not in plain
+    dash.update(replace(three_stages(0), stages=tuple(
+        replace(s, bottleneck=s.name == "embed") for s in three_stages(0).stages)))
+    marked = card(dash, "embed")
+    assert "mpkit-bottleneck" in marked.split(">")[0]
+    # the same lines, the badge always there (hidden by CSS when not marked), one border width
+    assert marked.replace(" mpkit-bottleneck", "", 1) == plain
+    assert re.findall(r"border:\s*(\d+)px", CSS) == ["2"]
 
 
-def test_only_changed_traits_are_set():
-    dash = Dashboard("demo", on_stop=lambda: None, on_scale=lambda name, n: None)
+def test_an_update_sets_only_the_two_html_values_and_makes_no_widget():
+    dash = Dashboard("demo", on_stop=lambda: None, on_scale=lambda name, n: None,
+                     workers={"parse": 2, "embed": 4})
     stats = three_stages(2)
     dash.update(stats)
     changes = count_changes(dash)
+    before = live_widgets()
     dash.update(stats)
     assert changes == []                                      # the same snapshot: nothing sent
-    stats = with_stage(stats, "parse", received=21)
-    dash.update(stats)
-    assert [(c["owner"].value, c["name"]) for c in changes] == [("in 21", "value")]
+    dash.update(with_stage(stats, "parse", received=21))
+    assert [(c["owner"], c["name"]) for c in changes] == [(dash.stages, "value")]
     changes.clear()
-    dash.update(with_stage(stats, "embed", bottleneck=False))
-    # the badge text, the card's class list, and its frame (ipywidgets keeps four border sides)
-    sides = {f"border_{side}" for side in ("top", "right", "bottom", "left")}
-    assert sorted(c["name"] for c in changes) == sorted({"value", "_dom_classes"} | sides)
-    assert all(c["owner"] in list(tree(card(dash, "embed"))) for c in changes)
+    for step in range(3, 30):
+        dash.update(three_stages(step))
+    assert {(c["owner"], c["name"]) for c in changes} <= {(dash.stages, "value"), (dash.header, "value")}
+    assert live_widgets() == before
 
 
 def test_stop_button_calls_on_stop():
     calls = []
     dash = Dashboard("demo", on_stop=lambda: calls.append("stop"))
     dash.update(three_stages(1))
-    button = one(dash, "mpkit-stop")
+    button = dash.stop_button
     assert (button.description, button.disabled) == ("Stop", False)
     button.click()
     assert calls == ["stop"]
     assert button.description == "stopping\u2026" and button.disabled
-    dash.close(with_stage(three_stages(2), "embed"))
-    assert button.disabled
 
 
 def test_no_controls_without_callbacks():
-    dash = Dashboard("demo")
+    dash = Dashboard("demo", workers={"parse": 2})
     dash.update(three_stages(1))
-    assert with_class(dash, "mpkit-stop") == [] and with_class(dash, "mpkit-scale") == []
+    assert dash.stop_button is None and dash.scales == {} and dash.controls is None
 
 
 def test_scale_input_calls_on_scale_only_for_user_changes():
     calls = []
-    dash = Dashboard("demo", on_scale=lambda name, n: calls.append((name, n)))
+    dash = Dashboard("demo", on_scale=lambda name, n: calls.append((name, n)), workers={"embed": 4})
     dash.update(three_stages(1))
-    scale = one(dash, "mpkit-scale", card(dash, "embed"))
+    scale = dash.scales["embed"]
     assert scale.value == 4
     scale.value = 6                                            # as the browser would set it
     assert calls == [("embed", 6)]
     dash.update(three_stages(1))                               # the engine has not caught up:
     assert scale.value == 6                                    # the user's value stays
     dash.update(with_stage(three_stages(1), "embed", target_workers=6, workers=5))
-    assert one(dash, "mpkit-workers", card(dash, "embed")).value == "busy 4/5->6"
+    assert "scaling 5 \u2192 6 workers" in text(card(dash, "embed"))
     dash.update(with_stage(three_stages(1), "embed", target_workers=3))  # scaled elsewhere
     assert scale.value == 3
     assert calls == [("embed", 6)]                             # snapshots never call back
@@ -162,43 +166,74 @@ def test_scale_input_calls_on_scale_only_for_user_changes():
     assert scale.value == 5 and calls == [("embed", 6)]
 
 
-def test_close_disables_controls_and_ignores_later_updates():
-    dash = Dashboard("demo", on_stop=lambda: None, on_scale=lambda name, n: None)
-    dash.update(three_stages(1))
-    final = pipeline(stage("parse", received=10, emitted=10), stage("batch:embed", kind="batch"),
-                     stage("embed"), state="stopped", elapsed=9.5, submitted=10, completed=10,
-                     results=10)
-    dash.close(final)
-    assert one(dash, "mpkit-state").value == "stopped"
-    assert one(dash, "mpkit-stop").disabled
-    assert all(s.disabled for s in with_class(dash, "mpkit-scale"))
-    assert "mpkit-closed" in dash.widget._dom_classes and "5cb85c" in dash.widget.layout.border
+def test_overall_progress_with_a_total():
+    dash = Dashboard("demo")
+    dash.update(replace(three_stages(4), total=100))           # 24 + 2 + 1 ended after 5 s
+    header = text(dash.header.value)
+    assert "27 / 100 27%" in header
+    assert "ETA 13.5s" in header                               # 73 left at 5.4 items/s
+    dash.update(three_stages(4))                               # no len(): done / submitted
+    assert "done 27 of 45 submitted" in text(dash.header.value)
+
+
+def ended(outcome: str, **totals) -> PipelineStats:
+    """A final snapshot: nothing inside, the live rates decayed to zero."""
+    stats = three_stages(3)
+    stages = tuple(replace(s, busy=0, queued=0, in_flight=0, rate=0.0, bottleneck=False)
+                   for s in stats.stages)
+    return replace(stats, stages=stages, state="failed" if outcome == "failed" else "stopped",
+                   outcome=outcome, pending=0, elapsed=10.0, **totals)
+
+
+@pytest.mark.parametrize("outcome", ["finished", "failed", "interrupted", "stopped"])
+def test_end_states_look_different_and_tell_the_truth(outcome):
+    dash = Dashboard("demo", on_stop=lambda: None, on_scale=lambda name, n: None,
+                     workers={"parse": 2, "embed": 4})
     dash.update(three_stages(3))
-    assert one(dash, "mpkit-elapsed").value == "9.5s"
+    final = ended(outcome, cancelled=4, total=40)
+    dash.close(final)
+    header = text(dash.header.value)
+    assert f"mpkit-state-{outcome}" in dash.header.value and f"demo {outcome} 10.0s" in header
+    assert "cancelled 4" in header and "pending" not in header and "ETA" not in header
+    shown = text(dash.stages.value)
+    assert "busy" not in shown and "queued" not in shown
+    assert re.search(r'class="mpkit-stage [^"]*mpkit-bottleneck', dash.stages.value) is None
+    assert "mean 3.0 items/s" in text(card(dash, "parse"))     # 30 items in 10 s, not 0.0
+    assert dash.stop_button.disabled and dash.stop_button.description == outcome
+    html_summary = dash.summary()
+    assert f"mpkit-summary-{outcome}" in html_summary and "cancelled 4" in text(html_summary)
+    states = {o: ended(o) for o in ("finished", "failed", "interrupted", "stopped")}
+    colours = {re.search(r"border:2px solid (#\w+)", summary_html("demo", s)).group(1)
+               for s in states.values()}
+    assert len(colours) == 4                                    # four outcomes, four colours
 
 
-def test_failed_run_has_a_red_frame():
-    dash = Dashboard("demo")
-    dash.close(three_stages(2))              # closed without an update first; one failure
-    assert "d9534f" in dash.widget.layout.border
-    assert one(dash, "mpkit-failed", one(dash, "mpkit-header")).style.text_color == "#d9534f"
+def test_close_replaces_the_panel_by_a_static_summary_and_closes_every_model():
+    before = live_widgets()
+    dash = Dashboard("demo", on_stop=lambda: None, on_scale=lambda name, n: None,
+                     workers={"parse": 2, "embed": 4})
+    models = list(tree(dash.widget))
+    assert live_widgets() == before + len(models)
+    for step in range(1, 6):
+        dash.update(three_stages(step))
+    dash.close(ended("finished"))
+    assert live_widgets() == before
+    assert all(m.comm is None for m in models)
+    dash.update(three_stages(3))                                # later snapshots: ignored
+    dash.close(three_stages(3))
+    bundle = dash._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" not in bundle
+    summary = bundle["text/html"]
+    assert "<svg" in summary and "<script" not in summary       # static: no kernel, no JS
+    assert "finished after 10.0s" in text(summary)
+    assert "pipeline 'demo' stopped after 10.0s" in bundle["text/plain"]
 
 
-def test_cards_rebuilt_when_the_stages_change():
-    dash = Dashboard("demo")
-    dash.update(pipeline(state="ready"))
-    assert with_class(dash, "mpkit-stage") == []
-    dash.update(three_stages(1))
-    assert len(with_class(dash, "mpkit-stage")) == 3
-    assert len(with_class(dash, "mpkit-arrow")) == 2
-
-
-def test_displays_as_a_widget():
+def test_displays_as_a_widget_with_an_html_fallback():
     dash = Dashboard("demo <b>")
     bundle = dash._repr_mimebundle_()
-    assert "application/vnd.jupyter.widget-view+json" in bundle
     assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == dash.widget.model_id
-    assert "&lt;b&gt;" in one(dash, "mpkit-title").value
+    assert "&lt;b&gt;" in bundle["text/html"] and "&lt;b&gt;" in dash.header.value
 
 
 def test_import_mpkit_does_not_import_ipywidgets():

@@ -1,0 +1,88 @@
+"""How a real pipeline's dashboard ends: finished, failed, interrupted (a real SIGINT) and
+stopped each end in their own state, with the final counts (cancelled included), the run's mean
+rates, and nothing still busy, queued or pending."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+
+import pytest
+
+from mpkit import Pipeline
+from mpkit.engine import MapInterrupted
+from tests.pipeline_tasks import fail_odd, slow
+from tests.proctree import wait_until
+
+pytest.importorskip("ipywidgets")
+from mpkit.widgets._dashboard import Dashboard
+
+
+def text(html: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)).strip()
+
+
+def watched(pipe: Pipeline) -> Dashboard:
+    return pipe.observe(Dashboard(pipe.name, on_stop=lambda: None))
+
+
+def check_end(dash: Dashboard, outcome: str) -> None:
+    assert wait_until(lambda: dash.closed, 60), "the dashboard was never closed"
+    final = dash.final
+    assert final.outcome == outcome and final.accounted and final.pending == 0, final
+    header, cards = text(dash.header.value), text(dash.stages.value)
+    assert f"{outcome} " in header and f"mpkit-state-{outcome}" in dash.header.value
+    assert f"cancelled {final.cancelled:,}" in header and "pending" not in header
+    assert "busy" not in cards and "queued" not in cards
+    assert re.search(r'class="mpkit-stage [^"]*mpkit-bottleneck', dash.stages.value) is None
+    first = final.stages[0]
+    if first.done:                                    # the run's mean rate, not a decayed 0.0
+        assert "mean 0.0 items/s" not in cards
+    assert dash.stop_button.disabled and f"mpkit-summary-{outcome}" in dash.summary()
+
+
+def test_finished_run(start_method):
+    pipe = Pipeline("fin").stage(slow, workers=2).stage(slow, workers=1, name="after")
+    dash = watched(pipe)
+    assert len(pipe.run(range(30))) == 30
+    check_end(dash, "finished")
+    assert "30 / 30 100%" in text(dash.header.value)
+
+
+def test_failed_run(start_method):
+    pipe = Pipeline("bad").stage(fail_odd, workers=2)
+    dash = watched(pipe)
+    with pytest.raises(Exception):
+        pipe.run(range(50))
+    check_end(dash, "failed")
+
+
+def test_interrupted_run(start_method):
+    pipe = Pipeline("int").stage(slow, workers=2)
+    dash = watched(pipe)
+
+    def interrupt():
+        wait_until(lambda: pipe.stats().completed >= 5, 60)
+        os.kill(os.getpid(), signal.SIGINT)                       # what the kernel's interrupt sends
+
+    killer = threading.Thread(target=interrupt)
+    killer.start()
+    try:
+        with pytest.raises(MapInterrupted):
+            pipe.run((slow(i, 0) for i in range(100_000)), progress=False)
+    finally:
+        killer.join(60)
+    check_end(dash, "interrupted")
+    assert dash.final.cancelled > 0
+
+
+def test_stopped_service(start_method):
+    pipe = Pipeline("svc").stage(slow, workers=2)
+    dash = watched(pipe)
+    svc = pipe.start()
+    futures = [svc.submit(i) for i in range(200)]
+    wait_until(lambda: pipe.stats().completed >= 5, 60)
+    svc.stop(drain=False, timeout=60)
+    check_end(dash, "stopped")
+    assert dash.final.cancelled > 0 and any(f.cancelled() for f in futures)
