@@ -418,6 +418,13 @@ def test_the_magic_documents_its_options(ip):
     assert "%%mp_pool paths -n 4 -o results" in doc
 
 
+def test_the_help_shows_the_magic_as_it_is_typed(ip):
+    """``%%mp_pool?`` in a notebook: the usage line starts with %%mp_pool, not %%%mp_pool."""
+    doc = ip.object_inspect("%%mp_pool")["docstring"]
+    assert "  %%mp_pool ITEMS [-n WORKERS]" in doc, doc[:200]
+    assert "%%%" not in doc, doc[:200]
+
+
 def test_help_flag(ip):
     with pytest.raises(UsageError, match="--share"):
         mp_pool(ip, "-h", DOUBLE)
