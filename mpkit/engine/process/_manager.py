@@ -620,8 +620,9 @@ class Manager:
         """Start replacements for workers killed on purpose, even when no map runs: the next map
         finds the pool at the size it had (a worker that merely left, idle, is not replaced)."""
         alive = [w for w in self.workers.values() if not w.stopping and not w.spent]
-        if self._to_replace <= 0 or len(alive) >= self.size or self.init_error is not None:
-            self._to_replace = 0 if len(alive) >= self.size else self._to_replace
+        if len(alive) >= self.size or self.init_error is not None:
+            self._to_replace = 0  # full again, or no worker can start (the next map tries again)
+        if self._to_replace <= 0:
             return
         now = time.monotonic()
         starting = sum(1 for w in alive if not w.ready and now - w.started < STARTING_SECONDS)
