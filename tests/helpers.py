@@ -333,3 +333,8 @@ class BrokenInit:
 
     def __call__(self, x):
         return x
+
+
+def batch_square(batch):
+    """A batched stage: one call for the list, one result per item."""
+    return [x * x for x in batch]

@@ -146,8 +146,27 @@ def test_pipeline_demo_runs_and_saves_final_totals(start_method, monkeypatch):
     assert not [out for cell in nb.cells for out in cell.get("outputs", []) if widget in out.get("data", {})]
 
 
+def _streams(nb, name: str) -> str:
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                   if o["output_type"] == "stream" and o["name"] == name)
+
+
 def test_dialogue_demo_runs(monkeypatch):
     _with_repo_on_pythonpath(monkeypatch)
-    everything = _code_cells_ok(_run_notebook(ROOT / "demo_notebooks" / "03_dialogue_cleaning.ipynb"))
+    nb = _run_notebook(ROOT / "demo_notebooks" / "03_dialogue_cleaning.ipynb")
+    everything = _code_cells_ok(nb)
     assert "the same dialogue, reversed" in everything
     assert "11,739 rows read" in everything
+    assert "Warning" not in _streams(nb, "stderr"), _streams(nb, "stderr")  # a newcomer's first cell: no warning
+    # the writers' dashboard counts conversations (500, and 501 in the seed mode), not messages
+    texts = " ".join(_widget_texts(nb))
+    assert re.search(r"submitted\W+500\b", texts) and re.search(r"submitted\W+501\b", texts), texts[:2000]
+
+
+def test_batched_inference_demo_runs(monkeypatch):
+    _with_repo_on_pythonpath(monkeypatch)
+    nb = _run_notebook(ROOT / "demo_notebooks" / "04_batched_inference.ipynb")
+    everything = _code_cells_ok(nb)
+    assert "3000 embeddings" in everything and "same as calling the model directly: True" in everything
+    assert "accounted: True" in everything
+    assert "Warning" not in _streams(nb, "stderr"), _streams(nb, "stderr")

@@ -70,3 +70,11 @@ def newline_at_the_limit(x):
     time.sleep(0.25)                           # the next flush interval (OUTPUT_INTERVAL = 0.1 s)
     print("after")
     return x
+
+
+def steady_fail_on(x, bad=20, seconds=0.02):
+    """Short items that keep every worker busy, and one that raises: the map fails mid-run."""
+    time.sleep(seconds)
+    if x == bad:
+        raise ValueError(f"item {x} is bad")
+    return x

@@ -11,6 +11,9 @@ every exception chained to it (``raise X from err``, an error raised while handl
 notebook side rebuilds each link with a traceback made of the worker's frames, so Python and
 IPython show the chain as they show a local one: the inner exception with its frames, then the
 outer one, with the notebook's frames above the worker's and a note naming the worker and item.
+In IPython an error raised by a map is shown through :func:`shown_traceback` (IPython's
+``_render_traceback_`` hook): the cell's frames and the worker's, without mpkit's own frames and
+without the line through which IPython calls a cell magic (the cell's source as a string).
 Errors whose frames travel without an exception (an ``init`` that failed) are chained to a
 :class:`RemoteTraceback` instead. Every exception class here survives a pickle round trip.
 """
@@ -19,9 +22,11 @@ from __future__ import annotations
 import functools
 import inspect
 import linecache
+import os
 import pickle
 import signal
 import sys
+import traceback
 import types
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -38,6 +43,85 @@ def _short_repr(obj: Any, limit: int = 120) -> str:
     except Exception as exc:  # a broken __repr__ must not hide the real error
         text = f"<{type(obj).__name__} with a failing repr: {exc!r}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def cell_name(filename: str) -> str | None:
+    """IPython's name for a notebook cell's file (``Cell In[3]``), or None if it is no cell."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    names = getattr(getattr(shell, "compile", None), "_filename_map", None)
+    if not names or filename not in names:
+        return None
+    named = shell.compile.format_code_name(filename)
+    return " ".join(named) if named is not None else None
+
+
+#: Where mpkit's own code is: its frames in the notebook are not shown with a map's error.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+#: The line through which IPython runs a cell magic: the cell's source shown as a string.
+_MAGIC_CALL = "get_ipython().run_cell_magic("
+
+
+def _shown_frame(tb: types.TracebackType) -> bool:
+    """A frame a user should see with a map's error: a worker's, or the notebook's outside mpkit."""
+    frame = tb.tb_frame
+    if frame.f_globals is _WORKER_GLOBALS:
+        return True
+    if frame.f_code.co_filename.startswith(_PACKAGE_DIR) or frame.f_locals.get("__tracebackhide__"):
+        return False
+    return _MAGIC_CALL not in linecache.getline(frame.f_code.co_filename, tb.tb_lineno)
+
+
+def visible_traceback(tb: types.TracebackType | None) -> types.TracebackType | None:
+    """``tb`` without mpkit's frames (and IPython's, which hide themselves), and without the
+    cell line that only calls a cell magic."""
+    kept = []
+    while tb is not None:
+        if _shown_frame(tb):
+            kept.append(tb)
+        tb = tb.tb_next
+    out = None
+    for entry in reversed(kept):
+        out = types.TracebackType(out, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+    return out
+
+
+def shown_traceback(exc: BaseException) -> list[str]:
+    """What IPython shows for an error a map raised: its usual display of ``exc`` and its chain,
+    with the frames :func:`visible_traceback` keeps."""
+    ipython = sys.modules.get("IPython")  # only IPython calls the hook: it is imported already
+    shell = ipython.get_ipython() if ipython is not None else None
+    tb = visible_traceback(exc.__traceback__)
+    if shell is None:
+        return traceback.format_exception(type(exc), exc, tb)
+    return shell.InteractiveTB.structured_traceback(type(exc), exc, tb, tb_offset=0)
+
+
+class _ShownWithoutMpkit:
+    """IPython's ``_render_traceback_`` hook, set on an error a map raises whose class has none.
+    Pickled with its exception (a cycle pickle resolves: an exception's state comes after it)."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+    def __call__(self) -> list[str]:
+        return shown_traceback(self.exc)
+
+    def __reduce__(self):
+        return _ShownWithoutMpkit, (self.exc,)
+
+
+def without_mpkit_frames(exc: BaseException) -> BaseException:
+    """Mark an error about to be raised to the user so that IPython shows it without mpkit's
+    frames (see :func:`shown_traceback`); returns ``exc``."""
+    if getattr(type(exc), "_render_traceback_", None) is None and "_render_traceback_" not in vars(exc):
+        try:
+            exc._render_traceback_ = _ShownWithoutMpkit(exc)
+        except (AttributeError, TypeError):  # an exception type with __slots__: shown as it is
+            pass
+    return exc
 
 
 def frame_label(filename: str) -> str:
@@ -66,6 +150,10 @@ class _Picklable:
 
     def __reduce__(self):
         return _restore, (type(self), self.args, dict(vars(self)))
+
+    def _render_traceback_(self) -> list[str]:
+        """IPython's hook: shown without mpkit's frames (:func:`shown_traceback`)."""
+        return shown_traceback(self)
 
 
 class RemoteTraceback(_Picklable, Exception):
@@ -175,27 +263,40 @@ class ExceptionRecord:
         exc.__suppress_context__ = self.suppress_context
 
 
-def _no_columns(code: types.CodeType) -> types.CodeType:
-    """``code`` with every instruction on its first line and no column range, so a traceback
-    shows the worker's line without carets measured against our stand-in source. Kept as it is
-    if this Python's location table works otherwise (the carets are only cosmetic)."""
-    units, table = len(code.co_code) // 2, bytearray()
+def _svarint(value: int) -> bytes:
+    """A signed number as the location table of a code object stores it (6 bits a byte)."""
+    value = value << 1 if value >= 0 else (-value) << 1 | 1
+    out = bytearray()
+    while value >= 64:
+        out.append(64 | value & 63)
+        value >>= 6
+    out.append(value)
+    return bytes(out)
+
+
+def _at_line(code: types.CodeType, lineno: int) -> types.CodeType:
+    """``code`` starting at line 1 of its file with every instruction on line ``lineno`` and no
+    column range, so a traceback shows the worker's line without carets measured against our
+    stand-in source. Starting at line 1 matters: IPython in a Jupyter kernel (stack_data) reads a
+    frame's lines counted from its code's first line, and shows the wrong ones for a code object
+    that claims to start at the failing line. Kept as it is if this Python's location table works
+    otherwise (only the display suffers)."""
+    units, table, delta = len(code.co_code) // 2, bytearray(), lineno - 1
     while units:
         n = min(units, 8)
-        table += bytes((0x80 | 13 << 3 | (n - 1), 0))  # "line, no columns", line delta 0
-        units -= n
+        table += bytes((0x80 | 13 << 3 | (n - 1),)) + _svarint(delta)  # "line, no columns"
+        units, delta = units - n, 0
     try:
-        plain = code.replace(co_linetable=bytes(table))
-        line = plain.co_firstlineno
-        if all(p == (line, line, None, None) for p in plain.co_positions()):
-            return plain
+        placed = code.replace(co_firstlineno=1, co_linetable=bytes(table))
+        if all(p == (lineno, lineno, None, None) for p in placed.co_positions()):
+            return placed
     except Exception:
         pass
-    return code
+    return code.replace(co_firstlineno=lineno)
 
 
 #: The code each stand-in frame runs: a name lookup that fails, so the frame ends raising.
-_FRAME_CODE = _no_columns(compile("_", "<mpkit worker>", "exec"))
+_FRAME_CODE = compile("_", "<mpkit worker>", "exec")
 #: The globals of every stand-in frame: how :func:`raised_in_worker` recognises them.
 _WORKER_GLOBALS: dict[str, Any] = {"__name__": "<mpkit worker>"}
 #: Stand-in frames kept for reuse: a collect-mode map with thousands of failures in the same
@@ -205,8 +306,7 @@ FRAME_CACHE = 2048
 
 @functools.lru_cache(maxsize=FRAME_CACHE)
 def _frame(filename: str, lineno: int, name: str) -> types.TracebackType:
-    code = _FRAME_CODE.replace(co_filename=filename, co_name=name, co_qualname=name,
-                               co_firstlineno=max(lineno, 1))
+    code = _at_line(_FRAME_CODE.replace(co_filename=filename, co_name=name, co_qualname=name), max(lineno, 1))
     try:
         exec(code, _WORKER_GLOBALS)
     except NameError as exc:
@@ -357,16 +457,10 @@ class MapInterrupted(_Picklable, KeyboardInterrupt):
     def _render_traceback_(self) -> list[str]:
         """IPython's hook for showing an exception: shown as usual, with a second interrupt held
         until the cell ends, so that it cannot replace this one (and its results) in sys.last_value."""
-        import traceback
-
         from ._interrupts import hold_while_shown
 
         hold_while_shown()
-        ipython = sys.modules.get("IPython")  # only IPython calls this hook: it is imported already
-        shell = ipython.get_ipython() if ipython is not None else None
-        if shell is None:
-            return traceback.format_exception(self)
-        return shell.InteractiveTB.structured_traceback(type(self), self, self.__traceback__)
+        return shown_traceback(self)
 
 
 def unpicklable_result(value, exc: BaseException) -> SerializationError:

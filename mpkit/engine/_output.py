@@ -11,11 +11,18 @@ through ``BYTES_PER_SECOND`` and counts the lines and bytes it holds back (worke
 drop too), so the user sees that output was cut and by how much instead of a frozen page. A line
 longer than ``MAX_LINE`` is shown cut there: a 100 MB write without a newline is one "line", so
 its size is what the note reports.
+
+A warning a worker prints names the file of the code that warned; for a notebook cell's code
+(a ``%%mp_pool`` cell's module, a cell IPython knows) the relay names the cell instead, as
+IPython's tracebacks do: ``Cell In[3], line 4: UserWarning: ...``, not a temporary file.
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
+
+from ._errors import cell_name
 
 #: Output shown per second, all workers together: a fifth of Jupyter's default data rate limit.
 BYTES_PER_SECOND = 200_000
@@ -26,6 +33,22 @@ PARTIAL_LINE_SECONDS = 0.5
 #: Characters of one line that are shown; the rest of it is counted, not kept. Longer than any
 #: log line, short enough that a line never takes more than a third of a second's budget.
 MAX_LINE = 64_000
+
+
+#: The head of the line Python's warnings print: "<file>.py:<line>: <Category>: <message>".
+_WARNING_AT = re.compile(r"(?P<path>[^\s:]+\.py):(?P<line>\d+): (?=\w+: )")
+
+
+def name_cells(line: str) -> str:
+    """``line`` with the file of a warning named as IPython names a cell, if it is one."""
+    if ".py:" not in line:
+        return line
+
+    def named(match: re.Match) -> str:
+        name = cell_name(match.group("path"))
+        return f"{name}, line {match.group('line')}: " if name is not None else match.group(0)
+
+    return _WARNING_AT.sub(named, line, count=1)
 
 
 def _size(chars: int) -> str:
@@ -65,7 +88,7 @@ class OutputRelay:
                 text = head + text
                 *complete, rest = text.split("\n")
                 for line in complete:
-                    self._lines.append((stream, f"{self._prefix(worker_id)}{self._cut(line)}\n"))
+                    self._lines.append((stream, f"{self._prefix(worker_id)}{self._cut(name_cells(line))}\n"))
                 if len(rest) > MAX_LINE:
                     self._lines.append((stream, f"{self._prefix(worker_id)}{self._cut(rest)}\n"))
                     self._overlong.add(key)

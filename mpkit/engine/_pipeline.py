@@ -13,6 +13,7 @@ end. ``run()`` feeds the flow from the calling thread; a ``Service`` (``_service
 threads call ``submit()``.
 
     pipe.observe(obs) ─► kept ─► each flow: Watcher(obs) ◄── PipelineStats, 10/s, from the router
+                     └─► before any run: Watcher(obs) ◄── the stages, all at 0 (kept for the first flow)
     run(progress=...) ─► front_end(progress, name) ─► one more observer for that run only
 
 Front-ends plug in through ``_observe``: ``observe()`` attaches any ``PipelineObserver``, and a
@@ -32,7 +33,7 @@ from ._flow import Flow, FlowEnded
 from ._interrupts import held_interrupts
 from ._observe import PipelineFrontEnd, PipelineObserver, Watcher
 from .process._pool import _check_max_tasks
-from ._pipeline_stats import PipelineStats
+from ._pipeline_stats import PipelineStats, StageStats
 from ._run import ON_ERROR
 
 #: Items a channel between stages holds by default. Enough to keep a few workers' chunks of small
@@ -62,6 +63,18 @@ class StageSpec:
     max_tasks_per_child: int | None = None  # replace a worker after this many items
 
 
+def _ready_stages(specs) -> tuple[StageStats, ...]:
+    """The stages of a pipeline that never ran, as a snapshot shows them (all counts 0), so that a
+    dashboard shown before the first item draws its cards at once."""
+    out = []
+    for spec in specs:
+        if spec.batch is not None:
+            out.append(StageStats(f"batch {spec.batch[0]} / {spec.batch[1]:g} s", "batch", 0, 0, 0, spec.maxsize,
+                                  0, 0, 0, 0, 0, 0, 0, 0.0, 0.0))
+        out.append(StageStats(spec.name, "stage", 0, spec.workers, 0, spec.maxsize, 0, 0, 0, 0, 0, 0, 0, 0.0, 0.0))
+    return tuple(out)
+
+
 class Pipeline:
     """A chain of process stages; see the module docstring."""
 
@@ -75,6 +88,7 @@ class Pipeline:
         self._batch: tuple[int, float] | None = None
         self._flow: Flow | None = None      # the running or last flow
         self._dashboards: list = []         # observers attached with observe() (dashboards among them)
+        self._ready_watchers: dict[int, tuple] = {}  # id(observer) -> (observer, Watcher) before a first run
         self._service = None                # the last service started (set by Service)
         _live.add(self)
 
@@ -236,7 +250,7 @@ class Pipeline:
         front = self._front_end_for(progress) if not observers else None
         if front is not None:
             observers.append(front)
-        observers = [Watcher(o, f"pipeline {self.name!r}") for o in observers]
+        observers = [self._first_watcher(o) for o in observers]
         self._flow = Flow(self.name, self._specs, pools=_process_pools(start_method), on_error=on_error,
                           ordered=ordered, observers=observers, service=service, stream=stream)
         return self._flow
@@ -256,7 +270,7 @@ class Pipeline:
     def stats(self) -> PipelineStats:
         """A snapshot of the running (or last) run: every item accounted for, per stage."""
         if self._flow is None:
-            return PipelineStats(self.name, "ready", 0.0, 0, 0, 0, 0, 0, 0, ())
+            return PipelineStats(self.name, "ready", 0.0, 0, 0, 0, 0, 0, 0, _ready_stages(self._specs))
         return self._flow.snapshot()
 
     def history(self) -> list[PipelineStats]:
@@ -298,7 +312,20 @@ class Pipeline:
             watcher.update(flow.snapshot())
         elif flow is not None:
             observer.update(flow.snapshot())  # the last run, as it ended (in this thread: nothing runs)
+        else:  # the stages before any run, so a dashboard shown first draws them at once; the
+            # run that follows goes on with the same watcher, so updates never overlap
+            watcher = Watcher(observer, f"pipeline {self.name!r}")
+            self._ready_watchers[id(observer)] = (observer, watcher)
+            watcher.update(self.stats())
         return observer
+
+    def _first_watcher(self, observer) -> Watcher:
+        """The watcher through which a run feeds ``observer``: the one that showed it the stages
+        before the first run, if any, else a new one."""
+        kept = self._ready_watchers.pop(id(observer), None)
+        if kept is not None and kept[0] is observer:
+            return kept[1]
+        return Watcher(observer, f"pipeline {self.name!r}")
 
     def scale(self, stage: str, workers: int) -> None:
         """Change a stage's worker count, live: workers are added, or retired when idle."""

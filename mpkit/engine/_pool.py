@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Iterator
 from . import _arguments, _serialize
 from ._backend import Backend
 from ._chunking import MAX_CHUNK, TARGET_CHUNK_BYTES, TARGET_CHUNK_SECONDS
-from ._errors import MapInterrupted, MpkitWarning, ResultList, _short_repr
+from ._errors import MapInterrupted, MpkitWarning, ResultList, _short_repr, without_mpkit_frames
 from ._interrupts import held_interrupts
 from ._observe import MapFrontEnd, Watcher
 from ._output import OutputRelay
@@ -110,7 +110,7 @@ class BasePool:
         if fatal is not None:
             if getattr(fatal, "keeps_results", False):  # the backend itself failed: what finished is kept
                 fatal.results = _assemble(done, failures, ordered)
-            raise fatal
+            raise without_mpkit_frames(fatal)
         if failures and on_error == "skip":
             first = min(failures, key=lambda f: f.index)
             warnings.warn(f"{len(failures)} of {run.submitted} items failed and were skipped (first: item "
@@ -222,7 +222,7 @@ class BasePool:
             next_index = 0
             for batch in self._drive(run, progress, lambda: next_index):
                 if isinstance(batch, _Fatal):
-                    raise batch.exc
+                    raise without_mpkit_frames(batch.exc)
                 if isinstance(batch, tuple):
                     waiting.update(zip(*batch))
                 elif run.on_error == "collect":
@@ -237,7 +237,7 @@ class BasePool:
         else:
             for batch in self._drive(run, progress):
                 if isinstance(batch, _Fatal):
-                    raise batch.exc
+                    raise without_mpkit_frames(batch.exc)
                 if isinstance(batch, tuple):
                     yield from batch[1]
                 elif run.on_error == "collect":

@@ -31,7 +31,7 @@ class PoolMagics(Magics):
         self.cells = CellModules()
 
     @magic_arguments()
-    @kwds(usage="%%%%mp_pool ITEMS [-n WORKERS] [-o OUT] [-f FUNC] [options]")
+    @kwds(usage="%%mp_pool ITEMS [-n WORKERS] [-o OUT] [-f FUNC] [options]")  # shown after a "%"
     @argument("items", nargs="*",
               help="Python expression for the items, evaluated in the notebook (may hold spaces).")
     @argument("-n", "--workers", type=int, default=None, help="Worker processes (default: CPUs).")

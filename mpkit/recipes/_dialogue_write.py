@@ -1,15 +1,17 @@
 """Writing the dialogue files: two writer processes, the stages of a pipeline.
 
-    main process                      "std writer" process              "mmi writer" process
-    chunks of CHUNK conversations ──► append to std/<split>.txt ──► append to mmi/<split>.txt
-    (train, then val)                 reverse each conversation's      (one chunk at a time)
-                                      utterances, pass them on
-                          bounded channels (MAXSIZE chunks): a full channel makes the sender wait
+    main process                 "std writer" process              "mmi writer" process
+    one item per conversation ─► append to std/<split>.txt ──► append to mmi/<split>.txt
+    (train, then val), in         reverse each conversation's      (a batch at a time)
+    batches of up to CHUNK        utterances, pass them on
+                          bounded channels (MAXSIZE conversations): a full channel makes the sender wait
 
 As in the article, the MMI file is written by a second process that receives each reversed
 conversation through a bounded channel, so only a bounded number of copies exist at a time; and
 because the writers are pipeline stages, ``pipe.dashboard()`` (in Jupyter, or a text status in a
-terminal) shows both writers while they work. One worker per stage keeps every file in order.
+terminal) shows both writers while they work, counting conversations (each item is one; the
+pipeline's micro-batcher sends them CHUNK at a time, so a message still carries many). One worker
+per stage keeps every file in order.
 The files are emptied here before the run and appended to by the writers, which flush after each
 chunk: a writer replaced after a crash never truncates what was written.
 """
@@ -20,8 +22,10 @@ from pathlib import Path
 
 #: Conversations per message between the writers: 200 short dialogues are ~100 KB of text.
 CHUNK = 200
-#: Chunks a channel between the writers holds: at most ~MAXSIZE * CHUNK conversations in flight.
-MAXSIZE = 8
+#: Conversations a channel between the writers holds (eight messages' worth): the copies in flight.
+MAXSIZE = 8 * CHUNK
+#: Seconds the batcher waits for a message to fill: the input is in memory, so only its end waits.
+CHUNK_WAIT = 0.05
 
 
 class _Appender:
@@ -36,21 +40,30 @@ class _Appender:
         if f is None:  # kept open for the life of the worker process
             f = self.files[name] = open(self.folder / f"{name}.txt", "a", encoding="utf-8", newline="")  # noqa: SIM115
         f.write(text)
-        f.flush()
+
+    def _flush(self) -> None:
+        for f in self.files.values():
+            f.flush()
 
 
 class StdWriter(_Appender):
-    def __call__(self, message):
-        name, chunk, first, seed = message
-        self._append(name, _blocks(chunk, first, seed, reverse=False))
-        return name, _blocks(chunk, first, seed, reverse=True)
+    """A batch of (split, conversation, first of its split, seed) -> (split, reversed text) each."""
+
+    def __call__(self, batch):
+        out = []
+        for name, lines, first, seed in batch:
+            self._append(name, _block(lines, first, seed, reverse=False))
+            out.append((name, _block(lines, first, seed, reverse=True)))
+        self._flush()
+        return out
 
 
 class MMIWriter(_Appender):
-    def __call__(self, message):
-        name, text = message
-        self._append(name, text)
-        return len(text)
+    def __call__(self, batch):
+        for name, text in batch:
+            self._append(name, text)
+        self._flush()
+        return [len(text) for _, text in batch]
 
 
 def write_splits(splits: dict[str, list[list[str]]], out_dir: Path, start_method: str, *,
@@ -71,11 +84,13 @@ def write_splits(splits: dict[str, list[list[str]]], out_dir: Path, start_method
         for name in splits:
             (folder / f"{name}.txt").write_text("", encoding="utf-8")
     pipe = (Pipeline("dialogue writers")
+            .batch(CHUNK, CHUNK_WAIT)
             .stage(partial(StdWriter, str(std_dir)), factory=True, name="std writer", maxsize=MAXSIZE)
+            .batch(CHUNK, CHUNK_WAIT)
             .stage(partial(MMIWriter, str(mmi_dir)), factory=True, name="mmi writer", maxsize=MAXSIZE))
-    messages = ((name, conversations[i:i + CHUNK], i == 0, seed)
+    messages = ((name, lines, i == 0, seed)
                 for name, conversations in splits.items()
-                for i in range(0, len(conversations), CHUNK))
+                for i, lines in enumerate(conversations))
     pipe.run(messages, progress=progress, start_method=start_method)
     written = {}
     for name, conversations in splits.items():
@@ -83,12 +98,10 @@ def write_splits(splits: dict[str, list[list[str]]], out_dir: Path, start_method
     return written, pipe.stats()
 
 
-def _blocks(chunk: Iterable[list[str]], first: bool, seed: bool, *, reverse: bool) -> str:
-    parts = []
-    for index, lines in enumerate(chunk):
-        block = "".join(line + "\n" for line in (reversed(lines) if reverse else lines))
-        if seed:
-            parts.append(block + "\n")
-        else:
-            parts.append(block if first and index == 0 else "\n" + block)
-    return "".join(parts)
+def _block(lines: Iterable[str], first: bool, seed: bool, *, reverse: bool) -> str:
+    """One conversation as its file holds it: seed puts a blank line after each, the default
+    one between them (none before the first of a split)."""
+    block = "".join(line + "\n" for line in (reversed(list(lines)) if reverse else lines))
+    if seed:
+        return block + "\n"
+    return block if first else "\n" + block

@@ -3,10 +3,24 @@
 A ``mpkit.engine.MapObserver``: the engine calls ``update(stats)`` at most ten times a second
 (from a thread of its own), ``write(text, stream)`` for worker output (from the thread running the
 map), and ``close(stats)`` once at the end; this adapter never sees a queue or a process.
+
+In Jupyter the bar has a Cancel button, which stops the map as the kernel's interrupt does
+(``MapInterrupted``, with the results that finished):
+
+    click ─comm_msg─► kernel's shell-channel thread: routes the message (the button's comm is asked
+                      where to) ─► CancelButton notes the click (threading.Event)
+    update(stats), the bar's thread ─► sees it ─► raises KeyboardInterrupt, which the engine raises
+                                                  again in the thread running the map
+
+A click cannot wait for the cell to end: the kernel's main thread, which handles widget messages,
+is the one running the map. So the click is noted where the kernel routes messages, a thread
+that runs while a cell does (ipykernel with subshells, 7 and later); where that is not so, the
+bar has no Cancel button (the kernel's interrupt still works).
 """
 from __future__ import annotations
 
 import sys
+import threading
 
 from ..engine._run import MapStats
 
@@ -30,15 +44,80 @@ def progress_factory(progress: bool | None):
     return TqdmProgress if progress else None
 
 
+def _is_click(data) -> bool:
+    """A Button's click as the front-end sends it (ipywidgets' protocol: a custom message)."""
+    if not isinstance(data, dict) or data.get("method") != "custom":
+        return False
+    content = data.get("content")
+    return isinstance(content, dict) and content.get("event") == "click"
+
+
+class CancelButton:
+    """A Cancel button whose click is noted while the cell runs (see the module docstring)."""
+
+    def __init__(self, button, requested: threading.Event):
+        self.button = button
+        self.requested = requested
+
+    @classmethod
+    def make(cls) -> "CancelButton | None":
+        """A button, or None where a click could not arrive before the cell ends."""
+        import ipywidgets as w
+
+        ipython = sys.modules.get("IPython")
+        shell = ipython.get_ipython() if ipython is not None else None
+        if getattr(getattr(shell, "kernel", None), "shell_channel_thread", None) is None:
+            return None  # messages are routed by the main thread, which runs the map
+        button = w.Button(description="Cancel", icon="stop", tooltip="Stop the map; the results that "
+                          "finished are kept (like the kernel's interrupt)", layout=w.Layout(width="auto"))
+        button.add_class("mpkit-cancel")
+        route = getattr(getattr(button, "comm", None), "_reply_subshell_for", None)
+        if not callable(route):
+            button.close()
+            return None
+        requested = threading.Event()
+
+        def routed(data, default):  # the kernel's shell-channel thread, for each message to the button
+            if _is_click(data):
+                requested.set()
+            return route(data, default)
+
+        button.comm._reply_subshell_for = routed
+        button.on_click(lambda _: requested.set())  # the same click, handled once the cell is over
+        return cls(button, requested)
+
+    def cancelling(self) -> None:
+        self.button.disabled = True
+        self.button.description = "Cancelling"
+
+    def close(self) -> None:
+        self.button.close()
+
+
 class TqdmProgress:
     def __init__(self, desc: str, total: int | None):
         from tqdm.auto import tqdm
 
         self._tqdm = tqdm
-        self.bar = tqdm(total=total, desc=desc, unit="item", dynamic_ncols=True, leave=True)
+        self.cancel = None
+        self.view = None
+        notebook = sys.modules.get("tqdm.notebook")
+        if notebook is not None and isinstance(tqdm, type) and issubclass(tqdm, notebook.tqdm_notebook):
+            self.cancel = CancelButton.make()
+        extra = {"display": False} if self.cancel is not None else {}
+        self.bar = tqdm(total=total, desc=desc, unit="item", dynamic_ncols=True, leave=True, **extra)
         self._text_bar = not hasattr(self.bar, "container")  # tqdm.notebook bars hold a widget
+        if self.cancel is not None:
+            import ipywidgets as w
+            from IPython.display import display
+
+            self.view = w.HBox([self.bar.container, self.cancel.button], layout=w.Layout(align_items="center"))
+            display(self.view)
 
     def update(self, stats: MapStats) -> None:
+        if self.cancel is not None and self.cancel.requested.is_set() and not self.cancel.button.disabled:
+            self.cancel.cancelling()
+            raise KeyboardInterrupt("Cancel clicked")  # raised again where the map runs: it stops as interrupted
         bar = self.bar
         bar.n = stats.done + stats.failed
         if bar.total is None and stats.total is not None:
@@ -65,3 +144,6 @@ class TqdmProgress:
         if not self._text_bar and (stats.failed or not complete):
             self.bar.colour = "#d9534f"  # tqdm.notebook shows a red bar for a failed run
         self.bar.close()
+        if self.cancel is not None:  # the map is over: nothing to cancel in the saved output
+            self.view.children = (self.bar.container,)
+            self.cancel.close()

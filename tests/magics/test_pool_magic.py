@@ -287,8 +287,8 @@ def test_worker_traceback_names_the_number_of_the_cell_that_ran(ip, start_method
     result, captured = run_cell(ip, "[1, 2, 3] -n 2 --no-progress", RAISES)
     number = result.execution_count
     shown = captured.stdout
-    assert f"Cell In[{number}], line 1" in shown      # IPython's own frame for the cell
     assert f"Cell In[{number}], line 4, in check" in shown, shown
+    assert "run_cell_magic" not in shown  # the line IPython calls the magic through: the cell as a string
 
 
 def test_exception_class_defined_in_the_cell(ip, start_method):
@@ -418,6 +418,13 @@ def test_the_magic_documents_its_options(ip):
     assert "%%mp_pool paths -n 4 -o results" in doc
 
 
+def test_the_help_shows_the_magic_as_it_is_typed(ip):
+    """``%%mp_pool?`` in a notebook: the usage line starts with %%mp_pool, not %%%mp_pool."""
+    doc = ip.object_inspect("%%mp_pool")["docstring"]
+    assert "  %%mp_pool ITEMS [-n WORKERS]" in doc, doc[:200]
+    assert "%%%" not in doc, doc[:200]
+
+
 def test_help_flag(ip):
     with pytest.raises(UsageError, match="--share"):
         mp_pool(ip, "-h", DOUBLE)
@@ -539,12 +546,12 @@ def test_a_chained_worker_exception_shows_both_errors_with_their_cell_lines(ip, 
     at = 0
     for part in (f"Cell In[{number}], line 6, in look_up", "return TABLE[x]", "KeyError: 2",
                  "The above exception was the direct cause of the following exception:",
-                 f"Cell In[{number}], line 1",  # the notebook's own frame, then the worker's
                  f"Cell In[{number}], line 8, in look_up", 'raise LookupError(f"no entry for {x}") from err',
                  "LookupError: no entry for 2", "raised in mpkit worker 1 on item 1: 2"):
         found = shown.find(part, at)
         assert found >= 0, f"{part!r} missing or out of order after position {at}:\n{shown}"
         at = found + len(part)
+    assert "run_cell_magic" not in shown, shown  # no cell source passed to the magic as a string
 
 
 def test_showing_a_map_interrupted_holds_interrupts_only_until_the_cell_ends(ip):

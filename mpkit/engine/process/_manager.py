@@ -16,9 +16,12 @@ socket open, would stop the whole pool.
       ├─ pipe can take more: the rest of what its ``_wire.Writer`` could not write at once
       └─ sentinel: a worker ended ─► _bury (its shared slot names the item it was running; the
                                             processes its tasks started end too: _proctree)
-    then: kill workers past a timeout or init_timeout, or busy with a cancelled run, each with its
-    whole process tree (Trees.end); retire workers past max_tasks_per_child; start workers as the
-    work needs them (the first WARM_WORKERS at once, then one per waiting chunk), up to size
+    then: tell workers holding chunks of a run that ended (an error, an interrupt) to drop them
+    ("cancel": they stop between two items and stay warm); kill workers past a timeout or
+    init_timeout, or still in an item of such a run CANCEL_GRACE later, each with its whole
+    process tree (Trees.end), and start their replacements at once, so the pool stays warm;
+    retire workers past max_tasks_per_child; start workers as the work needs them (the first
+    WARM_WORKERS at once, then one per waiting chunk), up to size
 
 Before a chunk, a worker is sent what it lacks: the notebook's context (sys.path, cwd, environment)
 when the run's differs from the one it has, and the run's function when it does not hold it. The
@@ -72,6 +75,10 @@ FN_CACHE_SIZE = 16
 #: Default seconds a new worker may spend in ``init`` (and start-up) before it is given up: long
 #: enough to load a large model from disk, short enough that a hung init is reported in a session.
 INIT_TIMEOUT = 300.0
+#: Seconds a worker told to drop the chunks of a map that ended may take to get to the end of the
+#: item it runs; past it the worker is killed (with what the item started) and replaced. Most
+#: items take milliseconds, so the worker is kept warm; an interrupt still returns within a second.
+CANCEL_GRACE = 0.5
 #: After a worker could not even be started (a fork server killed by an interrupt while it booted),
 #: wait this long before the next try, so that MAX_FAILED_STARTS tries span a real recovery time.
 START_BACKOFF = 0.25
@@ -89,7 +96,8 @@ def _cause(described, text: str, frames, note: str) -> BaseException:
 
 class _Worker:
     __slots__ = ("id", "process", "conn", "in_flight", "fns", "context_id", "stopping", "timed_out", "pid",
-                 "ready", "left", "slot", "started", "tasks", "spent", "globals_from", "reader", "writer")
+                 "ready", "left", "slot", "started", "tasks", "spent", "globals_from", "reader", "writer",
+                 "dropped", "dropped_at")
 
     def __init__(self, wid: int, process, conn, slot, context_id: str | None):
         self.id, self.process, self.conn, self.slot = wid, process, conn, slot
@@ -107,6 +115,8 @@ class _Worker:
         self.left = False           # said BYE: it exits on purpose, what it held is not to blame
         self.tasks = 0              # items sent to it, retries included (max_tasks_per_child)
         self.spent = False          # it reached max_tasks_per_child: no more work, replaced
+        self.dropped: set[int] = set()  # chunk ids it was told to drop (their results are not wanted)
+        self.dropped_at: float | None = None  # when it was first told, for CANCEL_GRACE
 
 
 
@@ -134,6 +144,7 @@ class Manager:
         self._failed_starts = 0  # workers in a row that ended before they were ready
         self._next_start = 0.0   # monotonic time before which no worker is started (START_BACKOFF)
         self.trees = Trees()     # each worker's processes, killed with it
+        self._to_replace = 0     # workers killed for a timeout or a cancel, not yet replaced
 
     # ---- any thread ----------------------------------------------------------------------------
     def add(self, run: Run) -> None:
@@ -222,6 +233,7 @@ class Manager:
                     active = []
                 if any(r.pending or r.in_flight for r in active) and self.init_error is None:
                     self._ensure_workers(active)
+                self._replace_killed()
                 self._retire_extra()
                 self._dispatch(active)
                 self._retire_spent()
@@ -347,6 +359,7 @@ class Manager:
             child_conn.close()
         self.workers[wid] = _Worker(wid, process, parent_conn, slot,
                                     self._context[1] if self._context is not None else None)
+        self._to_replace = max(0, self._to_replace - 1)  # whoever started it, it takes a killed one's place
 
     def _start_failed(self, err: BaseException) -> None:
         """No worker can start: fail the maps running now (a new map tries again)."""
@@ -463,13 +476,13 @@ class Manager:
             chunk = w.in_flight[0]
             assert chunk.id == chunk_id, "worker answered out of order"
             with chunk.run.cond:
-                if not chunk.run.cancelled:
+                if not chunk.run.cancelled and chunk_id not in w.dropped:
                     chunk.run.chunk_done(chunk, offset, results_bytes, failures, seconds, w.id)
         elif kind == _worker.DONE:
             _, chunk_id, offset, results_bytes, failures, seconds = msg
             chunk = self._answered(w, chunk_id)
             with chunk.run.cond:
-                if not chunk.run.cancelled:
+                if not chunk.run.cancelled and chunk_id not in w.dropped:  # a dropped chunk may stop halfway
                     chunk.run.chunk_done(chunk, offset, results_bytes, failures, seconds, w.id)
                 chunk.run.cond.notify_all()
         elif kind == _worker.UNDECODABLE:
@@ -496,6 +509,8 @@ class Manager:
     def _answered(self, w: _Worker, chunk_id: int):
         """The chunk a worker just answered (its oldest); the next one starts its clock now."""
         chunk = self._pop(w, chunk_id)
+        if w.dropped and not any(c.id in w.dropped for c in w.in_flight):
+            w.dropped_at = None  # it dropped all it was told to: nothing to kill it for
         with chunk.run.cond:
             chunk.run.in_flight -= 1
         if w.in_flight:
@@ -574,13 +589,45 @@ class Manager:
         return w.slot[_worker.SLOT_ITEM]
 
     def _reap_cancelled(self, runs: list[Run]) -> None:
-        for run in runs:
-            if not (run.cancelled or run.fatal is not None):
+        """Workers holding chunks of runs that ended (an error, an interrupt; the run may be
+        removed already) are told to drop them; one still in such an item CANCEL_GRACE later is
+        killed with its tree, and replaced (_replace_killed)."""
+        now = time.monotonic()
+        for w in self.workers.values():
+            if w.stopping or not w.in_flight:
                 continue
-            for w in self.workers.values():
-                if not w.stopping and any(c.run is run for c in w.in_flight):
-                    w.stopping = True
-                    self.trees.end(w.pid, w.process)
+            ended = [c.id for c in w.in_flight if c.run.cancelled or c.run.fatal is not None]
+            fresh = [i for i in ended if i not in w.dropped]
+            if fresh:
+                w.dropped.update(fresh)
+                if w.dropped_at is None:
+                    w.dropped_at = now
+                try:
+                    w.writer.send_bytes(pickle.dumps((_worker.CANCEL, fresh), _worker.PROTOCOL))
+                except OSError:
+                    pass  # the worker died; its sentinel fires and what it held is handled in _bury
+            if ended and w.dropped_at is not None and now - w.dropped_at > CANCEL_GRACE:
+                self._kill(w)
+
+    def _kill(self, w: _Worker) -> None:
+        """End a worker busy with an item nobody waits for any more (or past its timeout), with
+        its tree; a new one is started in its place at once."""
+        w.stopping = True
+        self._to_replace += 1
+        self.trees.end(w.pid, w.process)
+
+    def _replace_killed(self) -> None:
+        """Start replacements for workers killed on purpose, even when no map runs: the next map
+        finds the pool at the size it had (a worker that merely left, idle, is not replaced)."""
+        alive = [w for w in self.workers.values() if not w.stopping and not w.spent]
+        if len(alive) >= self.size or self.init_error is not None:
+            self._to_replace = 0  # full again, or no worker can start (the next map tries again)
+        if self._to_replace <= 0:
+            return
+        now = time.monotonic()
+        starting = sum(1 for w in alive if not w.ready and now - w.started < STARTING_SECONDS)
+        if starting < STARTS_AT_ONCE and now >= self._next_start:
+            self._start_worker()
 
     def _notice_exits(self) -> None:
         """Bury workers that ended although their sentinel did not fire: under spawn a task's
@@ -608,9 +655,8 @@ class Manager:
                 chunk = w.in_flight[0]
                 limit = chunk.run.timeout
                 if limit is not None and now - chunk.started > limit:
-                    w.stopping = True
                     w.timed_out = chunk
-                    self.trees.end(w.pid, w.process)
+                    self._kill(w)
 
     def _next_deadline(self, runs: list[Run]) -> float | None:
         timeouts = [r.timeout for r in runs if r.timeout is not None]
@@ -623,6 +669,13 @@ class Manager:
             deadline = min(0.05, min(timeouts) / 4)
         if starting:
             deadline = max(0.01, min(starting + ([deadline] if deadline is not None else [])))
+        now = time.monotonic()
+        graces = [w.dropped_at + CANCEL_GRACE - now for w in self.workers.values()
+                  if w.dropped_at is not None and not w.stopping]
+        if self._to_replace > 0:
+            graces.append(max(self._next_start - now, STARTING_SECONDS / 4))
+        if graces:
+            deadline = max(0.01, min(graces + ([deadline] if deadline is not None else [])) + 0.01)
         return deadline
 
     def _update_stats(self, runs: list[Run]) -> None:

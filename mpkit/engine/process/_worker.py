@@ -5,6 +5,8 @@
     ("context", sys.path, cwd, environ) ──pipe──►   receiver thread ─► inbox ─► main loop:
     ("fn", fn_id, payload) / ("forget", fn_id) ──►                      unpickle, call fn per
     ("run", chunk_id, fn_id, items, batch) ─────►                       item, catch exceptions
+    ("cancel", chunk ids) ──► the receiver notes them: such a chunk is skipped, or cut short
+                              between two items (its "done" says how far it got)
     ◄──pipe── ("out", parts, dropped lines, dropped chars)   output thread: every OUTPUT_INTERVAL,
               and before a result; fds 1 and 2 (os.write, subprocesses) feed it too (_capture)
     ◄──pipe── ("part", chunk_id, offset, results, failures, seconds)   every PART_SECONDS of work
@@ -43,7 +45,7 @@ from . import _capture, _proctree, _wire
 from .._errors import ExceptionRecord, Reborn, unpicklable_result
 
 # Message kinds, parent -> worker.
-CONTEXT, FN, FORGET, RUN, STOP = "context", "fn", "forget", "run", "stop"
+CONTEXT, FN, FORGET, RUN, STOP, CANCEL = "context", "fn", "forget", "run", "stop", "cancel"
 # Message kinds, worker -> parent.
 READY, OUT, PART, DONE, FN_ERROR, UNDECODABLE, INIT_ERROR, BYE = (
     "ready", "out", "part", "done", "fn_error", "undecodable", "init_error", "bye")
@@ -166,7 +168,12 @@ class _OutputRelay:
                 os._exit(CLEAN_EXIT)  # the notebook process is gone
 
 
-def _receive_forever(conn, inbox: queue.SimpleQueue) -> None:
+#: Chunk ids noted as cancelled that a worker keeps at most: an id whose chunk had ended when its
+#: "cancel" came stays noted; a few per cancelled map, so the bound is only a backstop.
+CANCELLED_KEPT = 1024
+
+
+def _receive_forever(conn, inbox: queue.SimpleQueue, cancelled: set[int]) -> None:
     while True:
         try:
             msg = _wire.receive(conn)  # with its shared memory, taken right after the frame
@@ -176,6 +183,11 @@ def _receive_forever(conn, inbox: queue.SimpleQueue) -> None:
             os._exit(CLEAN_EXIT)  # the notebook process is gone: never outlive it
         except BaseException:  # no memory for the message: a silent receiver would hang the worker
             os._exit(LOST_EXIT)
+        if msg[0] == CANCEL:  # noted at once, even while the main loop runs a chunk
+            if len(cancelled) > CANCELLED_KEPT:
+                cancelled.clear()
+            cancelled.update(msg[1])
+            continue
         inbox.put(msg)
 
 
@@ -262,11 +274,13 @@ def _apply_context(sys_path: list[str], cwd: str, environ: dict[str, str]) -> No
 
 class _ChunkRunner:
     """Runs one chunk, sending its results back in parts (``PART_SECONDS``) and noting in the
-    shared slot which item runs now."""
+    shared slot which item runs now. A chunk the manager cancels (its map ended: an error, an
+    interrupt) stops between two items, so the worker stays warm for the next map."""
 
-    def __init__(self, sender: "_Sender", relay: "_OutputRelay", slot):
+    def __init__(self, sender: "_Sender", relay: "_OutputRelay", slot, cancelled: set[int]):
         # a memoryview of the shared array: a store costs a third of a ctypes item assignment
         self.sender, self.relay, self.slot = sender, relay, memoryview(slot).cast("B").cast("q")
+        self.cancelled = cancelled  # filled by the receiver thread
 
     def run(self, chunk_id: int, fn, items: list, batch: bool) -> None:
         slot = self.slot
@@ -283,9 +297,11 @@ class _ChunkRunner:
             except BaseException as exc:
                 described = _describe_exception(exc)
                 results, failures = [None] * len(items), [(o, *described) for o in range(len(items))]
+            self.cancelled.discard(chunk_id)  # one call: it cannot stop halfway
             self._send(DONE, chunk_id, 0, results, failures, time.perf_counter() - start)
             return
         results, failures = [], []
+        cancelled = self.cancelled
         append, clock, count = results.append, time.perf_counter, len(items)
         sent = 0                                  # offset of the first item not sent back yet
         start = last = clock()
@@ -300,6 +316,8 @@ class _ChunkRunner:
             if offset >= look_at:
                 # Reading the clock after every item would double the cost of tiny items: read
                 # it about CLOCK_READS times per part, from the rate of the chunk so far.
+                if cancelled and chunk_id in cancelled:
+                    break  # its map is over: the rest is not wanted
                 now = clock()
                 if now - last >= PART_SECONDS and offset + 1 < count:
                     self._send(PART, chunk_id, sent, results, failures, now - last)
@@ -307,6 +325,7 @@ class _ChunkRunner:
                     append = results.append
                 per_second = (offset + 1) / max(now - start, 1e-9)
                 look_at = offset + max(1, int(per_second * PART_SECONDS / CLOCK_READS))
+        cancelled.discard(chunk_id)
         self._send(DONE, chunk_id, sent, results, failures, clock() - last)
 
     def _send(self, kind: str, chunk_id: int, offset: int, results, failures, seconds: float) -> None:
@@ -390,7 +409,9 @@ def main(conn, worker_id: int, init_payload: bytes | None, context: tuple | None
     sys.stderr = _CapturedStream("stderr", relay)
     relay.before_flush = _capture.Capture(relay.add).drain  # os.write(1, ...), subprocesses
     inbox: queue.SimpleQueue = queue.SimpleQueue()
-    threading.Thread(target=_receive_forever, args=(conn, inbox), daemon=True, name="mpkit-receiver").start()
+    cancelled: set[int] = set()  # chunk ids the manager no longer wants (their map ended)
+    threading.Thread(target=_receive_forever, args=(conn, inbox, cancelled), daemon=True,
+                     name="mpkit-receiver").start()
     threading.Thread(target=relay.run_forever, daemon=True, name="mpkit-output").start()
 
     if context is not None:
@@ -406,7 +427,7 @@ def main(conn, worker_id: int, init_payload: bytes | None, context: tuple | None
     relay.flush()
     sender.send(pickle.dumps((READY, os.getpid()), PROTOCOL))
 
-    runner = _ChunkRunner(sender, relay, slot)
+    runner = _ChunkRunner(sender, relay, slot, cancelled)
     functions: dict[str, object] = {}   # kept until the manager says "forget"
     broken: dict[str, tuple] = {}
     while True:
@@ -417,6 +438,11 @@ def main(conn, worker_id: int, init_payload: bytes | None, context: tuple | None
         kind = msg[0]
         if kind == RUN:
             _, chunk_id, fn_id, items_bytes, batch = msg
+            if chunk_id in cancelled:  # its map ended before it started: answered, not run
+                cancelled.discard(chunk_id)
+                del items_bytes, msg
+                sender.send_message(_results_message(DONE, chunk_id, 0, [], [], 0.0))
+                continue
             fn = functions.get(fn_id)
             if fn is None:
                 described = broken.get(fn_id, (None, "the function was never sent to this worker", []))

@@ -1,0 +1,115 @@
+"""The Cancel button of the map's progress bar, clicked while the map runs in a real kernel.
+
+The click is sent as JupyterLab sends it (a ``comm_msg`` with ipywidgets' click event to the
+button's comm) while the cell is still running the map; the map stops as an interrupt stops it:
+``MapInterrupted`` with the results that finished, in input order, and the warm workers kept.
+"""
+from __future__ import annotations
+
+import queue
+import re
+import time
+
+import pytest
+
+from tests.kernels import KernelSession
+
+pytestmark = pytest.mark.timeout(240)
+
+SETUP = '''
+import sys, time
+import mpkit
+
+def slow(x):
+    time.sleep(0.05)
+    if x == 5:
+        print("item 5 done")
+    return 10 * x
+
+mpkit.map(slow, range(4), workers=2)   # the pool is warm: the next map's bar shows at once
+pids = set(mpkit.engine.default_pool().pids())
+'''
+
+
+def _cancel_button(kernel: KernelSession, msg_id: str, timeout: float = 60.0) -> str:
+    """The comm id of the Cancel button the cell ``msg_id`` shows (read from IOPub as it opens)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            msg = kernel.kc.get_iopub_msg(timeout=1)
+        except queue.Empty:
+            continue
+        if msg.get("parent_header", {}).get("msg_id") != msg_id or msg["msg_type"] != "comm_open":
+            continue
+        state = msg["content"].get("data", {}).get("state", {})
+        if state.get("_model_name") == "ButtonModel" and state.get("description") == "Cancel":
+            return msg["content"]["comm_id"]
+    raise AssertionError("the progress bar showed no Cancel button")
+
+
+def _wait_for_output(kernel: KernelSession, msg_id: str, text: str, timeout: float = 60.0) -> None:
+    """Wait until the cell ``msg_id`` printed ``text`` (a worker's print, relayed to the cell)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            msg = kernel.kc.get_iopub_msg(timeout=1)
+        except queue.Empty:
+            continue
+        if (msg.get("parent_header", {}).get("msg_id") == msg_id and msg["msg_type"] == "stream"
+                and text in msg["content"]["text"]):
+            return
+    raise AssertionError(f"the cell did not print {text!r}")
+
+
+def _click(kernel: KernelSession, comm_id: str) -> None:
+    """What the front-end sends when the button is clicked."""
+    msg = kernel.kc.session.msg("comm_msg", {"comm_id": comm_id,
+                                             "data": {"method": "custom", "content": {"event": "click"}}})
+    kernel.kc.shell_channel.send(msg)
+
+
+def test_cancel_stops_the_running_map_and_keeps_the_finished_results(start_method):
+    kernel = KernelSession()
+    try:
+        kernel.run(SETUP)
+        msg_id = kernel.start("out = mpkit.map(slow, range(400), workers=2)")
+        comm_id = _cancel_button(kernel, msg_id)
+        _wait_for_output(kernel, msg_id, "item 5 done")  # some items finished: click while the map runs
+        _click(kernel, comm_id)
+        cell = kernel.collect(msg_id, timeout=60)
+        assert cell.error is not None, "the map was not stopped by the click"
+        assert cell.error["ename"] == "MapInterrupted", cell.error
+        assert re.search(r"interrupted after \d+ of 400 items finished", cell.error["evalue"]), cell.error
+        check = kernel.run(
+            "exc = sys.last_value\n"
+            "print(len(exc.results), exc.results == sorted(exc.results),\n"
+            "      sorted(exc.results + [10 * i for i in exc.pending]) == [10 * i for i in range(400)])\n"
+            "print('same workers:', set(mpkit.engine.default_pool().pids()) == pids)")
+        finished, in_order, all_accounted = check.text().split("\n")[0].split()
+        assert 0 < int(finished) < 400 and in_order == "True" and all_accounted == "True", check.text()
+        assert "same workers: True" in check.text(), check.text()
+        # the next map runs as usual, and its bar's button is gone once it is over
+        assert "ok" in kernel.run("print('ok' if mpkit.map(slow, range(6), workers=2) == "
+                                  "[10 * i for i in range(6)] else 'wrong')").text()
+        kernel.run("mpkit.shutdown()")
+    finally:
+        kernel.close()
+
+
+def test_cancel_in_mp_pool_keeps_the_finished_results_in_the_out_variable(start_method):
+    kernel = KernelSession()
+    try:
+        kernel.run("%load_ext mpkit")
+        msg_id = kernel.start("%%mp_pool range(400) -n 2 -o out\nimport time\n\n"
+                              "def slow(x):\n    time.sleep(0.05)\n    if x == 5:\n        print('item 5 done')\n"
+                              "    return 10 * x\n")
+        comm_id = _cancel_button(kernel, msg_id)
+        _wait_for_output(kernel, msg_id, "item 5 done")
+        _click(kernel, comm_id)
+        cell = kernel.collect(msg_id, timeout=60)
+        assert cell.error is not None and cell.error["ename"] == "MapInterrupted", cell.error
+        check = kernel.run("print(0 < len(out) < 400, out == sorted(out))")
+        assert check.text().split() == ["True", "True"], check.text()
+        kernel.run("import mpkit; mpkit.shutdown()")
+    finally:
+        kernel.close()
