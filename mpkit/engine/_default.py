@@ -65,6 +65,16 @@ def acquire(workers: int | None = None, init: Callable[[], Any] | None = None,
         return pool
 
 
+def lease_cluster(cluster: Any) -> Pool:
+    """The default pool if it runs on ``cluster`` (whatever its ``init``), else a new default Dask
+    pool on it; held as ``acquire`` holds it. A pipeline's Dask lanes share its connection."""
+    with _lock:
+        running = _pool is not None and not _pool.closed and _pool_key is not None and _pool_key[0] == ("dask", cluster)
+        pool = _pool if running else _current(None, None, None, cluster)
+        _leases[pool] = _leases.get(pool, 0) + 1
+        return pool
+
+
 def release(pool: Pool) -> None:
     with _lock:
         left = _leases.get(pool, 0) - 1

@@ -7,7 +7,8 @@
 Imported only when a map asks for ``cluster=`` (``import mpkit`` does not import Dask). Needs the
 ``dask`` extra: ``pip install "mpkit[dask]"``.
 """
+from ._lanes import Lanes
 from ._manager import ClusterLost
 from ._pool import Pool, live_pools
 
-__all__ = ["ClusterLost", "Pool", "live_pools"]
+__all__ = ["ClusterLost", "Lanes", "Pool", "live_pools"]

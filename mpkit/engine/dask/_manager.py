@@ -30,6 +30,7 @@ import time
 import uuid
 from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
+from typing import Callable
 
 from distributed import Client
 from distributed.client import FutureCancelledError
@@ -99,6 +100,9 @@ class Manager:
         self._thread: threading.Thread | None = None
         self.size = self._alive = self.threads()
         self._looked = time.monotonic()
+        #: a pipeline lane's: the workers its chunks go to, asked at each submit (``_lanes``);
+        #: None for a map, whose chunks go wherever the scheduler puts them
+        self.place: Callable[[], list[str]] | None = None
         client.subscribe_topic(self.topic, lambda event: self._inbox.put(("event", event[1])))
 
     # ---- any thread --------------------------------------------------------------------------
@@ -205,8 +209,13 @@ class Manager:
     def _submit(self, run: Run, chunk: Chunk, alone: bool = False) -> None:
         key = f"mpkit-{_key_name(run.fn_name)}-{self.topic[6:]}-{next(self._keys)}"
         items = pickle.dumps(chunk.payload, _task.PROTOCOL)  # its large buffers in band: one bytes
+        # A lane's chunks are pinned to its workers while they live; loosely, so that a chunk whose
+        # workers died runs elsewhere rather than wait in Dask for an address that is gone (the
+        # lane is placed again on the workers alive at its next submit).
+        where = self.place() if self.place is not None else None
         future = self.client.submit(_task.run_chunk, self.topic, run.fn_id, run.fn_payload, items, self.init_name,
-                                    tuple(sys.version_info[:2]), key=key, pure=False, retries=0)
+                                    tuple(sys.version_info[:2]), self.place is not None, chunk.batch, key=key, pure=False,
+                                    retries=0, workers=where or None, allow_other_workers=bool(where))
         task = _Task(run, chunk, future, key=key, alone=alone)
         self._tasks[key] = task
         future.add_done_callback(lambda f, key=key: self._fetch(key, f))
@@ -435,7 +444,7 @@ class Manager:
         if now - self._looked >= POLL:  # asking the scheduler is a round trip: at most every POLL
             self._looked = now
             self._alive = self.threads() if not self._cluster_gone() else 0
-        alive = self._alive
+        alive = min(self._alive, len(self.place())) if self.place is not None else self._alive
         for run in runs:
             busy = sum(1 for t in self._tasks.values() if t.run is run and t.started is not None)
             with run.cond:

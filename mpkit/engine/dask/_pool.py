@@ -57,13 +57,14 @@ class Pool(BasePool):
     chunk_seconds = 0.25
 
     def __init__(self, workers: int | None = None, *, cluster: Any = "local",
-                 init: Callable[[], Any] | None = None):
+                 init: Callable[[], Any] | None = None, _connection: _cluster.Connection | None = None):
         super().__init__()
         _arguments.check_workers(workers)
         if init is not None:
             _arguments.check_init(init)
         self.cluster = cluster
-        self._connection = _cluster.connect(cluster)
+        # a pipeline's lanes share their pipeline's connection (``_lanes``), checked once
+        self._connection = _connection or _cluster.connect(cluster)
         self.client = self._connection.client
         self.init = init
         init_name = None
