@@ -69,6 +69,29 @@ def any_pool(request, monkeypatch):
         yield p
 
 
+@pytest.fixture(params=START_METHODS + ["dask"])
+def any_backend(request, monkeypatch):
+    """The same pipeline behaviour on each backend: local processes under each start method, and
+    the 2-worker Dask LocalCluster of ``dask_client``, made the default with ``mpkit.use()`` (as
+    a notebook moves with one line). Yields the start method, or "dask"."""
+    if request.param == "dask":
+        from distributed import get_task_stream
+
+        client = request.getfixturevalue("dask_client")
+        mpkit.use(client)
+        try:
+            with get_task_stream(client) as tasks:
+                yield "dask"
+        finally:
+            mpkit.use(None)
+            mpkit.shutdown()
+        # the test really ran on the cluster (one task per chunk), not on local processes
+        assert any(str(t["key"]).startswith("mpkit-") for t in tasks.data), "no mpkit task ran on Dask"
+        return
+    monkeypatch.setenv("MPKIT_START_METHOD", request.param)
+    yield request.param
+
+
 @pytest.fixture(scope="module")
 def dask_client():
     """A real LocalCluster (2 single-threaded worker processes on 127.0.0.1) and a Client to it,

@@ -452,6 +452,12 @@ class Manager:
 
 
 def _fn_error(run: Run, described: tuple, address: str | None) -> BaseException:
+    if any(f[2] == "build" and f[0].endswith("_stage.py") for f in described[2]):  # a pipeline's class stage
+        err: BaseException = WorkerInitError(
+            f"building the stage object {run.fn_name}() failed in the Dask worker {address}: {described[1]}. "
+            "Fix the class's __init__ (or the factory); it runs once in each Dask worker the stage runs on.")
+        err.__cause__ = _cause(*described, f"(raised building {run.fn_name} in Dask worker {address})")
+        return err
     err = RuntimeError(f"{run.fn_name} could not be loaded in the Dask worker {address}: {described[1]}. "
                        "Cause: it uses a module or class the worker cannot import. Fix: install that "
                        "package in the workers' environment, or define what it needs in the notebook.")
