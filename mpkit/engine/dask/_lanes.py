@@ -14,8 +14,9 @@
         released
 
 The router, channels, batching, counts and snapshots are the notebook's, as for local stages: a
-Dask lane only decides where its chunks run. Chunks are pinned loosely (``allow_other_workers``):
-a chunk whose worker died runs on another rather than wait for an address that is gone.
+Dask lane only decides where its chunks run. Chunks are pinned strictly (work stealing would move
+loosely pinned ones anywhere); a chunk whose workers all died is cancelled and sent again to the
+lane's workers now (``_manager.Manager._check_placement``).
 """
 from __future__ import annotations
 
@@ -75,6 +76,11 @@ class Lanes:
             self._placed[lane] = kept
             return list(kept)
 
+    def gone(self, addresses: list[str]) -> bool:
+        with self._lock:
+            live = self._live_workers()
+            return bool(live) and not any(a in live for a in addresses)
+
     def placed(self, lane: "LanePool") -> list[str]:
         with self._lock:
             return list(self._placed.get(lane, []))
@@ -122,7 +128,15 @@ class LanePool(Pool):
         self.wanted = workers
         self.stage_ids: list[str] = []
         super().__init__(workers, cluster=lanes.cluster, _connection=lanes.connection)
-        self._manager.place = lambda: lanes.place(self)
+        self._manager.lane = self
+
+    def place(self) -> list[str]:
+        """The Dask workers this lane's chunks go to now (its manager thread asks at each submit)."""
+        return self.lanes.place(self)
+
+    def gone(self, addresses: list[str]) -> bool:
+        """None of these workers is alive any more."""
+        return self.lanes.gone(addresses)
 
     def _new_run(self, *args, **kwargs):
         run = super()._new_run(*args, **kwargs)

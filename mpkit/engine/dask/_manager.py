@@ -78,6 +78,7 @@ class _Task:
     worker: str | None = None
     dropped: bool = False   # its outcome no longer counts (timed out, cancelled)
     alone: bool = False     # a suspect of a worker death, run with no other chunk of its run
+    where: list | None = None  # the workers it is pinned to (a pipeline lane's chunk)
     key: str = field(default="")
 
 
@@ -100,9 +101,10 @@ class Manager:
         self._thread: threading.Thread | None = None
         self.size = self._alive = self.threads()
         self._looked = time.monotonic()
-        #: a pipeline lane's: the workers its chunks go to, asked at each submit (``_lanes``);
-        #: None for a map, whose chunks go wherever the scheduler puts them
-        self.place: Callable[[], list[str]] | None = None
+        #: a pipeline lane's pool (``_lanes.LanePool``): ``place()``, the workers its chunks go to,
+        #: asked at each submit, and ``gone(addresses)``; None for a map, whose chunks go wherever
+        #: the scheduler puts them
+        self.lane = None
         client.subscribe_topic(self.topic, lambda event: self._inbox.put(("event", event[1])))
 
     # ---- any thread --------------------------------------------------------------------------
@@ -168,6 +170,7 @@ class Manager:
                     runs = list(self.runs)
                 self._reap_cancelled(runs)
                 self._check_cluster(runs)
+                self._check_placement()
                 self._dispatch([r for r in runs if not r.cancelled and r.fatal is None])
                 self._update_stats(runs)
                 try:
@@ -209,14 +212,14 @@ class Manager:
     def _submit(self, run: Run, chunk: Chunk, alone: bool = False) -> None:
         key = f"mpkit-{_key_name(run.fn_name)}-{self.topic[6:]}-{next(self._keys)}"
         items = pickle.dumps(chunk.payload, _task.PROTOCOL)  # its large buffers in band: one bytes
-        # A lane's chunks are pinned to its workers while they live; loosely, so that a chunk whose
-        # workers died runs elsewhere rather than wait in Dask for an address that is gone (the
-        # lane is placed again on the workers alive at its next submit).
-        where = self.place() if self.place is not None else None
+        # A lane's chunks are pinned to its workers, strictly: a loose restriction lets Dask's work
+        # stealing move them to any worker (a class stage would then build everywhere). A chunk
+        # whose workers all died is sent again by _check_placement.
+        where = self.lane.place() if self.lane is not None else None
         future = self.client.submit(_task.run_chunk, self.topic, run.fn_id, run.fn_payload, items, self.init_name,
-                                    tuple(sys.version_info[:2]), self.place is not None, chunk.batch, key=key, pure=False,
-                                    retries=0, workers=where or None, allow_other_workers=bool(where))
-        task = _Task(run, chunk, future, key=key, alone=alone)
+                                    tuple(sys.version_info[:2]), self.lane is not None, chunk.batch, key=key,
+                                    pure=False, retries=0, workers=where or None, allow_other_workers=False)
+        task = _Task(run, chunk, future, key=key, alone=alone, where=where)
         self._tasks[key] = task
         future.add_done_callback(lambda f, key=key: self._fetch(key, f))
 
@@ -377,6 +380,23 @@ class Manager:
         except Exception:
             pass
 
+    def _check_placement(self) -> None:
+        """A lane's chunks pinned to workers that are all gone: Dask would keep them waiting for
+        those addresses (a cluster of your own reschedules a dead worker's tasks rather than fail
+        them), so they are cancelled and sent again, to the workers the lane has now."""
+        if self.lane is None:
+            return
+        orphans = [t for t in self._tasks.values() if t.where and not t.dropped and self.lane.gone(t.where)]
+        if not orphans:
+            return
+        self._cancel(orphans)
+        for task in orphans:
+            with task.run.cond:
+                task.run.in_flight -= 1
+                if not task.run.cancelled:
+                    task.run.requeue(task.chunk)
+                task.run.cond.notify_all()
+
     def _check_timeouts(self) -> None:
         now = time.monotonic()
         late = [t for t in self._tasks.values() if t.run.timeout is not None and t.started is not None
@@ -444,7 +464,7 @@ class Manager:
         if now - self._looked >= POLL:  # asking the scheduler is a round trip: at most every POLL
             self._looked = now
             self._alive = self.threads() if not self._cluster_gone() else 0
-        alive = min(self._alive, len(self.place())) if self.place is not None else self._alive
+        alive = min(self._alive, len(self.lane.place())) if self.lane is not None else self._alive
         for run in runs:
             busy = sum(1 for t in self._tasks.values() if t.run is run and t.started is not None)
             with run.cond:

@@ -1,0 +1,134 @@
+"""Pipelines on a real Dask LocalCluster (2 single-threaded worker processes on 127.0.0.1, shared
+by this module): class stages built once per worker, stages on their own workers, a worker
+SIGKILLed mid-run, services, scale(). The behaviour shared with local stages runs on both backends
+in test_pipeline.py (its ``any_backend`` tests)."""
+import functools
+import os
+import signal
+import threading
+
+import pytest
+
+pytest.importorskip("distributed")
+
+import mpkit  # noqa: E402
+from mpkit import Pipeline  # noqa: E402
+from tests import dask_tasks, helpers  # noqa: E402
+from tests.proctree import wait_until  # noqa: E402
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def worker_pids(client) -> set[int]:
+    return set(client.run(os.getpid, on_error="ignore").values())
+
+
+def builds_of(log) -> list[int]:
+    return [int(line) for line in log.read_text().split()] if log.exists() else []
+
+
+def model_class(log):
+    """A stage class as a notebook defines it (in a cell, sent by value), noting each build."""
+    class Model:
+        def __init__(self):
+            with open(log, "a") as f:  # a model loading: it must happen once per worker
+                f.write(f"{os.getpid()}\n")
+            self.pid = os.getpid()
+
+        def __call__(self, item):
+            return (item, self.pid)
+
+    return Model
+
+
+@pytest.fixture
+def on_cluster(dask_client):
+    yield dask_client
+    mpkit.shutdown()
+
+
+def test_a_class_stage_is_built_once_per_dask_worker_and_reused_across_tasks(on_cluster, tmp_path):
+    from distributed import get_task_stream
+
+    log = tmp_path / "builds"
+    pipe = Pipeline("models").stage(helpers.identity).stage(model_class(log), workers=2)
+    with get_task_stream(on_cluster) as stream:
+        out = pipe.run(iter(range(3000)), ordered=True, cluster=on_cluster)
+    assert [x for x, _ in out] == list(range(3000))
+    builds = builds_of(log)
+    assert sorted(builds) == sorted(set(builds)), f"a worker built the model twice: {builds}"
+    assert {pid for _, pid in out} == set(builds) <= worker_pids(on_cluster)
+    model_tasks = [t for t in stream.data if "Model" in str(t["key"])]
+    assert len(model_tasks) > len(builds), "each build served one task only: nothing was reused"
+    # a second run builds its own (as a local run does), once per worker again
+    pipe.run(range(10), cluster=on_cluster)
+    assert len(builds_of(log)) > len(builds) and len(set(builds_of(log)[len(builds):])) == len(builds_of(log)) - len(builds)
+
+
+def test_stages_of_one_worker_each_run_on_two_workers(on_cluster):
+    """As two local stages of one process each: the second does not wait behind the first."""
+    pipe = Pipeline().stage(dask_tasks.with_pid).stage(dask_tasks.with_pid, name="tag")
+    out = pipe.run(range(200), cluster=on_cluster)
+    first = {pid for (_, pid), _ in out}
+    last = {pid for _, pid in out}
+    assert len(first) == 1 and len(last) == 1 and first != last, (first, last)
+
+
+def test_a_dask_worker_sigkilled_mid_pipeline_loses_and_duplicates_nothing(on_cluster, tmp_path):
+    log = tmp_path / "builds"
+    pipe = (Pipeline("fragile")
+            .stage(functools.partial(dask_tasks.with_pid, seconds=0.01), workers=2)
+            .batch(8, 0.2).stage(helpers.identity)
+            .stage(model_class(log), workers=2))
+    pids = sorted(worker_pids(on_cluster))
+    killed = []
+
+    def kill_soon():  # a worker dies while every stage holds items
+        if wait_until(lambda: pipe.stats().completed >= 100, timeout=120):
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+    killer = threading.Thread(target=kill_soon, daemon=True)
+    killer.start()
+    out = pipe.run(range(600), ordered=True, cluster=on_cluster)
+    killer.join(10)
+    assert killed, "the run ended before a worker could be killed"
+    assert [x for (x, _), _ in out] == list(range(600))  # every item once, in order
+    stats = pipe.stats()
+    assert stats.accounted and stats.completed == 600 and stats.failed == 0
+    builds = builds_of(log)
+    assert len(builds) == len(set(builds)), f"a worker built the model twice: {builds}"
+    assert wait_until(lambda: len(worker_pids(on_cluster)) == 2, timeout=60)
+
+
+def test_a_service_on_dask_returns_futures(on_cluster):
+    svc = Pipeline("svc").stage(helpers.double).batch(4, 0.1).stage(helpers.BatchSizes).start(cluster=on_cluster)
+    try:
+        futures = [svc.submit(i) for i in range(30)]
+        results = [f.result(timeout=60) for f in futures]
+        assert [x for x, _, _ in results] == [2 * i for i in range(30)]
+        assert all(1 <= size <= 4 for _, size, _ in results)
+        assert {pid for _, _, pid in results} <= worker_pids(on_cluster)
+    finally:
+        stats = svc.stop()
+    assert stats.completed == 30
+
+
+def test_scale_changes_the_workers_a_dask_stage_runs_on(on_cluster):
+    pipe = Pipeline().stage(functools.partial(dask_tasks.with_pid, seconds=0.05), name="slow")
+    svc = pipe.start(cluster=on_cluster)
+    try:
+        before = {pid for _, pid in (f.result(timeout=60) for f in [svc.submit(i) for i in range(20)])}
+        assert len(before) == 1
+        pipe.scale("slow", 2)
+        after = {pid for _, pid in (f.result(timeout=60) for f in [svc.submit(i) for i in range(40)])}
+        assert len(after) == 2 and svc.stats().stage("slow").target_workers == 2
+    finally:
+        svc.stop()
+
+
+def test_max_tasks_per_child_is_refused_on_dask_with_a_fix(on_cluster):
+    pipe = Pipeline().stage(helpers.double, max_tasks_per_child=10)
+    with pytest.raises(ValueError, match="max_tasks_per_child=10.*Fix"):
+        pipe.run(range(3), cluster=on_cluster)
+    with pytest.raises(ValueError, match="start_method"):
+        Pipeline().stage(helpers.double).run(range(3), cluster=on_cluster, start_method="spawn")
