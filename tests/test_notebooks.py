@@ -155,3 +155,17 @@ def test_dialogue_demo_runs(monkeypatch):
     everything = _code_cells_ok(_run_notebook(ROOT / "demo_notebooks" / "03_dialogue_cleaning.ipynb"))
     assert "the same dialogue, reversed" in everything
     assert "11,739 rows read" in everything
+
+
+def test_dask_demo_runs_on_a_local_cluster(monkeypatch):
+    """05_dask_cluster: a map, the dialogue recipe and the inference pipeline on a LocalCluster the
+    notebook starts (its workers inherit the kernel's environment, so they import this mpkit)."""
+    pytest.importorskip("distributed")
+    _with_repo_on_pythonpath(monkeypatch)
+    everything = _code_cells_ok(_run_notebook(ROOT / "demo_notebooks" / "05_dask_cluster.ipynb"))
+    assert "2 Dask workers" in everything
+    assert "100000 results; first: [7, 8, 11] | same as local: True" in everything
+    assert "11,739 rows read" in everything
+    assert "3000 embeddings in" in everything and "same as calling the model here: True" in everything
+    assert "submitted: 3001 | completed: 3001 | accounted: True" in everything
+    assert "worker processes of the Counter stage: 1" in everything

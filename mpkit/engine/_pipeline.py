@@ -9,7 +9,9 @@
 
 A ``Pipeline`` is only a description (stage specs); each ``run()`` or ``start()`` builds a
 ``Flow`` (``_flow``) with its own worker processes and router thread, and tears it down at the
-end. ``run()`` feeds the flow from the calling thread; a ``Service`` (``_service``) from whichever
+end. Where the lanes' workers come from is chosen in one place, ``Pipeline._pools``: processes
+on this machine (``_process_pools``), or with ``cluster=`` (or ``use()`` / MPKIT_CLUSTER) Dask
+workers (``dask.Lanes``); the router is the same for both. ``run()`` feeds the flow from the calling thread; a ``Service`` (``_service``) from whichever
 threads call ``submit()``.
 
     pipe.observe(obs) ─► kept ─► each flow: Watcher(obs) ◄── PipelineStats, 10/s, from the router

@@ -101,13 +101,18 @@ def test_a_dask_worker_sigkilled_mid_pipeline_loses_and_duplicates_nothing(on_cl
 
 
 def test_a_service_on_dask_returns_futures(on_cluster):
-    svc = Pipeline("svc").stage(helpers.double).batch(4, 0.1).stage(helpers.BatchSizes).start(cluster=on_cluster)
+    pipe = Pipeline("svc").stage(helpers.double).batch(4, 0.1).stage(helpers.BatchSizes)
+    svc = pipe.start(cluster=on_cluster)
     try:
         futures = [svc.submit(i) for i in range(30)]
         results = [f.result(timeout=60) for f in futures]
         assert [x for x, _, _ in results] == [2 * i for i in range(30)]
         assert all(1 <= size <= 4 for _, size, _ in results)
         assert {pid for _, _, pid in results} <= worker_pids(on_cluster)
+        # what %mp_ps and the dashboard list: each stage's own Dask worker, by pid
+        listed = pipe.workers()
+        assert [pid for _, pid, _ in listed["BatchSizes"]] == [results[0][2]]
+        assert len(listed["double"]) == 1 and listed["double"][0][1] in worker_pids(on_cluster)
     finally:
         stats = svc.stop()
     assert stats.completed == 30

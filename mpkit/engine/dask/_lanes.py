@@ -155,8 +155,8 @@ class LanePool(Pool):
         placed = set(self.lanes.placed(self))
         info = self.client.scheduler_info(n_workers=-1).get("workers", {})
         busy = {t.worker for t in list(self._manager._tasks.values()) if t.started is not None}
-        return [(self._manager.worker_id(address), w.get("pid", 0), "busy" if address in busy else "idle")
-                for address, w in sorted(info.items()) if address in placed]
+        return [(self._manager.worker_id(address), self._manager.pids.get(address, 0),
+                 "busy" if address in busy else "idle") for address in sorted(info) if address in placed]
 
     def shutdown(self, wait: bool = True) -> None:
         if self._closed:

@@ -95,6 +95,7 @@ class Manager:
         self._tasks: dict[str, _Task] = {}
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._worker_ids: dict[str, int] = {}
+        self.pids: dict[str, int] = {}  # worker address -> its pid, from its tasks' "start" events
         self._stopping: dict[str, tuple[_Task, float]] = {}  # key -> (task of a cancelled run, deadline)
         self._suspects: set[tuple[int, int]] = set()  # (run, index) of single items on a worker that died
         self._closing = False
@@ -248,6 +249,7 @@ class Manager:
             event = msg[1]
             if event[0] == _task.START:
                 task = self._tasks.get(event[1])
+                self.pids[event[2]] = event[3]
                 if task is not None:
                     task.started, task.worker = time.monotonic(), event[2]
             elif event[0] == _task.OUT:

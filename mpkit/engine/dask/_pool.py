@@ -113,10 +113,12 @@ class Pool(BasePool):
         self._manager.resize(self.size)
 
     def workers(self) -> list[tuple[int, int, str]]:
-        """``(worker id, pid, "busy" or "idle")`` for each Dask worker now."""
+        """``(worker id, pid, "busy" or "idle")`` for each Dask worker now (pid 0 until one of
+        this pool's tasks ran there)."""
         info = self.client.scheduler_info(n_workers=-1).get("workers", {})
         busy = {t.worker for t in list(self._manager._tasks.values()) if t.started is not None}
-        return [(self._manager.worker_id(address), w.get("pid", 0), "busy" if address in busy else "idle")
+        return [(self._manager.worker_id(address), self._manager.pids.get(address, 0),
+                 "busy" if address in busy else "idle")
                 for address, w in sorted(info.items())]
 
     @property

@@ -3,10 +3,14 @@
     notebook (manager thread)                              Dask worker process, a task thread
     ─────────────────────────                              ──────────────────────────────────
     client.submit(run_chunk, topic, fn_id, fn_bytes, ─────► init= once per process (InitPlugin
-                  items bytes, init name, python)            holds it; the first task runs it)
-                                                             fn rebuilt from its cloudpickle bytes
-                                                             (kept per fn_id), called per item
-    subscribe_topic(topic) ◄── log_event: ("start", key) ─── when the task begins (timeouts)
+                  items bytes, init name, python,            holds it; the first task runs it)
+                  stage, batch)                              fn rebuilt from its cloudpickle bytes
+                                                             (kept per fn_id; a pipeline stage's,
+                                                             its class built, kept per run until
+                                                             forget), called per item, or once
+                                                             per chunk for a micro-batch
+    subscribe_topic(topic) ◄── log_event: ("start", key, ─── when the task begins (timeouts,
+                                          address, pid)      the pids workers() lists)
                            ◄── log_event: ("out", parts) ─── print() of this thread, every
                                                              OUTPUT_INTERVAL and before returning
     future.result() ◄──── pickle.dumps((what it printed last, (kind, ...))): one bytes
@@ -229,7 +233,7 @@ def run_chunk(topic: str, fn_id: str, fn_bytes: bytes, items_bytes: bytes, init:
     if tuple(sys.version_info[:2]) != tuple(python):
         return pickle.dumps((([], 0, 0), (PYTHON, sys.version.split()[0], sys.executable)), PROTOCOL)
     worker = get_worker()
-    worker.log_event(topic, [START, worker.get_current_task(), worker.address])
+    worker.log_event(topic, [START, worker.get_current_task(), worker.address, os.getpid()])
     _route_output()
     capture = _local.capture = _Capture(worker, topic)
     try:
