@@ -84,6 +84,18 @@ class Pool(BasePool):
         self.size = self._sized()
         _live_pools.add(self)
 
+    def map(self, fn: Callable, items, *, max_tasks_per_child: int | None = None, **kwargs):
+        """As :meth:`BasePool.map` (``max_tasks_per_child`` is refused: see ``_local_only``)."""
+        __tracebackhide__ = True
+        _local_only(max_tasks_per_child, self.where)
+        return super().map(fn, items, **kwargs)
+
+    def imap(self, fn: Callable, items, *, max_tasks_per_child: int | None = None, **kwargs):
+        """As :meth:`BasePool.imap` (``max_tasks_per_child`` is refused: see ``_local_only``)."""
+        __tracebackhide__ = True
+        _local_only(max_tasks_per_child, self.where)
+        return super().imap(fn, items, **kwargs)
+
     def _sized(self) -> int:
         threads = self._manager.threads()
         return min(threads, self._limit) if self._limit else threads
@@ -129,6 +141,16 @@ class Pool(BasePool):
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self.size} threads"
         return f"<mpkit.Pool on Dask {self.where}, {state}>"
+
+
+def _local_only(max_tasks_per_child: int | None, where: str) -> None:
+    """A Dask worker is not replaced after N items (its nanny restarts it only when it dies), so
+    ``max_tasks_per_child`` would be silently ignored: refused instead."""
+    if max_tasks_per_child is not None:
+        raise ValueError(f"max_tasks_per_child={max_tasks_per_child!r} replaces local worker processes after "
+                         f"that many items; a Dask worker (cluster {where}) is not replaced that way. Fix: leave "
+                         "it out on a cluster (to bound a leak there, start the workers with dask's "
+                         "--memory-limit, which restarts a worker past it), or run this map without cluster=.")
 
 
 def live_pools() -> list[Pool]:
