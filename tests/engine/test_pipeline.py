@@ -146,7 +146,7 @@ def test_service_futures_and_drain(any_backend):
         svc.submit(1)
 
 
-def test_service_stop_without_drain_cancels(start_method):
+def test_service_stop_without_drain_cancels(any_backend):
     svc = Pipeline().stage(helpers.sleep_then).start()
     futures = [svc.submit(0.5) for _ in range(6)]
     time.sleep(0.3)
@@ -155,7 +155,7 @@ def test_service_stop_without_drain_cancels(start_method):
     assert not svc.running
 
 
-def test_asubmit(start_method):
+def test_asubmit(any_backend):
     svc = Pipeline().stage(helpers.double).start()
     try:
         async def main():
@@ -177,7 +177,7 @@ def test_scale_a_stage_while_it_runs(any_backend):
         svc.stop()
 
 
-def test_interrupt_stops_every_stage(start_method):
+def test_interrupt_stops_every_stage(any_backend):
     pipe = Pipeline().stage(helpers.sleep_then, workers=2)
 
     def interrupt_soon():  # the kernel's interrupt: SIGINT to this process, once 5 items are done
