@@ -137,3 +137,35 @@ def test_max_tasks_per_child_is_refused_on_dask_with_a_fix(on_cluster):
         pipe.run(range(3), cluster=on_cluster)
     with pytest.raises(ValueError, match="start_method"):
         Pipeline().stage(helpers.double).run(range(3), cluster=on_cluster, start_method="spawn")
+
+
+def test_on_a_cluster_that_reschedules_a_dead_workers_tasks_none_waits_forever(tmp_path):
+    """`dask scheduler` + two `dask worker`s as a user starts them: Dask reschedules the tasks of
+    a dead worker itself (allowed-failures 3), so the chunks pinned to it would wait for its
+    address for ever; they go to the stage's workers left, none lost, none twice in the output."""
+    from distributed import Client
+
+    from tests.dask_cluster import command_line_cluster
+
+    with command_line_cluster(2) as address:
+        client = Client(address, timeout=60)
+        try:
+            assert wait_until(lambda: len(worker_pids(client)) == 2, timeout=60)
+            pipe = Pipeline("fragile").stage(functools.partial(dask_tasks.with_pid, seconds=0.02), name="one")
+            killed = []
+
+            def kill_soon():  # the stage's only worker
+                if wait_until(lambda: pipe.stats().completed >= 40, timeout=120):
+                    victim = pipe.workers()["one"][0][1]
+                    os.kill(victim, signal.SIGKILL)
+                    killed.append(victim)
+            killer = threading.Thread(target=kill_soon, daemon=True)
+            killer.start()
+            out = pipe.run(range(300), ordered=True, cluster=client)
+            killer.join(10)
+            assert killed and [x for x, _ in out] == list(range(300))
+            assert killed[0] in {pid for _, pid in out} and len({pid for _, pid in out}) == 2
+            assert pipe.stats().accounted
+        finally:
+            mpkit.shutdown()
+            client.close()

@@ -2,6 +2,7 @@
 
     Run.pending ──take()──► client.submit(_task.run_chunk, ..., items bytes)  up to PREFETCH per
                             (a future per chunk, key "mpkit-<fn>-<pool>-<n>")  thread of the run
+                            (a pipeline lane's: workers= its lane's, ``lane.place()``)
     inbox (SimpleQueue) ◄── a future's result or error, fetched on the client's event loop
                             as soon as it is done (many at once, never by this thread)
                         ◄── "start" / "out" events of the pool's topic (subscribe_topic)
@@ -13,6 +14,8 @@
                        a timeout (from the task's "start" event) ─► run.timed_out, and the
                           worker is restarted through its nanny (a Dask thread cannot be killed)
                        the scheduler gone ─► ``broken``: every waiting map ends with that error
+                       a pipeline lane's chunk pinned to workers that are all gone, which Dask
+                          did not end ─► cancelled and sent again (_check_placement)
 
 Only this thread submits, cancels and reads futures; runs are shared with the calling threads
 under ``run.cond`` as the Backend contract (``_backend``) says.
@@ -57,6 +60,10 @@ CANCEL_GRACE = 1.0
 #: cannot come (Dask would try to reach it for its connect timeout, 30 s): past this the chunk is
 #: sent again, through no fault of its own. Long enough for a result of hundreds of MB.
 FETCH_TIMEOUT = 10.0
+#: Seconds a lane's chunk whose pinned workers are all gone waits for Dask to end it
+#: (KilledWorker, counted as a death) before mpkit sends it again itself. A worker's death reaches
+#: the client within milliseconds on loopback; two POLLs leave room on a loaded machine.
+ORPHAN_GRACE = 2 * POLL
 
 
 class ClusterLost(ConnectionError):
@@ -79,6 +86,7 @@ class _Task:
     dropped: bool = False   # its outcome no longer counts (timed out, cancelled)
     alone: bool = False     # a suspect of a worker death, run with no other chunk of its run
     where: list | None = None  # the workers it is pinned to (a pipeline lane's chunk)
+    orphaned: float | None = None  # when its workers were first seen all gone
     key: str = field(default="")
 
 
@@ -383,21 +391,39 @@ class Manager:
             pass
 
     def _check_placement(self) -> None:
-        """A lane's chunks pinned to workers that are all gone: Dask would keep them waiting for
-        those addresses (a cluster of your own reschedules a dead worker's tasks rather than fail
-        them), so they are cancelled and sent again, to the workers the lane has now."""
+        """A lane's chunks pinned to workers that are all gone, and not ended by Dask (a cluster of
+        your own reschedules a dead worker's tasks rather than fail them, and would keep them
+        waiting for those addresses): cancelled and sent again, to the workers the lane has now.
+        One that had started is handled as a death of its worker (``_killed``: split, suspected,
+        blamed), so an item that kills every worker it runs on is not sent again forever. Left
+        alone for ORPHAN_GRACE first: Dask's own KilledWorker for it may be on its way."""
         if self.lane is None:
             return
-        orphans = [t for t in self._tasks.values() if t.where and not t.dropped and self.lane.gone(t.where)]
+        now = time.monotonic()
+        orphans = []
+        for task in list(self._tasks.values()):
+            if not task.where or task.dropped or (task.future is not None and task.future.done()):
+                continue
+            if not self.lane.gone(task.where):
+                task.orphaned = None
+            elif task.orphaned is None:
+                task.orphaned = now
+            elif now - task.orphaned >= ORPHAN_GRACE:
+                orphans.append(task)
         if not orphans:
             return
         self._cancel(orphans)
         for task in orphans:
-            with task.run.cond:
-                task.run.in_flight -= 1
-                if not task.run.cancelled:
-                    task.run.requeue(task.chunk)
-                task.run.cond.notify_all()
+            run = task.run
+            with run.cond:
+                run.in_flight -= 1
+                if run.cancelled:
+                    pass
+                elif task.started is not None:
+                    self._killed(run, task.chunk, task.alone, self.pids.get(task.worker or ""))
+                else:
+                    run.requeue(task.chunk)
+                run.cond.notify_all()
 
     def _check_timeouts(self) -> None:
         now = time.monotonic()
