@@ -3,8 +3,10 @@
     python benchmarks/bench_dask.py            # R=3 rounds, ~3 min on 2 cores
     python benchmarks/bench_dask.py --quick    # R=1, small sizes
 
-One LocalCluster of W single-threaded worker processes on 127.0.0.1 (W = usable cores), made once;
-every tool runs the same work on it, rotating the order each round; medians of R rounds:
+One LocalCluster of W single-threaded worker processes on 127.0.0.1 (W = usable cores), made once,
+with the workers' statistical profiler off as on the LocalCluster of cluster="local" (it samples
+every thread's stack every 10 ms for a dashboard no one opens here); every tool runs the same work
+on it, rotating the order each round; medians of R rounds:
 
   (a) 200,000 trivial items (x + 1): mpkit.map(cluster=client), Dask client.map over chunks sent
       as one pickled bytes each (what mpkit does), dask.bag (W partitions), Dask client.map one task
@@ -82,8 +84,9 @@ def main() -> int:
 
     n_iter = calibrate_spin(TASK_SECONDS)
     start = time.perf_counter()
-    cluster = distributed.LocalCluster(n_workers=W, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                       dashboard_address=None)
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        cluster = distributed.LocalCluster(n_workers=W, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                           dashboard_address=None)
     client = distributed.Client(cluster, set_as_default=False)
     client.submit(_tasks.inc, 1).result()
     cluster_start = time.perf_counter() - start
@@ -169,7 +172,7 @@ def main() -> int:
     lines = ["# mpkit on Dask (bench_dask.py)", "",
              f"- machine: {W} usable cores; Python {sys.version.split()[0]}; distributed {distributed.__version__}; "
              f"rounds R = {cfg['rounds']}; load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}",
-             f"- LocalCluster of {W} single-threaded worker processes: start to first result {cluster_start:.2f} s; "
+             f"- LocalCluster of {W} single-threaded worker processes (profiler off): start to first result {cluster_start:.2f} s; "
              f"mpkit's local pool: {local_start:.2f} s", "",
              "| case | tool | median s | vs Pool.map's time | note |", "|---|---|---:|---:|---|"]
     for name, samples in rows["a"].items():
