@@ -169,3 +169,23 @@ def test_on_a_cluster_that_reschedules_a_dead_workers_tasks_none_waits_forever(t
         finally:
             mpkit.shutdown()
             client.close()
+
+
+def test_a_pipeline_on_a_cluster_keeps_the_notebooks_pools(on_cluster):
+    """A notebook mapping locally, then running one pipeline on a cluster: its local pool stays
+    warm. With mpkit.use(cluster), maps and pipelines share one connection (one warm cluster)."""
+    from mpkit.engine import dask as dask_backend
+
+    assert mpkit.map(helpers.square, range(10)) == [x * x for x in range(10)]
+    local = mpkit.engine.default_pool()
+    assert Pipeline().stage(helpers.double).run(range(10), ordered=True, cluster=on_cluster) == list(range(0, 20, 2))
+    assert mpkit.engine.default_pool() is local and not local.closed
+    mpkit.use(on_cluster)
+    try:
+        assert mpkit.map(helpers.square, range(10)) == [x * x for x in range(10)]
+        shared = mpkit.engine.default_pool()
+        assert isinstance(shared, dask_backend.Pool)
+        assert Pipeline().stage(helpers.double).run(range(10), ordered=True) == list(range(0, 20, 2))
+        assert mpkit.engine.default_pool() is shared and not shared.closed
+    finally:
+        mpkit.use(None)

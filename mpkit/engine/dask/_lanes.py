@@ -1,8 +1,9 @@
 """A pipeline's stages on a Dask cluster: each lane a Dask pool whose chunks go to its own workers.
 
     Pipeline.run(cluster=c) ─► Lanes(c): the pools factory given to the Flow
-        leases the default Dask pool on c (``_default``): its connection serves every lane, and a
-        LocalCluster stays warm from one run (or map) to the next
+        a connection to c that serves every lane: the default pool's if it runs on c (``_default``,
+        leased: with ``mpkit.use(c)`` a LocalCluster stays warm from one run or map to the next),
+        else a connection of its own, closed at the end (a LocalCluster per run for "local")
     pools(workers, spec) ─► LanePool: a Dask Pool on that connection (its own manager thread and
         event topic), its chunks pinned to ``workers`` Dask workers chosen by Lanes.place:
             kept while they live; else the live workers holding the fewest lanes (so two stages
@@ -10,8 +11,8 @@
         its run's function id is its own (``_task._stages``): a class stage's object is built once
         in each worker it runs on, the first time a chunk of that run comes, reused by the next
         chunks, and built again in a replacement worker
-    every lane shut down ─► the stages' objects dropped on the workers (``_task.forget``), lease
-        released
+    every lane shut down ─► the stages' objects dropped on the workers (``_task.forget``), the
+        lease released (or the connection of its own closed)
 
 The router, channels, batching, counts and snapshots are the notebook's, as for local stages: a
 Dask lane only decides where its chunks run. Chunks are pinned strictly (work stealing would move
@@ -27,6 +28,7 @@ from collections import Counter
 from typing import Any
 
 from .. import _default
+from . import _cluster
 from ._cluster import Connection
 from ._manager import POLL
 from ._pool import Pool
@@ -38,8 +40,10 @@ class Lanes:
 
     def __init__(self, cluster: Any):
         self.cluster = cluster
-        self.host = _default.lease_cluster(cluster)
-        self.connection = Connection(self.host.client, None, owned=False)
+        self.leased = _default.lease_cluster(cluster)
+        self.own = None if self.leased is not None else _cluster.connect(cluster)
+        client = self.leased.client if self.leased is not None else self.own.client
+        self.connection = Connection(client, None, owned=False)  # the lanes close nothing of it
         self._lock = threading.Lock()
         self._open: list[LanePool] = []
         self._placed: dict[LanePool, list[str]] = {}
@@ -117,7 +121,10 @@ class Lanes:
                 self.connection.client.run(_task.forget, ids, wait=False, on_error="ignore")
             except Exception:
                 pass
-        _default.release(self.host)
+        if self.leased is not None:
+            _default.release(self.leased)
+        else:
+            self.own.close()
 
 
 class LanePool(Pool):
