@@ -189,3 +189,11 @@ def test_a_pipeline_on_a_cluster_keeps_the_notebooks_pools(on_cluster):
         assert mpkit.engine.default_pool() is shared and not shared.closed
     finally:
         mpkit.use(None)
+
+
+def test_a_dask_stages_prints_reach_the_cell_with_its_name(on_cluster, capsys):
+    Pipeline().stage(helpers.chatty, name="talker").run(range(4), cluster=on_cluster)
+    out, err = capsys.readouterr()
+    for x in range(4):
+        assert any(line.startswith("[talker w") and line.endswith(f"] item {x}") for line in out.splitlines()), out
+        assert any(line.startswith("[talker w") and line.endswith(f"] warn {x}") for line in err.splitlines()), err
