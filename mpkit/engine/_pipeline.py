@@ -9,10 +9,10 @@
 
 A ``Pipeline`` is only a description (stage specs); each ``run()`` or ``start()`` builds a
 ``Flow`` (``_flow``) with its own worker processes and router thread, and tears it down at the
-end. Where the lanes' workers come from is chosen in one place, ``Pipeline._pools``: processes
-on this machine (``_process_pools``), or with ``cluster=`` (or ``use()`` / MPKIT_CLUSTER) Dask
-workers (``dask.Lanes``); the router is the same for both. ``run()`` feeds the flow from the calling thread; a ``Service`` (``_service``) from whichever
-threads call ``submit()``.
+end. ``run()`` feeds the flow from the calling thread; a ``Service`` (``_service``) from whichever
+threads call ``submit()``. Where the lanes' workers come from is chosen in one place,
+``Pipeline._pools``: processes on this machine (``_process_pools``), or with ``cluster=`` (or
+``use()`` / MPKIT_CLUSTER) Dask workers (``dask.Lanes``); the router is the same for both.
 
     pipe.observe(obs) ─► kept ─► each flow: Watcher(obs) ◄── PipelineStats, 10/s, from the router
     run(progress=...) ─► front_end(progress, name) ─► one more observer for that run only
@@ -28,7 +28,7 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from ._arguments import check_batch, check_pipeline_run, check_stage, check_workers
+from ._arguments import check_batch, check_cluster, check_pipeline_run, check_stage, check_workers
 from ._default import cluster_for, dask_backend
 from ._errors import MapInterrupted, ResultList, _short_repr
 from ._flow import Flow, FlowEnded
@@ -254,6 +254,7 @@ class Pipeline:
         cluster = cluster_for(cluster)
         if cluster is None:
             return _process_pools(start_method)
+        check_cluster(cluster, start_method)  # use()'s cluster and a start method: as mpkit.map says
         for spec in self._specs:
             if spec.max_tasks_per_child is not None:
                 raise ValueError(f"stage {spec.name!r} has max_tasks_per_child={spec.max_tasks_per_child}, "

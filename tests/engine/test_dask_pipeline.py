@@ -131,12 +131,18 @@ def test_scale_changes_the_workers_a_dask_stage_runs_on(on_cluster):
         svc.stop()
 
 
-def test_max_tasks_per_child_is_refused_on_dask_with_a_fix(on_cluster):
+def test_local_only_options_are_refused_on_dask_with_a_fix(on_cluster):
     pipe = Pipeline().stage(helpers.double, max_tasks_per_child=10)
     with pytest.raises(ValueError, match="max_tasks_per_child=10.*Fix"):
         pipe.run(range(3), cluster=on_cluster)
     with pytest.raises(ValueError, match="start_method"):
         Pipeline().stage(helpers.double).run(range(3), cluster=on_cluster, start_method="spawn")
+    mpkit.use(on_cluster)  # the notebook moved to the cluster: a start method is as wrong, not ignored
+    try:
+        with pytest.raises(ValueError, match="start_method"):
+            Pipeline().stage(helpers.double).run(range(3), start_method="spawn")
+    finally:
+        mpkit.use(None)
 
 
 def test_on_a_cluster_that_reschedules_a_dead_workers_tasks_none_waits_forever(tmp_path):
