@@ -28,7 +28,7 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from ._arguments import check_batch, check_cluster, check_pipeline_run, check_stage, check_workers
+from ._arguments import check_batch, check_pipeline_run, check_stage, check_workers
 from ._default import cluster_for, dask_backend
 from ._errors import MapInterrupted, ResultList, _short_repr
 from ._flow import Flow, FlowEnded
@@ -158,8 +158,9 @@ class Pipeline:
 
         ``cluster``: run the stages on a Dask cluster (a ``distributed.Client``, a scheduler
         address, or ``"local"``; default: what ``mpkit.use()`` or ``MPKIT_CLUSTER`` set, else
-        local worker processes). A stage's ``workers`` are then Dask workers its chunks are pinned
-        to; channels, batching, order and counts stay here, in the notebook.
+        local worker processes; ``start_method=`` without ``cluster=`` means local processes even
+        then). A stage's ``workers`` are then Dask workers its chunks are pinned to; channels,
+        batching, order and counts stay here, in the notebook.
         """
         __tracebackhide__ = True
         check_pipeline_run(on_error, start_method, ordered, progress, cluster)
@@ -251,10 +252,13 @@ class Pipeline:
     def _pools(self, start_method: str | None, cluster: Any):
         """Where the lanes' workers come from: Dask workers on ``cluster`` (or the default one
         ``mpkit.use()`` / MPKIT_CLUSTER set), else processes on this machine."""
+        if cluster is None and start_method is not None:
+            # a start method asks for local processes: it wins over use() / MPKIT_CLUSTER (a recipe's
+            # pipeline that writes the notebook's files stays here); with cluster= too it is refused
+            return _process_pools(start_method)
         cluster = cluster_for(cluster)
         if cluster is None:
             return _process_pools(start_method)
-        check_cluster(cluster, start_method)  # use()'s cluster and a start method: as mpkit.map says
         for spec in self._specs:
             if spec.max_tasks_per_child is not None:
                 raise ValueError(f"stage {spec.name!r} has max_tasks_per_child={spec.max_tasks_per_child}, "
