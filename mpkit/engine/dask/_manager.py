@@ -295,8 +295,7 @@ class Manager:
                     self.output.add(self.worker_id(task.worker), [tuple(p) for p in parts], dropped, chars)
                 self._record(run, chunk, outcome, task.worker)
             elif type(exc).__name__ == "KilledWorker":
-                self._killed(run, chunk, task.alone, getattr(getattr(exc, "last_worker", None), "pid", None),
-                             task.started is not None)
+                self._killed(run, chunk, task.alone, getattr(getattr(exc, "last_worker", None), "pid", None))
             elif self._cluster_gone():
                 run.requeue(chunk)
                 self._lost()
@@ -335,7 +334,7 @@ class Manager:
                 "only in the same Python minor version. Fix: start the workers from the notebook's "
                 "environment."))
 
-    def _killed(self, run: Run, chunk: Chunk, alone: bool, pid: int | None, started: bool = False) -> None:
+    def _killed(self, run: Run, chunk: Chunk, alone: bool, pid: int | None) -> None:
         """The worker holding ``chunk`` died. Which of the tasks it held was running cannot be
         known (a task that finished just before may not have told the scheduler; a "start" event
         sent just before a segfault may never leave), so: a chunk of many items is split into
@@ -345,12 +344,11 @@ class Manager:
         too. So an item that kills its worker runs once more than retries= says, and never
         takes an innocent neighbour down with it.
 
-        A pipeline's micro-batch is one call on the whole list, as locally: one whose task had
-        started (its "start" event came: it was running when its worker died) or that ran alone
-        crashed as a whole (retries= split it to find the culprit, else every item fails, none
-        runs twice); one whose start was not seen is sent again, alone, as a suspect."""
+        A pipeline's micro-batch is one call on the whole list, as locally, so it is never split
+        for a suspicion: sent again whole, alone, and if its worker dies then, it crashed as a
+        whole (retries= split it to find the culprit, else every item of it fails)."""
         if chunk.batch and len(chunk.indices) > 1:
-            if started or alone:
+            if alone:
                 run.crashed(chunk, None, pid, 0)
             else:
                 self._suspects.add((id(run), chunk.indices[0]))
@@ -433,7 +431,7 @@ class Manager:
                 if run.cancelled:
                     pass
                 elif task.started is not None:
-                    self._killed(run, task.chunk, task.alone, self.pids.get(task.worker or ""), True)
+                    self._killed(run, task.chunk, task.alone, self.pids.get(task.worker or ""))
                 else:
                     run.requeue(task.chunk)
                 run.cond.notify_all()
