@@ -98,6 +98,12 @@ def test_a_dask_worker_sigkilled_mid_pipeline_loses_and_duplicates_nothing(on_cl
     builds = builds_of(log)
     assert len(builds) == len(set(builds)), f"a worker built the model twice: {builds}"
     assert wait_until(lambda: len(worker_pids(on_cluster)) == 2, timeout=60)
+    # the nanny's replacement builds the model too, once, when the stage's chunks reach it
+    replacement = worker_pids(on_cluster) - set(pids)
+    before = len(builds_of(log))
+    out = Pipeline().stage(model_class(log), workers=2).run(range(2000), cluster=on_cluster)
+    assert {pid for _, pid in out} == worker_pids(on_cluster)
+    assert [builds_of(log)[before:].count(pid) for pid in replacement] == [1] * len(replacement) != []
 
 
 def test_a_service_on_dask_returns_futures(on_cluster):
