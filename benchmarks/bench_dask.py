@@ -3,8 +3,10 @@
     python benchmarks/bench_dask.py            # R=3 rounds, ~3 min on 2 cores
     python benchmarks/bench_dask.py --quick    # R=1, small sizes
 
-One LocalCluster of W single-threaded worker processes on 127.0.0.1 (W = usable cores), made once;
-every tool runs the same work on it, rotating the order each round; medians of R rounds:
+One LocalCluster of W single-threaded worker processes on 127.0.0.1 (W = usable cores), made once,
+with the workers' statistical profiler off as on the LocalCluster of cluster="local" (it samples
+every thread's stack every 10 ms for a dashboard no one opens here); every tool runs the same work
+on it, rotating the order each round; medians of R rounds:
 
   (a) 200,000 trivial items (x + 1): mpkit.map(cluster=client), Dask client.map over chunks sent
       as one pickled bytes each (what mpkit does), dask.bag (W partitions), Dask client.map one task
@@ -13,6 +15,10 @@ every tool runs the same work on it, rotating the order each round; medians of R
   (b) 20,000 items of 200 us CPU: the same tools but one task per item. Target: 85% of the ideal
       (serial time / W).
   (c) a warm call of 10 items. Target: under 30 ms.
+  (d) the inference pipeline (mpkit.recipes.inference.BatchPredictor: a micro-batcher, batches of
+      up to 128, then NumpyEmbedder on one worker): predict_many over N texts, each predictor
+      started and its model built before the clock, on the cluster (mpkit.use(client) when it
+      starts) and on local processes, taking turns. Items/s; target: Dask >= 0.8x local.
   start-up: a LocalCluster from nothing to its first result, next to mpkit's local pool.
 """
 from __future__ import annotations
@@ -32,8 +38,10 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYT
 from benchmarks import _tasks  # noqa: E402
 from benchmarks.bench_pool import calibrate_spin, usable_cores  # noqa: E402
 
-FULL = {"rounds": 3, "n_trivial": 200_000, "n_per_item": 2_000, "n_cpu": 20_000, "warm_calls": 10}
-QUICK = {"rounds": 1, "n_trivial": 50_000, "n_per_item": 500, "n_cpu": 4_000, "warm_calls": 5}
+FULL = {"rounds": 3, "n_trivial": 200_000, "n_per_item": 2_000, "n_cpu": 20_000, "warm_calls": 10,
+        "n_inference": 6_000}
+QUICK = {"rounds": 1, "n_trivial": 50_000, "n_per_item": 500, "n_cpu": 4_000, "warm_calls": 5,
+         "n_inference": 3_000}
 TASK_SECONDS = 200e-6
 RESULTS = os.path.join(HERE, "results", "dask.md")
 
@@ -71,11 +79,14 @@ def main() -> int:
     import distributed
 
     import mpkit
+    from benchmarks.bench_inference import texts
+    from mpkit.recipes.inference import BatchPredictor, NumpyEmbedder
 
     n_iter = calibrate_spin(TASK_SECONDS)
     start = time.perf_counter()
-    cluster = distributed.LocalCluster(n_workers=W, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                       dashboard_address=None)
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        cluster = distributed.LocalCluster(n_workers=W, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                           dashboard_address=None)
     client = distributed.Client(cluster, set_as_default=False)
     client.submit(_tasks.inc, 1).result()
     cluster_start = time.perf_counter() - start
@@ -87,6 +98,11 @@ def main() -> int:
     mp_pool = ctx.Pool(W)
     on_dask = mpkit.Pool(cluster=client)
     rows: dict[str, dict[str, list[float]]] = {}
+    predictors = {}
+    for name, cluster_ in (("BatchPredictor on Dask", client), ("BatchPredictor, local processes", None)):
+        mpkit.use(cluster_)  # where its pipeline starts: start() below
+        predictors[name] = BatchPredictor(NumpyEmbedder, max_batch=128, max_wait=0.05, name=name).start()
+    mpkit.use(None)
 
     def record(case, tool, seconds):
         rows.setdefault(case, {}).setdefault(tool, []).append(seconds)
@@ -135,8 +151,17 @@ def main() -> int:
                 for name in tools_c:
                     calls = [timed(tools_c[name], expect_c) for _ in range(cfg["warm_calls"])]
                     record("c", name, statistics.median(calls))
+                queries = texts(cfg["n_inference"])
+                for name in list(predictors)[r % 2:] + list(predictors)[:r % 2]:
+                    t = time.perf_counter()
+                    if len(predictors[name].predict_many(queries)) != len(queries):
+                        raise AssertionError("wrong results")
+                    record("d", name, time.perf_counter() - t)
                 print(f"round {r + 1}/{cfg['rounds']} done", file=sys.stderr, flush=True)
     finally:
+        for predictor in predictors.values():
+            predictor.close()
+        mpkit.shutdown()
         on_dask.shutdown()
         local.shutdown()
         mp_pool.terminate()
@@ -147,7 +172,7 @@ def main() -> int:
     lines = ["# mpkit on Dask (bench_dask.py)", "",
              f"- machine: {W} usable cores; Python {sys.version.split()[0]}; distributed {distributed.__version__}; "
              f"rounds R = {cfg['rounds']}; load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}",
-             f"- LocalCluster of {W} single-threaded worker processes: start to first result {cluster_start:.2f} s; "
+             f"- LocalCluster of {W} single-threaded worker processes (profiler off): start to first result {cluster_start:.2f} s; "
              f"mpkit's local pool: {local_start:.2f} s", "",
              "| case | tool | median s | vs Pool.map's time | note |", "|---|---|---:|---:|---|"]
     for name, samples in rows["a"].items():
@@ -159,12 +184,19 @@ def main() -> int:
                      f"(serial {serial:.2f} s / {W}) |")
     for name, samples in rows["c"].items():
         lines.append(f"| (c) warm call, 10 items | {name} | {statistics.median(samples) * 1e3:.1f} ms | | |")
+    rates = {name: cfg["n_inference"] / statistics.median(samples) for name, samples in rows["d"].items()}
+    for name, rate in rates.items():
+        lines.append(f"| (d) inference pipeline, {cfg['n_inference']:,} texts | {name} | "
+                     f"{statistics.median(rows['d'][name]):.2f} | | {rate:,.0f} items/s |")
+    mp_d = rates["BatchPredictor on Dask"] / rates["BatchPredictor, local processes"]
     mp_a = statistics.median(rows["a"]["mpkit.map on Dask"]) / base_a
     mp_b = serial / W / statistics.median(rows["b"]["mpkit.map on Dask"])
     mp_c = statistics.median(rows["c"]["mpkit.map on Dask"])
     lines += ["", f"- (a) target: mpkit on Dask within 2x of Pool.map's time: {mp_a:.2f}x ({'met' if mp_a <= 2 else 'NOT met'})",
               f"- (b) target: 85% of ideal: {mp_b:.0%} ({'met' if mp_b >= 0.85 else 'NOT met'})",
-              f"- (c) target: a warm call under 30 ms: {mp_c * 1e3:.1f} ms ({'met' if mp_c < 0.03 else 'NOT met'})"]
+              f"- (c) target: a warm call under 30 ms: {mp_c * 1e3:.1f} ms ({'met' if mp_c < 0.03 else 'NOT met'})",
+              f"- (d) target: the inference pipeline on Dask >= 0.8x local items/s: {mp_d:.2f}x "
+              f"({'met' if mp_d >= 0.8 else 'NOT met'})"]
     text = "\n".join(lines) + "\n"
     print(text)
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)

@@ -179,6 +179,11 @@ def _set_init_timeout(pool, init_timeout: float | None) -> None:
     """init_timeout= of a local pool; a Dask pool runs init in a task (timeout= does not cover it)."""
     if hasattr(pool, "set_init_timeout"):
         pool.set_init_timeout(INIT_TIMEOUT if init_timeout is None else init_timeout)
+    elif init_timeout is not None:
+        raise ValueError(f"init_timeout={init_timeout!r} bounds how long a local worker process may spend in "
+                         f"init=; on a Dask cluster ({pool.where}) init= runs inside the first task of each "
+                         "worker, which nothing bounds but timeout= of the items. Fix: leave init_timeout out "
+                         "on a cluster, or run this map without cluster=.")
 
 
 def use(cluster: Any) -> None:

@@ -69,6 +69,31 @@ def any_pool(request, monkeypatch):
         yield p
 
 
+@pytest.fixture(params=START_METHODS + ["dask"])
+def any_backend(request, monkeypatch):
+    """The same pipeline behaviour on each backend: local processes under each start method, and
+    the 2-worker Dask LocalCluster of ``dask_client``, made the default with ``mpkit.use()`` (as
+    a notebook moves with one line). Yields the start method, or "dask"."""
+    if request.param == "dask":
+        client = request.getfixturevalue("dask_client")
+
+        def started():  # event topics of mpkit pools whose tasks began on a Dask worker
+            return {topic for topic, events in client.get_events().items()
+                    if topic.startswith("mpkit-") and any(e[1][0] == "start" for e in events)}
+        before = started()
+        mpkit.use(client)
+        try:
+            yield "dask"
+        finally:
+            mpkit.use(None)
+            mpkit.shutdown()
+        # the test really ran on the cluster, not on local processes
+        assert started() - before, "no mpkit task ran on Dask"
+        return
+    monkeypatch.setenv("MPKIT_START_METHOD", request.param)
+    yield request.param
+
+
 @pytest.fixture(scope="module")
 def dask_client():
     """A real LocalCluster (2 single-threaded worker processes on 127.0.0.1) and a Client to it,

@@ -26,3 +26,14 @@ def hang_on(x, bad=2, seconds=600.0):
     if x == bad:
         time.sleep(seconds)
     return x
+
+
+def with_pid(x, seconds=0.0):
+    """(item, pid of the worker that ran it): which Dask worker a pipeline stage ran on."""
+    if seconds:
+        time.sleep(seconds)
+    return (x, os.getpid())
+
+
+def first_of(pair):
+    return pair[0]

@@ -134,9 +134,7 @@ def test_pipeline_demo_runs_and_saves_final_totals(start_method, monkeypatch):
     assert "2000 results, in input order: [0, 1, 2, 3, 4]" in everything
     # The saved notebook keeps each dashboard as its static summary, with the final totals equal
     # to the true counts, and no widget of it (they were closed at the end).
-    summaries = [re.sub(r"<[^>]+>", " ", "".join(out.get("data", {}).get("text/html", "")))
-                 for cell in nb.cells for out in cell.get("outputs", [])
-                 if "mpkit-summary" in "".join(out.get("data", {}).get("text/html", ""))]
+    summaries = _summaries(nb)
     assert len(summaries) == 2, summaries                  # the service's (3000 + 2 requests), then the run's
     assert "stopped" in summaries[0] and "completed 3,002" in summaries[0], summaries[0]
     assert "finished" in summaries[1] and "submitted 2,000" in summaries[1] and "completed 2,000" in summaries[1]
@@ -144,6 +142,13 @@ def test_pipeline_demo_runs_and_saves_final_totals(start_method, monkeypatch):
     # no front-end does; the outputs no longer point at them)
     widget = "application/vnd.jupyter.widget-view+json"
     assert not [out for cell in nb.cells for out in cell.get("outputs", []) if widget in out.get("data", {})]
+
+
+def _summaries(nb) -> list[str]:
+    """The text of each dashboard's static summary the saved notebook keeps, in output order."""
+    return [re.sub(r"<[^>]+>", " ", "".join(out.get("data", {}).get("text/html", "")))
+            for cell in nb.cells for out in cell.get("outputs", [])
+            if "mpkit-summary" in "".join(out.get("data", {}).get("text/html", ""))]
 
 
 def _streams(nb, name: str) -> str:
@@ -159,7 +164,7 @@ def test_dialogue_demo_runs(monkeypatch):
     assert "11,739 rows read" in everything
     assert "Warning" not in _streams(nb, "stderr"), _streams(nb, "stderr")  # a newcomer's first cell: no warning
     # the writers' dashboard counts conversations (500, and 501 in the seed mode), not messages
-    texts = " ".join(_widget_texts(nb))
+    texts = " ".join(_summaries(nb))
     assert re.search(r"submitted\W+500\b", texts) and re.search(r"submitted\W+501\b", texts), texts[:2000]
 
 
@@ -170,3 +175,17 @@ def test_batched_inference_demo_runs(monkeypatch):
     assert "3000 embeddings" in everything and "same as calling the model directly: True" in everything
     assert "accounted: True" in everything
     assert "Warning" not in _streams(nb, "stderr"), _streams(nb, "stderr")
+
+
+def test_dask_demo_runs_on_a_local_cluster(monkeypatch):
+    """05_dask_cluster: a map, the dialogue recipe and the inference pipeline on a LocalCluster the
+    notebook starts (its workers inherit the kernel's environment, so they import this mpkit)."""
+    pytest.importorskip("distributed")
+    _with_repo_on_pythonpath(monkeypatch)
+    everything = _code_cells_ok(_run_notebook(ROOT / "demo_notebooks" / "05_dask_cluster.ipynb"))
+    assert "2 Dask workers" in everything
+    assert "100000 results; first: [7, 8, 11] | same as local: True" in everything
+    assert "11,739 rows read" in everything
+    assert "3000 embeddings in" in everything and "same as calling the model here: True" in everything
+    assert "submitted: 3001 | completed: 3001 | accounted: True" in everything
+    assert "worker processes of the Counter stage: 1" in everything

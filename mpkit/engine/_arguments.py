@@ -288,9 +288,11 @@ def check_batch(max_size: Any, max_wait: Any) -> None:
     check_seconds(max_wait, "max_wait", "the seconds a batch waits for more items after its first", zero=True)
 
 
-def check_pipeline_run(on_error: Any, start_method: Any, ordered: Any = False, progress: Any = None) -> None:
+def check_pipeline_run(on_error: Any, start_method: Any, ordered: Any = False, progress: Any = None,
+                       cluster: Any = None) -> None:
     check_on_error(on_error)
     check_flag(ordered, "ordered", "True (results in input order) or False (in the order they finish, "
                "the default)")
     check_progress(progress, factory=False)
     check_start_method(start_method)
+    check_cluster(cluster, start_method)

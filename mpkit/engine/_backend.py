@@ -3,7 +3,7 @@
     map driver (_pool.BasePool)  ┐                    ┌► process backend (process/): worker
     pipeline lane (_stage.Lane)  ┴─ Run ─ Backend ────┤   processes on this machine
                                     chunks in,        └► Dask backend (dask/): one task per
-                                    outcomes out          chunk on a Dask cluster (maps only)
+                                    outcomes out          chunk on a Dask cluster
 
 A Run (``_run``) is the ledger of one map or one pipeline stage: chunks wait in ``run.pending``,
 outcomes are recorded with the Run's methods. A backend moves chunks between the two, and owns

@@ -65,6 +65,17 @@ def acquire(workers: int | None = None, init: Callable[[], Any] | None = None,
         return pool
 
 
+def lease_cluster(cluster: Any) -> Pool | None:
+    """The default pool, held as ``acquire`` holds it, if it runs on ``cluster`` (whatever its
+    ``init``); else None, and the default pool is left as it is (a pipeline on a cluster does not
+    shut down the local pool of the notebook's maps). A pipeline's Dask lanes share its connection."""
+    with _lock:
+        if _pool is None or _pool.closed or _pool_key is None or _pool_key[0] != ("dask", cluster):
+            return None
+        _leases[_pool] = _leases.get(_pool, 0) + 1
+        return _pool
+
+
 def release(pool: Pool) -> None:
     with _lock:
         left = _leases.get(pool, 0) - 1

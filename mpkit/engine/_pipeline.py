@@ -10,7 +10,9 @@
 A ``Pipeline`` is only a description (stage specs); each ``run()`` or ``start()`` builds a
 ``Flow`` (``_flow``) with its own worker processes and router thread, and tears it down at the
 end. ``run()`` feeds the flow from the calling thread; a ``Service`` (``_service``) from whichever
-threads call ``submit()``.
+threads call ``submit()``. Where the lanes' workers come from is chosen in one place,
+``Pipeline._pools``: processes on this machine (``_process_pools``), or with ``cluster=`` (or
+``use()`` / MPKIT_CLUSTER) Dask workers (``dask.Lanes``); the router is the same for both.
 
     pipe.observe(obs) ─► kept ─► each flow: Watcher(obs) ◄── PipelineStats, 10/s, from the router
                      └─► before any run: Watcher(obs) ◄── the stages, all at 0 (kept for the first flow)
@@ -25,9 +27,10 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from ._arguments import check_batch, check_pipeline_run, check_stage, check_workers
+from ._default import cluster_for, dask_backend
 from ._errors import MapInterrupted, ResultList, _short_repr
 from ._flow import Flow, FlowEnded
 from ._interrupts import held_interrupts
@@ -155,7 +158,7 @@ class Pipeline:
 
     # ---- running ----------------------------------------------------------------------------
     def run(self, items: Iterable, *, ordered: bool = False, on_error: str = "raise",
-            progress: bool | None = None, start_method: str | None = None) -> ResultList:
+            progress: bool | None = None, start_method: str | None = None, cluster: Any = None) -> ResultList:
         """Send every item through the stages and return the results (input order if ``ordered``).
 
         ``items`` is read here, in the calling thread, one item at a time while the first stage
@@ -166,14 +169,20 @@ class Pipeline:
         ``next()``), which stops every stage within about two seconds and raises
         ``MapInterrupted`` with the results so far; the items that did not finish are counted as
         cancelled in ``stats()``.
+
+        ``cluster``: run the stages on a Dask cluster (a ``distributed.Client``, a scheduler
+        address, or ``"local"``; default: what ``mpkit.use()`` or ``MPKIT_CLUSTER`` set, else
+        local worker processes; ``start_method=`` without ``cluster=`` means local processes even
+        then). A stage's ``workers`` are then Dask workers its chunks are pinned to; channels,
+        batching, order and counts stay here, in the notebook.
         """
         __tracebackhide__ = True
-        check_pipeline_run(on_error, start_method, ordered, progress)
+        check_pipeline_run(on_error, start_method, ordered, progress, cluster)
         try:
             source = iter(items)
         except TypeError:
             raise TypeError(f"items must be iterable, got {type(items).__name__} {_short_repr(items)}") from None
-        flow = self._flow_for(on_error, ordered, start_method, progress)
+        flow = self._flow_for(on_error, ordered, start_method, progress, cluster=cluster)
         flow.copy_buffers = _may_refill(items)
         flow.total = _length(items)
         flow.start()
@@ -204,7 +213,7 @@ class Pipeline:
         return flow.result_list()
 
     def imap(self, items: Iterable, *, ordered: bool = False, on_error: str = "raise",
-             progress: bool | None = None, start_method: str | None = None) -> Iterator:
+             progress: bool | None = None, start_method: str | None = None, cluster: Any = None) -> Iterator:
         """Send every item through the stages and yield the results as they come out (in input
         order with ``ordered=True``), in flat memory: unlike :meth:`run`, nothing is kept.
 
@@ -220,7 +229,7 @@ class Pipeline:
         """
         from ._stream import stream
 
-        check_pipeline_run(on_error, start_method, ordered, progress)
+        check_pipeline_run(on_error, start_method, ordered, progress, cluster)
         try:
             source = iter(items)
         except TypeError:
@@ -228,22 +237,23 @@ class Pipeline:
         self._check_runnable(on_error)
 
         def results():
-            flow = self._flow_for(on_error, ordered, start_method, progress, stream=True)
+            flow = self._flow_for(on_error, ordered, start_method, progress, stream=True, cluster=cluster)
             flow.copy_buffers = _may_refill(items)
             yield from stream(flow, source, ordered=ordered, collect=on_error == "collect")
 
         return results()
 
-    def start(self, *, on_error: str = "collect", start_method: str | None = None):
-        """Start the stages as a background service; ``submit(x)`` returns a Future."""
+    def start(self, *, on_error: str = "collect", start_method: str | None = None, cluster: Any = None):
+        """Start the stages as a background service; ``submit(x)`` returns a Future.
+        ``cluster``: on a Dask cluster, as for :meth:`run`."""
         from ._service import Service
 
-        check_pipeline_run(on_error, start_method)
-        flow = self._flow_for(on_error, False, start_method, progress=False, service=True)
+        check_pipeline_run(on_error, start_method, cluster=cluster)
+        flow = self._flow_for(on_error, False, start_method, progress=False, service=True, cluster=cluster)
         return Service(self, flow)
 
     def _flow_for(self, on_error, ordered, start_method, progress, service: bool = False,
-                  stream: bool = False) -> Flow:
+                  stream: bool = False, cluster: Any = None) -> Flow:
         self._check_runnable(on_error)
         self._dashboards = [d for d in self._dashboards if not getattr(d, "closed", False)]
         observers = list(self._dashboards)  # a closed dashboard showed an earlier run: a new one shows this
@@ -251,9 +261,27 @@ class Pipeline:
         if front is not None:
             observers.append(front)
         observers = [self._first_watcher(o) for o in observers]
-        self._flow = Flow(self.name, self._specs, pools=_process_pools(start_method), on_error=on_error,
+        self._flow = Flow(self.name, self._specs, pools=self._pools(start_method, cluster), on_error=on_error,
                           ordered=ordered, observers=observers, service=service, stream=stream)
         return self._flow
+
+    def _pools(self, start_method: str | None, cluster: Any):
+        """Where the lanes' workers come from: Dask workers on ``cluster`` (or the default one
+        ``mpkit.use()`` / MPKIT_CLUSTER set), else processes on this machine."""
+        if cluster is None and start_method is not None:
+            # a start method asks for local processes: it wins over use() / MPKIT_CLUSTER (a recipe's
+            # pipeline that writes the notebook's files stays here); with cluster= too it is refused
+            return _process_pools(start_method)
+        cluster = cluster_for(cluster)
+        if cluster is None:
+            return _process_pools(start_method)
+        for spec in self._specs:
+            if spec.max_tasks_per_child is not None:
+                raise ValueError(f"stage {spec.name!r} has max_tasks_per_child={spec.max_tasks_per_child}, "
+                                 "which replaces local worker processes; a Dask worker is not replaced "
+                                 f"after N items (cluster={_short_repr(cluster)}). Fix: leave it out, or "
+                                 "run this pipeline without cluster= (and without mpkit.use()).")
+        return dask_backend().Lanes(cluster)
 
     def _check_runnable(self, on_error: str) -> None:
         if not self._specs:

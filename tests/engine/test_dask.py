@@ -12,7 +12,7 @@ pytest.importorskip("distributed")
 
 import mpkit  # noqa: E402
 from mpkit.engine import dask as dask_backend  # noqa: E402
-from tests import dask_tasks, helpers, timed_tasks  # noqa: E402
+from tests import dask_tasks, helpers, side_effects, timed_tasks  # noqa: E402
 from tests.dask_cluster import command_line_cluster  # noqa: E402
 from tests.engine.test_interrupt import _InterruptWhen  # noqa: E402
 from tests.proctree import wait_until  # noqa: E402
@@ -137,6 +137,16 @@ def test_bad_cluster_values_are_explained(dask_client, monkeypatch):
     monkeypatch.setattr(dask_backend._cluster, "CONNECT_TIMEOUT", 2.0)
     with pytest.raises(ConnectionError, match="could not reach a Dask scheduler at 'tcp://127.0.0.1:9'"):
         mpkit.Pool(cluster="tcp://127.0.0.1:9")
+
+
+def test_local_only_options_are_refused_on_dask_not_ignored(dask_client):
+    with pytest.raises(ValueError, match=r"max_tasks_per_child=5 .*Fix"):
+        mpkit.map(helpers.square, range(10), max_tasks_per_child=5, cluster=dask_client)
+    with pytest.raises(ValueError, match=r"init_timeout=30 .*Fix"):
+        mpkit.map(helpers.square, range(10), init=side_effects.noop_init, init_timeout=30, cluster=dask_client)
+    with pytest.raises(ValueError, match="max_tasks_per_child"):
+        list(mpkit.imap(helpers.square, range(10), max_tasks_per_child=5, cluster=dask_client))
+    assert mpkit.map(helpers.square, range(10), cluster=dask_client) == [x * x for x in range(10)]
 
 
 def test_a_worker_on_another_python_is_refused(dask_client):

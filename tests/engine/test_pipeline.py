@@ -24,7 +24,7 @@ def accounted(stats):
     return stats
 
 
-def test_run_matches_plain_map(start_method):
+def test_run_matches_plain_map(any_backend):
     pipe = Pipeline("p").stage(helpers.double, workers=2).stage(helpers.square)
     out = pipe.run(range(500), progress=False)
     assert sorted(out) == sorted(4 * x * x for x in range(500))
@@ -32,12 +32,12 @@ def test_run_matches_plain_map(start_method):
     assert (stats.submitted, stats.completed, stats.pending, stats.state) == (500, 500, 0, "stopped")
 
 
-def test_ordered_restores_input_order(start_method):
+def test_ordered_restores_input_order(any_backend):
     pipe = Pipeline().stage(helpers.slow_stage, workers=2).stage(helpers.double, workers=2)
     assert pipe.run(range(200), ordered=True, progress=False) == [2 * x for x in range(200)]
 
 
-def test_batches_respect_max_size_and_flush_the_tail(start_method):
+def test_batches_respect_max_size_and_flush_the_tail(any_backend):
     pipe = Pipeline().stage(helpers.identity).batch(max_size=16, max_wait=5).stage(helpers.BatchSizes)
     out = pipe.run(range(100), ordered=True, progress=False)
     assert [x for x, _, _ in out] == list(range(100))
@@ -48,7 +48,7 @@ def test_batches_respect_max_size_and_flush_the_tail(start_method):
     accounted(pipe.stats())
 
 
-def test_a_lone_item_leaves_after_max_wait(start_method):
+def test_a_lone_item_leaves_after_max_wait(any_backend):
     pipe = Pipeline().batch(max_size=128, max_wait=0.3).stage(helpers.BatchSizes)
     svc = pipe.start()
     try:
@@ -70,12 +70,12 @@ def test_class_stage_is_built_once_per_worker(start_method, tmp_path, monkeypatc
     assert 1 <= len(lines) <= 2 and len(set(lines)) == len(lines)
 
 
-def test_factory_stage(start_method):
+def test_factory_stage(any_backend):
     pipe = Pipeline().stage(helpers.make_adder, factory=True)
     assert sorted(pipe.run([1, 2], progress=False)) == [1001, 1002]
 
 
-def test_none_drops_and_many_emits_are_counted(start_method):
+def test_none_drops_and_many_emits_are_counted(any_backend):
     pipe = Pipeline().stage(helpers.drop_odd).stage(helpers.explode, many=True).stage(helpers.double)
     out = pipe.run(range(30), progress=False)
     expected = [2 * y for x in range(30) if x % 2 == 0 for y in range(x % 3)]
@@ -85,7 +85,7 @@ def test_none_drops_and_many_emits_are_counted(start_method):
     assert stats.results == len(expected)
 
 
-def test_stage_error_raises_with_stage_and_item(start_method):
+def test_stage_error_raises_with_stage_and_item(any_backend):
     pipe = Pipeline("errs").stage(helpers.identity).stage(helpers.fail_on, name="checker")
     with pytest.raises(ValueError, match="bad item 3") as info:
         pipe.run([1, 2, 3, 4], progress=False)
@@ -93,7 +93,7 @@ def test_stage_error_raises_with_stage_and_item(start_method):
     assert "checker" in notes
 
 
-def test_collect_keeps_going_and_lists_failures(start_method):
+def test_collect_keeps_going_and_lists_failures(any_backend):
     pipe = Pipeline().stage(helpers.fail_on)
     out = pipe.run(range(10), on_error="collect", ordered=True, progress=False)
     assert out == [x for x in range(10) if x != 3]
@@ -102,21 +102,21 @@ def test_collect_keeps_going_and_lists_failures(start_method):
     assert stats.failed == 1
 
 
-def test_batched_stage_with_wrong_length_fails_its_items(start_method):
+def test_batched_stage_with_wrong_length_fails_its_items(any_backend):
     pipe = Pipeline().batch(4, 0.1).stage(helpers.wrong_length)
     out = pipe.run(range(8), on_error="collect", progress=False)
     assert len(out) + len(out.failures) == 8
     assert "one result per item" in str(out.failures[0].exception)
 
 
-def test_dead_worker_in_a_stage_is_replaced_and_retried(start_method, tmp_path):
+def test_dead_worker_in_a_stage_is_replaced_and_retried(any_backend, tmp_path):
     fn = functools.partial(helpers.kill_once_in_stage, path=str(tmp_path / "m"))
     pipe = Pipeline().stage(fn, workers=2, retries=1, name="fragile")
     assert sorted(pipe.run(range(20), progress=False)) == list(range(20))
     accounted(pipe.stats())
 
 
-def test_bounded_channels_keep_a_fast_producer_waiting(start_method):
+def test_bounded_channels_keep_a_fast_producer_waiting(any_backend):
     watch = tasks.Snapshots()
     seen = watch.seen
 
@@ -136,7 +136,7 @@ def test_bounded_channels_keep_a_fast_producer_waiting(start_method):
     assert max(s.stages[0].queued for s in seen) > 0
 
 
-def test_service_futures_and_drain(start_method):
+def test_service_futures_and_drain(any_backend):
     svc = Pipeline("svc").stage(helpers.double, workers=2).start()
     futures = [svc.submit(i) for i in range(50)]
     stats = svc.stop(drain=True)
@@ -146,7 +146,7 @@ def test_service_futures_and_drain(start_method):
         svc.submit(1)
 
 
-def test_service_stop_without_drain_cancels(start_method):
+def test_service_stop_without_drain_cancels(any_backend):
     svc = Pipeline().stage(helpers.sleep_then).start()
     futures = [svc.submit(0.5) for _ in range(6)]
     time.sleep(0.3)
@@ -155,7 +155,7 @@ def test_service_stop_without_drain_cancels(start_method):
     assert not svc.running
 
 
-def test_asubmit(start_method):
+def test_asubmit(any_backend):
     svc = Pipeline().stage(helpers.double).start()
     try:
         async def main():
@@ -165,7 +165,7 @@ def test_asubmit(start_method):
         svc.stop()
 
 
-def test_scale_a_stage_while_it_runs(start_method):
+def test_scale_a_stage_while_it_runs(any_backend):
     pipe = Pipeline().stage(helpers.sleep_then, name="slow")
     svc = pipe.start()
     try:
@@ -177,7 +177,7 @@ def test_scale_a_stage_while_it_runs(start_method):
         svc.stop()
 
 
-def test_interrupt_stops_every_stage(start_method):
+def test_interrupt_stops_every_stage(any_backend):
     pipe = Pipeline().stage(helpers.sleep_then, workers=2)
 
     def interrupt_soon():  # the kernel's interrupt: SIGINT to this process, once 5 items are done
@@ -216,7 +216,7 @@ def test_bad_stages():
         Pipeline().stage(helpers.double).run(5)
 
 
-def test_key_routing_keeps_a_key_on_one_worker_in_order(start_method):
+def test_key_routing_keeps_a_key_on_one_worker_in_order(any_backend):
     items = [(n % 5, n) for n in range(200)]  # int keys: hash(k) == k, so both lanes get keys
     pipe = Pipeline().stage(helpers.tag_pid, workers=2, key=helpers.first)
     out = pipe.run(items, progress=False)
@@ -232,7 +232,7 @@ def test_key_routing_keeps_a_key_on_one_worker_in_order(start_method):
         pipe.scale("tag_pid", 3)
 
 
-def test_a_stage_class_that_cannot_build_is_reported(start_method):
+def test_a_stage_class_that_cannot_build_is_reported(any_backend):
     pipe = Pipeline().stage(helpers.BrokenInit)
     with pytest.raises(mpkit.WorkerInitError, match="model weights not found"):
         pipe.run(range(3), progress=False)

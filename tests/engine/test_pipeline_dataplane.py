@@ -101,7 +101,7 @@ def test_breaking_out_of_imap_stops_the_pipeline_and_accounts_for_every_item(sta
     assert wait_until(lambda: not workers_of(os.getpid()), timeout=20), "a stage's worker outlived the stream"
 
 
-def test_imap_gives_what_run_gives(start_method):
+def test_imap_gives_what_run_gives(any_backend):
     pipe = (Pipeline("same").stage(helpers.drop_odd).stage(helpers.explode, many=True)
             .batch(3, 0.05).stage(tasks.batch_touch_free))
     items = list(range(40))
@@ -111,7 +111,7 @@ def test_imap_gives_what_run_gives(start_method):
     identities(pipe.stats())
 
 
-def test_imap_failures_follow_on_error(start_method):
+def test_imap_failures_follow_on_error(any_backend):
     pipe = Pipeline("errs").stage(helpers.fail_on)
     out = list(pipe.imap(range(8), ordered=True, on_error="collect"))
     assert [x for x in out if not isinstance(x, Failure)] == [0, 1, 2, 4, 5, 6, 7]
@@ -123,13 +123,13 @@ def test_imap_failures_follow_on_error(start_method):
     identities(pipe.stats())
 
 
-def test_keyed_stage_streams(start_method):
+def test_keyed_stage_streams(any_backend):
     pipe = Pipeline("keys").stage(tasks.parity, key=tasks.parity, workers=2).stage(helpers.identity)
     assert sorted(pipe.imap(range(50))) == sorted(x % 2 for x in range(50))
     identities(pipe.stats())
 
 
-def test_an_item_that_cannot_be_pickled_fails_alone(start_method):
+def test_an_item_that_cannot_be_pickled_fails_alone(any_backend):
     items = [0, 1, threading.Lock(), 3]
     pipe = Pipeline("locks").stage(helpers.identity).stage(helpers.double)
     out = pipe.run(items, ordered=True, on_error="collect", progress=False)
@@ -148,7 +148,7 @@ def test_an_item_that_cannot_be_pickled_fails_alone(start_method):
         svc.stop()
 
 
-def test_a_result_that_cannot_be_pickled_fails_alone(start_method):
+def test_a_result_that_cannot_be_pickled_fails_alone(any_backend):
     pipe = Pipeline("locks").stage(tasks.lock_for).stage(helpers.double)
     out = pipe.run(range(6), ordered=True, on_error="collect", progress=False)
     assert list(out) == [0, 2, 4, 8, 10]
@@ -157,7 +157,7 @@ def test_a_result_that_cannot_be_pickled_fails_alone(start_method):
     identities(pipe.stats())
 
 
-def test_a_result_that_cannot_be_pickled_fails_only_its_item_of_a_batch(start_method):
+def test_a_result_that_cannot_be_pickled_fails_only_its_item_of_a_batch(any_backend):
     pipe = Pipeline("locks").batch(4, 0.05).stage(tasks.batch_lock_for)
     out = pipe.run(range(8), ordered=True, on_error="collect", progress=False)
     assert list(out) == [0, 1, 2, 4, 5, 6, 7]

@@ -25,7 +25,7 @@ def identity_holds(stats):
 
 
 # ---- a batch that hangs ---------------------------------------------------------------------------
-def test_a_batch_that_times_out_fails_all_its_items_once_and_the_run_ends(start_method):
+def test_a_batch_that_times_out_fails_all_its_items_once_and_the_run_ends(any_backend):
     pipe = Pipeline("hang").batch(4, max_wait=0.2).stage(tasks.hang_on, timeout=1.0, name="model")
     out = finishes(lambda: pipe.run(range(8), on_error="collect", ordered=True, progress=False))
     failed = sorted(f.index for f in out.failures)
@@ -37,7 +37,7 @@ def test_a_batch_that_times_out_fails_all_its_items_once_and_the_run_ends(start_
     assert stats.failed == len(failed) and stats.pending == 0
 
 
-def test_a_batch_that_kills_its_worker_fails_as_a_whole(start_method):
+def test_a_batch_that_kills_its_worker_fails_as_a_whole(any_backend):
     """One call for the batch: which item killed the worker cannot be known, and with retries=0 no
     item runs twice, so the batch fails as a whole, as a batch that times out does."""
     pipe = Pipeline().batch(4, max_wait=0.2).stage(tasks.crash_on_batch_with, name="model")
@@ -49,7 +49,7 @@ def test_a_batch_that_kills_its_worker_fails_as_a_whole(start_method):
     identity_holds(pipe.stats())
 
 
-def test_with_retries_a_batch_that_kills_its_worker_blames_only_the_culprit(start_method):
+def test_with_retries_a_batch_that_kills_its_worker_blames_only_the_culprit(any_backend):
     """With retries= the batch is split and its items tried one by one: the culprit is found and its
     neighbours get their results."""
     pipe = Pipeline().batch(4, max_wait=0.2).stage(tasks.crash_on_batch_with, name="model", retries=1)
@@ -202,7 +202,7 @@ def test_a_long_running_service_keeps_recent_failures_and_counts_the_rest(start_
 
 
 # ---- keys -------------------------------------------------------------------------------------------------
-def test_key_order_survives_a_worker_crash_and_a_retry(start_method, tmp_path):
+def test_key_order_survives_a_worker_crash_and_a_retry(any_backend, tmp_path):
     path = str(tmp_path / "log")
     fn = functools.partial(tasks.log_key_order, path=path, kill_at=(1, 7))
     items = [(k, i) for i in range(40) for k in range(4)]

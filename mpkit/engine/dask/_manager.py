@@ -2,6 +2,7 @@
 
     Run.pending ──take()──► client.submit(_task.run_chunk, ..., items bytes)  up to PREFETCH per
                             (a future per chunk, key "mpkit-<fn>-<pool>-<n>")  thread of the run
+                            (a pipeline lane's: workers= its lane's, ``lane.place()``)
     inbox (SimpleQueue) ◄── a future's result or error, fetched on the client's event loop
                             as soon as it is done (many at once, never by this thread)
                         ◄── "start" / "out" events of the pool's topic (subscribe_topic)
@@ -13,6 +14,8 @@
                        a timeout (from the task's "start" event) ─► run.timed_out, and the
                           worker is restarted through its nanny (a Dask thread cannot be killed)
                        the scheduler gone ─► ``broken``: every waiting map ends with that error
+                       a pipeline lane's chunk pinned to workers that are all gone, which Dask
+                          did not end ─► cancelled and sent again (_check_placement)
 
 Only this thread submits, cancels and reads futures; runs are shared with the calling threads
 under ``run.cond`` as the Backend contract (``_backend``) says.
@@ -61,6 +64,10 @@ FETCH_TIMEOUT = 10.0
 #: sent with every chunk instead, a 40 MB closure made 200,000 items take 50x as long. Smaller ones
 #: go with each task: a future is one more dependency for the scheduler to track.
 SCATTER_BYTES = 1 << 20
+#: Seconds a lane's chunk whose pinned workers are all gone waits for Dask to end it
+#: (KilledWorker, counted as a death) before mpkit sends it again itself. A worker's death reaches
+#: the client within milliseconds on loopback; two POLLs leave room on a loaded machine.
+ORPHAN_GRACE = 2 * POLL
 
 
 class ClusterLost(ConnectionError):
@@ -82,6 +89,8 @@ class _Task:
     worker: str | None = None
     dropped: bool = False   # its outcome no longer counts (timed out, cancelled)
     alone: bool = False     # a suspect of a worker death, run with no other chunk of its run
+    where: list | None = None  # the workers it is pinned to (a pipeline lane's chunk)
+    orphaned: float | None = None  # when its workers were first seen all gone
     key: str = field(default="")
 
 
@@ -99,12 +108,17 @@ class Manager:
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._worker_ids: dict[str, int] = {}
         self._shipped: dict[int, object] = {}  # id(run) -> the future of its scattered function
+        self.pids: dict[str, int] = {}  # worker address -> its pid, from its tasks' "start" events
         self._stopping: dict[str, tuple[_Task, float]] = {}  # key -> (task of a cancelled run, deadline)
         self._suspects: set[tuple[int, int]] = set()  # (run, index) of single items on a worker that died
         self._closing = False
         self._thread: threading.Thread | None = None
         self.size = self._alive = self.threads()
         self._looked = time.monotonic()
+        #: a pipeline lane's pool (``_lanes.LanePool``): ``place()``, the workers its chunks go to,
+        #: asked at each submit, and ``gone(addresses)``; None for a map, whose chunks go wherever
+        #: the scheduler puts them
+        self.lane = None
         client.subscribe_topic(self.topic, lambda event: self._inbox.put(("event", event[1])))
 
     # ---- any thread --------------------------------------------------------------------------
@@ -171,6 +185,7 @@ class Manager:
                     runs = list(self.runs)
                 self._reap_cancelled(runs)
                 self._check_cluster(runs)
+                self._check_placement()
                 self._dispatch([r for r in runs if not r.cancelled and r.fatal is None])
                 self._update_stats(runs)
                 try:
@@ -212,9 +227,14 @@ class Manager:
     def _submit(self, run: Run, chunk: Chunk, alone: bool = False) -> None:
         key = f"mpkit-{_key_name(run.fn_name)}-{self.topic[6:]}-{next(self._keys)}"
         items = pickle.dumps(chunk.payload, _task.PROTOCOL)  # its large buffers in band: one bytes
+        # A lane's chunks are pinned to its workers, strictly: a loose restriction lets Dask's work
+        # stealing move them to any worker (a class stage would then build everywhere). A chunk
+        # whose workers all died is sent again by _check_placement.
+        where = self.lane.place() if self.lane is not None else None
         future = self.client.submit(_task.run_chunk, self.topic, run.fn_id, self._function(run), items, self.init_name,
-                                    tuple(sys.version_info[:2]), key=key, pure=False, retries=0)
-        task = _Task(run, chunk, future, key=key, alone=alone)
+                                    tuple(sys.version_info[:2]), self.lane is not None, chunk.batch, key=key,
+                                    pure=False, retries=0, workers=where or None, allow_other_workers=False)
+        task = _Task(run, chunk, future, key=key, alone=alone, where=where)
         self._tasks[key] = task
         future.add_done_callback(lambda f, key=key: self._fetch(key, f))
 
@@ -256,6 +276,7 @@ class Manager:
             event = msg[1]
             if event[0] == _task.START:
                 task = self._tasks.get(event[1])
+                self.pids[event[2]] = event[3]
                 if task is not None:
                     task.started, task.worker = time.monotonic(), event[2]
             elif event[0] == _task.OUT:
@@ -340,7 +361,18 @@ class Manager:
         again without counting a try but alone (no other chunk of its map in flight), and blamed
         (WorkerDied, counted against retries=) if its worker dies then; its retries run alone
         too. So an item that kills its worker runs once more than retries= says, and never
-        takes an innocent neighbour down with it."""
+        takes an innocent neighbour down with it.
+
+        A pipeline's micro-batch is one call on the whole list, as locally, so it is never split
+        for a suspicion: sent again whole, alone, and if its worker dies then, it crashed as a
+        whole (retries= split it to find the culprit, else every item of it fails)."""
+        if chunk.batch and len(chunk.indices) > 1:
+            if alone:
+                run.crashed(chunk, None, pid, 0)
+            else:
+                self._suspects.add((id(run), chunk.indices[0]))
+                run.requeue(chunk)
+            return
         if len(chunk.indices) > 1 or chunk.reported:
             run.crashed(chunk, None, pid, None)
             return
@@ -351,7 +383,7 @@ class Manager:
             run.requeue(chunk)
 
     def _suspect(self, run: Run, chunk: Chunk) -> bool:
-        return len(chunk.indices) == 1 and (id(run), chunk.indices[0]) in self._suspects
+        return (len(chunk.indices) == 1 or chunk.batch) and (id(run), chunk.indices[0]) in self._suspects
 
     def _reap_cancelled(self, runs: list[Run]) -> None:
         """Tasks of a cancelled run: those waiting are cancelled; those running are given
@@ -387,6 +419,41 @@ class Manager:
             self.client.cancel(futures, force=True)
         except Exception:
             pass
+
+    def _check_placement(self) -> None:
+        """A lane's chunks pinned to workers that are all gone, and not ended by Dask (a cluster of
+        your own reschedules a dead worker's tasks rather than fail them, and would keep them
+        waiting for those addresses): cancelled and sent again, to the workers the lane has now.
+        One that had started is handled as a death of its worker (``_killed``: split, suspected,
+        blamed), so an item that kills every worker it runs on is not sent again forever. Left
+        alone for ORPHAN_GRACE first: Dask's own KilledWorker for it may be on its way."""
+        if self.lane is None:
+            return
+        now = time.monotonic()
+        orphans = []
+        for task in list(self._tasks.values()):
+            if not task.where or task.dropped or (task.future is not None and task.future.done()):
+                continue
+            if not self.lane.gone(task.where):
+                task.orphaned = None
+            elif task.orphaned is None:
+                task.orphaned = now
+            elif now - task.orphaned >= ORPHAN_GRACE:
+                orphans.append(task)
+        if not orphans:
+            return
+        self._cancel(orphans)
+        for task in orphans:
+            run = task.run
+            with run.cond:
+                run.in_flight -= 1
+                if run.cancelled:
+                    pass
+                elif task.started is not None:
+                    self._killed(run, task.chunk, task.alone, self.pids.get(task.worker or ""))
+                else:
+                    run.requeue(task.chunk)
+                run.cond.notify_all()
 
     def _check_timeouts(self) -> None:
         now = time.monotonic()
@@ -455,7 +522,7 @@ class Manager:
         if now - self._looked >= POLL:  # asking the scheduler is a round trip: at most every POLL
             self._looked = now
             self._alive = self.threads() if not self._cluster_gone() else 0
-        alive = self._alive
+        alive = min(self._alive, len(self.lane.place())) if self.lane is not None else self._alive
         for run in runs:
             busy = sum(1 for t in self._tasks.values() if t.run is run and t.started is not None)
             with run.cond:
@@ -463,6 +530,12 @@ class Manager:
 
 
 def _fn_error(run: Run, described: tuple, address: str | None) -> BaseException:
+    if any(f[2] == "build" and f[0].endswith("_stage.py") for f in described[2]):  # a pipeline's class stage
+        err: BaseException = WorkerInitError(
+            f"building the stage object {run.fn_name}() failed in the Dask worker {address}: {described[1]}. "
+            "Fix the class's __init__ (or the factory); it runs once in each Dask worker the stage runs on.")
+        err.__cause__ = _cause(*described, f"(raised building {run.fn_name} in Dask worker {address})")
+        return err
     err = RuntimeError(f"{run.fn_name} could not be loaded in the Dask worker {address}: {described[1]}. "
                        "Cause: it uses a module or class the worker cannot import. Fix: install that "
                        "package in the workers' environment, or define what it needs in the notebook.")

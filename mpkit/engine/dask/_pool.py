@@ -57,13 +57,14 @@ class Pool(BasePool):
     chunk_seconds = 0.25
 
     def __init__(self, workers: int | None = None, *, cluster: Any = "local",
-                 init: Callable[[], Any] | None = None):
+                 init: Callable[[], Any] | None = None, _connection: _cluster.Connection | None = None):
         super().__init__()
         _arguments.check_workers(workers)
         if init is not None:
             _arguments.check_init(init)
         self.cluster = cluster
-        self._connection = _cluster.connect(cluster)
+        # a pipeline's lanes share their pipeline's connection (``_lanes``), checked once
+        self._connection = _connection or _cluster.connect(cluster)
         self.client = self._connection.client
         self.init = init
         init_name = None
@@ -82,6 +83,18 @@ class Pool(BasePool):
         self._limit = workers
         self.size = self._sized()
         _live_pools.add(self)
+
+    def map(self, fn: Callable, items, *, max_tasks_per_child: int | None = None, **kwargs):
+        """As :meth:`BasePool.map` (``max_tasks_per_child`` is refused: see ``_local_only``)."""
+        __tracebackhide__ = True
+        _local_only(max_tasks_per_child, self.where)
+        return super().map(fn, items, **kwargs)
+
+    def imap(self, fn: Callable, items, *, max_tasks_per_child: int | None = None, **kwargs):
+        """As :meth:`BasePool.imap` (``max_tasks_per_child`` is refused: see ``_local_only``)."""
+        __tracebackhide__ = True
+        _local_only(max_tasks_per_child, self.where)
+        return super().imap(fn, items, **kwargs)
 
     def _sized(self) -> int:
         threads = self._manager.threads()
@@ -112,10 +125,12 @@ class Pool(BasePool):
         self._manager.resize(self.size)
 
     def workers(self) -> list[tuple[int, int, str]]:
-        """``(worker id, pid, "busy" or "idle")`` for each Dask worker now."""
+        """``(worker id, pid, "busy" or "idle")`` for each Dask worker now (pid 0 until one of
+        this pool's tasks ran there)."""
         info = self.client.scheduler_info(n_workers=-1).get("workers", {})
         busy = {t.worker for t in list(self._manager._tasks.values()) if t.started is not None}
-        return [(self._manager.worker_id(address), w.get("pid", 0), "busy" if address in busy else "idle")
+        return [(self._manager.worker_id(address), self._manager.pids.get(address, 0),
+                 "busy" if address in busy else "idle")
                 for address, w in sorted(info.items())]
 
     @property
@@ -126,6 +141,16 @@ class Pool(BasePool):
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self.size} threads"
         return f"<mpkit.Pool on Dask {self.where}, {state}>"
+
+
+def _local_only(max_tasks_per_child: int | None, where: str) -> None:
+    """A Dask worker is not replaced after N items (its nanny restarts it only when it dies), so
+    ``max_tasks_per_child`` would be silently ignored: refused instead."""
+    if max_tasks_per_child is not None:
+        raise ValueError(f"max_tasks_per_child={max_tasks_per_child!r} replaces local worker processes after "
+                         f"that many items; a Dask worker (cluster {where}) is not replaced that way. Fix: leave "
+                         "it out on a cluster (to bound a leak there, start the workers with dask's "
+                         "--memory-limit, which restarts a worker past it), or run this map without cluster=.")
 
 
 def live_pools() -> list[Pool]:

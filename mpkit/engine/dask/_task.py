@@ -3,10 +3,14 @@
     notebook (manager thread)                              Dask worker process, a task thread
     ─────────────────────────                              ──────────────────────────────────
     client.submit(run_chunk, topic, fn_id, fn_bytes, ─────► init= once per process (InitPlugin
-                  items bytes, init name, python)            holds it; the first task runs it)
-                                                             fn rebuilt from its cloudpickle bytes
-                                                             (kept per fn_id), called per item
-    subscribe_topic(topic) ◄── log_event: ("start", key) ─── when the task begins (timeouts)
+                  items bytes, init name, python,            holds it; the first task runs it)
+                  stage, batch)                              fn rebuilt from its cloudpickle bytes
+                                                             (kept per fn_id; a pipeline stage's,
+                                                             its class built, kept per run until
+                                                             forget), called per item, or once
+                                                             per chunk for a micro-batch
+    subscribe_topic(topic) ◄── log_event: ("start", key, ─── when the task begins (timeouts,
+                                          address, pid)      the pids workers() lists)
                            ◄── log_event: ("out", parts) ─── print() of this thread, every
                                                              OUTPUT_INTERVAL and before returning
     future.result() ◄──── pickle.dumps((what it printed last, (kind, ...))): one bytes
@@ -57,6 +61,8 @@ _functions: OrderedDict[str, object] = OrderedDict()
 _inits: dict[str, bytes] = {}        # plugin name -> init payload (registered by InitPlugin)
 _inits_done: dict[str, BaseException | None] = {}
 _init_lock = threading.Lock()
+_stages: dict[str, object] = {}      # stage id -> its function or built object (``_load_stage``)
+_stage_lock = threading.Lock()
 _local = threading.local()           # .capture: the _Capture of the task this thread runs
 
 
@@ -174,6 +180,27 @@ def _load(fn_id: str, fn_bytes: bytes):
     return fn
 
 
+def _load_stage(stage_id: str, fn_bytes: bytes):
+    """A pipeline stage's function, or the object its class builds (``_stage.Built``), loaded once
+    in this process for the stage's whole run: kept until ``forget`` (not dropped as functions
+    are), as a model must not load twice. Tasks of one stage in two threads of a worker wait for
+    the one that builds it."""
+    fn = _stages.get(stage_id)
+    if fn is None:
+        with _stage_lock:
+            fn = _stages.get(stage_id)
+            if fn is None:
+                fn = _stages[stage_id] = _serialize.loads(fn_bytes)
+    return fn
+
+
+async def forget(stage_ids: list[str]) -> None:
+    """Drop the stages of a pipeline that ended (client.run, on each worker's event loop: a
+    coroutine, so that the call need not wait for it)."""
+    for stage_id in stage_ids:
+        _stages.pop(stage_id, None)
+
+
 def _run_init(name: str | None) -> BaseException | None:
     """Run the pool's init= in this process once (the first task does, the others wait)."""
     if name is None:
@@ -196,31 +223,34 @@ def _run_init(name: str | None) -> BaseException | None:
 
 
 def run_chunk(topic: str, fn_id: str, fn_bytes: bytes, items_bytes: bytes, init: str | None,
-              python: tuple[int, int]) -> bytes:
+              python: tuple[int, int], stage: bool = False, batch: bool = False) -> bytes:
     """Run one chunk in this Dask worker: pickled (output printed at its end, outcome), one bytes.
+    ``stage``: the function is a pipeline stage's (kept in ``_stages`` until its pipeline ends);
+    ``batch``: the chunk is a micro-batch of one, called once with the list of its items.
 
     What the task printed last travels with its outcome, not as an event: so it reaches the cell
     before the map returns, never in the next cell's output."""
     if tuple(sys.version_info[:2]) != tuple(python):
         return pickle.dumps((([], 0, 0), (PYTHON, sys.version.split()[0], sys.executable)), PROTOCOL)
     worker = get_worker()
-    worker.log_event(topic, [START, worker.get_current_task(), worker.address])
+    worker.log_event(topic, [START, worker.get_current_task(), worker.address, os.getpid()])
     _route_output()
     capture = _local.capture = _Capture(worker, topic)
     try:
-        outcome = _run(fn_id, fn_bytes, items_bytes, init)
+        outcome = _run(fn_id, fn_bytes, items_bytes, init, stage, batch)
     finally:
         _local.capture = None
     return pickle.dumps((capture.take(), outcome), PROTOCOL)
 
 
-def _run(fn_id: str, fn_bytes: bytes, items_bytes: bytes, init: str | None) -> tuple:
+def _run(fn_id: str, fn_bytes: bytes, items_bytes: bytes, init: str | None, stage: bool = False,
+         batch: bool = False) -> tuple:
     """The chunk's outcome: (DONE, results, failures, seconds) or why it could not run."""
     err = _run_init(init)
     if err is not None:
         return (INIT_ERROR, *_describe_exception(err, skip_frames=0))
     try:
-        fn = _load(fn_id, fn_bytes)
+        fn = _load_stage(fn_id, fn_bytes) if stage else _load(fn_id, fn_bytes)
     except BaseException as exc:
         return (FN_ERROR, *_describe_exception(exc, skip_frames=0))
     try:
@@ -230,6 +260,16 @@ def _run(fn_id: str, fn_bytes: bytes, items_bytes: bytes, init: str | None) -> t
         return (UNDECODABLE, text)
     results, failures = [], []
     start = time.perf_counter()
+    if batch:  # a pipeline stage after .batch(): one call for the list, one result per item
+        try:
+            results = list(fn(items))
+            if len(results) != len(items):
+                raise ValueError(f"a batched stage must return one result per item, in order: it got "
+                                 f"{len(items)} items and returned {len(results)} results")
+        except BaseException as exc:
+            described = _describe_exception(exc)
+            results, failures = [None] * len(items), [(o, *described) for o in range(len(items))]
+        items = ()
     for offset, item in enumerate(items):
         try:
             results.append(fn(item))
