@@ -82,6 +82,7 @@ class FileResult:
     uncached_formulas: int = 0  # formula cells saved without a value (read as empty)
     long_cells: tuple[tuple[int, str, int], ...] = ()  # (index in rows, sheet, Excel row): a cell > 32,767 chars
     fallback: str = ""  # why calamine failed, when openpyxl read the file after it
+    blank_rows: int = 0  # rows with no cell at all, between the header and the last row: not rows read
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class ExtractReport:
     written: tuple[OutputFile, ...] = ()
     manifest: Path | None = None
     without_calamine: bool = False  # python-calamine is not installed: openpyxl read every file
+    blank_rows: int = 0  # empty rows inside the sheets read (no cell at all), left out
 
     def __str__(self) -> str:
         lines = [(f"mpkit excel: {len(self.files_read)} file(s) read, {len(self.files_skipped)} skipped; "
@@ -126,6 +128,8 @@ class ExtractReport:
             lines += [f"  wrote {p}" for p in self.outputs]
         if self.manifest is not None:
             lines.append(f"  manifest: {self.manifest}")
+        if self.blank_rows:
+            lines.append(f"  {self.blank_rows:,} empty row(s) inside the sheets read were left out")
         several = {p for p, _, _ in self.sheets_read if sum(q == p for q, _, _ in self.sheets_read) > 1}
         lines += [f"  read {len([1 for q, _, _ in self.sheets_read if q == p])} sheets of {p}: "
                   + ", ".join(f"{s} ({n:,} rows)" for q, s, n in self.sheets_read if q == p)
@@ -189,7 +193,7 @@ def _read_file(task: tuple[str, tuple[str, ...], str]) -> FileResult:
     return FileResult(path, kept, read, dropped, book.engine,
                       sheets=tuple((s.name, len(s.rows)) for s in book.sheets), sheets_skipped=book.skipped,
                       uncached_formulas=book.uncached_formulas, long_cells=tuple(long_cells),
-                      fallback=book.fallback)
+                      fallback=book.fallback, blank_rows=sum(s.blank_rows for s in book.sheets))
 
 
 def _has_notice(text: str, notices: tuple[str, ...]) -> bool:
@@ -279,7 +283,7 @@ def extract(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, s
     read, skipped, fallback, outputs, written, rows = [], [], [], [], [], []
     sheets_read, sheets_skipped, uncached, long_rows, long_rows_here = [], [], [], [], []
     rows_read = rows_dropped = rows_written = cleaned = 0
-    no_calamine = False
+    no_calamine, blank_rows = False, 0
     reader = "openpyxl" if engine == "openpyxl" else "auto"  # auto: openpyxl when calamine is not installed
     results = mpkit.imap(_read_file, [(p, wanted, reader) for p in paths], workers=workers, chunksize=1,
                          on_error="collect", progress=progress)
@@ -301,6 +305,7 @@ def extract(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, s
                     no_calamine = True
                 rows_read += res.rows_read
                 rows_dropped += res.rows_dropped
+                blank_rows += res.blank_rows
                 sheets_read += [(res.path, s, n) for s, n in res.sheets]
                 sheets_skipped += [(res.path, s, why) for s, why in res.sheets_skipped]
                 if res.uncached_formulas:
@@ -326,7 +331,7 @@ def extract(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, s
             close()
     report = ExtractReport(tuple(read), tuple(skipped), rows_read, rows_dropped, rows_written, tuple(outputs),
                            tuple(fallback), tuple(sheets_read), tuple(sheets_skipped), tuple(uncached),
-                           tuple(long_rows), cleaned, tuple(written), out / MANIFEST, no_calamine)
+                           tuple(long_rows), cleaned, tuple(written), out / MANIFEST, no_calamine, blank_rows)
     _write_manifest(report)
     return report
 
@@ -390,6 +395,7 @@ def _write_manifest(report: ExtractReport) -> None:
         "rows_written": report.rows_written,
         "rows_read": report.rows_read,
         "rows_dropped": report.rows_dropped,
+        "blank_rows_left_out": report.blank_rows,
         "inputs_read": list(report.files_read),
         "inputs_skipped": [{"path": p, "reason": r} for p, r in report.files_skipped],
     }

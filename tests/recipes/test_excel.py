@@ -259,6 +259,7 @@ def test_cells_too_long_for_xlsx_go_whole_to_a_side_file_named_in_the_report(tmp
     kept = pd.read_excel(tmp_path / "out" / "extract_0_0.xlsx", engine="calamine")
     whole = pd.read_csv(side, dtype=object)
     assert len(kept) + len(whole) == report.rows_written == 20
+    assert report.blank_rows == 1 and "1 empty row(s)" in str(report)
     assert list(whole["消息内容"]) == [long_text, emoji_text]
     assert not kept["消息内容"].str.len().gt(32_767).any()
 
