@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import numbers
 import os
 import re
 import zipfile
@@ -109,6 +110,8 @@ class XlsxWriter:
                 if v == v:  # NaN: an empty cell, as pandas writes it
                     cells.append(f'<c r="{ref}"><v>{float(v)!r}</v></c>' if not math.isinf(v) else
                                  f'<c r="{ref}" t="inlineStr"><is><t>{v}</t></is></c>')  # Excel has no inf
+            elif isinstance(v, numbers.Integral):  # numpy integers
+                cells.append(f'<c r="{ref}"><v>{int(v)}</v></c>')
             elif isinstance(v, (dt.datetime, dt.date, dt.time)):
                 serial = _serial(v)
                 if serial is not None:
@@ -118,7 +121,8 @@ class XlsxWriter:
                 elif v == v:  # before 1900: Excel shows no such date, the text keeps it
                     cells.append(f'<c r="{ref}" t="inlineStr"><is><t>{self._text(str(v))}</t></is></c>')
             else:
-                cells.append(f'<c r="{ref}" t="inlineStr"><is><t xml:space="preserve">{self._text(str(v))}</t></is></c>')
+                text = self._text(str(v))
+                cells.append(f'<c r="{ref}" t="inlineStr"><is><t xml:space="preserve">{text}</t></is></c>')
         cells.append("</row>")
         return "".join(cells)
 

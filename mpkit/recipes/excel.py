@@ -10,9 +10,9 @@
                         formulas without a value, long cells, engine, reason)
                │  reason set ─► skipped, named in the report  (strict=True: ExtractError)
                ▼
-             every `segment` input files ─► out_dir/extract_<first>_<last>.<fmt>
-               │  xlsx: _xlsx.XlsxWriter streams the rows (Sheet2... past 1,048,575), a bar over
-               │        the rows; rows with an over-long cell ─► extract_<first>_<last>.long_cells.csv
+             every `segment` input files ─► _excel_write.SegmentWriter ─► out_dir/extract_<first>_<last>.<fmt>
+               │  xlsx: each file's rows streamed in as it arrives (Sheet2... past 1,048,575 rows);
+               │        rows with an over-long cell ─► extract_<first>_<last>.long_cells.csv
                ▼
              out_dir/manifest.json (files written, rows each) and
              ExtractReport(files and sheets read / skipped, rows read = rows written + notices
@@ -37,8 +37,9 @@ from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
 
+from ._excel_write import OutputFile, SegmentWriter
 from ._workbook import WorkbookError, read_sheets
-from ._xlsx import MAX_CELL_CHARS, MAX_ROWS, XlsxWriter, too_long
+from ._xlsx import MAX_CELL_CHARS, MAX_ROWS, too_long
 
 #: Columns every chat export must have, in output order.
 COLUMNS = ("坐席id", "客户微信id", "是否客服", "消息内容", "发送时间")
@@ -83,14 +84,6 @@ class FileResult:
     long_cells: tuple[tuple[int, str, int], ...] = ()  # (index in rows, sheet, Excel row): a cell > 32,767 chars
     fallback: str = ""  # why calamine failed, when openpyxl read the file after it
     blank_rows: int = 0  # rows with no cell at all, between the header and the last row: not rows read
-
-
-@dataclass(frozen=True)
-class OutputFile:
-    """One file the run wrote."""
-    path: Path
-    rows: int
-    sheets: int = 1  # .xlsx: Sheet1, Sheet2, ... (1,048,575 rows each)
 
 
 @dataclass(frozen=True)
@@ -280,8 +273,9 @@ def extract(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, s
     _prepare_out(out, names, overwrite)
     show = in_ipython() if progress is None else progress
 
-    read, skipped, fallback, outputs, written, rows = [], [], [], [], [], []
+    read, skipped, fallback, outputs, written = [], [], [], [], []
     sheets_read, sheets_skipped, uncached, long_rows, long_rows_here = [], [], [], [], []
+    segment_out = None  # the SegmentWriter of the segment being filled
     rows_read = rows_dropped = rows_written = cleaned = 0
     no_calamine, blank_rows = False, 0
     reader = "openpyxl" if engine == "openpyxl" else "auto"  # auto: openpyxl when calamine is not installed
@@ -310,22 +304,27 @@ def extract(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, s
                 sheets_skipped += [(res.path, s, why) for s, why in res.sheets_skipped]
                 if res.uncached_formulas:
                     uncached.append((res.path, res.uncached_formulas))
+                rows, long = res.rows, []
                 if fmt == "xlsx" and res.long_cells:
-                    long = {k for k, _, _ in res.long_cells}
-                    long_rows_here += [(res.path, s, r, [res.rows[k]]) for k, s, r in res.long_cells]
-                    res.rows[:] = [row for k, row in enumerate(res.rows) if k not in long]
-                rows.append(res.rows)
-            if (i + 1) % segment == 0 or i + 1 == len(paths):
-                if rows or long_rows_here:
-                    target = out / names[i // segment]
-                    files, n_cleaned = _write(rows, long_rows_here, target, fmt, show)
-                    cleaned += n_cleaned
-                    rows_written += sum(f.rows for f in files)
-                    written += files
-                    outputs.append(target)
-                    long_rows += [(p, s, r, files[-1].path) for p, s, r, _ in long_rows_here]
-                rows, long_rows_here = [], []
+                    at = {k for k, _, _ in res.long_cells}
+                    long = [rows[k] for k, _, _ in res.long_cells]
+                    long_rows_here += [(res.path, s, r) for _, s, r in res.long_cells]
+                    rows = [row for k, row in enumerate(rows) if k not in at]
+                if segment_out is None:
+                    segment_out = SegmentWriter(out / names[i // segment], fmt, COLUMNS, XLSX_MAX_ROWS, show)
+                segment_out.add(rows, long)
+                del rows, long, res  # this file's rows are in the .xlsx now: let them go
+            if ((i + 1) % segment == 0 or i + 1 == len(paths)) and segment_out is not None:
+                files = segment_out.close()
+                cleaned += segment_out.cleaned
+                rows_written += sum(f.rows for f in files)
+                written += files
+                outputs.append(segment_out.path)
+                long_rows += [(p, s, r, files[-1].path) for p, s, r in long_rows_here]
+                segment_out, long_rows_here = None, []
     finally:
+        if segment_out is not None:  # stopped inside a segment (strict, an interrupt): no half file
+            segment_out.abort()
         close = getattr(results, "close", None)
         if close is not None:
             close()
@@ -334,58 +333,6 @@ def extract(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, s
                            tuple(long_rows), cleaned, tuple(written), out / MANIFEST, no_calamine, blank_rows)
     _write_manifest(report)
     return report
-
-
-def _write(parts: list[list], long_rows: list, path: Path, fmt: str, progress: bool) -> tuple[list, int]:
-    """Save one segment (its files' rows, in order); returns the files written and the cells cleaned."""
-    total = sum(map(len, parts))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=total, desc=f"writing {path.name}", unit="row", unit_scale=True, leave=False)
-    try:
-        files, cleaned = [], 0
-        if fmt == "xlsx":
-            with XlsxWriter(path, COLUMNS, max_rows=XLSX_MAX_ROWS) as w:
-                for part in parts:
-                    for start in range(0, len(part), _WRITE_BATCH):
-                        w.write(part[start:start + _WRITE_BATCH])
-                        if bar is not None:
-                            bar.update(min(_WRITE_BATCH, len(part) - start))
-            files.append(OutputFile(path, w.rows, w.sheets))
-            cleaned = w.cleaned
-            if long_rows:
-                side = path.with_name(path.stem + ".long_cells.csv")
-                _frame([row for *_, rs in long_rows for row in rs]).to_csv(side, index=False,
-                                                                           encoding="utf-8-sig")
-                files.append(OutputFile(side, len(long_rows)))
-        else:
-            df = _frame([row for part in parts for row in part])
-            if fmt == "parquet":
-                for col in df.columns:  # Arrow needs one type per column: mixed cells (str and datetime) become text
-                    kinds = {type(v) for v in df[col] if v is not None and v == v}
-                    if len(kinds) > 1:
-                        df[col] = df[col].map(lambda v: v if v is None or v != v else str(v))
-                df.to_parquet(path, index=False)
-            else:
-                df.to_csv(path, index=False, encoding="utf-8-sig")
-            files.append(OutputFile(path, len(df)))
-            if bar is not None:
-                bar.update(total)
-        return files, cleaned
-    finally:
-        if bar is not None:
-            bar.close()
-
-
-#: Rows handed to the .xlsx writer at a time: the progress bar moves every batch (~0.1 s of writing).
-_WRITE_BATCH = 20_000
-
-
-def _frame(rows: list):
-    import pandas as pd
-
-    return pd.DataFrame.from_records(rows, columns=list(COLUMNS)) if rows else pd.DataFrame(columns=list(COLUMNS))
 
 
 def _write_manifest(report: ExtractReport) -> None:

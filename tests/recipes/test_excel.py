@@ -315,6 +315,15 @@ def test_without_calamine_installed_openpyxl_reads_every_file(inputs, tmp_path):
     assert f"{expected.rows_written:,} rows written" in done.stdout
 
 
-def test_writing_shows_progress(inputs, tmp_path, capsys):
+def test_writing_shows_progress(inputs, tmp_path, capsys, monkeypatch):
+    from mpkit.recipes import _excel_write
+
+    monkeypatch.setattr(_excel_write, "WRITE_BATCH", 1_000)  # a bar for files of 1,000 rows and more
     assert excel.run(_cli([*map(str, inputs), "--out", str(tmp_path / "out"), "-n", "2"])) == 0
     assert "writing extract_0_3.xlsx" in capsys.readouterr().err
+    code = excel.run(_cli([*map(str, inputs), "--out", str(tmp_path / "csv"), "--format", "csv", "-n", "2"]))
+    assert code == 0 and "writing extract_0_3.csv" in capsys.readouterr().err
+    [csv] = (tmp_path / "csv").glob("*.csv")
+    text = csv.read_text(encoding="utf-8-sig")  # written in batches of 1,000 rows: one header, one BOM
+    assert "\ufeff" not in text and text.count("坐席id,客户微信id") == 1
+    assert len(pd.read_csv(csv, dtype=object)) == _rows_on_disk(tmp_path / "out")
