@@ -5,7 +5,7 @@
 
 The sample exports (mpkit/recipes/sample_data, 4 files, 11,739 rows) are copied COPIES times into
 a temporary folder. Each engine then reads every file with the recipe's per-file function
-(``excel._read_file``: read sheet 1, check the columns, 消息内容 to text, drop notice rows), two ways:
+(``excel._read_file``: every sheet with the columns, 消息内容 to text, drop notice rows), two ways:
 
   serial     one process, a plain loop, in a fresh Python process per round so that its peak
              memory (resource ru_maxrss) belongs to that engine alone

@@ -368,7 +368,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", dest="fmt", choices=FORMATS, default="xlsx", help="output format "
                                                                                      "(default: xlsx)")
     parser.add_argument("--engine", choices=ENGINES, default="calamine",
-                        help="reader (default: calamine, falling back to openpyxl per file)")
+                        help="reader (default: calamine; openpyxl for a file calamine fails on, or for "
+                             "every file when python-calamine is not installed)")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad file instead of skipping it")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a previous run's files in --out (by default --out must be new or empty)")
