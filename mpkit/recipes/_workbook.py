@@ -12,7 +12,8 @@
 
 Cells come out the same from both engines: empty cells are None, whole numbers are int (calamine
 gives 12345.0, openpyxl 12345), text is str with OOXML escapes such as ``_x000D_`` decoded, dates
-are datetime. Rows that are empty in every cell are left out and counted (Sheet.blank_rows).
+are datetime (calamine gives a date for a date-only cell, openpyxl a datetime). Rows that are
+empty in every cell are left out and counted (Sheet.blank_rows).
 
 A formula cell saved without its value (written by a script, never opened in Excel) reads as
 empty in both engines; ``uncached_formulas`` counts such cells in the sheets read, from the
@@ -27,6 +28,7 @@ from __future__ import annotations
 import os
 import re
 import zipfile
+from datetime import date, datetime
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,8 +169,9 @@ def _workbook(path: Path, engine: str, sheets: list, needed: list[str], fallback
         rows, blank = [], []
         for offset in range(len(raw) - start - 1):
             row, raw[start + 1 + offset] = raw[start + 1 + offset], None  # the engine's row freed as we go
-            cells = [None if v == "" or v is None else (int(v) if v.__class__ is float and v.is_integer()
-                                                        else v) for v in row[:width]]
+            cells = [None if v == "" or v is None else
+                     int(v) if v.__class__ is float and v.is_integer() else
+                     datetime(v.year, v.month, v.day) if v.__class__ is date else v for v in row[:width]]
             if cells.count(None) == len(cells):
                 blank.append(offset)
                 continue
