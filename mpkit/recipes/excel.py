@@ -123,10 +123,11 @@ class ExtractReport:
             lines.append(f"  manifest: {self.manifest}")
         if self.blank_rows:
             lines.append(f"  {self.blank_rows:,} empty row(s) inside the sheets read were left out")
-        several = {p for p, _, _ in self.sheets_read if sum(q == p for q, _, _ in self.sheets_read) > 1}
-        lines += [f"  read {len([1 for q, _, _ in self.sheets_read if q == p])} sheets of {p}: "
-                  + ", ".join(f"{s} ({n:,} rows)" for q, s, n in self.sheets_read if q == p)
-                  for p in sorted(several)]
+        per_file: dict[str, list[str]] = {}
+        for p, s, n in self.sheets_read:
+            per_file.setdefault(p, []).append(f"{s} ({n:,} rows)")
+        lines += [f"  read {len(sheets)} sheets of {p}: {', '.join(sheets)}" for p, sheets in per_file.items()
+                  if len(sheets) > 1]
         lines += [f"  sheet {s!r} of {p} not read: {why}" for p, s, why in self.sheets_skipped]
         if self.without_calamine:
             lines.append("  python-calamine is not installed: the files were read with openpyxl (3-4x slower). "

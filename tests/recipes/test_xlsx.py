@@ -48,15 +48,18 @@ def test_dates_text_escapes_and_line_ends(tmp_path):
     path = tmp_path / "out.xlsx"
     rows = [[dt.datetime(2024, 3, 1, 9, 1, 7), "a\r\nb\rc", "_x000D_ stays text", " padded "],
             [dt.date(2024, 1, 2), "<b>&amp;</b>", pd.Timestamp("2024-05-06 07:08:09"), None],
-            [dt.datetime(1850, 1, 1), float("inf"), pd.NaT, float("nan")]]
+            [dt.datetime(1850, 1, 1), float("inf"), pd.NaT, float("nan")],
+            [None, "bell\x07 and nul\x00", None, None]]
     with XlsxWriter(path, ["when", "text", "more", "pad"]) as w:
         w.write(rows)
+    assert w.cleaned == 1  # XML cannot hold those two characters: removed, and counted
     for engine in ("calamine", "openpyxl"):
         got = read_sheets(path, ["when"], engine).sheets[0].rows
         assert got[0] == rows[0], engine
         assert got[1][1:3] == ["<b>&amp;</b>", dt.datetime(2024, 5, 6, 7, 8, 9)], engine
         assert got[1][0] == dt.datetime(2024, 1, 2) and type(got[1][0]) is dt.datetime, engine
         assert got[2] == ["1850-01-01 00:00:00", "inf", None, None], engine  # Excel has no such date or inf
+        assert got[3] == [None, "bell and nul", None, None], engine
     assert pd.read_excel(path, engine="openpyxl")["when"][0] == pd.Timestamp("2024-03-01 09:01:07")
 
 
