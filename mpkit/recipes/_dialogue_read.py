@@ -9,7 +9,7 @@
   conversation may continue in another file: the main process joins the files' pieces first.
   The time column is the one asked for, else the first of :data:`TIME_COLUMNS` the sheet has;
 * seed mode: the article's steps inside the one file (its first sheet read as pandas' openpyxl
-  reader reads it, ``dropna``, ``drop_duplicates``, system messages matched as whole contents,
+  reader reads it: ``_seed_sheet``), ``dropna``, ``drop_duplicates``, system messages matched as whole contents,
   ``groupby`` of the file), each conversation already merged into utterances.
 
 A file that cannot be used comes back with ``skipped`` set to the reason (without the file's name),
@@ -22,7 +22,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._dialogue_text import clean, normalise, seed_conversation
+from ._dialogue_text import clean, notice_pattern, seed_conversation
 
 AGENT, CUSTOMER, ROLE, CONTENT = "坐席id", "客户微信id", "是否客服", "消息内容"
 KEY = [AGENT, CUSTOMER]
@@ -98,7 +98,7 @@ def _read_default(path: Path, job: ReadJob, out: FileRows) -> FileRows:
         raise DialogueInputError(
             f"no sheet has the columns {', '.join(needed)} ({why}). Fix: export the chat with "
             "these columns, rename them, or leave this file out.")
-    notices = [normalise(n) for n in job.notices]
+    notices = notice_pattern(job.notices)
     conversations: dict[tuple[str, str], list] = {}
     seen: set = set()  # the file's rows so far: a row repeated (within any sheet) is a duplicate
     cleaned: dict = {}  # message -> (text, reason): chat exports repeat their greetings and notices
@@ -152,6 +152,13 @@ _FORMATS = ("%Y/%m/%d %H:%M:%S", "%Y/%m/%d %H:%M", "%Y/%m/%d", "%Y年%m月%d日 
 
 def _time(value) -> dt.datetime | None:
     """A send time as a naive datetime (UTC when the text has an offset); None if it is none."""
+    if value.__class__ is str:  # the usual case first: "2024-03-01 09:01:07"
+        try:
+            time = dt.datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            return time if time.tzinfo is None else time.astimezone(dt.timezone.utc).replace(tzinfo=None)
     if isinstance(value, dt.datetime):
         return value.astimezone(dt.timezone.utc).replace(tzinfo=None) if value.tzinfo else value
     if isinstance(value, dt.date):
@@ -174,12 +181,10 @@ def _time(value) -> dt.datetime | None:
 
 # ---- seed mode: the article's DataFrame steps ----------------------------------------------------------
 def _read_seed(path: Path, job: ReadJob, out: FileRows) -> FileRows:
-    import pandas as pd
+    from ._seed_sheet import read_first_sheet
 
     try:
-        with pd.ExcelFile(path, engine="openpyxl") as book:
-            names = book.sheet_names
-            df = book.parse(0)
+        df, names = read_first_sheet(path)
     except Exception as exc:  # noqa: BLE001 - any reader error: name the file, say what it was
         raise DialogueInputError(
             f"could not be read as an Excel file ({type(exc).__name__}: {exc}). "
@@ -190,7 +195,7 @@ def _read_seed(path: Path, job: ReadJob, out: FileRows) -> FileRows:
             f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
             f"(it has {', '.join(map(str, df.columns)) or 'no columns'}). Fix: export the chat with "
             f"the columns {', '.join(NEEDED)}, rename them, or leave this file out.")
-    out.rows, out.engine = len(df), "openpyxl"
+    out.rows = len(df)
     out.sheets.append((names[0], len(df)))
     out.sheets_skipped = [(name, "compat='seed' reads the first sheet only, as the article does") for name in names[1:]]
     before = len(df)

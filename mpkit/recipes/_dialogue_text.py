@@ -63,37 +63,53 @@ def as_text(value) -> str:
 
 
 @functools.cache
-def emoji_chars() -> re.Pattern:
+def emoji_chars() -> frozenset[str]:
     """The non-ASCII characters that occur in any emoji (keycaps start with ASCII ``#*0-9`` but go on
     with U+20E3), and the two variation selectors, which ``replace_emoji`` drops even alone: text with
     none of them has no emoji, so ``emoji.replace_emoji`` (a tokenizer in
-    Python, ~40 us a message) can be skipped and the text is returned as it is."""
+    Python, ~40 us a message) can be skipped and the text is returned as it is. A set: a regular
+    expression of these 1,449 characters takes 40x longer to search a message."""
     import emoji
 
-    chars = sorted({c for e in emoji.EMOJI_DATA for c in e if ord(c) > 127} | {"\ufe0e", "\ufe0f"})
-    return re.compile("[" + "".join(map(re.escape, chars)) + "]")
+    return frozenset({c for e in emoji.EMOJI_DATA for c in e if ord(c) > 127} | {"\ufe0e", "\ufe0f"})
 
 
 def strip_emoji(text: str) -> str:
     """``emoji.replace_emoji(text, "")``, the same result, quickly when the text has no emoji."""
-    if emoji_chars().search(text) is None:
+    if emoji_chars().isdisjoint(text):
         return text
+    return _replace_emoji(text)
+
+
+#: Messages with emoji whose cleaned text a reading process remembers: chat exports repeat their
+#: "好的👍" and "谢谢🙏" across files. 4,096 short texts are ~1 MB; a miss costs ~40 us.
+EMOJI_CACHE = 4096
+
+
+@functools.lru_cache(maxsize=EMOJI_CACHE)
+def _replace_emoji(text: str) -> str:
     import emoji
 
     return emoji.replace_emoji(text, "")
 
 
-def clean(value, notices: Sequence[str]) -> tuple[str | None, str]:
+def notice_pattern(notices: Iterable[str]) -> re.Pattern:
+    """One expression finding any of ``notices`` (normalised) in a normalised message: ~7x faster
+    than testing each notice in turn."""
+    return re.compile("|".join(re.escape(normalise(n)) for n in notices if normalise(n)) or "(?!)")
+
+
+def clean(value, notices: Sequence[str] | re.Pattern) -> tuple[str | None, str]:
     """The cleaned text of one message and why it is dropped: ``(text, "")`` or ``(None, reason)``.
 
     Line breaks (``\\n``, ``\\r``, openpyxl's ``_x000D_``) and invisible characters (``\\u200b``...)
-    are removed, then notices (``notices``
+    are removed, then notices (``notices``: a :func:`notice_pattern`, or texts
     already :func:`normalise`-d), emoji and WeChat codes (``[捂脸]``); what is left blank is
     ``"empty"``.
     """
     text = _REMOVED.sub("", as_text(value))
     flat = normalise(text)
-    if any(notice in flat for notice in notices):
+    if notices.search(flat) if isinstance(notices, re.Pattern) else any(notice in flat for notice in notices):
         return None, "notice"
     text = _WECHAT_CODE.sub("", strip_emoji(text)).strip() if "[" in text else strip_emoji(text).strip()
     return (text, "") if text else (None, "empty")

@@ -195,10 +195,10 @@ def test_clean_drops_blank_and_notices_and_keeps_numbers_as_text():
 
 
 def test_emoji_prefilter_sees_every_emoji_and_skips_only_what_replace_emoji_leaves_alone():
-    assert all(emoji_chars().search(e) for e in emoji.EMOJI_DATA)
+    assert not any(emoji_chars().isdisjoint(e) for e in emoji.EMOJI_DATA)
     for cp in [*range(0x80, 0x3400), *range(0x1F000, 0x1FC00), *range(0xE0000, 0xE0080)]:
         text = f"a{chr(cp)}#1"
-        if emoji_chars().search(text) is None:
+        if emoji_chars().isdisjoint(text):
             assert emoji.replace_emoji(text, "") == text, hex(cp)
 
 

@@ -1,0 +1,130 @@
+"""A workbook's first sheet as the article reads it (pandas with openpyxl), read by calamine.
+
+``compat="seed"`` must give the article's output byte for byte, and the article reads with
+``pd.read_excel(path, engine="openpyxl")``, which is ~10x slower than calamine. calamine's cells
+differ from openpyxl's in two ways only, both undone here before pandas makes the DataFrame:
+
+    calamine cells ──► OOXML escapes put back ──► whitespace-only texts put back ──► pandas' parser
+                       (_x000D_ for \\r, _x005F_   (calamine reads "   " as empty;
+                       before a literal _xHHHH_:   found in the sheet's XML and the
+                       openpyxl leaves them in)    shared strings)
+
+Without python-calamine, or when the XML holds a whitespace-only text this module cannot place
+(a cell written in a form it does not know), the file is read by openpyxl itself.
+"""
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+
+# What calamine decodes and openpyxl leaves as written: control characters other than tab and
+# newline (stored as _xHHHH_), and a literal "_xHHHH_" (stored with its "_" escaped as _x005F_).
+_DECODED = re.compile(r"[\x00-\x08\x0b-\x1f]|_(?=x[0-9A-Fa-f]{4}_)")
+_CELL = re.compile(rb'<c r="([A-Z]+)([0-9]+)"([^>]*)>(.*?)</c>', re.S)
+_SHARED = re.compile(rb"<si>(.*?)</si>", re.S)
+_TEXT = re.compile(rb"<t(?:\s[^>]*)?>([^<]*)</t>")
+_BLANK = re.compile(rb"<t(?:\s[^>]*)?>\s+</t>")
+_ENTITY = re.compile(r"&(#x[0-9A-Fa-f]+|#[0-9]+|amp|lt|gt|quot|apos);")
+_ENTITIES = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
+
+
+class _Unplaceable(Exception):
+    """A whitespace-only text in a cell form not handled here: openpyxl reads the file."""
+
+
+def read_first_sheet(path: Path):
+    """``(DataFrame, sheet names)``: the first sheet exactly as ``pd.read_excel(path, engine="openpyxl")``."""
+    import pandas as pd
+
+    try:
+        from pandas.io.excel._calamine import CalamineReader
+    except ImportError:
+        CalamineReader = None  # noqa: N806
+    if CalamineReader is not None:
+        try:
+            import python_calamine  # noqa: F401
+        except ImportError:
+            CalamineReader = None  # noqa: N806
+    if CalamineReader is not None:
+        class _AsOpenpyxl(CalamineReader):
+            def get_sheet_data(self, sheet, file_rows_needed=None):
+                data = super().get_sheet_data(sheet, file_rows_needed)
+                for row in data:
+                    for i, v in enumerate(row):
+                        if v.__class__ is str and _DECODED.search(v):
+                            row[i] = _DECODED.sub(_escape, v)
+                for (r, c), text in _blank_texts(path).items():
+                    if r < len(data) and c < len(data[r]) and data[r][c] == "":
+                        data[r][c] = text
+                return data
+
+        try:
+            reader = _AsOpenpyxl(str(path))
+        except Exception:  # noqa: BLE001 - calamine cannot open it: openpyxl says why
+            reader = None
+        if reader is not None:
+            try:
+                return reader.parse(0), list(reader.sheet_names)
+            except _Unplaceable:
+                pass
+            finally:
+                reader.close()
+    with pd.ExcelFile(path, engine="openpyxl") as book:
+        return book.parse(0), list(book.sheet_names)
+
+
+def _escape(m: re.Match) -> str:
+    c = m.group()
+    return "_x005F_" if c == "_" else f"_x{ord(c):04X}_"
+
+
+def _blank_texts(path: Path) -> dict[tuple[int, int], str]:
+    """{(row, column) from 0: text} of the first sheet's cells whose text is whitespace only."""
+    from ._workbook import _sheet_parts
+
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+        book = z.read("xl/workbook.xml").decode("utf-8", "replace")
+        first = re.search(r'<sheet\b[^>]*\bname="([^"]*)"', book)
+        parts = _sheet_parts(z, {_xml_text(first[1])}) if first else []
+        if not parts:
+            raise _Unplaceable
+        sheet = z.read(parts[0])
+        shared: dict[int, str] = {}
+        if "xl/sharedStrings.xml" in names:
+            strings = z.read("xl/sharedStrings.xml")
+            if _BLANK.search(strings):
+                for index, si in enumerate(_SHARED.finditer(strings)):
+                    text = b"".join(_TEXT.findall(si[1]))
+                    if text and not text.strip():
+                        shared[index] = _xml_text(text.decode("utf-8"))
+    if not shared and not _BLANK.search(sheet):
+        return {}
+    out = {}
+    for m in _CELL.finditer(sheet):
+        attrs, body = m[3], m[4]
+        if b't="inlineStr"' in attrs:
+            text = b"".join(_TEXT.findall(body))
+            if text and not text.strip():
+                out[(int(m[2]) - 1, _column(m[1]))] = _xml_text(text.decode("utf-8"))
+        elif b't="s"' in attrs and shared:
+            v = re.search(rb"<v>([0-9]+)</v>", body)
+            if v and int(v[1]) in shared:
+                out[(int(m[2]) - 1, _column(m[1]))] = shared[int(v[1])]
+        elif _BLANK.search(body):
+            raise _Unplaceable
+    return out
+
+
+def _column(letters: bytes) -> int:
+    n = 0
+    for b in letters:
+        n = n * 26 + b - 64
+    return n - 1
+
+
+def _xml_text(s: str) -> str:
+    """XML text as the parser gives it: entities replaced, line ends made ``\\n``."""
+    s = s.replace("\r\n", "\n").replace("\r", "\n")
+    return _ENTITY.sub(lambda m: _ENTITIES.get(m[1]) or chr(int(m[1][2:], 16) if m[1][1] == "x" else int(m[1][1:])), s)
