@@ -49,7 +49,10 @@ class FileRows:
     name: str
     rows: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
-    #: seed: [(key, utterance lines)] in groupby order; default: {key: [(time, role, text)]}
+    #: seed: [(key, utterance lines)] in groupby order; default: {key: (times, roles, texts)}, three
+    #: lists (times as seconds, None without a time column; roles the two strings of _ROLES): lists of
+    #: numbers and shared strings are half the memory and pickling time of a tuple per message
+    
     conversations: object = None
     #: why the file was not used ("" when it was)
     skipped: str = ""
@@ -99,7 +102,7 @@ def _read_default(path: Path, job: ReadJob, out: FileRows) -> FileRows:
             f"no sheet has the columns {', '.join(needed)} ({why}). Fix: export the chat with "
             "these columns, rename them, or leave this file out.")
     notices = notice_pattern(job.notices)
-    conversations: dict[tuple[str, str], list] = {}
+    conversations: dict[tuple[str, str], tuple[list, list, list]] = {}
     seen: set = set()  # the file's rows so far: a row repeated (within any sheet) is a duplicate
     cleaned: dict = {}  # message -> (text, reason): chat exports repeat their greetings and notices
     for sheet in book.sheets:
@@ -118,8 +121,8 @@ def _read_default(path: Path, job: ReadJob, out: FileRows) -> FileRows:
                 _drop(out, "duplicate", 1)
                 continue
             seen.add(values)
-            role = str(values[2]).strip()
-            if role not in ("是", "否"):
+            role = _ROLES.get(str(values[2]).strip())
+            if role is None:
                 _drop(out, "unknown_role", 1)
                 continue
             content = values[3]
@@ -138,15 +141,24 @@ def _read_default(path: Path, job: ReadJob, out: FileRows) -> FileRows:
                 if time is None:
                     _drop(out, "bad_time", 1)
                     continue
+                time = (time - _UNIX).total_seconds()
             else:
                 time = None
             key = (str(values[0]).strip(), str(values[1]).strip())
-            conversations.setdefault(key, []).append((time, role, text))
+            entry = conversations.get(key)
+            if entry is None:
+                entry = conversations[key] = ([], [], [])
+            entry[0].append(time)
+            entry[1].append(role)
+            entry[2].append(text)
     out.conversations = conversations
     return out
 
 
 _EXCEL_EPOCH = dt.datetime(1899, 12, 30)
+_UNIX = dt.datetime(1970, 1, 1)
+#: 是否客服 as read -> the one string object kept for it (agent or customer)
+_ROLES = {"是": "是", "否": "否"}
 _FORMATS = ("%Y/%m/%d %H:%M:%S", "%Y/%m/%d %H:%M", "%Y/%m/%d", "%Y年%m月%d日 %H:%M:%S", "%Y年%m月%d日 %H:%M")
 
 

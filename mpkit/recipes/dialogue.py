@@ -323,22 +323,29 @@ def _seed_conversations(files: list[FileRows]) -> list[list[str]]:
 
 def _joined_conversations(files: list[FileRows]) -> tuple[list[list[str]], tuple[str | None, int, int]]:
     """Each key's messages from every file, in file order, sorted by time where every message has
-    one; merged into utterances. Also (time column(s) used, conversations reordered, left unsorted)."""
-    messages: dict[tuple[str, str], list] = {}
+    one; merged into utterances. Also (time column(s) used, conversations reordered, left unsorted).
+    The files' messages are let go of as they are merged."""
+    messages: dict[tuple[str, str], tuple[list, list, list]] = {}
     for f in files:
-        for key, rows in f.conversations.items():
-            messages.setdefault(key, []).extend(rows)
+        for key, piece in f.conversations.items():
+            entry = messages.get(key)
+            if entry is None:
+                messages[key] = piece
+            else:
+                for whole, part in zip(entry, piece):
+                    whole.extend(part)
+        f.conversations = None
     reordered = unsorted = 0
     out = []
     for key in sorted(messages):
-        rows = messages[key]
-        times = [r[0] for r in rows]
+        times, roles, texts = messages.pop(key)
         if None in times:
             unsorted += any(t is not None for t in times)
         elif any(a > b for a, b in zip(times, times[1:])):
             reordered += 1
-            rows = sorted(rows, key=lambda r: r[0])  # stable: file order among equal times
-        out.append(merge([r[1] for r in rows], [r[2] for r in rows]))
+            order = sorted(range(len(times)), key=times.__getitem__)  # stable: file order among equal times
+            roles, texts = [roles[i] for i in order], [texts[i] for i in order]
+        out.append(merge(roles, texts))
     names = list(dict.fromkeys(c for f in files for c in f.time_columns if c))
     return out, (", ".join(names) or None, reordered, unsorted)
 

@@ -57,6 +57,22 @@ def test_seed_is_the_article_byte_for_byte(sample, tmp_path, start_method):
     assert report.rows_read == report.rows_kept + sum(report.rows_dropped.values()) == 11739
 
 
+def test_seed_reads_odd_cells_as_the_article_does(tmp_path):
+    """Cells where calamine and openpyxl differ (escapes, whitespace-only text) come out as openpyxl's."""
+    from benchmarks.article_dialogue import get_funtine_data
+
+    odd = ["a\r\nb", "lit _x000D_ x", "_x005F_x0041_", "tab\tx", 12345, 1.5, "NA", "", " ", "   ", "\n", " a ",
+           "x&y <b>", "a\rb", "好的\ufe0e", "👍🏽", "\u200b"]
+    rows = [["kf_1", f"wxid_{i % 3}", "是" if i % 2 else "否", v, f"2024-03-01 10:{i:02d}:00"] for i, v in enumerate(odd)]
+    path = _xlsx(tmp_path / "odd.xlsx", rows)
+    assert not pd.read_excel(path, engine="calamine").equals(pd.read_excel(path, engine="openpyxl"))
+    get_funtine_data([str(path)], str(tmp_path / "port"), val_size=0)
+    clean_dialogues([path], tmp_path / "ours", compat="seed", val_size=0, workers=1)
+    for ours, theirs in FILES:
+        assert (tmp_path / "ours" / ours / "train.txt").read_bytes() == \
+            (tmp_path / "port" / theirs / "train.txt").read_bytes()
+
+
 def test_seed_val_size_zero_puts_everything_in_train(sample, tmp_path):
     paths, _port = sample
     report = clean_dialogues(paths[:1], tmp_path, compat="seed", val_size=0, workers=1)
