@@ -52,7 +52,8 @@ def read_first_sheet(path: Path):
                 data = super().get_sheet_data(sheet, file_rows_needed)
                 for row in data:
                     for i, v in enumerate(row):
-                        if v.__class__ is str and _DECODED.search(v):
+                        # isprintable() is False for any control character: a quick test first
+                        if v.__class__ is str and ("_x" in v or not v.isprintable()) and _DECODED.search(v):
                             row[i] = _DECODED.sub(_escape, v)
                 for (r, c), text in _blank_texts(path).items():
                     if r < len(data) and c < len(data[r]) and data[r][c] == "":
@@ -99,21 +100,18 @@ def _blank_texts(path: Path) -> dict[tuple[int, int], str]:
                     text = b"".join(_TEXT.findall(si[1]))
                     if text and not text.strip():
                         shared[index] = _xml_text(text.decode("utf-8"))
-    if not shared and not _BLANK.search(sheet):
-        return {}
     out = {}
-    for m in _CELL.finditer(sheet):
-        attrs, body = m[3], m[4]
-        if b't="inlineStr"' in attrs:
-            text = b"".join(_TEXT.findall(body))
-            if text and not text.strip():
-                out[(int(m[2]) - 1, _column(m[1]))] = _xml_text(text.decode("utf-8"))
-        elif b't="s"' in attrs and shared:
-            v = re.search(rb"<v>([0-9]+)</v>", body)
-            if v and int(v[1]) in shared:
-                out[(int(m[2]) - 1, _column(m[1]))] = shared[int(v[1])]
-        elif _BLANK.search(body):
+    for blank in _BLANK.finditer(sheet):  # an inline string (or a form not known: openpyxl reads it)
+        m = _CELL.match(sheet, sheet.rfind(b"<c ", 0, blank.start()))
+        if m is None or b't="inlineStr"' not in m[3] or m.end() < blank.end():
             raise _Unplaceable
+        text = b"".join(_TEXT.findall(m[4]))
+        if not text.strip():
+            out[(int(m[2]) - 1, _column(m[1]))] = _xml_text(text.decode("utf-8"))
+    if shared:
+        indices = b"|".join(str(i).encode() for i in shared)
+        for m in re.finditer(rb'<c r="([A-Z]+)([0-9]+)"[^>]*?\bt="s"[^>]*><v>(' + indices + rb")</v>", sheet):
+            out[(int(m[2]) - 1, _column(m[1]))] = shared[int(m[3])]
     return out
 
 
