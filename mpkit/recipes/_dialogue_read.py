@@ -19,6 +19,7 @@ so that the main process can skip it and go on, or stop when asked to be strict.
 from __future__ import annotations
 
 import datetime as dt
+import operator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,15 +106,16 @@ def _read_default(path: Path, job: ReadJob, out: FileRows) -> FileRows:
     conversations: dict[tuple[str, str], tuple[list, list, list]] = {}
     seen: set = set()  # the file's rows so far: a row repeated (within any sheet) is a duplicate
     cleaned: dict = {}  # message -> (text, reason): chat exports repeat their greetings and notices
+    entries: dict = {}  # (agent, customer) as read -> its conversation's lists
     for sheet in book.sheets:
         out.sheets.append((sheet.name, len(sheet.rows)))
         out.rows += len(sheet.rows) + sheet.blank_rows
         _drop(out, "blank", sheet.blank_rows)
         time_column = job.time_column or next((c for c in TIME_COLUMNS if c in sheet.header), None)
         out.time_columns.append(time_column)
-        columns = [sheet.column(c) for c in NEEDED + ([time_column] if time_column else [])]
+        pick = operator.itemgetter(*[sheet.column(c) for c in NEEDED + ([time_column] if time_column else [])])
         for row in sheet.rows:
-            values = tuple(row[i] for i in columns)
+            values = pick(row)
             if None in values:
                 _drop(out, "missing", 1)
                 continue
@@ -144,10 +146,10 @@ def _read_default(path: Path, job: ReadJob, out: FileRows) -> FileRows:
                 time = (time - _UNIX).total_seconds()
             else:
                 time = None
-            key = (str(values[0]).strip(), str(values[1]).strip())
-            entry = conversations.get(key)
+            entry = entries.get(values[:2])
             if entry is None:
-                entry = conversations[key] = ([], [], [])
+                key = (str(values[0]).strip(), str(values[1]).strip())
+                entry = entries[values[:2]] = conversations.get(key) or conversations.setdefault(key, ([], [], []))
             entry[0].append(time)
             entry[1].append(role)
             entry[2].append(text)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import math
+import random
 import re
 import string
 import unicodedata
@@ -188,7 +189,28 @@ def split(n: int, n_val: int) -> tuple[list[int], list[int]]:
     """
     if n_val == 0:
         return list(range(n)), []
-    import numpy as np
-
-    perm = np.random.RandomState(1).permutation(n).tolist()
+    perm = permutation(n, 1)
     return perm[n_val:], perm[:n_val]
+
+
+def permutation(n: int, seed: int) -> list[int]:
+    """``numpy.random.RandomState(seed).permutation(n).tolist()``, without importing numpy (0.2 s
+    and ~20 MB in the main process): both are MT19937, which Python's ``random`` runs too.
+
+    numpy seeds the generator with ``init_genrand(seed)`` and shuffles from the end, drawing each
+    position ``j <= i`` as 32-bit outputs masked to ``i``'s bit length until one is ``<= i``.
+    """
+    mt = [seed & 0xFFFFFFFF]
+    for i in range(1, 624):
+        mt.append((1812433253 * (mt[-1] ^ (mt[-1] >> 30)) + i) & 0xFFFFFFFF)
+    rng = random.Random()
+    rng.setstate((3, (*mt, 624), None))
+    bits = rng.getrandbits
+    perm = list(range(n))
+    for i in range(n - 1, 0, -1):
+        mask = (1 << i.bit_length()) - 1
+        j = bits(32) & mask
+        while j > i:
+            j = bits(32) & mask
+        perm[i], perm[j] = perm[j], perm[i]
+    return perm

@@ -424,3 +424,11 @@ def test_val_size_nan_says_what_to_give(exports, tmp_path, capsys):
         main(["dialogues", str(exports[0]), "--out", str(tmp_path / "o"), "--val-size", "nan"])
     err = capsys.readouterr().err
     assert "--val-size" in err and "nan" in err and "cannot convert" not in err
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 255, 256, 257, 10_006, 70_000])
+def test_the_split_draws_numpys_permutation(n):
+    np = pytest.importorskip("numpy")
+    from mpkit.recipes._dialogue_text import permutation
+
+    assert permutation(n, 1) == np.random.RandomState(1).permutation(n).tolist()
