@@ -50,7 +50,7 @@ class FileRows:
     name: str
     rows: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
-    #: seed: [(key, utterance lines)] in groupby order; default: {key: (times, roles, texts)}, three
+    #: seed: [utterance lines] in groupby order; default: {key: (times, roles, texts)}, three
     #: lists (times as seconds, None without a time column; roles the two strings of _ROLES): lists of
     #: numbers and shared strings are half the memory and pickling time of a tuple per message
     
@@ -221,7 +221,14 @@ def _read_seed(path: Path, job: ReadJob, out: FileRows) -> FileRows:
     notice = df[CONTENT].isin(list(job.notices))
     _drop(out, "notice", int(notice.sum()))
     df = df[~notice]
-    out.conversations = [(key, seed_conversation(group[ROLE].tolist(), group[CONTENT].tolist()))
-                         for key, group in df.groupby(by=KEY)]
+    # df.groupby(by=KEY)'s groups, in its order (ngroup numbers them as iterating would give
+    # them), each in row order: the same lists as iterating, without a DataFrame per group
+    groups = df.groupby(by=KEY)
+    roles: list[list] = [[] for _ in range(groups.ngroups)]
+    contents: list[list] = [[] for _ in range(groups.ngroups)]
+    for number, role, content in zip(groups.ngroup().tolist(), df[ROLE].tolist(), df[CONTENT].tolist()):
+        roles[number].append(role)
+        contents[number].append(content)
+    out.conversations = [seed_conversation(r, c) for r, c in zip(roles, contents)]
     return out
 

@@ -14,6 +14,7 @@ Without python-calamine, or when the XML holds a whitespace-only text this modul
 """
 from __future__ import annotations
 
+import datetime as dt
 import re
 import zipfile
 from pathlib import Path
@@ -49,12 +50,21 @@ def read_first_sheet(path: Path):
     if CalamineReader is not None:
         class _AsOpenpyxl(CalamineReader):
             def get_sheet_data(self, sheet, file_rows_needed=None):
-                data = super().get_sheet_data(sheet, file_rows_needed)
+                # pandas' own conversion (whole floats to int, dates to datetime) and the escapes
+                # put back, in one pass over the cells
+                data = sheet.to_python(skip_empty_area=False, nrows=file_rows_needed)
                 for row in data:
                     for i, v in enumerate(row):
-                        # isprintable() is False for any control character: a quick test first
-                        if v.__class__ is str and ("_x" in v or not v.isprintable()) and _DECODED.search(v):
-                            row[i] = _DECODED.sub(_escape, v)
+                        kind = v.__class__
+                        if kind is str:
+                            # isprintable() is False for any control character: a quick test first
+                            if ("_x" in v or not v.isprintable()) and _DECODED.search(v):
+                                row[i] = _DECODED.sub(_escape, v)
+                        elif kind is float:
+                            if v.is_integer():
+                                row[i] = int(v)
+                        elif kind is dt.date:
+                            row[i] = dt.datetime(v.year, v.month, v.day)
                 for (r, c), text in _blank_texts(path).items():
                     if r < len(data) and c < len(data[r]) and data[r][c] == "":
                         data[r][c] = text

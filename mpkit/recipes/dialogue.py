@@ -318,7 +318,7 @@ def _digest(path: Path) -> bytes | None:
 
 
 def _seed_conversations(files: list[FileRows]) -> list[list[str]]:
-    return [lines for f in files for _key, lines in f.conversations]
+    return [lines for f in files for lines in f.conversations]
 
 
 def _joined_conversations(files: list[FileRows]) -> tuple[list[list[str]], tuple[str | None, int, int]]:
