@@ -51,10 +51,21 @@ class Sheet:
     header: list[str]  # stripped column names, in sheet order
     rows: list[list]  # data rows, each as wide as the header; empty cells are None
     blank_rows: int = 0  # rows left out because every cell was empty
+    header_row: int = 1  # the header's row number in Excel (1-based)
+    blank_at: tuple[int, ...] = ()  # where the blank rows were, counted from the first row after the header
 
     def column(self, name: str) -> int:
         """Index of column ``name`` (stripped) in ``header`` and in every row."""
         return self.header.index(name.strip())
+
+    def excel_row(self, index: int) -> int:
+        """The row number Excel shows for ``rows[index]``."""
+        offset = index
+        for blank in self.blank_at:
+            if blank > offset:
+                break
+            offset += 1
+        return self.header_row + 1 + offset
 
 
 @dataclass(frozen=True)
@@ -117,7 +128,8 @@ def _calamine_sheets(path: Path) -> list[tuple[str, list]]:
 
     book = CalamineWorkbook.from_path(str(path))
     try:
-        return [(name, book.get_sheet_by_name(name).to_python()) for name in book.sheet_names]
+        return [(name, book.get_sheet_by_name(name).to_python(skip_empty_area=False))
+                for name in book.sheet_names]
     finally:
         book.close()
 
@@ -152,17 +164,17 @@ def _workbook(path: Path, engine: str, sheets: list, needed: list[str], fallback
             skipped.append((name, f"missing column(s) {', '.join(missing)} (found: {found})"))
             continue
         width = len(header)
-        rows, blank = [], 0
-        for row in raw[start + 1:]:
+        rows, blank = [], []
+        for offset, row in enumerate(raw[start + 1:]):
             cells = [None if v == "" or v is None else (int(v) if v.__class__ is float and v.is_integer()
                                                         else v) for v in row[:width]]
             if not any(v is not None for v in cells):
-                blank += 1
+                blank.append(offset)
                 continue
             if len(cells) < width:
                 cells += [None] * (width - len(cells))
             rows.append(cells)
-        read.append(Sheet(name, header, rows, blank))
+        read.append(Sheet(name, header, rows, len(blank), start + 1, tuple(blank)))
     uncached = _uncached_formulas(path, {s.name for s in read}) if read else 0
     return Workbook(str(path), engine, tuple(read), tuple(skipped), uncached, fallback)
 

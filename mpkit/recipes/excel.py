@@ -1,15 +1,22 @@
 """Parallel extraction of chat exports: the article's "使用进程池快速抽取数据", on mpkit.
 
+    out_dir checked first (a folder, writable, empty unless overwrite) ─► OutputError before any read
     paths ─► mpkit.imap(_read_file, one file per task, in input order, progress bar)
-               │  in a worker:  read sheet 1 (calamine; openpyxl if calamine fails on the file)
-               │                → check the columns → 消息内容 to text → drop notice rows
+               │  in a worker:  _workbook.read_sheets: every sheet with the columns (calamine;
+               │                openpyxl without it or when it fails on the file) → 消息内容 to
+               │                text → drop notice rows → flag cells over 32,767 characters
                ▼
-             FileResult(path, frame | None, rows_read, rows_dropped, engine, reason)
+             FileResult(path, rows | None, rows_read, rows_dropped, sheets read / skipped,
+                        formulas without a value, long cells, engine, reason)
                │  reason set ─► skipped, named in the report  (strict=True: ExtractError)
                ▼
-             every `segment` input files: pd.concat ─► out_dir/extract_<first>_<last>.<fmt>
+             every `segment` input files ─► out_dir/extract_<first>_<last>.<fmt>
+               │  xlsx: _xlsx.XlsxWriter streams the rows (Sheet2... past 1,048,575), a bar over
+               │        the rows; rows with an over-long cell ─► extract_<first>_<last>.long_cells.csv
                ▼
-             ExtractReport(files read / skipped, rows read = rows written + notices dropped, outputs)
+             out_dir/manifest.json (files written, rows each) and
+             ExtractReport(files and sheets read / skipped, rows read = rows written + notices
+                           dropped, formulas without a value, long rows, outputs)
 
     from mpkit.recipes import excel, SAMPLE_DATA
     report = excel.extract(sorted(SAMPLE_DATA.glob("*.xlsx")), "out", segment=25)
@@ -20,13 +27,18 @@ Command line: ``python -m mpkit excel INPUT... --out DIR`` (see :func:`add_argum
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import json
 import os
 import re
+import tempfile
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
+
+from ._workbook import WorkbookError, read_sheets
+from ._xlsx import MAX_CELL_CHARS, MAX_ROWS, XlsxWriter, too_long
 
 #: Columns every chat export must have, in output order.
 COLUMNS = ("坐席id", "客户微信id", "是否客服", "消息内容", "发送时间")
@@ -42,7 +54,7 @@ DEFAULT_NOTICES = ARTICLE_NOTICES + (
 FORMATS = ("xlsx", "parquet", "csv")
 ENGINES = ("auto", "calamine", "openpyxl")
 #: Data rows one .xlsx sheet holds; a bigger segment continues on Sheet2, Sheet3, ...
-XLSX_MAX_ROWS = 1_048_575
+XLSX_MAX_ROWS = MAX_ROWS
 _PUNCT = str.maketrans({"。": ".", "、": ",", "【": "[", "】": "]", "“": '"', "”": '"', "‘": "'", "’": "'"})
 _SPACE = re.compile(r"\s+")
 
@@ -60,93 +72,192 @@ def normalize(text: str) -> str:
 class FileResult:
     """What a worker did with one file: the kept rows, or ``reason`` why it was skipped."""
     path: str
-    frame: object = None  # pandas.DataFrame of the kept rows, or None when skipped
+    rows: list | None = None  # the kept rows, each a tuple in COLUMNS order; None when skipped
     rows_read: int = 0
     rows_dropped: int = 0
     engine: str = ""
     reason: str = ""
+    sheets: tuple[tuple[str, int], ...] = ()  # (sheet, rows read) of each sheet read
+    sheets_skipped: tuple[tuple[str, str], ...] = ()  # (sheet, why)
+    uncached_formulas: int = 0  # formula cells saved without a value (read as empty)
+    long_cells: tuple[tuple[int, str, int], ...] = ()  # (index in rows, sheet, Excel row): a cell > 32,767 chars
+    fallback: str = ""  # why calamine failed, when openpyxl read the file after it
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """One file the run wrote."""
+    path: Path
+    rows: int
+    sheets: int = 1  # .xlsx: Sheet1, Sheet2, ... (1,048,575 rows each)
 
 
 @dataclass(frozen=True)
 class ExtractReport:
-    """Every input file is in ``files_read`` or ``files_skipped``; rows_read = rows_written + rows_dropped."""
+    """Every input file is in ``files_read`` or ``files_skipped``; rows_read = rows_written + rows_dropped.
+
+    ``rows_written`` counts every row in ``written``, the side files of rows with a cell too long for
+    .xlsx included; ``manifest`` lists the same files with their rows."""
     files_read: tuple[str, ...]
     files_skipped: tuple[tuple[str, str], ...]  # (path, reason)
     rows_read: int
     rows_dropped: int
     rows_written: int
-    outputs: tuple[Path, ...]
+    outputs: tuple[Path, ...]  # the segment files (not the side files)
     files_fallback: tuple[str, ...] = ()  # read by openpyxl after calamine failed on them
+    sheets_read: tuple[tuple[str, str, int], ...] = ()  # (path, sheet, rows read)
+    sheets_skipped: tuple[tuple[str, str, str], ...] = ()  # (path, sheet, why), in files read
+    uncached_formulas: tuple[tuple[str, int], ...] = ()  # (path, formula cells without a saved value)
+    long_rows: tuple[tuple[str, str, int, Path], ...] = ()  # (path, sheet, Excel row, side file)
+    cells_cleaned: int = 0  # .xlsx text cells that lost control characters .xlsx cannot hold
+    written: tuple[OutputFile, ...] = ()
+    manifest: Path | None = None
+    without_calamine: bool = False  # python-calamine is not installed: openpyxl read every file
 
     def __str__(self) -> str:
         lines = [(f"mpkit excel: {len(self.files_read)} file(s) read, {len(self.files_skipped)} skipped; "
+                 f"{len(self.sheets_read)} sheet(s) read, {len(self.sheets_skipped)} skipped; "
                  f"{self.rows_read:,} rows read, {self.rows_dropped:,} notices dropped, "
-                 f"{self.rows_written:,} rows written to {len(self.outputs)} file(s)")]
-        lines += [f"  wrote {p}" for p in self.outputs]
+                 f"{self.rows_written:,} rows written to {len(self.written or self.outputs)} file(s)")]
+        if self.written:
+            lines += [f"  wrote {f.path} ({f.rows:,} rows" + (f" on {f.sheets} sheets)" if f.sheets > 1 else ")")
+                      for f in self.written]
+        else:
+            lines += [f"  wrote {p}" for p in self.outputs]
+        if self.manifest is not None:
+            lines.append(f"  manifest: {self.manifest}")
+        several = {p for p, _, _ in self.sheets_read if sum(q == p for q, _, _ in self.sheets_read) > 1}
+        lines += [f"  read {len([1 for q, _, _ in self.sheets_read if q == p])} sheets of {p}: "
+                  + ", ".join(f"{s} ({n:,} rows)" for q, s, n in self.sheets_read if q == p)
+                  for p in sorted(several)]
+        lines += [f"  sheet {s!r} of {p} not read: {why}" for p, s, why in self.sheets_skipped]
+        if self.without_calamine:
+            lines.append("  python-calamine is not installed: the files were read with openpyxl (3-4x slower). "
+                         "Fix: pip install python-calamine")
         lines += [f"  read with openpyxl (calamine failed): {p}" for p in self.files_fallback]
+        lines += [f"  {n:,} formula cell(s) in {p} have no saved value and were read as empty. "
+                  "Fix: open the file in Excel and save it, so that the values are stored." for p, n in
+                  self.uncached_formulas]
+        lines += [f"  row {r} of sheet {s!r} in {p} has a cell over {MAX_CELL_CHARS:,} characters (.xlsx "
+                  f"cannot hold it): the whole row is in {side}" for p, s, r, side in self.long_rows]
+        if self.cells_cleaned:
+            lines.append(f"  {self.cells_cleaned:,} text cell(s) held control characters that .xlsx cannot "
+                         "store; those characters were removed. Fix: --format parquet or csv keeps them.")
         lines += [f"  SKIPPED {p}: {reason}" for p, reason in self.files_skipped]
         return "\n".join(lines)
+
+
+class OutputError(ValueError):
+    """The output folder cannot take this run's files; found before any input is read."""
 
 
 # ---- per file: runs in the workers, imported there by name -----------------------------------------
 def _read_file(task: tuple[str, tuple[str, ...], str]) -> FileResult:
     path, notices, engine = task
-    import pandas as pd
-
-    p = Path(path)
-    if not p.is_file():
-        return FileResult(path, reason="no such file. Fix: check the path.")
-    if p.stat().st_size == 0:
-        return FileResult(path, reason="empty file (0 bytes), not an Excel workbook. "
-                                       "Fix: export it again, or leave it out.")
-    errors = []
-    for eng in (["calamine", "openpyxl"] if engine == "calamine" else [engine]):
-        try:
-            df = pd.read_excel(p, sheet_name=0, dtype=object, engine=eng)
-            break
-        except Exception as exc:  # noqa: BLE001 - any reader failure is reported per file
-            errors.append(f"{eng}: {type(exc).__name__}: {str(exc)[:200]}")
-    else:
-        return FileResult(path, reason=f"not a readable .xlsx workbook ({'; '.join(errors)}). "
-                                       "Fix: open it in Excel and save it as .xlsx again, or leave it out.")
-    df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in COLUMNS if c not in df.columns]
-    if missing:
-        found = ", ".join(df.columns) or "none"
-        return FileResult(path, engine=eng, reason=f"missing column(s) {', '.join(missing)} (found: {found}). "
-                                                   "Fix: export with these columns, or rename them.")
-    df = df.loc[:, list(COLUMNS)]
-    if eng == "openpyxl":  # openpyxl leaves OOXML escapes such as _x000D_ (\r) in text; calamine decodes them
-        from openpyxl.utils.escape import unescape
-        for col in COLUMNS:
-            df[col] = df[col].map(lambda v: unescape(v) if isinstance(v, str) and "_x" in v else v)
-    # Numbers typed as numbers stay text, as written: 12345 -> "12345".
-    df["消息内容"] = df["消息内容"].map(lambda v: v if isinstance(v, str) or pd.isna(v) else str(v))
-    is_notice = df["消息内容"].map(lambda v: isinstance(v, str) and _has_notice(normalize(v), notices))
-    dropped = int(is_notice.sum())
-    return FileResult(path, df.loc[~is_notice].reset_index(drop=True), len(df), dropped, eng)
+    try:
+        book = read_sheets(path, COLUMNS, engine)
+    except WorkbookError as exc:
+        return FileResult(path, reason=str(exc).removeprefix(f"{Path(path)}: "))
+    if not book.sheets:
+        if len(book.skipped) == 1:  # the usual export: one sheet
+            why = book.skipped[0][1]
+        else:
+            why = (f"no sheet has all the columns {', '.join(COLUMNS)}: "
+                   + "; ".join(f"sheet {name!r}: {reason}" for name, reason in book.skipped))
+        return FileResult(path, engine=book.engine,
+                          reason=f"{why}. Fix: export with these columns, or rename them.")
+    kept, long_cells, read, dropped = [], [], 0, 0
+    content = COLUMNS.index("消息内容")
+    for sheet in book.sheets:
+        pick = itemgetter(*(sheet.column(c) for c in COLUMNS))
+        read += len(sheet.rows)
+        for i, row in enumerate(sheet.rows):
+            row = pick(row)
+            text = row[content]
+            if text.__class__ is not str and text is not None:  # a number typed as a number stays text
+                row = (*row[:content], str(text), *row[content + 1:])
+                text = row[content]
+            if text is not None and _has_notice(normalize(text), notices):
+                dropped += 1
+                continue
+            if any(v.__class__ is str and too_long(v) for v in row):
+                long_cells.append((len(kept), sheet.name, sheet.excel_row(i)))
+            kept.append(row)
+    return FileResult(path, kept, read, dropped, book.engine,
+                      sheets=tuple((s.name, len(s.rows)) for s in book.sheets), sheets_skipped=book.skipped,
+                      uncached_formulas=book.uncached_formulas, long_cells=tuple(long_cells),
+                      fallback=book.fallback)
 
 
 def _has_notice(text: str, notices: tuple[str, ...]) -> bool:
     return any(n in text for n in notices)
 
 
+# ---- the output folder, checked before anything is read ------------------------------------------
+MANIFEST = "manifest.json"
+#: What a run writes: its segments, their side files of over-long rows, the manifest. With
+#: overwrite=True exactly these are removed first; any other file in the folder is left alone.
+_OUR_FILES = re.compile(r"extract_\d+_\d+(\.long_cells\.csv|\.(xlsx|parquet|csv))|" + re.escape(MANIFEST))
+
+
+def _segment_names(count: int, segment: int, fmt: str) -> list[str]:
+    width = len(str(max(count - 1, 0)))
+    return [f"extract_{first:0{width}d}_{min(first + segment, count) - 1:0{width}d}.{fmt}"
+            for first in range(0, count, segment)]
+
+
+def _prepare_out(out: Path, names: list[str], overwrite: bool) -> None:
+    """Make ``out`` ready for this run, or raise OutputError saying what is wrong and what to do."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"the output folder {out} is a file. Fix: give --out a folder (new or empty).")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".mpkit-write-check-"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"cannot write in the output folder {out} ({exc.strerror or exc}). "
+                          "Fix: give --out a folder you can write to.") from None
+    present = sorted(p.name for p in out.iterdir())
+    if present and not overwrite:
+        shown = ", ".join(present[:3]) + (f" and {len(present) - 3} more" if len(present) > 3 else "")
+        raise OutputError(f"the output folder {out} is not empty ({shown}): this run's files would mix "
+                          "with what is there. Fix: give a new or empty folder, or pass --overwrite "
+                          "(overwrite=True) to replace a previous run's outputs.")
+    for name in present:
+        if _OUR_FILES.fullmatch(name) and (out / name).is_file():
+            (out / name).unlink()
+    blocked = [n for n in names if (out / n).exists()]
+    if blocked:
+        raise OutputError(f"{out / blocked[0]} is a folder, where this run writes a file. "
+                          "Fix: move it away, or give another --out.")
+
+
 # ---- the run ---------------------------------------------------------------------------------------
 def extract(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, segment: int = 25,
             fmt: str = "xlsx", notices: Sequence[str] = DEFAULT_NOTICES, engine: str = "calamine",
-            strict: bool = False, workers: int | None = None, progress: bool | None = None) -> ExtractReport:
+            strict: bool = False, workers: int | None = None, progress: bool | None = None,
+            overwrite: bool = False) -> ExtractReport:
     """Read chat exports in parallel, drop system-notice rows, save every ``segment`` files as one file.
 
     - ``paths``: the .xlsx files, in the order segments are cut (sort them for a stable split).
-    - ``fmt``: ``"xlsx"`` (pandas ``to_excel``, openpyxl, as the article), ``"parquet"`` or ``"csv"``
-      (UTF-8 with BOM, so Excel shows the Chinese).
+      Every sheet that has the columns is read, in workbook order; the others are named in the report.
+    - ``out_dir``: a new or empty folder (``overwrite=True``: a previous run's files in it are replaced;
+      other files are left alone). Checked before any input is read. ``manifest.json`` in it lists
+      the files written and their rows.
+    - ``fmt``: ``"xlsx"`` (as the article; 1,048,575 rows a sheet, then Sheet2, ...), ``"parquet"``
+      or ``"csv"`` (UTF-8 with BOM, so Excel shows the Chinese). A row with a cell over 32,767
+      characters cannot go into .xlsx whole: it is written to ``<segment>.long_cells.csv`` instead
+      and named in the report.
     - ``notices``: texts whose rows are dropped, matched as substrings after :func:`normalize`.
-    - ``engine``: ``"calamine"`` (fast; openpyxl is tried when it fails on a file), ``"openpyxl"``,
-      or ``"auto"`` (calamine when installed).
+    - ``engine``: ``"calamine"`` (fast; openpyxl when it fails on a file, or for every file when
+      python-calamine is not installed, said in the report), ``"openpyxl"``, or ``"auto"`` (the
+      same as ``"calamine"``).
     - ``strict``: raise :class:`ExtractError` naming the first bad file instead of skipping it.
-    - ``workers`` / ``progress``: as for :func:`mpkit.map` (a progress bar over files).
+    - ``workers`` / ``progress``: as for :func:`mpkit.map` (a progress bar over files, then one
+      over the rows being written).
     """
     import mpkit
+    from ..widgets._progress import in_ipython
 
     paths = [str(p) for p in paths]
     if fmt not in FORMATS:
@@ -156,20 +267,18 @@ def extract(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, s
     if isinstance(segment, bool) or not isinstance(segment, int) or segment < 1:
         raise ValueError(f"segment={segment!r}: it is the number of input files per output file. "
                          "Fix: give a whole number of at least 1.")
-    has_calamine = importlib.util.find_spec("python_calamine") is not None
-    if engine == "auto":
-        engine = "calamine" if has_calamine else "openpyxl"
-    elif engine == "calamine" and not has_calamine:
-        raise ImportError("engine='calamine' needs python-calamine, which is not installed. "
-                          "Fix: pip install 'mpkit[recipes]', or pass engine='openpyxl'.")
     wanted = tuple(n for n in (normalize(str(n)) for n in notices) if n)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    width = len(str(max(len(paths) - 1, 0)))
+    names = _segment_names(len(paths), segment, fmt)
+    _prepare_out(out, names, overwrite)
+    show = in_ipython() if progress is None else progress
 
-    read, skipped, fallback, outputs, frames = [], [], [], [], []
-    rows_read = rows_dropped = rows_written = 0
-    results = mpkit.imap(_read_file, [(p, wanted, engine) for p in paths], workers=workers, chunksize=1,
+    read, skipped, fallback, outputs, written, rows = [], [], [], [], [], []
+    sheets_read, sheets_skipped, uncached, long_rows, long_rows_here = [], [], [], [], []
+    rows_read = rows_dropped = rows_written = cleaned = 0
+    no_calamine = False
+    reader = "openpyxl" if engine == "openpyxl" else "auto"  # auto: openpyxl when calamine is not installed
+    results = mpkit.imap(_read_file, [(p, wanted, reader) for p in paths], workers=workers, chunksize=1,
                          on_error="collect", progress=progress)
     try:
         for i, res in enumerate(results):
@@ -183,46 +292,105 @@ def extract(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, s
                 skipped.append((res.path, res.reason))
             else:
                 read.append(res.path)
-                if engine == "calamine" and res.engine == "openpyxl":
+                if res.fallback:
                     fallback.append(res.path)
+                elif res.engine == "openpyxl" and engine != "openpyxl":
+                    no_calamine = True
                 rows_read += res.rows_read
                 rows_dropped += res.rows_dropped
-                frames.append(res.frame)
+                sheets_read += [(res.path, s, n) for s, n in res.sheets]
+                sheets_skipped += [(res.path, s, why) for s, why in res.sheets_skipped]
+                if res.uncached_formulas:
+                    uncached.append((res.path, res.uncached_formulas))
+                if fmt == "xlsx" and res.long_cells:
+                    long = {k for k, _, _ in res.long_cells}
+                    long_rows_here += [(res.path, s, r, [res.rows[k]]) for k, s, r in res.long_cells]
+                    res.rows[:] = [row for k, row in enumerate(res.rows) if k not in long]
+                rows.append(res.rows)
             if (i + 1) % segment == 0 or i + 1 == len(paths):
-                first = i - i % segment
-                if frames:
-                    name = f"extract_{first:0{width}d}_{i:0{width}d}.{fmt}"
-                    rows_written += _write(frames, out / name, fmt)
-                    outputs.append(out / name)
-                frames = []
+                if rows or long_rows_here:
+                    target = out / names[i // segment]
+                    files, n_cleaned = _write(rows, long_rows_here, target, fmt, show)
+                    cleaned += n_cleaned
+                    rows_written += sum(f.rows for f in files)
+                    written += files
+                    outputs.append(target)
+                    long_rows += [(p, s, r, files[-1].path) for p, s, r, _ in long_rows_here]
+                rows, long_rows_here = [], []
     finally:
         close = getattr(results, "close", None)
         if close is not None:
             close()
-    return ExtractReport(tuple(read), tuple(skipped), rows_read, rows_dropped, rows_written, tuple(outputs),
-                         tuple(fallback))
+    report = ExtractReport(tuple(read), tuple(skipped), rows_read, rows_dropped, rows_written, tuple(outputs),
+                           tuple(fallback), tuple(sheets_read), tuple(sheets_skipped), tuple(uncached),
+                           tuple(long_rows), cleaned, tuple(written), out / MANIFEST, no_calamine)
+    _write_manifest(report)
+    return report
 
 
-def _write(frames: list, path: Path, fmt: str) -> int:
-    """Concatenate one segment's frames and save them; returns the rows written."""
+def _write(parts: list[list], long_rows: list, path: Path, fmt: str, progress: bool) -> tuple[list, int]:
+    """Save one segment (its files' rows, in order); returns the files written and the cells cleaned."""
+    total = sum(map(len, parts))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, desc=f"writing {path.name}", unit="row", unit_scale=True, leave=False)
+    try:
+        files, cleaned = [], 0
+        if fmt == "xlsx":
+            with XlsxWriter(path, COLUMNS, max_rows=XLSX_MAX_ROWS) as w:
+                for part in parts:
+                    for start in range(0, len(part), _WRITE_BATCH):
+                        w.write(part[start:start + _WRITE_BATCH])
+                        if bar is not None:
+                            bar.update(min(_WRITE_BATCH, len(part) - start))
+            files.append(OutputFile(path, w.rows, w.sheets))
+            cleaned = w.cleaned
+            if long_rows:
+                side = path.with_name(path.stem + ".long_cells.csv")
+                _frame([row for *_, rs in long_rows for row in rs]).to_csv(side, index=False,
+                                                                           encoding="utf-8-sig")
+                files.append(OutputFile(side, len(long_rows)))
+        else:
+            df = _frame([row for part in parts for row in part])
+            if fmt == "parquet":
+                for col in df.columns:  # Arrow needs one type per column: mixed cells (str and datetime) become text
+                    kinds = {type(v) for v in df[col] if v is not None and v == v}
+                    if len(kinds) > 1:
+                        df[col] = df[col].map(lambda v: v if v is None or v != v else str(v))
+                df.to_parquet(path, index=False)
+            else:
+                df.to_csv(path, index=False, encoding="utf-8-sig")
+            files.append(OutputFile(path, len(df)))
+            if bar is not None:
+                bar.update(total)
+        return files, cleaned
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+#: Rows handed to the .xlsx writer at a time: the progress bar moves every batch (~0.1 s of writing).
+_WRITE_BATCH = 20_000
+
+
+def _frame(rows: list):
     import pandas as pd
 
-    df = pd.concat(frames, ignore_index=True)
-    if fmt == "xlsx":  # control characters other than \t \n \r cannot be stored in .xlsx: removed
-        from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE as bad
-        df = df.map(lambda v: bad.sub("", v) if isinstance(v, str) else v)
-        with pd.ExcelWriter(path, engine="openpyxl") as writer:
-            for k, start in enumerate(range(0, max(len(df), 1), XLSX_MAX_ROWS)):
-                df.iloc[start:start + XLSX_MAX_ROWS].to_excel(writer, sheet_name=f"Sheet{k + 1}", index=False)
-    elif fmt == "parquet":
-        for col in df.columns:  # Arrow needs one type per column: mixed cells (str and datetime) become text
-            kinds = {type(v) for v in df[col] if not pd.isna(v)}
-            if len(kinds) > 1:
-                df[col] = df[col].map(lambda v: v if pd.isna(v) else str(v))
-        df.to_parquet(path, index=False)
-    else:
-        df.to_csv(path, index=False, encoding="utf-8-sig")
-    return len(df)
+    return pd.DataFrame.from_records(rows, columns=list(COLUMNS)) if rows else pd.DataFrame(columns=list(COLUMNS))
+
+
+def _write_manifest(report: ExtractReport) -> None:
+    data = {
+        "tool": "mpkit excel",
+        "files": [{"name": f.path.name, "rows": f.rows, "sheets": f.sheets} for f in report.written],
+        "rows_written": report.rows_written,
+        "rows_read": report.rows_read,
+        "rows_dropped": report.rows_dropped,
+        "inputs_read": list(report.files_read),
+        "inputs_skipped": [{"path": p, "reason": r} for p, r in report.files_skipped],
+    }
+    report.manifest.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
 
 
 # ---- command line: python -m mpkit excel ------------------------------------------------------------
@@ -230,7 +398,9 @@ HELP = "read chat-export .xlsx files in parallel, drop system notices, save in s
 DESCRIPTION = ("Read chat exports (columns " + ", ".join(COLUMNS) + ") with a pool of worker processes, "
                "drop rows that are chat-app system notices, and save every SEGMENT input files as one file. "
                "Bad files are skipped and named (or, with --strict, stop the run). Exit code 0 if every file "
-               "was read, 1 if some were skipped or --strict stopped, 2 if no input was found.")
+               "was read, 1 if some were skipped or --strict stopped, 2 if no input was found or --out "
+               "cannot take the output (checked before reading). --out must be a new or empty folder "
+               "(--overwrite replaces a previous run's files); manifest.json in it lists what was written.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -244,6 +414,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=ENGINES, default="calamine",
                         help="reader (default: calamine, falling back to openpyxl per file)")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad file instead of skipping it")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a previous run's files in --out (by default --out must be new or empty)")
     parser.add_argument("--notice", action="append", default=[], metavar="TEXT",
                         help="another notice text to drop (repeatable; added to the defaults)")
     parser.add_argument("-n", "--workers", type=int, default=None, metavar="WORKERS",
@@ -279,7 +451,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = extract(files, args.out, segment=args.segment, fmt=args.fmt, engine=args.engine,
                          notices=DEFAULT_NOTICES + tuple(args.notice), strict=args.strict,
-                         workers=args.workers, progress=getattr(args, "progress", True))
+                         workers=args.workers, progress=getattr(args, "progress", True),
+                         overwrite=getattr(args, "overwrite", False))
+    except OutputError as exc:
+        print(f"mpkit excel: {exc}", file=sys.stderr)
+        return 2
     except (ExtractError, ValueError, ImportError) as exc:
         print(f"mpkit excel: {exc}", file=sys.stderr)
         return 1

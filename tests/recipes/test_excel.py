@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 
 import pandas as pd
@@ -140,3 +141,178 @@ def test_cli_run_reads_folders_and_prints_the_report(inputs, tmp_path, capsys, s
                            "--no-progress"]))
     assert code == 1 and ".xlsx" in capsys.readouterr().err
     assert excel.run(_cli([str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])) == 2
+
+
+# ---- what real exports do to a run: every sheet, reruns, long cells, formulas, output errors ----------
+def _export(path, sheets: dict[str, list[list]]):
+    """An .xlsx chat export built with openpyxl, one list of rows (header first) per sheet."""
+    import openpyxl
+
+    wb = openpyxl.Workbook()
+    wb.remove(wb.active)
+    for name, rows in sheets.items():
+        ws = wb.create_sheet(name)
+        for row in rows:
+            ws.append(row)
+    wb.save(path)
+    return path
+
+
+def _chat(n, start=0, text="消息 {i}"):
+    return [list(excel.COLUMNS)] + [["kf_1", f"wx_{i % 3}", "是" if i % 2 else "否", text.format(i=i + start),
+                                     f"2024-03-01 09:{(i + start) % 60:02d}:00"] for i in range(n)]
+
+
+def _rows_on_disk(folder):
+    """Every row in every file of ``folder`` (all sheets of each .xlsx), read without mpkit."""
+    total = 0
+    for p in sorted(folder.iterdir()):
+        if p.suffix == ".xlsx":
+            total += sum(len(df) for df in pd.read_excel(p, sheet_name=None, engine="calamine").values())
+        elif p.suffix == ".csv":
+            total += len(pd.read_csv(p, dtype=object))
+        elif p.suffix == ".parquet":
+            total += len(pd.read_parquet(p))
+    return total
+
+
+def test_every_sheet_with_the_columns_is_read_and_the_others_are_named(tmp_path, start_method):
+    two = _export(tmp_path / "two_sheets.xlsx", {"Sheet1": _chat(30), "Sheet2": _chat(25, start=30),
+                                                 "说明": [["导出说明"], ["客服系统 v2"]]})
+    one = _export(tmp_path / "one.xlsx", {"Sheet1": _chat(10, start=100)})
+    report = excel.extract([two, one], tmp_path / "out", fmt="csv", workers=2, progress=False)
+    assert report.rows_read == 30 + 25 + 10 == report.rows_written + report.rows_dropped
+    assert report.sheets_read == ((str(two), "Sheet1", 30), (str(two), "Sheet2", 25), (str(one), "Sheet1", 10))
+    [(path, sheet, why)] = report.sheets_skipped
+    assert (path, sheet) == (str(two), "说明") and "坐席id" in why and "found: 导出说明" in why
+    text = str(report)
+    assert "3 sheet(s) read, 1 skipped" in text and "Sheet2 (25 rows)" in text and "'说明'" in text
+    assert _rows_on_disk(tmp_path / "out") == 65
+
+
+def test_the_recipes_own_xlsx_output_read_back_keeps_the_rows_spilled_onto_sheet2(inputs, tmp_path, monkeypatch):
+    # The writer runs in this process: a small sheet size stands for .xlsx's 1,048,575 rows a sheet.
+    monkeypatch.setattr(excel, "XLSX_MAX_ROWS", 4_000)
+    first = excel.extract(inputs, tmp_path / "first", workers=2, progress=False)
+    [out] = first.written
+    assert out.sheets == -(-first.rows_written // 4_000) > 1
+    assert len(pd.read_excel(out.path, sheet_name=0, engine="calamine")) == 4_000
+    again = excel.extract([out.path], tmp_path / "again", fmt="parquet", workers=2, progress=False)
+    assert again.files_skipped == () and again.rows_dropped == 0
+    assert again.rows_read == again.rows_written == first.rows_written
+    sheets = pd.read_excel(out.path, sheet_name=None, dtype=object, engine="calamine")
+    assert list(sheets) == [f"Sheet{k + 1}" for k in range(out.sheets)]
+    pd.testing.assert_frame_equal(_read_back(again, "parquet"), pd.concat(sheets.values(), ignore_index=True),
+                                  check_dtype=False)
+
+
+def test_a_rerun_into_the_same_folder_is_refused_or_replaces_the_previous_run(inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    first = excel.extract(inputs, out, segment=1, workers=2, progress=False)
+    assert len(first.outputs) == 4
+    with pytest.raises(excel.OutputError, match=r"not empty .*Fix: .*--overwrite"):
+        excel.extract(inputs, out, segment=2, workers=2, progress=False)
+    assert excel.run(_cli([*map(str, inputs), "--out", str(out), "-n", "2", "--no-progress"])) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mpkit excel: the output folder {out} is not empty") and err.count("\n") == 1
+    (out / "notes.txt").write_text("mine")  # not the recipe's: left alone
+    second = excel.extract(inputs, out, segment=2, workers=2, progress=False, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["extract_0_1.xlsx", "extract_2_3.xlsx", "manifest.json",
+                                                     "notes.txt"]
+    assert _rows_on_disk(out) == second.rows_written == first.rows_written
+    import json
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert [(f["name"], f["rows"]) for f in manifest["files"]] == [(f.path.name, f.rows) for f in second.written]
+    assert sum(f["rows"] for f in manifest["files"]) == manifest["rows_written"] == second.rows_written
+    assert manifest["rows_read"] == manifest["rows_written"] + manifest["rows_dropped"]
+
+
+def _with_texts(path, **texts):
+    """``path`` with each placeholder text replaced in the sheet XML: openpyxl itself cuts cells at 32,767
+    characters, while other exporters (and a chat system's own .xlsx export) write them whole."""
+    import zipfile
+
+    tmp = path.with_suffix(".tmp")
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            if item.filename.startswith("xl/worksheets/"):
+                for placeholder, text in texts.items():
+                    assert f">{placeholder}<".encode() in data
+                    data = data.replace(f">{placeholder}<".encode(), f">{text}<".encode())
+            zout.writestr(item, data)
+    tmp.replace(path)
+    return path
+
+
+def test_cells_too_long_for_xlsx_go_whole_to_a_side_file_named_in_the_report(tmp_path, start_method):
+    long_text = "长" * 40_000  # .xlsx holds 32,767 characters a cell
+    emoji_text = "🙂" * 20_000  # 20,000 characters, 40,000 UTF-16 units: too long for Excel as well
+    rows = _chat(20)
+    rows[6][3], rows[15][3] = "LONG_TEXT", "EMOJI_TEXT"
+    src = _with_texts(_export(tmp_path / "long.xlsx", {"Sheet1": rows}), LONG_TEXT=long_text, EMOJI_TEXT=emoji_text)
+    report = excel.extract([src], tmp_path / "out", workers=2, progress=False)
+    side = tmp_path / "out" / "extract_0_0.long_cells.csv"
+    assert report.long_rows == ((str(src), "Sheet1", 7, side), (str(src), "Sheet1", 16, side))
+    assert "row 7 of sheet 'Sheet1' in " + str(src) in str(report) and str(side) in str(report)
+    kept = pd.read_excel(tmp_path / "out" / "extract_0_0.xlsx", engine="calamine")
+    whole = pd.read_csv(side, dtype=object)
+    assert len(kept) + len(whole) == report.rows_written == 20
+    assert list(whole["消息内容"]) == [long_text, emoji_text]
+    assert not kept["消息内容"].str.len().gt(32_767).any()
+
+
+def test_formulas_without_saved_values_are_counted_in_the_report(tmp_path):
+    rows = _chat(12)
+    for i in (2, 5, 9):
+        rows[i][3] = f'=CONCAT("订单", {i})'  # written by a script: no value saved with the formula
+    src = _export(tmp_path / "formulas.xlsx", {"Sheet1": rows, "汇总": [["合计"], ["=COUNTA(Sheet1!A:A)"]]})
+    report = excel.extract([src], tmp_path / "out", fmt="csv", workers=2, progress=False)
+    assert report.uncached_formulas == ((str(src), 3),)  # the summary sheet is not read
+    assert "3 formula cell(s) in " + str(src) in str(report)
+    assert report.rows_read == 12 == report.rows_written
+
+
+def _excel_cli(args, env=None, timeout=180):
+    import subprocess
+    import sys
+
+    from tests.proctree import child_env
+
+    return subprocess.run([sys.executable, "-m", "mpkit", "excel", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env or child_env())
+
+
+def test_output_errors_are_one_line_before_any_reading(inputs, tmp_path):
+    a_file = tmp_path / "report.txt"
+    a_file.write_text("not a folder")
+    cases = {"is a file": a_file, "cannot write": a_file / "sub", "is a folder": tmp_path / "out"}
+    (tmp_path / "out" / "extract_0_3.xlsx").mkdir(parents=True)
+    for expected, out in cases.items():
+        done = _excel_cli([*inputs, "--out", out, "-n", "1", "--overwrite"])
+        assert done.returncode == 2, (expected, done.stderr)
+        assert done.stderr.startswith("mpkit excel: ") and done.stderr.count("\n") == 1, done.stderr
+        assert expected in done.stderr and "Fix:" in done.stderr and "Traceback" not in done.stderr
+        assert done.stdout == ""  # no report: nothing was read
+    assert (tmp_path / "out" / "extract_0_3.xlsx").is_dir()
+
+
+def test_without_calamine_installed_openpyxl_reads_every_file(inputs, tmp_path):
+    from tests.proctree import child_env
+
+    hide = tmp_path / "no_calamine"  # this process and its workers start as if python-calamine were absent
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['python_calamine'] = None\n")
+    env = child_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(hide), env["PYTHONPATH"]])
+    done = _excel_cli([*inputs, "--out", tmp_path / "out", "--format", "csv", "-n", "2", "--no-progress"], env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "4 file(s) read, 0 skipped" in done.stdout and "SKIPPED" not in done.stdout
+    assert "python-calamine is not installed: the files were read with openpyxl" in done.stdout
+    expected = excel.extract(inputs, tmp_path / "with_calamine", fmt="csv", workers=2, progress=False)
+    assert f"{expected.rows_written:,} rows written" in done.stdout
+
+
+def test_writing_shows_progress(inputs, tmp_path, capsys):
+    assert excel.run(_cli([*map(str, inputs), "--out", str(tmp_path / "out"), "-n", "2"])) == 0
+    assert "writing extract_0_3.xlsx" in capsys.readouterr().err
