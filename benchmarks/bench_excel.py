@@ -15,6 +15,15 @@ a temporary folder. Each engine then reads every file with the recipe's per-file
 Reported: the median of ROUNDS rounds (and their spread), files/s and rows/s from the median, and
 the peak memory over the rounds. The engines take turns round by round. Printed as Markdown and
 written to benchmarks/results/excel.md.
+
+    python benchmarks/bench_excel.py --big 500000 [--rounds 3] [--against OTHER_CHECKOUT]
+
+One export of ~ROWS rows (made by the shared make_dialogue_corpus.py tool from CrossWOZ val),
+run end to end as ``python -m mpkit excel FILE --out DIR --format F -n WORKERS --no-progress``
+for xlsx and csv in turns: wall time, and the peak RSS of the command's own process (the parent,
+which writes) and of it with its workers, sampled every 0.1 s. ``--against`` times another mpkit
+source tree (say, a checkout of an earlier commit) the same way, side by side, in the same rounds.
+Written to benchmarks/results/excel_big.md.
 """
 from __future__ import annotations
 
@@ -75,17 +84,88 @@ def _parallel(engine: str, folder: str, workers: int) -> dict:
             "peak": sampler.peak}
 
 
+def _cli_run(root: str, path: str, fmt: str, workers: int, out: str) -> dict:
+    """One ``python -m mpkit excel`` run of the mpkit in ``root``: seconds, parent and total peak RSS."""
+    import psutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    env = dict(os.environ, PYTHONPATH=root)
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "mpkit", "excel", path, "--out", out, "--format", fmt,
+                             "-n", str(workers), "--no-progress"], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    parent = psutil.Process(proc.pid)
+    peak_parent = peak_total = 0
+    while proc.poll() is None:
+        try:
+            rss = parent.memory_info().rss
+            total = rss + sum(c.memory_info().rss for c in parent.children(recursive=True))
+        except psutil.Error:
+            total = rss = 0
+        peak_parent, peak_total = max(peak_parent, rss), max(peak_total, total)
+        time.sleep(0.1)
+    seconds = time.perf_counter() - start
+    output = proc.stdout.read()
+    assert proc.returncode == 0, output
+    return {"seconds": seconds, "parent": peak_parent, "total": peak_total, "report": output.splitlines()[0]}
+
+
+def _big(args) -> int:
+    """The 500,000-row single export, xlsx next to csv (see the module docstring)."""
+    tool = os.path.join(os.path.dirname(ROOT), "shared", "tools", "make_dialogue_corpus.py")
+    split = os.path.join(os.path.dirname(ROOT), "shared", "data", "crosswoz", "val.json.zip")
+    folder = tempfile.mkdtemp(prefix="mpkit_bench_excel_big_")
+    try:
+        # the val split gives ~11,700 rows a copy
+        subprocess.run([sys.executable, tool, split, os.path.join(folder, "in"), "--files", "1", "--repeat",
+                        str(max(1, round(args.big / 11_716)))], check=True, capture_output=True)
+        [name] = os.listdir(os.path.join(folder, "in"))
+        path = os.path.join(folder, "in", name)
+        trees = [("this tree", ROOT)] + ([("--against", os.path.abspath(args.against))] if args.against else [])
+        runs: dict[tuple[str, str], list[dict]] = {}
+        for r in range(args.rounds):
+            for label, root in (trees if r % 2 == 0 else trees[::-1]):
+                for fmt in (("xlsx", "csv") if r % 2 == 0 else ("csv", "xlsx")):
+                    print(f"round {r + 1}/{args.rounds}: {label} {fmt}", file=sys.stderr, flush=True)
+                    runs.setdefault((label, fmt), []).append(
+                        _cli_run(root, path, fmt, args.workers, os.path.join(folder, "out")))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    first = next(iter(runs.values()))[0]
+    lines = [f"One export, `python -m mpkit excel FILE --format F -n {args.workers}`: {first['report']}. "
+             f"Median of {args.rounds} rounds; Python {platform.python_version()}, {os.cpu_count()} CPUs.", "",
+             "| mpkit | format | median s (min-max) | xlsx / csv | peak RSS, parent | peak RSS, with workers |",
+             "|---|---|---|---|---|---|"]
+    for (label, fmt), rs in runs.items():
+        secs = [x["seconds"] for x in rs]
+        csv_med = statistics.median(x["seconds"] for x in runs[(label, "csv")])
+        lines.append(f"| {label} | {fmt} | {statistics.median(secs):.1f} ({min(secs):.1f}-{max(secs):.1f}) | "
+                     f"{statistics.median(secs) / csv_med:.2f} | {max(x['parent'] for x in rs) / 2**20:,.0f} MiB | "
+                     f"{max(x['total'] for x in rs) / 2**20:,.0f} MiB |")
+    table = "\n".join(lines)
+    print(table)
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    with open(os.path.join(HERE, "results", "excel_big.md"), "w", encoding="utf-8") as f:
+        f.write("# Excel recipe: one large export, xlsx vs csv output\n\n" + table + "\n")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--copies", type=int, default=10, help="copies of the 4 sample files (default 10)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; the median is reported (default 3)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                         help="worker processes for the mpkit.map rows (default: 2)")
+    parser.add_argument("--big", type=int, metavar="ROWS", help="time one export of ~ROWS rows end to end, "
+                                                                 "xlsx vs csv output (see above)")
+    parser.add_argument("--against", metavar="DIR", help="with --big: another mpkit source tree, timed too")
     parser.add_argument("--child", nargs=2, metavar=("ENGINE", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         _child(*args.child)
         return 0
+    if args.big:
+        return _big(args)
 
     import mpkit
     from mpkit.recipes import SAMPLE_DATA

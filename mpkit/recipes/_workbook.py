@@ -168,7 +168,7 @@ def _workbook(path: Path, engine: str, sheets: list, needed: list[str], fallback
         for offset, row in enumerate(raw[start + 1:]):
             cells = [None if v == "" or v is None else (int(v) if v.__class__ is float and v.is_integer()
                                                         else v) for v in row[:width]]
-            if not any(v is not None for v in cells):
+            if cells.count(None) == len(cells):
                 blank.append(offset)
                 continue
             if len(cells) < width:

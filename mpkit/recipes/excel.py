@@ -171,6 +171,7 @@ def _read_file(task: tuple[str, tuple[str, ...], str]) -> FileResult:
     for sheet in book.sheets:
         pick = itemgetter(*(sheet.column(c) for c in COLUMNS))
         read += len(sheet.rows)
+        first, at = len(kept), []  # this sheet's rows in kept, and where each was in the sheet
         for i, row in enumerate(sheet.rows):
             row = pick(row)
             text = row[content]
@@ -180,9 +181,11 @@ def _read_file(task: tuple[str, tuple[str, ...], str]) -> FileResult:
             if text is not None and _has_notice(normalize(text), notices):
                 dropped += 1
                 continue
-            if any(v.__class__ is str and too_long(v) for v in row):
-                long_cells.append((len(kept), sheet.name, sheet.excel_row(i)))
             kept.append(row)
+            at.append(i)
+        long = sorted({k for j in range(len(COLUMNS)) for k, v in enumerate(map(itemgetter(j), kept[first:]), first)
+                       if v.__class__ is str and len(v) > MAX_CELL_CHARS // 2 and too_long(v)})
+        long_cells += [(k, sheet.name, sheet.excel_row(at[k - first])) for k in long]
     return FileResult(path, kept, read, dropped, book.engine,
                       sheets=tuple((s.name, len(s.rows)) for s in book.sheets), sheets_skipped=book.skipped,
                       uncached_formulas=book.uncached_formulas, long_cells=tuple(long_cells),

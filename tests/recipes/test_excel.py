@@ -250,10 +250,11 @@ def test_cells_too_long_for_xlsx_go_whole_to_a_side_file_named_in_the_report(tmp
     emoji_text = "🙂" * 20_000  # 20,000 characters, 40,000 UTF-16 units: too long for Excel as well
     rows = _chat(20)
     rows[6][3], rows[15][3] = "LONG_TEXT", "EMOJI_TEXT"
+    rows.insert(10, [None] * 5)  # a blank row: the emoji row is Excel's row 17
     src = _with_texts(_export(tmp_path / "long.xlsx", {"Sheet1": rows}), LONG_TEXT=long_text, EMOJI_TEXT=emoji_text)
     report = excel.extract([src], tmp_path / "out", workers=2, progress=False)
     side = tmp_path / "out" / "extract_0_0.long_cells.csv"
-    assert report.long_rows == ((str(src), "Sheet1", 7, side), (str(src), "Sheet1", 16, side))
+    assert report.long_rows == ((str(src), "Sheet1", 7, side), (str(src), "Sheet1", 17, side))
     assert "row 7 of sheet 'Sheet1' in " + str(src) in str(report) and str(side) in str(report)
     kept = pd.read_excel(tmp_path / "out" / "extract_0_0.xlsx", engine="calamine")
     whole = pd.read_csv(side, dtype=object)
