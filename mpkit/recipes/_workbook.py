@@ -165,7 +165,8 @@ def _workbook(path: Path, engine: str, sheets: list, needed: list[str], fallback
             continue
         width = len(header)
         rows, blank = [], []
-        for offset, row in enumerate(raw[start + 1:]):
+        for offset in range(len(raw) - start - 1):
+            row, raw[start + 1 + offset] = raw[start + 1 + offset], None  # the engine's row freed as we go
             cells = [None if v == "" or v is None else (int(v) if v.__class__ is float and v.is_integer()
                                                         else v) for v in row[:width]]
             if cells.count(None) == len(cells):

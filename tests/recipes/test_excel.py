@@ -103,6 +103,7 @@ def test_strict_raises_naming_the_file(inputs, tmp_path, start_method):
     _, empty, _ = _bad_files(tmp_path / "in")
     with pytest.raises(excel.ExtractError, match="empty.xlsx.*empty file"):
         excel.extract([*inputs[:2], empty], tmp_path / "out", strict=True, workers=2, progress=False)
+    assert not list((tmp_path / "out").glob("extract_*"))  # the segment it stopped in is not left half-written
 
 
 def test_calamine_and_openpyxl_give_the_same_rows(inputs, tmp_path):
