@@ -184,11 +184,16 @@ def clean_dialogues(paths: Iterable[str | Path] | str | Path, out_dir: str | Pat
     if not inputs.files and not inputs.skipped:
         raise ValueError("no input files given. Fix: pass the .xlsx chat exports (or their folders) to clean.")
     jobs = [ReadJob(str(p), seed, None if seed else time_column, tuple(notices)) for p in inputs.files]
-    results = _api.map(read_export, jobs, workers=workers, chunksize=1, progress=progress) if jobs else []
+    results = _api.map(read_export, jobs, workers=workers, chunksize=1, on_error="collect",
+                       progress=progress) if jobs else []
     read: list[FileRows] = []
     skipped = list(inputs.skipped)
     for f in results:
         (skipped.append((f.name, f.skipped)) if f.skipped else read.append(f))
+    for failure in getattr(results, "failures", ()):  # the reader itself failed (or its process died)
+        exc = failure.exception
+        skipped.append((Path(failure.item.path).name, f"reading it failed ({type(exc).__name__}: {exc}). "
+                                                      "Fix: open it in Excel and save it again, or leave it out."))
     if strict and skipped:
         raise DialogueInputError("; ".join(f"{f}: {why}" for f, why in skipped)
                                  + f" ({len(skipped)} of {len(jobs) + len(inputs.skipped)} inputs; "
@@ -376,7 +381,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"validation conversations: a count or a fraction (default {DEFAULT_VAL_SIZE}); "
                              "0 puts everything in train")
     parser.add_argument("--time-column", default=None, metavar="NAME",
-                        help="sort each conversation by this column, e.g. 发送时间 (default mode)")
+                        help="sort each conversation by this column (default mode; default: the first of "
+                             + ", ".join(TIME_COLUMNS) + " a sheet has)")
     parser.add_argument("--notice", action="append", default=[], metavar="TEXT",
                         help="another system-notice text to drop (repeatable; --compat seed matches whole messages)")
     parser.add_argument("--strict", action="store_true",
