@@ -432,3 +432,33 @@ def test_the_split_draws_numpys_permutation(n):
     from mpkit.recipes._dialogue_text import permutation
 
     assert permutation(n, 1) == np.random.RandomState(1).permutation(n).tolist()
+
+
+def test_an_export_dealt_into_files_in_any_order_gives_the_conversations_of_the_whole(tmp_path_factory):
+    """However a chat export is split into files (and in whatever order the files are given), the
+    conversations are those of the whole export in time order: the send-time column is found."""
+    import itertools
+
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    messages = [["kf_1", f"wxid_{i % 3}", "是" if i % 4 in (1, 2) else "否", f"消息{i}",
+                 f"2024-03-01 10:{i // 60:02d}:{i % 60:02d}"] for i in range(24)]
+    whole_dir = tmp_path_factory.mktemp("whole")
+    clean_dialogues([_xlsx(whole_dir / "whole.xlsx", messages)], whole_dir / "out", val_size=0, workers=1)
+    expected = (whole_dir / "out" / "std" / "train.txt").read_bytes()
+    runs = itertools.count()
+
+    @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.permutations(range(len(messages))), st.lists(st.integers(0, 2), min_size=len(messages),
+                                                            max_size=len(messages)))
+    def dealt(order, files_of):
+        folder = tmp_path_factory.mktemp(f"dealt{next(runs)}")
+        piles: dict[int, list] = {}
+        for i in order:
+            piles.setdefault(files_of[i], []).append(messages[i])
+        paths = [_xlsx(folder / f"part{k}.xlsx", rows) for k, rows in piles.items()]
+        report = clean_dialogues(paths, folder / "out", val_size=0, workers=1)
+        assert report.time_column == "发送时间" and report.rows_kept == len(messages)
+        assert (folder / "out" / "std" / "train.txt").read_bytes() == expected
+
+    dealt()
