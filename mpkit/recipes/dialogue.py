@@ -20,7 +20,8 @@ The MMI files hold the same conversations with their utterances in reverse order
 accounts for every file (read, skipped and why, duplicate), sheet (read, skipped and why) and row
 (kept, or dropped by reason).
 
-``compat="seed"`` reproduces the article byte for byte (openpyxl, the first sheet only, its five
+``compat="seed"`` reproduces the article byte for byte (the first sheet only, its cells as openpyxl
+reads them (_seed_sheet: calamine, with what it reads differently put back), its five
 system messages matched as whole contents, grouping inside each file, ``\\r`` and ``_x000D_`` left
 in, a blank line after every conversation). The default mode fixes what real exports break: see
 :func:`clean_dialogues`.
@@ -63,7 +64,8 @@ class DialogueOutputError(ValueError):
 
 
 class DialogueWarning(MpkitWarning):
-    """An input the run left out or changed its mind about (the same file given twice)."""
+    """An input given twice (the same path, or the same content under another name): read once, so
+    that its messages are not doubled."""
 
 
 @dataclass(frozen=True)
