@@ -73,6 +73,55 @@ def test_seed_reads_odd_cells_as_the_article_does(tmp_path):
             (tmp_path / "port" / theirs / "train.txt").read_bytes()
 
 
+def _with_shared_strings(src, dst):
+    """``src`` rewritten with its texts in a shared-strings table, as Excel and most exporters save
+    them (openpyxl writes each text inside its cell)."""
+    import re
+    import zipfile
+
+    texts = []
+
+    def share(m):
+        texts.append(m[3])
+        return b"<c " + m[1] + b't="s"' + m[2] + b"><v>%d</v></c>" % (len(texts) - 1)
+
+    with zipfile.ZipFile(src) as z:
+        parts = {name: z.read(name) for name in z.namelist()}
+    for name in [n for n in parts if n.startswith("xl/worksheets/sheet")]:
+        parts[name] = re.sub(rb'<c ([^>]*?)t="inlineStr"([^>]*)><is>(.*?)</is></c>', share, parts[name], flags=re.S)
+    ns = b"http://schemas.openxmlformats.org/"
+    parts["xl/sharedStrings.xml"] = (b'<sst xmlns="' + ns + b'spreadsheetml/2006/main" count="%d" uniqueCount="%d">'
+                                     % (len(texts), len(texts)) + b"".join(b"<si>" + t + b"</si>" for t in texts)
+                                     + b"</sst>")
+    parts["[Content_Types].xml"] = parts["[Content_Types].xml"].replace(
+        b"</Types>", b'<Override PartName="/xl/sharedStrings.xml" ContentType="application/vnd.openxmlformats-'
+                     b'officedocument.spreadsheetml.sharedStrings+xml"/></Types>')
+    parts["xl/_rels/workbook.xml.rels"] = parts["xl/_rels/workbook.xml.rels"].replace(
+        b"</Relationships>", b'<Relationship Type="' + ns + b'officeDocument/2006/relationships/sharedStrings" '
+                             b'Target="sharedStrings.xml" Id="rIdShared"/></Relationships>')
+    with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in parts.items():
+            z.writestr(name, data)
+    return dst
+
+
+def test_seed_reads_shared_whitespace_texts_as_the_article_does(tmp_path):
+    from benchmarks.article_dialogue import get_funtine_data
+
+    rows = [["kf_1", "wxid_a", "是" if i % 2 else "否", v, f"2024-03-01 10:{i:02d}:00"]
+            for i, v in enumerate(["你好", "   ", "在的", " ", "_x000D_", "a\r\nb", "\n", "好"])]
+    path = _with_shared_strings(_xlsx(tmp_path / "inline.xlsx", rows), tmp_path / "shared.xlsx")
+    import zipfile
+
+    assert b"<si><t>   </t></si>" in zipfile.ZipFile(path).read("xl/sharedStrings.xml")
+    assert not pd.read_excel(path, engine="calamine").equals(pd.read_excel(path, engine="openpyxl"))
+    get_funtine_data([str(path)], str(tmp_path / "port"), val_size=0)
+    clean_dialogues([path], tmp_path / "ours", compat="seed", val_size=0, workers=1)
+    for ours, theirs in FILES:
+        assert (tmp_path / "ours" / ours / "train.txt").read_bytes() == \
+            (tmp_path / "port" / theirs / "train.txt").read_bytes()
+
+
 def test_seed_val_size_zero_puts_everything_in_train(sample, tmp_path):
     paths, _port = sample
     report = clean_dialogues(paths[:1], tmp_path, compat="seed", val_size=0, workers=1)
