@@ -511,3 +511,14 @@ def test_an_export_dealt_into_files_in_any_order_gives_the_conversations_of_the_
         assert (folder / "out" / "std" / "train.txt").read_bytes() == expected
 
     dealt()
+
+
+def test_a_conversation_partly_without_send_times_keeps_file_order_and_is_counted(tmp_path):
+    rows = _chat("wxid_a", 4)
+    timed = _xlsx(tmp_path / "timed.xlsx", [rows[2], rows[3]])
+    untimed = tmp_path / "untimed.xlsx"
+    pd.DataFrame([r[:4] for r in rows[:2]], columns=COLUMNS[:4]).to_excel(untimed, index=False)
+    report = clean_dialogues([timed, untimed], tmp_path / "out", val_size=0, workers=1)
+    assert report.time_column == "发送时间" and report.unsorted == 1 and report.reordered == 0
+    assert _dialogues(tmp_path / "out" / "std" / "train.txt") == [["客户:第2句", "坐席:第3句", "客户:第0句", "坐席:第1句"]]
+    assert "1 kept in file order" in str(report)
