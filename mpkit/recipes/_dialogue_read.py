@@ -8,13 +8,13 @@
   the messages of each (agent, customer) key with their time, not yet merged, because a
   conversation may continue in another file: the main process joins the files' pieces first.
   The time column is the one asked for, else the first of :data:`TIME_COLUMNS` the sheet has;
-* seed mode: the article's steps inside the one file (its first sheet read as pandas' openpyxl
-  reader reads it: ``_seed_sheet``), ``dropna``, ``drop_duplicates``, system messages matched as whole contents,
-  ``groupby`` of the file), each conversation already merged into utterances.
+* seed mode: the article's steps inside the one file (its first sheet as pandas' openpyxl reader
+  reads it, by ``_seed_sheet``; ``dropna``, ``drop_duplicates``, system messages matched as whole
+  contents, ``groupby`` of the file), each conversation already merged into utterances.
 
-A file that cannot be used comes back with ``skipped`` set to the reason (without the file's name),
-never as an exception,
-so that the main process can skip it and go on, or stop when asked to be strict.
+A file that cannot be used comes back with ``skipped`` set to the reason (without the file's
+name), never as an exception, so that the main process can skip it and go on, or stop when asked
+to be strict.
 """
 from __future__ import annotations
 
