@@ -22,6 +22,13 @@ def slow_pid(x, seconds=0.05):
     return os.getpid()
 
 
+def span(x, seconds=0.05):
+    """When this item ran: (start, end) on the machine's clock."""
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time()
+
+
 def hang_on(x, bad=2, seconds=600.0):
     if x == bad:
         time.sleep(seconds)

@@ -44,6 +44,14 @@ def test_pool_with_cluster_is_a_dask_pool(dpool, dask_client):
     assert sorted(dpool.imap(helpers.identity, iter(range(500)), ordered=False)) == list(range(500))
 
 
+def test_workers_caps_the_items_running_at_once_on_the_cluster(dpool):
+    """map(workers=1) on a cluster of two: one item at a time, never two (a rate-limited API, a
+    memory-hungry step), although the cluster has a free thread."""
+    spans = sorted(dpool.map(dask_tasks.span, range(12), workers=1, chunksize=1))
+    overlaps = [(a, b) for a, b in zip(spans, spans[1:]) if b[0] < a[1]]
+    assert not overlaps, overlaps
+
+
 def test_each_chunk_is_one_task(dpool, dask_client):
     from distributed import get_task_stream
 

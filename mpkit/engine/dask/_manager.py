@@ -210,7 +210,12 @@ class Manager:
     def _dispatch(self, runs: list[Run]) -> None:
         threads = self.size
         for run in runs:
-            limit = PREFETCH * min(run.max_workers, threads)
+            if self.lane is None and run.max_workers < threads:
+                # workers=n caps what runs at once: chunks submitted ahead would run on any free
+                # thread of the cluster (a lane's are pinned to its n workers, so it may prefetch)
+                limit = run.max_workers
+            else:
+                limit = PREFETCH * min(run.max_workers, threads)
             while True:
                 with run.cond:
                     if run.in_flight >= limit or any(t.run is run and t.alone for t in self._tasks.values()):
