@@ -118,3 +118,23 @@ def test_in_a_kernel_the_error_and_warnings_name_the_cells_lines(start_method):
         kernel.run("mpkit.shutdown()")
     finally:
         kernel.close()
+
+
+PIPELINE_CELL = '''import mpkit
+
+def parse(text):
+    return int(text)
+
+def scale(batch):
+    return [10 / x for x in batch]
+
+pipe = mpkit.Pipeline("parse").stage(parse, workers=2).batch(max_size=2, max_wait=0.1).stage(scale)
+pipe.run(["1", "2", "0", "4"], progress=False)
+'''
+
+
+def test_a_failing_pipeline_stage_shows_the_cells_lines_and_no_mpkit_frame(ip, start_method):
+    number, out, _ = shown_in_shell(ip, PIPELINE_CELL)
+    _no_mpkit(out)
+    assert f"Cell In[{number}], line 7, in scale" in out and "return [10 / x for x in batch]" in out, out
+    assert "ZeroDivisionError: division by zero" in out and "stage 'scale'" in out, out

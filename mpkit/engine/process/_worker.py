@@ -191,6 +191,14 @@ def _receive_forever(conn, inbox: queue.SimpleQueue, cancelled: set[int]) -> Non
         inbox.put(msg)
 
 
+#: The folder of the mpkit package, whose frames a user's traceback leaves out.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + os.sep
+
+
+def _in_mpkit(filename: str) -> bool:
+    return filename.startswith(_PACKAGE_DIR)
+
+
 def _frames(tb) -> list[tuple[str, int, str, str | None]]:
     return [(f.filename, f.lineno, f.name, f.line) for f in traceback.extract_tb(tb)]
 
@@ -235,6 +243,9 @@ def _record(exc: BaseException, skip_frames: int, memo: dict) -> ExceptionRecord
     for _ in range(skip_frames):  # drop the worker's own frame, keep the user's
         if tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
+    # and mpkit's frames between it and the user's code (a pipeline stage's call wrapper)
+    while tb is not None and tb.tb_next is not None and _in_mpkit(tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
 
     def link(other):
         if other is None or len(memo) >= MAX_CHAIN:
