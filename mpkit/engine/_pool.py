@@ -217,6 +217,13 @@ class BasePool:
 
     def _imap(self, run: Run, progress):
         __tracebackhide__ = True
+        try:
+            yield from self._imap_results(run, progress)
+        except KeyboardInterrupt as exc:  # the kernel's interrupt or the bar's Cancel, maybe noted
+            raise without_mpkit_frames(exc)  # in the bar's thread: shown from the caller's line
+
+    def _imap_results(self, run: Run, progress):
+        __tracebackhide__ = True
         if run.ordered:
             waiting: dict[int, Any] = {}
             next_index = 0

@@ -113,3 +113,28 @@ def test_cancel_in_mp_pool_keeps_the_finished_results_in_the_out_variable(start_
         kernel.run("import mpkit; mpkit.shutdown()")
     finally:
         kernel.close()
+
+
+def test_cancel_of_an_imap_loop_stops_it_with_a_traceback_of_the_cell_only(start_method):
+    """A loop over ``mpkit.imap`` stopped by Cancel: the loop ends where it was (what it consumed
+    is kept), the traceback shows the cell's line and none of mpkit's frames (the bar's thread
+    that noted the click included), and the warm workers run the next map."""
+    kernel = KernelSession()
+    try:
+        kernel.run(SETUP)
+        msg_id = kernel.start("acc = []\nfor v in mpkit.imap(slow, range(400), workers=2):\n    acc.append(v)\n")
+        comm_id = _cancel_button(kernel, msg_id)
+        _wait_for_output(kernel, msg_id, "item 5 done")
+        _click(kernel, comm_id)
+        cell = kernel.collect(msg_id, timeout=60)
+        assert cell.error is not None and cell.error["ename"] == "KeyboardInterrupt", cell.error
+        shown = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(cell.error["traceback"]))
+        assert "for v in mpkit.imap(slow" in shown, shown
+        assert "mpkit/engine" not in shown and "mpkit/widgets" not in shown, shown
+        check = kernel.run("print(0 < len(acc) < 400, acc == [10 * i for i in range(len(acc))],\n"
+                           "      set(mpkit.engine.default_pool().pids()) == pids,\n"
+                           "      mpkit.map(slow, range(5), workers=2) == [10 * i for i in range(5)])")
+        assert check.text().split() == ["True"] * 4, check.text()
+        kernel.run("mpkit.shutdown()")
+    finally:
+        kernel.close()
