@@ -23,6 +23,7 @@ import sys
 import threading
 
 from ..engine._run import MapStats
+from ._stage_card import close_tree
 
 
 def in_ipython() -> bool:
@@ -90,8 +91,6 @@ class CancelButton:
         self.button.disabled = True
         self.button.description = "Cancelling"
 
-    def close(self) -> None:
-        self.button.close()
 
 
 class TqdmProgress:
@@ -101,6 +100,7 @@ class TqdmProgress:
         self._tqdm = tqdm
         self.cancel = None
         self.view = None
+        self.handle = None
         notebook = sys.modules.get("tqdm.notebook")
         if notebook is not None and isinstance(tqdm, type) and issubclass(tqdm, notebook.tqdm_notebook):
             self.cancel = CancelButton.make()
@@ -112,7 +112,7 @@ class TqdmProgress:
             from IPython.display import display
 
             self.view = w.HBox([self.bar.container, self.cancel.button], layout=w.Layout(align_items="center"))
-            display(self.view)
+            self.handle = display(self.view, display_id=True)
 
     def update(self, stats: MapStats) -> None:
         if self.cancel is not None and self.cancel.requested.is_set() and not self.cancel.button.disabled:
@@ -145,5 +145,10 @@ class TqdmProgress:
             self.bar.colour = "#d9534f"  # tqdm.notebook shows a red bar for a failed run
         self.bar.close()
         if self.cancel is not None:  # the map is over: nothing to cancel in the saved output
-            self.view.children = (self.bar.container,)
-            self.cancel.close()
+            # the output becomes tqdm's own bar, whose text (shown where widgets cannot be: a
+            # notebook reopened without widget state, nbviewer) is the final bar, not the box's repr
+            if self.handle is not None:
+                self.handle.update(self.bar.container)
+            self.view.children = ()
+            close_tree(self.view)
+            close_tree(self.cancel.button)

@@ -138,3 +138,45 @@ def test_cancel_of_an_imap_loop_stops_it_with_a_traceback_of_the_cell_only(start
         kernel.run("mpkit.shutdown()")
     finally:
         kernel.close()
+
+
+def _bar_outputs(kernel: KernelSession, msg_id: str, timeout: float = 60.0) -> list[dict]:
+    """The data of every display (and display update) of widgets the cell ``msg_id`` sent, in order."""
+    shown, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            msg = kernel.kc.get_iopub_msg(timeout=1)
+        except queue.Empty:
+            continue
+        if msg.get("parent_header", {}).get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] in ("display_data", "update_display_data"):
+            if "application/vnd.jupyter.widget-view+json" in msg["content"]["data"]:
+                shown.append(msg["content"]["data"])
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            kernel.kc.get_shell_msg(timeout=timeout)
+            return shown
+    raise AssertionError("the cell did not finish")
+
+
+def test_a_saved_bar_with_a_cancel_button_reads_as_the_final_bar_and_leaves_no_widget(start_method):
+    """Where widgets cannot be drawn (a notebook reopened without widget state, nbviewer, GitHub)
+    the bar's output is its text: the final bar (30/30), not the repr of the box that held the
+    bar and the Cancel button (``HBox(children=(... Button(description='Cancel'...``). And the
+    box and button, closed at the end, leave no widget model behind beyond tqdm's own bar."""
+    kernel = KernelSession()
+    try:
+        kernel.run(SETUP + "from ipywidgets.widgets.widget import _instances\n"
+                   "from tqdm.auto import tqdm\nfor _ in tqdm(range(2)): pass\n")
+        msg_id = kernel.start("base = len(_instances)\nout = mpkit.map(slow, range(30), workers=2)")
+        shown = _bar_outputs(kernel, msg_id)
+        assert shown, "the map showed no bar"
+        last = shown[-1]["text/plain"]
+        assert "30/30" in last and "100%" in last, shown
+        assert "HBox(" not in last and "Button(" not in last, shown
+        grown = kernel.run("print(len(_instances) - base)\nbase = len(_instances)\n"
+                           "for _ in tqdm(range(30)): pass\nprint(len(_instances) - base)").text().split()
+        assert grown[0] == grown[1], f"a map's bar left {grown[0]} widget models, tqdm's own bar {grown[1]}"
+        kernel.run("mpkit.shutdown()")
+    finally:
+        kernel.close()
