@@ -118,6 +118,9 @@ class TqdmProgress:
         if self.cancel is not None and self.cancel.requested.is_set() and not self.cancel.button.disabled:
             self.cancel.cancelling()
             raise KeyboardInterrupt("Cancel clicked")  # raised again where the map runs: it stops as interrupted
+        self._draw(stats)
+
+    def _draw(self, stats: MapStats) -> None:
         bar = self.bar
         bar.n = stats.done + stats.failed
         if bar.total is None and stats.total is not None:
@@ -139,7 +142,7 @@ class TqdmProgress:
             file.flush()
 
     def close(self, stats: MapStats) -> None:
-        self.update(stats)
+        self._draw(stats)  # a click noted now comes too late: the map is over, nothing to cancel
         complete = stats.total is not None and stats.done + stats.failed == stats.total
         if not self._text_bar and (stats.failed or not complete):
             self.bar.colour = "#d9534f"  # tqdm.notebook shows a red bar for a failed run

@@ -180,3 +180,38 @@ def test_a_saved_bar_with_a_cancel_button_reads_as_the_final_bar_and_leaves_no_w
         kernel.run("mpkit.shutdown()")
     finally:
         kernel.close()
+
+
+LATE_CLICK = '''
+from mpkit.widgets._progress import TqdmProgress
+
+class ClickedAsItEnds(TqdmProgress):
+    """The bar, holding its close until the user's click has arrived: the worst moment for it."""
+
+    def close(self, stats):
+        print("all items done")
+        assert self.cancel.requested.wait(60), "the click did not arrive"
+        super().close(stats)
+
+out = mpkit.map(slow, range(30), workers=2, progress=ClickedAsItEnds)
+'''
+
+
+def test_a_click_as_the_map_ends_keeps_its_results_and_closes_the_bar(start_method):
+    """Cancel clicked once every item is done, as the bar closes: the map returns its results
+    (there is nothing left to cancel) and the button goes away, instead of MapInterrupted raised
+    from the bar's close with the Cancel button left live on the page."""
+    kernel = KernelSession()
+    try:
+        kernel.run(SETUP + "from ipywidgets.widgets.widget import _instances\n")
+        msg_id = kernel.start(LATE_CLICK)
+        comm_id = _cancel_button(kernel, msg_id)
+        _wait_for_output(kernel, msg_id, "all items done")
+        _click(kernel, comm_id)
+        cell = kernel.collect(msg_id, timeout=60)
+        assert cell.error is None, cell.error
+        check = kernel.run(f"print(out == [10 * i for i in range(30)], {comm_id!r} in _instances)")
+        assert check.text().split() == ["True", "False"], check.text()
+        kernel.run("mpkit.shutdown()")
+    finally:
+        kernel.close()
