@@ -204,8 +204,10 @@ class Run:
                 for filename, lineno, name, line in frames]
 
     def snapshot(self) -> MapStats:
+        # busy_workers is the backend's count as of its last pass; no chunk held means none busy
+        busy = self.busy_workers if self.in_flight else 0
         return MapStats(self.total, self.submitted, self.finished, self.failed, self.retried,
-                        self.pool_workers, self.busy_workers, time.perf_counter() - self.started)
+                        self.pool_workers, busy, time.perf_counter() - self.started)
 
     def pending_bytes(self) -> int:
         """Pickled size of the chunks waiting for a worker (under cond)."""

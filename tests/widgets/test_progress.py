@@ -46,3 +46,12 @@ def test_custom_front_end_receives_snapshots(pool):
     assert isinstance(final, mpkit.MapStats)
     assert (final.total, final.done, final.failed) == (100, 100, 0)
     assert final.rate > 0
+
+
+def test_the_final_bar_of_a_finished_map_shows_no_busy_worker(pool, capsys):
+    """The last bar a map leaves (the one kept in the saved notebook) says no worker is busy: it
+    read ``workers=1/2`` when the workers' last chunks had just come back."""
+    for _ in range(5):  # several maps: the stale count showed in some of them, not every one
+        pool.map(helpers.square, range(200), chunksize=1, progress=True)
+        last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+        assert "200/200" in last and f"workers=0/{pool.size}" in last, last
