@@ -1,6 +1,6 @@
 """Chat exports -> GPT2-chitchat training files: the article's dialogue cleaning, on mpkit.
 
-    inputs: .xlsx files and folders (their *.xlsx; Excel's ~$ lock files left out)
+    inputs: .xlsx files and folders (their .xlsx files; Excel's ~$ lock files left out, subfolders named)
         the output folder checked first (a file, a folder where a file goes, not writable: stop)
         the same file given twice (path or content) read once, with a warning
     exports ──mpkit.map, one file per worker──► read_export (_dialogue_read)
@@ -47,6 +47,7 @@ from pathlib import Path
 from ..engine._errors import MpkitWarning
 from ._dialogue_read import TIME_COLUMNS, DialogueInputError, FileRows, ReadJob, read_export
 from ._dialogue_text import DEFAULT_NOTICES, SEED_NOTICES, merge, split, val_count
+from ._workbook import list_folder, subfolder_note
 
 __all__ = ["DEFAULT_NOTICES", "SEED_NOTICES", "TIME_COLUMNS", "DialogueInputError", "DialogueOutputError",
            "DialogueReport", "DialogueWarning", "add_arguments", "clean_dialogues", "run"]
@@ -277,18 +278,23 @@ class Inputs:
 
 
 def collect_inputs(items: Iterable[str | os.PathLike]) -> Inputs:
-    """Files given, and each folder's *.xlsx (sorted); lock files and missing paths as skipped; the
+    """Files given, and each folder's .xlsx files (any letter case, sorted); lock files, missing paths
+    and subfolders holding .xlsx files (a folder is read one level deep) as skipped; the
     same file given twice (same path, or same bytes) kept once, with a :class:`DialogueWarning`."""
     files, skipped, duplicates = [], [], []
+    items = list(items)
+    given = {Path(item).resolve() for item in items}
     by_path: dict[Path, Path] = {}
     by_hash: dict[bytes, Path] = {}
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(p.glob("*.xlsx"))
+            found = list_folder(p)
             skipped += [(f.name, "an Excel lock file (Excel writes one beside each workbook it has open); left out")
-                        for f in found if f.name.startswith("~$")]
-            candidates = [f for f in found if not f.name.startswith("~$")]
+                        for f in found.lock_files]
+            skipped += [(str(sub), subfolder_note(sub, n)) for sub, n in found.subfolders
+                        if sub.resolve() not in given]
+            candidates = found.workbooks
         elif p.exists():
             candidates = [p]
         else:

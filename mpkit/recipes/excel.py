@@ -1,7 +1,8 @@
 """Parallel extraction of chat exports: the article's "使用进程池快速抽取数据", on mpkit.
 
     out_dir checked first (a folder, writable, empty unless overwrite) ─► OutputError before any read
-    paths ─► mpkit.imap(_read_file, one file per task, in input order, progress bar)
+    paths, each file once (a path or content given again: skipped, named) ─►
+          mpkit.imap(_read_file, one file per task, in input order, progress bar)
                │  in a worker:  _workbook.read_sheets: every sheet with the columns (calamine;
                │                openpyxl without it or when it fails on the file) → 消息内容 to
                │                text → drop notice rows → flag cells over 32,767 characters
@@ -38,7 +39,7 @@ from operator import itemgetter
 from pathlib import Path
 
 from ._excel_write import OutputFile, SegmentWriter
-from ._workbook import WorkbookError, read_sheets
+from ._workbook import WorkbookError, list_folder, read_sheets, subfolder_note
 from ._xlsx import MAX_CELL_CHARS, MAX_ROWS, too_long
 
 #: Columns every chat export must have, in output order.
@@ -234,6 +235,40 @@ def _prepare_out(out: Path, names: list[str], overwrite: bool) -> None:
 
 
 # ---- the run ---------------------------------------------------------------------------------------
+#: Bytes read at a time when hashing an input to find the same export given twice.
+_HASH_CHUNK = 1 << 20
+
+
+def _once_each(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """``paths`` without a file given again (the same path, or the same bytes under another name),
+    so that its rows are not written twice; and each one left out, with why."""
+    import hashlib
+
+    kept, dropped, by_path, by_hash = [], [], {}, {}
+    for p in paths:
+        resolved = Path(p).resolve()
+        if resolved in by_path:
+            dropped.append((p, f"given twice (the same file as {by_path[resolved]}): read once, so that its "
+                               "rows are not doubled. Fix: give each export once."))
+            continue
+        by_path[resolved] = p
+        h = hashlib.blake2b(digest_size=16)
+        try:
+            with open(p, "rb") as f:
+                while chunk := f.read(_HASH_CHUNK):
+                    h.update(chunk)
+        except OSError:
+            kept.append(p)  # unreadable or missing: its reader says why
+            continue
+        first = by_hash.setdefault(h.digest(), p)
+        if first != p:
+            dropped.append((p, f"the same content as {first}: read once, so that its rows are not doubled. "
+                               "Fix: give each export once."))
+            continue
+        kept.append(p)
+    return kept, dropped
+
+
 def extract(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, segment: int = 25,
             fmt: str = "xlsx", notices: Sequence[str] = DEFAULT_NOTICES, engine: str = "calamine",
             strict: bool = False, workers: int | None = None, progress: bool | None = None,
@@ -241,6 +276,8 @@ def extract(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, s
     """Read chat exports in parallel, drop system-notice rows, save every ``segment`` files as one file.
 
     - ``paths``: the .xlsx files, in the order segments are cut (sort them for a stable split).
+      A file given again (the same path, or the same content under another name) is read once and
+      named in ``files_skipped``.
       Every sheet that has the columns is read, in workbook order; the others are named in the report.
     - ``out_dir``: a new or empty folder (``overwrite=True``: a previous run's files in it are replaced;
       other files are left alone). Checked before any input is read. ``manifest.json`` in it lists
@@ -269,12 +306,13 @@ def extract(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, s
         raise ValueError(f"segment={segment!r}: it is the number of input files per output file. "
                          "Fix: give a whole number of at least 1.")
     wanted = tuple(n for n in (normalize(str(n)) for n in notices) if n)
+    paths, duplicates = _once_each(paths)
     out = Path(out_dir)
     names = _segment_names(len(paths), segment, fmt)
     _prepare_out(out, names, overwrite)
     show = in_ipython() if progress is None else progress
 
-    read, skipped, fallback, outputs, written = [], [], [], [], []
+    read, skipped, fallback, outputs, written = [], duplicates, [], [], []
     sheets_read, sheets_skipped, uncached, long_rows, long_rows_here = [], [], [], [], []
     segment_out = None  # the SegmentWriter of the segment being filled
     rows_read = rows_dropped = rows_written = cleaned = 0
@@ -362,7 +400,7 @@ DESCRIPTION = ("Read chat exports (columns " + ", ".join(COLUMNS) + ") with a po
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``excel`` subcommand's arguments to ``parser``."""
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help=".xlsx files, or folders (their *.xlsx)")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help=".xlsx files, or folders (their .xlsx files; subfolders are named, not read)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the output files")
     parser.add_argument("--segment", type=int, default=25, metavar="N", help="input files per output file "
                                                                                "(default: 25)")
@@ -381,27 +419,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
-def collect_inputs(inputs: Iterable[str]) -> tuple[list[str], list[str]]:
-    """Files given, plus each folder's *.xlsx (sorted, Excel's ~$ lock files left out); and what was not found."""
-    files, missing = [], []
+def collect_inputs(inputs: Iterable[str], out: str | os.PathLike | None = None
+                   ) -> tuple[list[str], list[tuple[str, str]]]:
+    """Files given, plus each folder's .xlsx files (any letter case, sorted, Excel's ~$ lock files
+    left out); and each input not read, with why: missing, or a subfolder holding .xlsx files
+    (folders are read one level deep; ``out``, the run's output folder, is not named)."""
+    files, left_out = [], []
+    inputs = list(inputs)
+    given = {Path(item).resolve() for item in inputs}
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files += [str(f) for f in sorted(p.glob("*.xlsx")) if not f.name.startswith("~$")]
+            found = list_folder(p, Path(out) if out is not None else None)
+            files += [str(f) for f in found.workbooks]
+            left_out += [(str(sub), subfolder_note(sub, n)) for sub, n in found.subfolders
+                         if sub.resolve() not in given]
         elif p.exists():
             files.append(str(p))
         else:
-            missing.append(item)
-    return files, missing
+            left_out.append((item, "does not exist. Fix: check the path."))
+    return files, left_out
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``python -m mpkit excel``; prints the report, returns the exit code."""
     import sys
 
-    files, missing = collect_inputs(args.inputs)
-    for item in missing:
-        print(f"mpkit excel: {item} does not exist; left out. Fix: check the path.", file=sys.stderr)
+    files, missing = collect_inputs(args.inputs, args.out)
+    for item, why in missing:
+        print(f"mpkit excel: {item} left out: {why}", file=sys.stderr)
     if not files:
         print("mpkit excel: no .xlsx files found in the input. Fix: give .xlsx files, or folders holding "
               "them.", file=sys.stderr)

@@ -524,3 +524,16 @@ def test_a_conversation_partly_without_send_times_keeps_file_order_and_is_counte
     assert report.time_column == "发送时间" and report.unsorted == 1 and report.reordered == 0
     assert _dialogues(tmp_path / "out" / "std" / "train.txt") == [["客户:第2句", "坐席:第3句", "客户:第0句", "坐席:第1句"]]
     assert "1 kept in file order" in str(report)
+
+
+def test_a_folder_with_subfolders_and_upper_case_names_names_every_workbook_it_did_not_read(exports, tmp_path):
+    folder = tmp_path / "exports"
+    (folder / "2024-02").mkdir(parents=True)
+    shutil.copy(exports[0], folder / "A.XLSX")  # Windows' upper-case names
+    shutil.copy(exports[1], folder / "2024-02" / "b.xlsx")  # exports kept by month
+    report = clean_dialogues([folder], tmp_path / "out", val_size=0, workers=1)
+    assert report.files == 1  # the upper-case one is read like the others
+    (sub, why), = report.files_skipped
+    assert sub.endswith("2024-02") and "1 .xlsx" in why and "2024-02" in str(report)
+    both = clean_dialogues([folder, folder / "2024-02"], tmp_path / "out2", val_size=0, workers=1)
+    assert both.files == 2 and both.files_skipped == ()

@@ -328,3 +328,39 @@ def test_writing_shows_progress(inputs, tmp_path, capsys, monkeypatch):
     text = csv.read_text(encoding="utf-8-sig")  # written in batches of 1,000 rows: one header, one BOM
     assert "\ufeff" not in text and text.count("坐席id,客户微信id") == 1
     assert len(pd.read_csv(csv, dtype=object)) == _rows_on_disk(tmp_path / "out")
+
+
+# ---- folders as users keep them: month subfolders, .XLSX, the same export twice ---------------------
+def test_a_folder_with_subfolders_and_upper_case_names_names_every_workbook_it_did_not_read(inputs, tmp_path,
+                                                                                           capsys):
+    folder = inputs[0].parent
+    (folder / "2024-02").mkdir()
+    inputs[2].rename(folder / "2024-02" / inputs[2].name)  # exports kept by month
+    inputs[3].rename(folder / "CHAT_EXPORT_003.XLSX")  # Windows' upper-case names
+    (folder / "notes").mkdir()  # a subfolder without workbooks: nothing to say
+    code = excel.run(_cli([str(folder), "--out", str(tmp_path / "out"), "-n", "1", "--no-progress"]))
+    out, err = capsys.readouterr()
+    assert "3 file(s) read" in out  # the upper-case one is a workbook like the others
+    assert "2024-02" in err and "1 .xlsx" in err and "notes" not in err
+    assert code == 1  # a workbook under --in was not read: not a clean run
+    code = excel.run(_cli([str(folder), str(folder / "2024-02"), "--out", str(tmp_path / "out2"), "-n", "1",
+                           "--no-progress"]))
+    assert code == 0 and "4 file(s) read" in capsys.readouterr().out
+
+
+def test_the_output_folder_inside_the_input_folder_is_not_a_subfolder_left_out(inputs, tmp_path, capsys):
+    folder = inputs[0].parent
+    argv = [str(folder), "--out", str(folder / "out"), "-n", "1", "--no-progress", "--overwrite"]
+    assert excel.run(_cli(argv)) == 0
+    assert excel.run(_cli(argv)) == 0 and "out" not in capsys.readouterr().err
+
+
+def test_the_same_export_given_twice_is_read_once_and_named(inputs, tmp_path, start_method):
+    once = excel.extract(inputs, tmp_path / "once", workers=2)
+    copy = shutil.copy(inputs[0], tmp_path / "copy_of_000.xlsx")
+    twice = excel.extract([*inputs, inputs[0], copy], tmp_path / "twice", workers=2)
+    assert twice.rows_read == once.rows_read and twice.rows_written == once.rows_written
+    assert _rows_on_disk(tmp_path / "twice") == _rows_on_disk(tmp_path / "once")
+    reasons = dict(twice.files_skipped)
+    assert "given twice" in reasons[str(inputs[0])] and "same content as" in reasons[str(copy)]
+    assert "copy_of_000.xlsx" in str(twice)
