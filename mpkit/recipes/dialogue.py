@@ -14,6 +14,7 @@
         (sklearn's train_test_split(random_state=1) rule)
     write_splits (_dialogue_write)
         std/train.txt, std/val.txt  (main)   ── reversed, bounded Queue ──► mmi/*.txt (2nd process)
+        stopped half way (Ctrl-C, a writer's error): the four files removed, none left truncated
 
 Output: one utterance a line (``坐席:...`` or ``客户:...``), a blank line between conversations.
 The MMI files hold the same conversations with their utterances in reverse order. The report
@@ -213,7 +214,14 @@ def clean_dialogues(paths: Iterable[str | Path] | str | Path, out_dir: str | Pat
     splits = {"train": [conversations[i] for i in train], "val": [conversations[i] for i in val]}
     if not seed:
         splits = {name: [c for c in convs if c] for name, convs in splits.items()}
-    written, writers = write_splits(splits, out, default_start_method(), seed=seed, progress=progress)
+    try:
+        written, writers = write_splits(splits, out, default_start_method(), seed=seed, progress=progress)
+    except BaseException as exc:  # an interrupt (or a writer that failed) half way: no truncated file
+        removed = _remove_outputs(out)
+        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "stopped by an error"
+        exc.add_note(f"mpkit dialogues: {what} while writing; the unfinished files were removed "
+                     f"({', '.join(removed) or 'none yet'}), so that no truncated training file is left.")
+        raise
     dropped: dict[str, int] = {}
     for f in files:
         for why, n in f.dropped.items():
@@ -231,6 +239,20 @@ def clean_dialogues(paths: Iterable[str | Path] | str | Path, out_dir: str | Pat
         read_with_openpyxl=tuple((f.name, f.fallback or "python-calamine is not installed")
                                  for f in files if f.engine == "openpyxl" and not seed),
         compat=compat)
+
+
+def _remove_outputs(out: Path) -> list[str]:
+    """Remove this run's output files (each one begun, so none whole); the names removed."""
+    removed = []
+    for name in OUTPUTS:
+        try:
+            (out / name).unlink()
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            pass  # a file that cannot be removed is left: the note names only those removed
+    return removed
 
 
 # ---- before reading: the output folder, the inputs ------------------------------------------------
@@ -401,7 +423,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``python -m mpkit dialogues``; 0 if every input was read, 1 if some were skipped or on bad
-    input or output (one line on stderr, before anything is read)."""
+    input or output (one line on stderr, before anything is read), 130 on Ctrl-C (one line saying
+    what is left on disk)."""
     notices = None
     if args.notice:
         notices = (SEED_NOTICES if args.compat else DEFAULT_NOTICES) + tuple(args.notice)
@@ -414,5 +437,10 @@ def run(args: argparse.Namespace) -> int:
     except (DialogueInputError, DialogueOutputError, ValueError) as exc:
         print(f"mpkit dialogues: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line, what is left on disk (the note says it)
+        notes = [n for n in getattr(exc, "__notes__", ()) if n.startswith("mpkit dialogues:")]
+        print(notes[0] if notes else "mpkit dialogues: interrupted while reading; nothing was written.",
+              file=sys.stderr)
+        return 130
     print(f"mpkit dialogues: {report}")
     return 1 if report.files_skipped else 0

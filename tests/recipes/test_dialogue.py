@@ -537,3 +537,40 @@ def test_a_folder_with_subfolders_and_upper_case_names_names_every_workbook_it_d
     assert sub.endswith("2024-02") and "1 .xlsx" in why and "2024-02" in str(report)
     both = clean_dialogues([folder, folder / "2024-02"], tmp_path / "out2", val_size=0, workers=1)
     assert both.files == 2 and both.files_skipped == ()
+
+
+def test_ctrl_c_while_the_files_are_written_leaves_no_truncated_training_file(tmp_path):
+    # Ctrl-C in the terminal while train.txt is half written: a truncated train.txt looks like a
+    # whole one to the trainer. The run says it was interrupted, and leaves no output file behind.
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from mpkit.recipes._xlsx import XlsxWriter
+    from tests.proctree import wait_until
+
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    for k in range(2):  # ~2 s of writing on a quiet machine: time to interrupt it
+        with XlsxWriter(folder / f"export_{k}.xlsx", COLUMNS) as w:
+            w.write(["kf_1", f"wxid_{k}_{i // 20}", "是" if i % 2 else "否", f"第 {i} 条消息, 有点长的内容 {k}",
+                     f"2024-03-01 {i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}"] for i in range(60_000))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "mpkit", "dialogues", str(folder), "--out", str(out), "-n", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    try:
+        train = out / "std" / "train.txt"
+        assert wait_until(lambda: proc.poll() is not None or (train.exists() and train.stat().st_size > 0), 240)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, (stdout, stderr)
+    assert "interrupted" in stderr and "Traceback" not in stderr, stderr
+    left = [str(p.relative_to(out)) for p in out.rglob("*.txt")]
+    assert left == [], left
