@@ -15,6 +15,8 @@
                │  xlsx: each file's rows streamed in as it arrives (Sheet2... past 1,048,575 rows);
                │        rows with an over-long cell ─► extract_<first>_<last>.long_cells.csv
                ▼
+             stopped half way (Ctrl-C, an error): the unfinished segment removed, the whole ones
+               named in a note on the exception, no manifest
              out_dir/manifest.json (files written, rows each) and
              ExtractReport(files and sheets read / skipped, rows read = rows written + notices
                            dropped, formulas without a value, long rows, outputs)
@@ -361,6 +363,14 @@ def extract(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, s
                 outputs.append(segment_out.path)
                 long_rows += [(p, s, r, files[-1].path) for p, s, r in long_rows_here]
                 segment_out, long_rows_here = None, []
+    except BaseException as exc:  # strict, an interrupt, a full disk: say what is left on disk
+        if not isinstance(exc, ExtractError):
+            whole = ", ".join(f.path.name for f in written) or "none"
+            exc.add_note(f"mpkit excel: {'interrupted' if isinstance(exc, KeyboardInterrupt) else 'stopped'} "
+                         f"after {len(outputs)} of {len(names)} segment(s); whole in {out}: {whole}; the "
+                         f"unfinished one was removed and no {MANIFEST} was written. Fix: run again with "
+                         "--overwrite (overwrite=True).")
+        raise
     finally:
         if segment_out is not None:  # stopped inside a segment (strict, an interrupt): no half file
             segment_out.abort()
@@ -394,8 +404,8 @@ DESCRIPTION = ("Read chat exports (columns " + ", ".join(COLUMNS) + ") with a po
                "drop rows that are chat-app system notices, and save every SEGMENT input files as one file. "
                "Bad files are skipped and named (or, with --strict, stop the run). Exit code 0 if every file "
                "was read, 1 if some were skipped or --strict stopped, 2 if no input was found or --out "
-               "cannot take the output (checked before reading). --out must be a new or empty folder "
-               "(--overwrite replaces a previous run's files); manifest.json in it lists what was written.")
+               "cannot take the output (checked before reading), 130 on Ctrl-C. --out must be a new or empty "
+               "folder (--overwrite replaces a previous run's files); manifest.json in it lists what was written.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -463,5 +473,9 @@ def run(args: argparse.Namespace) -> int:
     except (ExtractError, ValueError, ImportError) as exc:
         print(f"mpkit excel: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line, what is left on disk (the note says it)
+        notes = [n for n in getattr(exc, "__notes__", ()) if n.startswith("mpkit excel:")]
+        print(notes[0] if notes else "mpkit excel: interrupted.", file=sys.stderr)
+        return 130
     print(report)
     return 1 if report.files_skipped or missing else 0

@@ -364,3 +364,38 @@ def test_the_same_export_given_twice_is_read_once_and_named(inputs, tmp_path, st
     reasons = dict(twice.files_skipped)
     assert "given twice" in reasons[str(inputs[0])] and "same content as" in reasons[str(copy)]
     assert "copy_of_000.xlsx" in str(twice)
+
+
+def test_ctrl_c_half_way_says_which_segments_are_whole_and_leaves_no_partial_file(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from mpkit.recipes._xlsx import XlsxWriter
+    from tests.proctree import wait_until
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(4):
+        with XlsxWriter(folder / f"export_{k}.xlsx", excel.COLUMNS) as w:
+            w.write(["kf_1", f"wx_{i % 7}", "是" if i % 2 else "否", f"消息 {k} {i}", f"2024-03-01 09:{i % 60:02d}:00"]
+                    for i in range(60_000))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "mpkit", "excel", str(folder), "--out", str(out), "--segment", "1",
+                             "-n", "2", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    try:
+        assert wait_until(lambda: proc.poll() is not None or (out / "extract_1_1.xlsx").exists(), 240)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, (stdout, stderr)
+    assert "interrupted" in stderr and "Traceback" not in stderr and "--overwrite" in stderr, stderr
+    left = sorted(p.name for p in out.iterdir())
+    assert "manifest.json" not in left  # no manifest: the run did not finish
+    for name in left:  # each segment left is whole, and named as such
+        assert name in stderr and len(pd.read_excel(out / name, engine="calamine")) == 60_000, name
