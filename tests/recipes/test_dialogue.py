@@ -574,3 +574,25 @@ def test_ctrl_c_while_the_files_are_written_leaves_no_truncated_training_file(tm
     assert "interrupted" in stderr and "Traceback" not in stderr, stderr
     left = [str(p.relative_to(out)) for p in out.rglob("*.txt")]
     assert left == [], left
+
+
+@pytest.mark.parametrize("writer", ["excel recipe", "openpyxl"])
+def test_seed_reads_escape_like_texts_and_carriage_returns_as_the_article_does(tmp_path, writer):
+    # the Excel recipe's own output (a message with a Windows line end is stored as &#13;), and a
+    # message quoting escaped text, which openpyxl stores as it is (_x0041_, lower-case _x000d_)
+    from benchmarks.article_dialogue import get_funtine_data
+    from mpkit.recipes._xlsx import XlsxWriter
+
+    odd = ["你好", "a\r\nb", "\r", "a_x0041_x0042_", "lit _x000d_ x", "_x0031_ 号", "好的", "在吗"]
+    rows = [["kf_1", "wxid_a", "是" if i % 2 else "否", v, f"2024-03-01 10:{i:02d}:00"] for i, v in enumerate(odd)]
+    path = tmp_path / "odd.xlsx"
+    if writer == "openpyxl":
+        _xlsx(path, rows)
+    else:
+        with XlsxWriter(path, COLUMNS) as w:
+            w.write(rows)
+    get_funtine_data([str(path)], str(tmp_path / "port"), val_size=0)
+    clean_dialogues([path], tmp_path / "ours", compat="seed", val_size=0, workers=1)
+    for ours, theirs in FILES:
+        assert (tmp_path / "ours" / ours / "train.txt").read_bytes() == \
+            (tmp_path / "port" / theirs / "train.txt").read_bytes()
