@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..engine._errors import MpkitWarning
-from ._dialogue_read import TIME_COLUMNS, DialogueInputError, FileRows, ReadJob, read_export
+from ._dialogue_read import TIME_COLUMNS, UNTIMED_EXAMPLES, DialogueInputError, FileRows, ReadJob, read_export
 from ._dialogue_text import DEFAULT_NOTICES, SEED_NOTICES, merge, split, val_count
 from ._workbook import list_folder, subfolder_note
 
@@ -84,7 +84,7 @@ class DialogueReport:
     rows_read: int
     rows_kept: int
     #: rows dropped, by reason: missing (a needed cell empty), duplicate, notice, empty (blank after
-    #: cleaning), blank (every cell empty), unknown_role (是否客服 neither 是 nor 否), bad_time
+    #: cleaning), blank (every cell empty), unknown_role (是否客服 neither 是 nor 否)
     rows_dropped: Mapping[str, int] = field(default_factory=dict)
     conversations: int = 0
     #: conversations left without an utterance: skipped (default) or written blank (seed)
@@ -104,8 +104,12 @@ class DialogueReport:
     time_column: str | None = None
     #: conversations whose messages came out of time order (across files or within one) and were sorted
     reordered: int = 0
-    #: conversations left in file order because some of their sheets have no time column
+    #: conversations left in file order because some of their messages have no time (a sheet
+    #: without the column, or a cell empty or in a form not understood)
     unsorted: int = 0
+    #: messages kept without a readable time, and a few of those values as found
+    untimed: int = 0
+    untimed_examples: tuple[str, ...] = ()
     #: formula cells saved without a value (read as empty: rows dropped as "missing")
     uncached_formulas: int = 0
     #: (file, why) of each file read with openpyxl: python-calamine missing, or failed on it
@@ -123,8 +127,12 @@ class DialogueReport:
         if self.time_column:
             lines.append(f"  sorted by the time column {self.time_column}; {self.reordered:,} conversations "
                          "had messages out of time order (across files or within one)"
-                         + (f"; {self.unsorted:,} kept in file order (a sheet without the column)"
-                            if self.unsorted else ""))
+                         + (f"; {self.unsorted:,} kept in file order (a sheet without the column, or "
+                            "messages without a readable time)" if self.unsorted else ""))
+            if self.untimed:
+                lines.append(f"  {self.untimed:,} messages without a readable {self.time_column} (e.g. "
+                             f"{', '.join(self.untimed_examples)}) were kept, their conversations in file order. "
+                             "Fix: write the send times as 2024-03-01 09:00:00")
         elif self.compat is None:
             lines.append(f"  no time column ({', '.join(TIME_COLUMNS)}): each conversation keeps the "
                          "files' order. Fix: --time-column NAME if the send time has another name")
@@ -235,6 +243,8 @@ def clean_dialogues(paths: Iterable[str | Path] | str | Path, out_dir: str | Pat
         sheets_read=tuple((f.name, s, n) for f in files for s, n in f.sheets),
         sheets_skipped=tuple((f.name, s, why) for f in files for s, why in f.sheets_skipped),
         time_column=order[0], reordered=order[1], unsorted=order[2],
+        untimed=sum(f.untimed for f in files),
+        untimed_examples=tuple(dict.fromkeys(e for f in files for e in f.untimed_examples))[:UNTIMED_EXAMPLES],
         uncached_formulas=sum(f.uncached_formulas for f in files),
         read_with_openpyxl=tuple((f.name, f.fallback or "python-calamine is not installed")
                                  for f in files if f.engine == "openpyxl" and not seed),

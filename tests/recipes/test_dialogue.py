@@ -596,3 +596,19 @@ def test_seed_reads_escape_like_texts_and_carriage_returns_as_the_article_does(t
     for ours, theirs in FILES:
         assert (tmp_path / "ours" / ours / "train.txt").read_bytes() == \
             (tmp_path / "port" / theirs / "train.txt").read_bytes()
+
+
+def test_messages_with_an_empty_or_odd_send_time_are_kept_in_file_order_and_counted(tmp_path):
+    # a real export's 发送时间 column: a few empty cells, a time typed without padding or with dots,
+    # a time-only cell. The column was found by itself: it must not cost the user those messages.
+    import datetime as dt
+
+    times = ["2024-03-01 09:00:00", "2024-3-1 9:01", None, "", "2024.03.01 09:03", dt.time(9, 4), "2024-03-01 09:05:00"]
+    rows = [["kf_1", "wxid_a", "是" if i % 2 else "否", f"第{i}句", t] for i, t in enumerate(times)]
+    path = _xlsx(tmp_path / "odd_times.xlsx", rows)
+    report = clean_dialogues([path], tmp_path / "out", val_size=0, workers=1)
+    assert report.rows_kept == 7 and report.rows_dropped == {}, report.rows_dropped
+    assert _dialogues(tmp_path / "out" / "std" / "train.txt") == [
+        [f"{'坐席' if i % 2 else '客户'}:第{i}句" for i in range(7)]]
+    assert report.unsorted == 1 and report.untimed == 5
+    assert "5 messages without a readable 发送时间" in str(report) and "'2024.03.01 09:03'" in str(report)
