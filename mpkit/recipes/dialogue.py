@@ -48,7 +48,7 @@ from pathlib import Path
 from ..engine._errors import MpkitWarning
 from ._dialogue_read import TIME_COLUMNS, UNTIMED_EXAMPLES, DialogueInputError, FileRows, ReadJob, read_export
 from ._dialogue_text import DEFAULT_NOTICES, SEED_NOTICES, merge, split, val_count
-from ._workbook import list_folder, subfolder_note
+from ._workbook import list_folder, other_format_note, subfolder_note
 
 __all__ = ["DEFAULT_NOTICES", "SEED_NOTICES", "TIME_COLUMNS", "DialogueInputError", "DialogueOutputError",
            "DialogueReport", "DialogueWarning", "add_arguments", "clean_dialogues", "run"]
@@ -326,6 +326,7 @@ def collect_inputs(items: Iterable[str | os.PathLike]) -> Inputs:
                         for f in found.lock_files]
             skipped += [(str(sub), subfolder_note(sub, n)) for sub, n in found.subfolders
                         if sub.resolve() not in given]
+            skipped += [(f.name, other_format_note(f)) for f in found.others]
             candidates = found.workbooks
         elif p.exists():
             candidates = [p]

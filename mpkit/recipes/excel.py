@@ -41,7 +41,7 @@ from operator import itemgetter
 from pathlib import Path
 
 from ._excel_write import OutputFile, SegmentWriter
-from ._workbook import WorkbookError, list_folder, read_sheets, subfolder_note
+from ._workbook import WorkbookError, list_folder, other_format_note, read_sheets, subfolder_note
 from ._xlsx import MAX_CELL_CHARS, MAX_ROWS, too_long
 
 #: Columns every chat export must have, in output order.
@@ -444,6 +444,7 @@ def collect_inputs(inputs: Iterable[str], out: str | os.PathLike | None = None
             files += [str(f) for f in found.workbooks]
             left_out += [(str(sub), subfolder_note(sub, n)) for sub, n in found.subfolders
                          if sub.resolve() not in given]
+            left_out += [(str(f), other_format_note(f)) for f in found.others]
         elif p.exists():
             files.append(str(p))
         else:

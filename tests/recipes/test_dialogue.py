@@ -612,3 +612,13 @@ def test_messages_with_an_empty_or_odd_send_time_are_kept_in_file_order_and_coun
         [f"{'坐席' if i % 2 else '客户'}:第{i}句" for i in range(7)]]
     assert report.unsorted == 1 and report.untimed == 5
     assert "5 messages without a readable 发送时间" in str(report) and "'2024.03.01 09:03'" in str(report)
+
+
+def test_spreadsheets_in_a_folder_that_are_not_xlsx_are_named(exports, tmp_path):
+    folder = exports[0].parent
+    (folder / "old_export.xls").write_bytes(b"\xd0\xcf\x11\xe0" + bytes(60))  # Excel 97-2003
+    (folder / "chat.csv").write_text("坐席id,消息内容\n", encoding="utf-8")
+    report = clean_dialogues([folder], tmp_path / "out", val_size=0, workers=1)
+    assert report.files == 2
+    assert sorted(f for f, _why in report.files_skipped) == ["chat.csv", "old_export.xls"]
+    assert "not an .xlsx" in str(report)

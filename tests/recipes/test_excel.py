@@ -399,3 +399,17 @@ def test_ctrl_c_half_way_says_which_segments_are_whole_and_leaves_no_partial_fil
     assert "manifest.json" not in left  # no manifest: the run did not finish
     for name in left:  # each segment left is whole, and named as such
         assert name in stderr and len(pd.read_excel(out / name, engine="calamine")) == 60_000, name
+
+
+def test_spreadsheets_in_a_folder_that_are_not_xlsx_are_named(inputs, tmp_path, capsys):
+    folder = inputs[0].parent
+    (folder / "old_export.xls").write_bytes(b"\xd0\xcf\x11\xe0" + bytes(60))  # Excel 97-2003
+    (folder / "macro.xlsm").write_bytes(b"PK")
+    (folder / "chat.csv").write_text("坐席id,消息内容\n", encoding="utf-8")
+    (folder / "readme.txt").write_text("notes")
+    code = excel.run(_cli([str(folder), "--out", str(tmp_path / "out"), "-n", "1", "--no-progress"]))
+    out, err = capsys.readouterr()
+    assert "4 file(s) read" in out and code == 1
+    for name in ("old_export.xls", "macro.xlsm", "chat.csv"):
+        assert name in err, err
+    assert "readme.txt" not in err
