@@ -200,7 +200,8 @@ def _has_notice(text: str, notices: tuple[str, ...]) -> bool:
 # ---- the output folder, checked before anything is read ------------------------------------------
 MANIFEST = "manifest.json"
 #: What a run writes: its segments, their side files of over-long rows, the manifest. With
-#: overwrite=True exactly these are removed first; any other file in the folder is left alone.
+#: overwrite=True exactly these are removed first (a manifest only if a run of this recipe wrote
+#: it: another one stops the run); any other file in the folder is left alone.
 _OUR_FILES = re.compile(r"extract_\d+_\d+(\.long_cells\.csv|\.(xlsx|parquet|csv))|" + re.escape(MANIFEST))
 
 
@@ -227,6 +228,10 @@ def _prepare_out(out: Path, names: list[str], overwrite: bool) -> None:
         raise OutputError(f"the output folder {out} is not empty ({shown}): this run's files would mix "
                           "with what is there. Fix: give a new or empty folder, or pass --overwrite "
                           "(overwrite=True) to replace a previous run's outputs.")
+    manifest = out / MANIFEST
+    if manifest.is_file() and not _is_our_manifest(manifest):
+        raise OutputError(f"{manifest} was not written by mpkit excel, and this run writes its own "
+                          "manifest there. Fix: move that file away, or give another --out.")
     for name in present:
         if _OUR_FILES.fullmatch(name) and (out / name).is_file():
             (out / name).unlink()
@@ -234,6 +239,14 @@ def _prepare_out(out: Path, names: list[str], overwrite: bool) -> None:
     if blocked:
         raise OutputError(f"{out / blocked[0]} is a folder, where this run writes a file. "
                           "Fix: move it away, or give another --out.")
+
+
+def _is_our_manifest(path: Path) -> bool:
+    """True if ``path`` is a manifest a run of this recipe wrote (its "tool" says so)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("tool") == "mpkit excel"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 # ---- the run ---------------------------------------------------------------------------------------

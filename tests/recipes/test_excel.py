@@ -413,3 +413,17 @@ def test_spreadsheets_in_a_folder_that_are_not_xlsx_are_named(inputs, tmp_path, 
     for name in ("old_export.xls", "macro.xlsm", "chat.csv"):
         assert name in err, err
     assert "readme.txt" not in err
+
+
+def test_overwrite_never_replaces_a_manifest_another_tool_wrote(inputs, tmp_path, capsys):
+    out = tmp_path / "data"
+    out.mkdir()
+    theirs = '{"dataset": "chat exports 2024", "owner": "team"}\n'
+    (out / "manifest.json").write_text(theirs, encoding="utf-8")
+    code = excel.run(_cli([str(inputs[0]), "--out", str(out), "--overwrite", "-n", "1", "--no-progress"]))
+    assert code == 2 and "manifest.json" in capsys.readouterr().err
+    assert (out / "manifest.json").read_text(encoding="utf-8") == theirs
+    # a previous run's manifest is replaced as before
+    assert excel.run(_cli([str(inputs[0]), "--out", str(tmp_path / "o"), "-n", "1", "--no-progress"])) == 0
+    assert excel.run(_cli([str(inputs[1]), "--out", str(tmp_path / "o"), "--overwrite", "-n", "1",
+                           "--no-progress"])) == 0
