@@ -50,7 +50,8 @@ COLUMNS = ("坐席id", "客户微信id", "是否客服", "消息内容", "发送
 ARTICLE_NOTICES = ("我通过了好友请求,现在你俩可以开始聊天了", "我通过了你的朋友验证请求,现在我们可以开始聊天了",
                    "已通过你的朋友验证请求,现在可以开始聊天了", "不支持此消息,请在手机上查看", "微信红包")
 #: The article's list plus variants WeChat exports also carry. Matched as substrings after
-#: normalisation (full-width punctuation to half-width, whitespace removed); extend it freely:
+#: normalisation (full-width punctuation to half-width, whitespace removed), those of
+#: WHOLE_MESSAGE_NOTICES as the whole message; extend it freely:
 #: ``notices=DEFAULT_NOTICES + ("my notice",)``.
 DEFAULT_NOTICES = ARTICLE_NOTICES + (
     "现在可以开始聊天了", "收到红包,请在手机上查看", "收到了一个表情,请在手机上查看", "以上是打招呼的内容",
@@ -193,8 +194,15 @@ def _read_file(task: tuple[str, tuple[str, ...], str]) -> FileResult:
                       fallback=book.fallback, blank_rows=sum(s.blank_rows for s in book.sheets))
 
 
+#: Notices that are also phrases people say ("可以微信转账吗?"): they match only a message that is
+#: nothing else (punctuation and spaces around it aside). Other notices, the user's included,
+#: match inside a message.
+WHOLE_MESSAGE_NOTICES = ("微信红包", "微信转账")
+_WHOLE = {normalize(n): re.compile(rf"\W*{re.escape(normalize(n))}\W*") for n in WHOLE_MESSAGE_NOTICES}
+
+
 def _has_notice(text: str, notices: tuple[str, ...]) -> bool:
-    return any(n in text for n in notices)
+    return any(n in text and (n not in _WHOLE or _WHOLE[n].fullmatch(text)) for n in notices)
 
 
 # ---- the output folder, checked before anything is read ------------------------------------------
@@ -301,7 +309,8 @@ def extract(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, s
       or ``"csv"`` (UTF-8 with BOM, so Excel shows the Chinese). A row with a cell over 32,767
       characters cannot go into .xlsx whole: it is written to ``<segment>.long_cells.csv`` instead
       and named in the report.
-    - ``notices``: texts whose rows are dropped, matched as substrings after :func:`normalize`.
+    - ``notices``: texts whose rows are dropped, matched as substrings after :func:`normalize`
+      (those of :data:`WHOLE_MESSAGE_NOTICES`, phrases people also say, as the whole message).
     - ``engine``: ``"calamine"`` (fast; openpyxl when it fails on a file, or for every file when
       python-calamine is not installed, said in the report), ``"openpyxl"``, or ``"auto"`` (the
       same as ``"calamine"``).

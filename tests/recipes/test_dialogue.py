@@ -622,3 +622,11 @@ def test_spreadsheets_in_a_folder_that_are_not_xlsx_are_named(exports, tmp_path)
     assert report.files == 2
     assert sorted(f for f, _why in report.files_skipped) == ["chat.csv", "old_export.xls"]
     assert "not an .xlsx" in str(report)
+
+
+def test_customers_talking_about_payments_are_not_dropped_as_notices(tmp_path):
+    said = ["可以微信转账吗？", "我已经向你转账了，请查收", "支持微信红包吗", "收到红包了吗", "老板已收钱了没"]
+    notices = ["微信红包", "[转账]请在手机上查看", "已收钱", "[红包]恭喜发财", "收到红包"]
+    rows = [_row("wxid_a", False, t, i) for i, t in enumerate(said + notices)]
+    report = clean_dialogues([_xlsx(tmp_path / "pay.xlsx", rows)], tmp_path / "out", val_size=0, workers=1)
+    assert report.rows_dropped == {"notice": len(notices)} and report.rows_kept == len(said)

@@ -60,7 +60,8 @@ def test_notices_match_across_punctuation_widths_and_as_substrings():
     article = [excel.normalize(n) for n in excel.DEFAULT_NOTICES]
     assert excel._has_notice(excel.normalize("我通过了你的朋友验证请求，现在我们可以开始聊天了"), article)
     assert excel._has_notice(excel.normalize("[收到了一个表情，请在手机上查看]"), article)
-    assert excel._has_notice(excel.normalize("  对方发来 微信红包 ！"), article)
+    assert excel._has_notice(excel.normalize("  微信红包 ！"), article)
+    assert not excel._has_notice(excel.normalize("可以微信红包付款吗？"), article)  # a customer's question
     assert not excel._has_notice(excel.normalize("推荐你去都一处烧麦馆(前门店)，"), article)
 
 
@@ -427,3 +428,16 @@ def test_overwrite_never_replaces_a_manifest_another_tool_wrote(inputs, tmp_path
     assert excel.run(_cli([str(inputs[0]), "--out", str(tmp_path / "o"), "-n", "1", "--no-progress"])) == 0
     assert excel.run(_cli([str(inputs[1]), "--out", str(tmp_path / "o"), "--overwrite", "-n", "1",
                            "--no-progress"])) == 0
+
+
+def test_customers_talking_about_payments_are_not_dropped_as_notices(tmp_path):
+    # a customer-service chat mentions transfers and red packets all the time: only the app's own
+    # notices go
+    said = ["可以微信转账吗？", "我已经向你转账了，请查收", "支持微信红包吗", "收到红包了吗", "老板已收钱了没"]
+    notices = ["微信红包", "微信转账", "“小王”撤回了一条消息", "我通过了你的朋友验证请求，现在我们可以开始聊天了"]
+    rows = [list(excel.COLUMNS)] + [["kf_1", "wx_1", "否", t, f"2024-03-01 09:{i:02d}:00"]
+                                    for i, t in enumerate(said + notices)]
+    path = _export(tmp_path / "pay.xlsx", {"Sheet1": rows})
+    report = excel.extract([path], tmp_path / "out", workers=1)
+    kept = list(pd.read_excel(report.outputs[0], engine="calamine")["消息内容"])
+    assert kept == said and report.rows_dropped == len(notices)
