@@ -13,8 +13,8 @@ Cells: str as inline text (XML-escaped; characters XML 1.0 cannot hold are remov
 ``cleaned``; a literal ``_x0041_`` is escaped so that readers do not decode it; ``\\r`` as ``&#13;``
 so that it survives XML's line-end normalisation), bool, int and float as values, datetime / date /
 time as Excel date serials with a date format (dates before 1 March 1900 as text), None and NaN
-as empty cells, anything else as its str(). Text over :data:`MAX_CELL_CHARS` is Excel's to cut: callers keep such rows out (see
-:func:`too_long`).
+as empty cells, anything else as its str(). Text over :data:`MAX_CELL_CHARS` is Excel's to cut:
+callers keep such rows out (see :func:`too_long`).
 """
 from __future__ import annotations
 

@@ -432,7 +432,8 @@ DESCRIPTION = ("Read chat exports (columns " + ", ".join(COLUMNS) + ") with a po
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``excel`` subcommand's arguments to ``parser``."""
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help=".xlsx files, or folders (their .xlsx files; subfolders are named, not read)")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help=".xlsx files, or folders (their .xlsx files; subfolders are named, not read)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the output files")
     parser.add_argument("--segment", type=int, default=25, metavar="N", help="input files per output file "
                                                                                "(default: 25)")
