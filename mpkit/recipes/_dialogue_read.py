@@ -7,7 +7,8 @@
   cell or repeated within the file dropped, each message cleaned (``_dialogue_text.clean``); then
   the messages of each (agent, customer) key with their time, not yet merged, because a
   conversation may continue in another file: the main process joins the files' pieces first.
-  The time column is the one asked for, else the first of :data:`TIME_COLUMNS` the sheet has;
+  The time column is the one asked for, else the first of :data:`TIME_COLUMNS` the sheet has; a
+  message whose time cell is empty or unreadable is kept with no time (counted in ``untimed``);
 * seed mode: the article's steps inside the one file (its first sheet as pandas' openpyxl reader
   reads it, by ``_seed_sheet``; ``dropna``, ``drop_duplicates``, system messages matched as whole
   contents, ``groupby`` of the file), each conversation already merged into utterances.
@@ -65,6 +66,10 @@ class FileRows:
     uncached_formulas: int = 0
     #: the time column used for each sheet read (None: the sheet has none)
     time_columns: list = field(default_factory=list)
+    #: messages kept without a readable time (empty, or a form _time does not know), and up to
+    #: UNTIMED_EXAMPLES of those values as the report shows them
+    untimed: int = 0
+    untimed_examples: list = field(default_factory=list)
 
 
 def read_export(job: ReadJob) -> FileRows:
@@ -116,7 +121,7 @@ def _read_default(path: Path, job: ReadJob, out: FileRows) -> FileRows:
         pick = operator.itemgetter(*[sheet.column(c) for c in NEEDED + ([time_column] if time_column else [])])
         for row in sheet.rows:
             values = pick(row)
-            if None in values:
+            if None in values[:4]:  # a needed cell empty (the time may be: the message is kept)
                 _drop(out, "missing", 1)
                 continue
             if values in seen:
@@ -138,14 +143,16 @@ def _read_default(path: Path, job: ReadJob, out: FileRows) -> FileRows:
             if text is None:
                 _drop(out, reason, 1)
                 continue
-            if time_column:
-                time = _time(values[4])
-                if time is None:
-                    _drop(out, "bad_time", 1)
-                    continue
+            time = _time(values[4]) if time_column and values[4] is not None else None
+            if time is not None:
                 time = (time - _UNIX).total_seconds()
-            else:
-                time = None
+            elif time_column:  # kept: its conversation stays in file order, and the report says why
+                out.untimed += 1
+                if len(out.untimed_examples) < UNTIMED_EXAMPLES:
+                    shown = "empty" if values[4] is None else repr(values[4]) if values[4].__class__ is str \
+                        else str(values[4])
+                    if shown not in out.untimed_examples:
+                        out.untimed_examples.append(shown)
             entry = entries.get(values[:2])
             if entry is None:
                 key = (str(values[0]).strip(), str(values[1]).strip())
@@ -157,6 +164,8 @@ def _read_default(path: Path, job: ReadJob, out: FileRows) -> FileRows:
     return out
 
 
+#: Unreadable send times a file reports, as examples for the user: enough to see the pattern.
+UNTIMED_EXAMPLES = 3
 _EXCEL_EPOCH = dt.datetime(1899, 12, 30)
 _UNIX = dt.datetime(1970, 1, 1)
 #: 是否客服 as read -> the one string object kept for it (agent or customer)

@@ -10,7 +10,10 @@ differ from openpyxl's in two ways only, both undone here before pandas makes th
                        openpyxl leaves them in)    shared strings)
 
 Without python-calamine, or when the XML holds a whitespace-only text this module cannot place
-(a cell written in a form it does not know), the file is read by openpyxl itself.
+(a cell written in a form it does not know), an escape calamine decodes for good (``_x0041_``
+written as it is by openpyxl, a lower-case ``_x000d_``) or a control character stored as a
+character reference (``&#13;``, as the Excel recipe's writer stores ``\\r``), the file is read by
+openpyxl itself.
 """
 from __future__ import annotations
 
@@ -28,6 +31,13 @@ _TEXT = re.compile(rb"<t(?:\s[^>]*)?>([^<]*)</t>")
 _BLANK = re.compile(rb"<t(?:\s[^>]*)?>\s+</t>")
 _ENTITY = re.compile(r"&(#x[0-9A-Fa-f]+|#[0-9]+|amp|lt|gt|quot|apos);")
 _ENTITIES = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
+# What cannot be put back: an escape calamine decodes to a printable character (openpyxl keeps the
+# literal "_x0041_"), or in lower case (put back, it would be "_x000D_"); and a control character
+# stored as a character reference (&#13;: openpyxl reads it as the character, not as "_x000D_").
+_ESCAPE_IN_XML = re.compile(rb"_x([0-9A-Fa-f]{4})_")
+_ESCAPE_AFTER = re.compile(rb"x[0-9A-Fa-f]{4}_")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f]")  # the characters _DECODED escapes
+_CONTROL_REF = re.compile(rb"&#(?:x0*(?:[0-8bcefBCEF]|1[0-9A-Fa-f]|[dD])|0*(?:[0-8]|1[1-9]|2[0-9]|3[01]));")
 
 
 class _Unplaceable(Exception):
@@ -102,9 +112,11 @@ def _blank_texts(path: Path) -> dict[tuple[int, int], str]:
         if not parts:
             raise _Unplaceable
         sheet = z.read(parts[0])
+        _check_restorable(sheet)
         shared: dict[int, str] = {}
         if "xl/sharedStrings.xml" in names:
             strings = z.read("xl/sharedStrings.xml")
+            _check_restorable(strings)
             if _BLANK.search(strings):
                 for index, si in enumerate(_SHARED.finditer(strings)):
                     text = b"".join(_TEXT.findall(si[1]))
@@ -123,6 +135,20 @@ def _blank_texts(path: Path) -> dict[tuple[int, int], str]:
         for m in re.finditer(rb'<c r="([A-Z]+)([0-9]+)"[^>]*?\bt="s"[^>]*><v>(' + indices + rb")</v>", sheet):
             out[(int(m[2]) - 1, _column(m[1]))] = shared[int(m[3])]
     return out
+
+
+def _check_restorable(xml: bytes) -> None:
+    """Raise _Unplaceable if calamine reads a text of ``xml`` in a way the escapes cannot undo."""
+    if b"_x" in xml:
+        for m in _ESCAPE_IN_XML.finditer(xml):  # left to right, as readers decode them
+            code = int(m[1], 16)
+            if code == 0x5F:  # put back only before an escape-like run ("_x005F_x0041_")
+                if m[0] != b"_x005F_" or not _ESCAPE_AFTER.match(xml, m.end()):
+                    raise _Unplaceable
+            elif not _CONTROL.fullmatch(chr(code)) or m[0] != b"_x%04X_" % code:
+                raise _Unplaceable
+    if b"&#" in xml and _CONTROL_REF.search(xml):
+        raise _Unplaceable
 
 
 def _column(letters: bytes) -> int:

@@ -19,6 +19,10 @@ A formula cell saved without its value (written by a script, never opened in Exc
 empty in both engines; ``uncached_formulas`` counts such cells in the sheets read, from the
 sheet XML itself, so a report can say how many values are missing.
 
+``list_folder`` lists a folder given as input: its .xlsx files (any letter case, lock files
+apart), one level deep; the subfolders holding .xlsx files and the spreadsheets in other formats
+(.xls, .csv ...), which callers name as not read.
+
 Rows are plain lists rather than DataFrames: calamine hands lists over at no cost, and the recipes
 filter row by row anyway (a DataFrame costs ~2 s per million rows to build and is made only where
 an output needs one).
@@ -249,3 +253,49 @@ def _count_in(data: bytes, final: bool) -> tuple[int, int]:
         if not _CACHED.search(data, m.end(), end.start()) and b't="str"' not in cell_tag:
             count += 1  # (a text formula whose saved value is "" has t="str" and is cached)
         pos = end.end()
+
+
+# ---- a folder given as input ---------------------------------------------------------------------
+#: Spreadsheet formats a folder of exports may also hold, which are named as not read (a chat saved
+#: as .xls or .csv would otherwise be left out without a word).
+OTHER_SPREADSHEETS = (".xls", ".xlsm", ".xlsb", ".ods", ".csv", ".et")
+@dataclass(frozen=True)
+class Folder:
+    """What :func:`list_folder` found in one input folder."""
+    workbooks: list[Path]  # its *.xlsx, any letter case, sorted; lock files not among them
+    lock_files: list[Path]  # Excel's ~$ files (one beside each workbook open in Excel)
+    subfolders: list[tuple[Path, int]]  # (subfolder, .xlsx files somewhere under it): not read
+    others: list[Path]  # spreadsheets in another format (.xls, .csv ...): not read, to be named
+
+
+def list_folder(folder: Path, leave_out: Path | None = None) -> Folder:
+    """The workbooks of ``folder``, one level deep; and each subfolder that holds .xlsx files, which is
+    not read (an output folder, a backup copy, another month: the user says which), except
+    ``leave_out`` (the run's own output folder)."""
+    books, locks, subs, others = [], [], [], []
+    skip = leave_out.resolve() if leave_out is not None else None
+    for f in sorted(folder.iterdir()):
+        if f.is_dir():
+            if skip is not None and f.resolve() == skip:
+                continue
+            n = sum(1 for g in f.rglob("*") if g.suffix.lower() == ".xlsx" and not g.name.startswith("~$")
+                    and g.is_file())
+            if n:
+                subs.append((f, n))
+        elif f.suffix.lower() == ".xlsx" and f.is_file():
+            (locks if f.name.startswith("~$") else books).append(f)
+        elif f.suffix.lower() in OTHER_SPREADSHEETS and not f.name.startswith("~$") and f.is_file():
+            others.append(f)
+    return Folder(books, locks, subs, others)
+
+
+def other_format_note(path: Path) -> str:
+    """Why a spreadsheet in another format than .xlsx was not read, and what to do."""
+    return (f"not an .xlsx workbook ({path.suffix} files are not read). Fix: save it as .xlsx "
+            "(Excel: Save As, Excel Workbook) and give it again.")
+
+
+def subfolder_note(sub: Path, count: int) -> str:
+    """Why a subfolder's workbooks were not read, and what to do."""
+    return (f"a subfolder holding {count} .xlsx file(s), not read (a folder is read one level deep). "
+            f"Fix: give it as an input too if its files belong to this run.")

@@ -12,9 +12,9 @@ segment took 162 s and 1.3 GB, 4x csv's time); this writes each cell as one form
 Cells: str as inline text (XML-escaped; characters XML 1.0 cannot hold are removed and counted in
 ``cleaned``; a literal ``_x0041_`` is escaped so that readers do not decode it; ``\\r`` as ``&#13;``
 so that it survives XML's line-end normalisation), bool, int and float as values, datetime / date /
-time as Excel date serials with a date format, None and NaN as empty cells, anything else as its
-str(). Text over :data:`MAX_CELL_CHARS` is Excel's to cut: callers keep such rows out (see
-:func:`too_long`).
+time as Excel date serials with a date format (dates before 1 March 1900 as text), None and NaN
+as empty cells, anything else as its str(). Text over :data:`MAX_CELL_CHARS` is Excel's to cut:
+callers keep such rows out (see :func:`too_long`).
 """
 from __future__ import annotations
 
@@ -34,8 +34,13 @@ MAX_CELL_CHARS = 32_767
 #: zlib level for the sheet XML: level 1 is ~4x faster than the default 6 for files ~15% bigger.
 _COMPRESSLEVEL = 1
 _ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-_ESCAPE_LIKE = re.compile("_(x[0-9A-Fa-f]{4}_)")
+#: An underscore that starts an escape-like run (a lookahead: in "_x0041_x0042_" the second run
+#: starts on the first one's closing underscore, and both must be escaped).
+_ESCAPE_LIKE = re.compile("_(?=x[0-9A-Fa-f]{4}_)")
 _EPOCH = dt.datetime(1899, 12, 30)
+#: Excel's day 61 is 1 March 1900; below it Excel counts a 29 February 1900 that never was, so
+#: readers show every earlier serial a day off: such dates are written as text.
+_FIRST_TRUE_SERIAL = 61
 _DATETIME_STYLE, _DATE_STYLE, _TIME_STYLE = 1, 2, 3
 
 
@@ -118,7 +123,7 @@ class XlsxWriter:
                     style = (_DATETIME_STYLE if isinstance(v, dt.datetime) else
                              _DATE_STYLE if isinstance(v, dt.date) else _TIME_STYLE)
                     cells.append(f'<c r="{ref}" s="{style}"><v>{serial!r}</v></c>')
-                elif v == v:  # before 1900: Excel shows no such date, the text keeps it
+                elif v == v:  # before 1 March 1900: Excel shows no such date (or a day off), the text keeps it
                     cells.append(f'<c r="{ref}" t="inlineStr"><is><t>{self._text(str(v))}</t></is></c>')
             else:
                 text = self._text(str(v))
@@ -131,7 +136,7 @@ class XlsxWriter:
             s = _ILLEGAL.sub("", s)
             self.cleaned += 1
         if "_x" in s:
-            s = _ESCAPE_LIKE.sub(r"_x005F_\1", s)
+            s = _ESCAPE_LIKE.sub("_x005F_", s)
         s = escape(s)
         return s.replace("\r", "&#13;") if "\r" in s else s
 
@@ -170,7 +175,7 @@ class XlsxWriter:
 
 
 def _serial(v) -> float | None:
-    """Excel's day number for a date/time (None for NaT or a date Excel cannot show)."""
+    """Excel's day number for a date/time (None for NaT or a date before 1 March 1900)."""
     if v != v:  # pandas NaT
         return None
     if isinstance(v, dt.datetime):
@@ -181,7 +186,7 @@ def _serial(v) -> float | None:
         days = float((v - _EPOCH.date()).days)
     else:
         return (v.hour * 3600 + v.minute * 60 + v.second + v.microsecond / 1e6) / 86400
-    return days if days >= 0 else None
+    return days if days >= _FIRST_TRUE_SERIAL else None
 
 
 _NS = "http://schemas.openxmlformats.org"

@@ -1,6 +1,6 @@
 """Chat exports -> GPT2-chitchat training files: the article's dialogue cleaning, on mpkit.
 
-    inputs: .xlsx files and folders (their *.xlsx; Excel's ~$ lock files left out)
+    inputs: .xlsx files and folders (their .xlsx files; Excel's ~$ lock files left out, subfolders named)
         the output folder checked first (a file, a folder where a file goes, not writable: stop)
         the same file given twice (path or content) read once, with a warning
     exports ──mpkit.map, one file per worker──► read_export (_dialogue_read)
@@ -14,6 +14,7 @@
         (sklearn's train_test_split(random_state=1) rule)
     write_splits (_dialogue_write)
         std/train.txt, std/val.txt  (main)   ── reversed, bounded Queue ──► mmi/*.txt (2nd process)
+        stopped half way (Ctrl-C, a writer's error): the four files removed, none left truncated
 
 Output: one utterance a line (``坐席:...`` or ``客户:...``), a blank line between conversations.
 The MMI files hold the same conversations with their utterances in reverse order. The report
@@ -45,8 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..engine._errors import MpkitWarning
-from ._dialogue_read import TIME_COLUMNS, DialogueInputError, FileRows, ReadJob, read_export
+from ._dialogue_read import TIME_COLUMNS, UNTIMED_EXAMPLES, DialogueInputError, FileRows, ReadJob, read_export
 from ._dialogue_text import DEFAULT_NOTICES, SEED_NOTICES, merge, split, val_count
+from ._workbook import list_folder, other_format_note, subfolder_note
 
 __all__ = ["DEFAULT_NOTICES", "SEED_NOTICES", "TIME_COLUMNS", "DialogueInputError", "DialogueOutputError",
            "DialogueReport", "DialogueWarning", "add_arguments", "clean_dialogues", "run"]
@@ -82,7 +84,7 @@ class DialogueReport:
     rows_read: int
     rows_kept: int
     #: rows dropped, by reason: missing (a needed cell empty), duplicate, notice, empty (blank after
-    #: cleaning), blank (every cell empty), unknown_role (是否客服 neither 是 nor 否), bad_time
+    #: cleaning), blank (every cell empty), unknown_role (是否客服 neither 是 nor 否)
     rows_dropped: Mapping[str, int] = field(default_factory=dict)
     conversations: int = 0
     #: conversations left without an utterance: skipped (default) or written blank (seed)
@@ -102,8 +104,12 @@ class DialogueReport:
     time_column: str | None = None
     #: conversations whose messages came out of time order (across files or within one) and were sorted
     reordered: int = 0
-    #: conversations left in file order because some of their sheets have no time column
+    #: conversations left in file order because some of their messages have no time (a sheet
+    #: without the column, or a cell empty or in a form not understood)
     unsorted: int = 0
+    #: messages kept without a readable time, and a few of those values as found
+    untimed: int = 0
+    untimed_examples: tuple[str, ...] = ()
     #: formula cells saved without a value (read as empty: rows dropped as "missing")
     uncached_formulas: int = 0
     #: (file, why) of each file read with openpyxl: python-calamine missing, or failed on it
@@ -121,8 +127,12 @@ class DialogueReport:
         if self.time_column:
             lines.append(f"  sorted by the time column {self.time_column}; {self.reordered:,} conversations "
                          "had messages out of time order (across files or within one)"
-                         + (f"; {self.unsorted:,} kept in file order (a sheet without the column)"
-                            if self.unsorted else ""))
+                         + (f"; {self.unsorted:,} kept in file order (a sheet without the column, or "
+                            "messages without a readable time)" if self.unsorted else ""))
+            if self.untimed:
+                lines.append(f"  {self.untimed:,} messages without a readable {self.time_column} (e.g. "
+                             f"{', '.join(self.untimed_examples)}) were kept, their conversations in file order. "
+                             "Fix: write the send times as 2024-03-01 09:00:00")
         elif self.compat is None:
             lines.append(f"  no time column ({', '.join(TIME_COLUMNS)}): each conversation keeps the "
                          "files' order. Fix: --time-column NAME if the send time has another name")
@@ -212,7 +222,14 @@ def clean_dialogues(paths: Iterable[str | Path] | str | Path, out_dir: str | Pat
     splits = {"train": [conversations[i] for i in train], "val": [conversations[i] for i in val]}
     if not seed:
         splits = {name: [c for c in convs if c] for name, convs in splits.items()}
-    written, writers = write_splits(splits, out, default_start_method(), seed=seed, progress=progress)
+    try:
+        written, writers = write_splits(splits, out, default_start_method(), seed=seed, progress=progress)
+    except BaseException as exc:  # an interrupt (or a writer that failed) half way: no truncated file
+        removed = _remove_outputs(out)
+        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "stopped by an error"
+        exc.add_note(f"mpkit dialogues: {what} while writing; the unfinished files were removed "
+                     f"({', '.join(removed) or 'none yet'}), so that no truncated training file is left.")
+        raise
     dropped: dict[str, int] = {}
     for f in files:
         for why, n in f.dropped.items():
@@ -226,10 +243,26 @@ def clean_dialogues(paths: Iterable[str | Path] | str | Path, out_dir: str | Pat
         sheets_read=tuple((f.name, s, n) for f in files for s, n in f.sheets),
         sheets_skipped=tuple((f.name, s, why) for f in files for s, why in f.sheets_skipped),
         time_column=order[0], reordered=order[1], unsorted=order[2],
+        untimed=sum(f.untimed for f in files),
+        untimed_examples=tuple(dict.fromkeys(e for f in files for e in f.untimed_examples))[:UNTIMED_EXAMPLES],
         uncached_formulas=sum(f.uncached_formulas for f in files),
         read_with_openpyxl=tuple((f.name, f.fallback or "python-calamine is not installed")
                                  for f in files if f.engine == "openpyxl" and not seed),
         compat=compat)
+
+
+def _remove_outputs(out: Path) -> list[str]:
+    """Remove this run's output files (each one begun, so none whole); the names removed."""
+    removed = []
+    for name in OUTPUTS:
+        try:
+            (out / name).unlink()
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            pass  # a file that cannot be removed is left: the note names only those removed
+    return removed
 
 
 # ---- before reading: the output folder, the inputs ------------------------------------------------
@@ -277,18 +310,24 @@ class Inputs:
 
 
 def collect_inputs(items: Iterable[str | os.PathLike]) -> Inputs:
-    """Files given, and each folder's *.xlsx (sorted); lock files and missing paths as skipped; the
+    """Files given, and each folder's .xlsx files (any letter case, sorted); lock files, missing paths
+    and subfolders holding .xlsx files (a folder is read one level deep) as skipped; the
     same file given twice (same path, or same bytes) kept once, with a :class:`DialogueWarning`."""
     files, skipped, duplicates = [], [], []
+    items = list(items)
+    given = {Path(item).resolve() for item in items}
     by_path: dict[Path, Path] = {}
     by_hash: dict[bytes, Path] = {}
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(p.glob("*.xlsx"))
+            found = list_folder(p)
             skipped += [(f.name, "an Excel lock file (Excel writes one beside each workbook it has open); left out")
-                        for f in found if f.name.startswith("~$")]
-            candidates = [f for f in found if not f.name.startswith("~$")]
+                        for f in found.lock_files]
+            skipped += [(str(sub), subfolder_note(sub, n)) for sub, n in found.subfolders
+                        if sub.resolve() not in given]
+            skipped += [(f.name, other_format_note(f)) for f in found.others]
+            candidates = found.workbooks
         elif p.exists():
             candidates = [p]
         else:
@@ -395,7 +434,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``python -m mpkit dialogues``; 0 if every input was read, 1 if some were skipped or on bad
-    input or output (one line on stderr, before anything is read)."""
+    input or output (one line on stderr, before anything is read), 130 on Ctrl-C (one line saying
+    what is left on disk)."""
     notices = None
     if args.notice:
         notices = (SEED_NOTICES if args.compat else DEFAULT_NOTICES) + tuple(args.notice)
@@ -408,5 +448,10 @@ def run(args: argparse.Namespace) -> int:
     except (DialogueInputError, DialogueOutputError, ValueError) as exc:
         print(f"mpkit dialogues: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line, what is left on disk (the note says it)
+        notes = [n for n in getattr(exc, "__notes__", ()) if n.startswith("mpkit dialogues:")]
+        print(notes[0] if notes else "mpkit dialogues: interrupted while reading; nothing was written.",
+              file=sys.stderr)
+        return 130
     print(f"mpkit dialogues: {report}")
     return 1 if report.files_skipped else 0

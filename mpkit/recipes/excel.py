@@ -1,7 +1,8 @@
 """Parallel extraction of chat exports: the article's "使用进程池快速抽取数据", on mpkit.
 
     out_dir checked first (a folder, writable, empty unless overwrite) ─► OutputError before any read
-    paths ─► mpkit.imap(_read_file, one file per task, in input order, progress bar)
+    paths, each file once (a path or content given again: skipped, named) ─►
+          mpkit.imap(_read_file, one file per task, in input order, progress bar)
                │  in a worker:  _workbook.read_sheets: every sheet with the columns (calamine;
                │                openpyxl without it or when it fails on the file) → 消息内容 to
                │                text → drop notice rows → flag cells over 32,767 characters
@@ -14,6 +15,8 @@
                │  xlsx: each file's rows streamed in as it arrives (Sheet2... past 1,048,575 rows);
                │        rows with an over-long cell ─► extract_<first>_<last>.long_cells.csv
                ▼
+             stopped half way (Ctrl-C, an error): the unfinished segment removed, the whole ones
+               named in a note on the exception, no manifest
              out_dir/manifest.json (files written, rows each) and
              ExtractReport(files and sheets read / skipped, rows read = rows written + notices
                            dropped, formulas without a value, long rows, outputs)
@@ -38,7 +41,7 @@ from operator import itemgetter
 from pathlib import Path
 
 from ._excel_write import OutputFile, SegmentWriter
-from ._workbook import WorkbookError, read_sheets
+from ._workbook import WorkbookError, list_folder, other_format_note, read_sheets, subfolder_note
 from ._xlsx import MAX_CELL_CHARS, MAX_ROWS, too_long
 
 #: Columns every chat export must have, in output order.
@@ -47,7 +50,8 @@ COLUMNS = ("坐席id", "客户微信id", "是否客服", "消息内容", "发送
 ARTICLE_NOTICES = ("我通过了好友请求,现在你俩可以开始聊天了", "我通过了你的朋友验证请求,现在我们可以开始聊天了",
                    "已通过你的朋友验证请求,现在可以开始聊天了", "不支持此消息,请在手机上查看", "微信红包")
 #: The article's list plus variants WeChat exports also carry. Matched as substrings after
-#: normalisation (full-width punctuation to half-width, whitespace removed); extend it freely:
+#: normalisation (full-width punctuation to half-width, whitespace removed), those of
+#: WHOLE_MESSAGE_NOTICES as the whole message; extend it freely:
 #: ``notices=DEFAULT_NOTICES + ("my notice",)``.
 DEFAULT_NOTICES = ARTICLE_NOTICES + (
     "现在可以开始聊天了", "收到红包,请在手机上查看", "收到了一个表情,请在手机上查看", "以上是打招呼的内容",
@@ -190,14 +194,22 @@ def _read_file(task: tuple[str, tuple[str, ...], str]) -> FileResult:
                       fallback=book.fallback, blank_rows=sum(s.blank_rows for s in book.sheets))
 
 
+#: Notices that are also phrases people say ("可以微信转账吗?"): they match only a message that is
+#: nothing else (punctuation and spaces around it aside). Other notices, the user's included,
+#: match inside a message.
+WHOLE_MESSAGE_NOTICES = ("微信红包", "微信转账")
+_WHOLE = {normalize(n): re.compile(rf"\W*{re.escape(normalize(n))}\W*") for n in WHOLE_MESSAGE_NOTICES}
+
+
 def _has_notice(text: str, notices: tuple[str, ...]) -> bool:
-    return any(n in text for n in notices)
+    return any(n in text and (n not in _WHOLE or _WHOLE[n].fullmatch(text)) for n in notices)
 
 
 # ---- the output folder, checked before anything is read ------------------------------------------
 MANIFEST = "manifest.json"
 #: What a run writes: its segments, their side files of over-long rows, the manifest. With
-#: overwrite=True exactly these are removed first; any other file in the folder is left alone.
+#: overwrite=True exactly these are removed first (a manifest only if a run of this recipe wrote
+#: it: another one stops the run); any other file in the folder is left alone.
 _OUR_FILES = re.compile(r"extract_\d+_\d+(\.long_cells\.csv|\.(xlsx|parquet|csv))|" + re.escape(MANIFEST))
 
 
@@ -224,6 +236,10 @@ def _prepare_out(out: Path, names: list[str], overwrite: bool) -> None:
         raise OutputError(f"the output folder {out} is not empty ({shown}): this run's files would mix "
                           "with what is there. Fix: give a new or empty folder, or pass --overwrite "
                           "(overwrite=True) to replace a previous run's outputs.")
+    manifest = out / MANIFEST
+    if manifest.is_file() and not _is_our_manifest(manifest):
+        raise OutputError(f"{manifest} was not written by mpkit excel, and this run writes its own "
+                          "manifest there. Fix: move that file away, or give another --out.")
     for name in present:
         if _OUR_FILES.fullmatch(name) and (out / name).is_file():
             (out / name).unlink()
@@ -233,7 +249,49 @@ def _prepare_out(out: Path, names: list[str], overwrite: bool) -> None:
                           "Fix: move it away, or give another --out.")
 
 
+def _is_our_manifest(path: Path) -> bool:
+    """True if ``path`` is a manifest a run of this recipe wrote (its "tool" says so)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("tool") == "mpkit excel"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 # ---- the run ---------------------------------------------------------------------------------------
+#: Bytes read at a time when hashing an input to find the same export given twice.
+_HASH_CHUNK = 1 << 20
+
+
+def _once_each(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """``paths`` without a file given again (the same path, or the same bytes under another name),
+    so that its rows are not written twice; and each one left out, with why."""
+    import hashlib
+
+    kept, dropped, by_path, by_hash = [], [], {}, {}
+    for p in paths:
+        resolved = Path(p).resolve()
+        if resolved in by_path:
+            dropped.append((p, f"given twice (the same file as {by_path[resolved]}): read once, so that its "
+                               "rows are not doubled. Fix: give each export once."))
+            continue
+        by_path[resolved] = p
+        h = hashlib.blake2b(digest_size=16)
+        try:
+            with open(p, "rb") as f:
+                while chunk := f.read(_HASH_CHUNK):
+                    h.update(chunk)
+        except OSError:
+            kept.append(p)  # unreadable or missing: its reader says why
+            continue
+        first = by_hash.setdefault(h.digest(), p)
+        if first != p:
+            dropped.append((p, f"the same content as {first}: read once, so that its rows are not doubled. "
+                               "Fix: give each export once."))
+            continue
+        kept.append(p)
+    return kept, dropped
+
+
 def extract(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, segment: int = 25,
             fmt: str = "xlsx", notices: Sequence[str] = DEFAULT_NOTICES, engine: str = "calamine",
             strict: bool = False, workers: int | None = None, progress: bool | None = None,
@@ -241,6 +299,8 @@ def extract(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, s
     """Read chat exports in parallel, drop system-notice rows, save every ``segment`` files as one file.
 
     - ``paths``: the .xlsx files, in the order segments are cut (sort them for a stable split).
+      A file given again (the same path, or the same content under another name) is read once and
+      named in ``files_skipped``.
       Every sheet that has the columns is read, in workbook order; the others are named in the report.
     - ``out_dir``: a new or empty folder (``overwrite=True``: a previous run's files in it are replaced;
       other files are left alone). Checked before any input is read. ``manifest.json`` in it lists
@@ -249,7 +309,8 @@ def extract(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, s
       or ``"csv"`` (UTF-8 with BOM, so Excel shows the Chinese). A row with a cell over 32,767
       characters cannot go into .xlsx whole: it is written to ``<segment>.long_cells.csv`` instead
       and named in the report.
-    - ``notices``: texts whose rows are dropped, matched as substrings after :func:`normalize`.
+    - ``notices``: texts whose rows are dropped, matched as substrings after :func:`normalize`
+      (those of :data:`WHOLE_MESSAGE_NOTICES`, phrases people also say, as the whole message).
     - ``engine``: ``"calamine"`` (fast; openpyxl when it fails on a file, or for every file when
       python-calamine is not installed, said in the report), ``"openpyxl"``, or ``"auto"`` (the
       same as ``"calamine"``).
@@ -269,12 +330,13 @@ def extract(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, s
         raise ValueError(f"segment={segment!r}: it is the number of input files per output file. "
                          "Fix: give a whole number of at least 1.")
     wanted = tuple(n for n in (normalize(str(n)) for n in notices) if n)
+    paths, duplicates = _once_each(paths)
     out = Path(out_dir)
     names = _segment_names(len(paths), segment, fmt)
     _prepare_out(out, names, overwrite)
     show = in_ipython() if progress is None else progress
 
-    read, skipped, fallback, outputs, written = [], [], [], [], []
+    read, skipped, fallback, outputs, written = [], duplicates, [], [], []
     sheets_read, sheets_skipped, uncached, long_rows, long_rows_here = [], [], [], [], []
     segment_out = None  # the SegmentWriter of the segment being filled
     rows_read = rows_dropped = rows_written = cleaned = 0
@@ -323,6 +385,14 @@ def extract(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, s
                 outputs.append(segment_out.path)
                 long_rows += [(p, s, r, files[-1].path) for p, s, r in long_rows_here]
                 segment_out, long_rows_here = None, []
+    except BaseException as exc:  # strict, an interrupt, a full disk: say what is left on disk
+        if not isinstance(exc, ExtractError):
+            whole = ", ".join(f.path.name for f in written) or "none"
+            exc.add_note(f"mpkit excel: {'interrupted' if isinstance(exc, KeyboardInterrupt) else 'stopped'} "
+                         f"after {len(outputs)} of {len(names)} segment(s); whole in {out}: {whole}; the "
+                         f"unfinished one was removed and no {MANIFEST} was written. Fix: run again with "
+                         "--overwrite (overwrite=True).")
+        raise
     finally:
         if segment_out is not None:  # stopped inside a segment (strict, an interrupt): no half file
             segment_out.abort()
@@ -356,13 +426,14 @@ DESCRIPTION = ("Read chat exports (columns " + ", ".join(COLUMNS) + ") with a po
                "drop rows that are chat-app system notices, and save every SEGMENT input files as one file. "
                "Bad files are skipped and named (or, with --strict, stop the run). Exit code 0 if every file "
                "was read, 1 if some were skipped or --strict stopped, 2 if no input was found or --out "
-               "cannot take the output (checked before reading). --out must be a new or empty folder "
-               "(--overwrite replaces a previous run's files); manifest.json in it lists what was written.")
+               "cannot take the output (checked before reading), 130 on Ctrl-C. --out must be a new or empty "
+               "folder (--overwrite replaces a previous run's files); manifest.json in it lists what was written.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``excel`` subcommand's arguments to ``parser``."""
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help=".xlsx files, or folders (their *.xlsx)")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help=".xlsx files, or folders (their .xlsx files; subfolders are named, not read)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the output files")
     parser.add_argument("--segment", type=int, default=25, metavar="N", help="input files per output file "
                                                                                "(default: 25)")
@@ -381,27 +452,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
-def collect_inputs(inputs: Iterable[str]) -> tuple[list[str], list[str]]:
-    """Files given, plus each folder's *.xlsx (sorted, Excel's ~$ lock files left out); and what was not found."""
-    files, missing = [], []
+def collect_inputs(inputs: Iterable[str], out: str | os.PathLike | None = None
+                   ) -> tuple[list[str], list[tuple[str, str]]]:
+    """Files given, plus each folder's .xlsx files (any letter case, sorted, Excel's ~$ lock files
+    left out); and each input not read, with why: missing, or a subfolder holding .xlsx files
+    (folders are read one level deep; ``out``, the run's output folder, is not named)."""
+    files, left_out = [], []
+    inputs = list(inputs)
+    given = {Path(item).resolve() for item in inputs}
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files += [str(f) for f in sorted(p.glob("*.xlsx")) if not f.name.startswith("~$")]
+            found = list_folder(p, Path(out) if out is not None else None)
+            files += [str(f) for f in found.workbooks]
+            left_out += [(str(sub), subfolder_note(sub, n)) for sub, n in found.subfolders
+                         if sub.resolve() not in given]
+            left_out += [(str(f), other_format_note(f)) for f in found.others]
         elif p.exists():
             files.append(str(p))
         else:
-            missing.append(item)
-    return files, missing
+            left_out.append((item, "does not exist. Fix: check the path."))
+    return files, left_out
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``python -m mpkit excel``; prints the report, returns the exit code."""
     import sys
 
-    files, missing = collect_inputs(args.inputs)
-    for item in missing:
-        print(f"mpkit excel: {item} does not exist; left out. Fix: check the path.", file=sys.stderr)
+    files, missing = collect_inputs(args.inputs, args.out)
+    for item, why in missing:
+        print(f"mpkit excel: {item} left out: {why}", file=sys.stderr)
     if not files:
         print("mpkit excel: no .xlsx files found in the input. Fix: give .xlsx files, or folders holding "
               "them.", file=sys.stderr)
@@ -417,5 +497,9 @@ def run(args: argparse.Namespace) -> int:
     except (ExtractError, ValueError, ImportError) as exc:
         print(f"mpkit excel: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line, what is left on disk (the note says it)
+        notes = [n for n in getattr(exc, "__notes__", ()) if n.startswith("mpkit excel:")]
+        print(notes[0] if notes else "mpkit excel: interrupted.", file=sys.stderr)
+        return 130
     print(report)
     return 1 if report.files_skipped or missing else 0

@@ -524,3 +524,109 @@ def test_a_conversation_partly_without_send_times_keeps_file_order_and_is_counte
     assert report.time_column == "发送时间" and report.unsorted == 1 and report.reordered == 0
     assert _dialogues(tmp_path / "out" / "std" / "train.txt") == [["客户:第2句", "坐席:第3句", "客户:第0句", "坐席:第1句"]]
     assert "1 kept in file order" in str(report)
+
+
+def test_a_folder_with_subfolders_and_upper_case_names_names_every_workbook_it_did_not_read(exports, tmp_path):
+    folder = tmp_path / "exports"
+    (folder / "2024-02").mkdir(parents=True)
+    shutil.copy(exports[0], folder / "A.XLSX")  # Windows' upper-case names
+    shutil.copy(exports[1], folder / "2024-02" / "b.xlsx")  # exports kept by month
+    report = clean_dialogues([folder], tmp_path / "out", val_size=0, workers=1)
+    assert report.files == 1  # the upper-case one is read like the others
+    (sub, why), = report.files_skipped
+    assert sub.endswith("2024-02") and "1 .xlsx" in why and "2024-02" in str(report)
+    both = clean_dialogues([folder, folder / "2024-02"], tmp_path / "out2", val_size=0, workers=1)
+    assert both.files == 2 and both.files_skipped == ()
+
+
+def test_ctrl_c_while_the_files_are_written_leaves_no_truncated_training_file(tmp_path):
+    # Ctrl-C in the terminal while train.txt is half written: a truncated train.txt looks like a
+    # whole one to the trainer. The run says it was interrupted, and leaves no output file behind.
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from mpkit.recipes._xlsx import XlsxWriter
+    from tests.proctree import wait_until
+
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    for k in range(2):  # ~2 s of writing on a quiet machine: time to interrupt it
+        with XlsxWriter(folder / f"export_{k}.xlsx", COLUMNS) as w:
+            w.write(["kf_1", f"wxid_{k}_{i // 20}", "是" if i % 2 else "否", f"第 {i} 条消息, 有点长的内容 {k}",
+                     f"2024-03-01 {i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}"] for i in range(60_000))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "mpkit", "dialogues", str(folder), "--out", str(out), "-n", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    try:
+        train = out / "std" / "train.txt"
+        assert wait_until(lambda: proc.poll() is not None or (train.exists() and train.stat().st_size > 0), 240)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, (stdout, stderr)
+    assert "interrupted" in stderr and "Traceback" not in stderr, stderr
+    left = [str(p.relative_to(out)) for p in out.rglob("*.txt")]
+    assert left == [], left
+
+
+@pytest.mark.parametrize("writer", ["excel recipe", "openpyxl"])
+def test_seed_reads_escape_like_texts_and_carriage_returns_as_the_article_does(tmp_path, writer):
+    # the Excel recipe's own output (a message with a Windows line end is stored as &#13;), and a
+    # message quoting escaped text, which openpyxl stores as it is (_x0041_, lower-case _x000d_)
+    from benchmarks.article_dialogue import get_funtine_data
+    from mpkit.recipes._xlsx import XlsxWriter
+
+    odd = ["你好", "a\r\nb", "\r", "a_x0041_x0042_", "lit _x000d_ x", "_x0031_ 号", "好的", "在吗"]
+    rows = [["kf_1", "wxid_a", "是" if i % 2 else "否", v, f"2024-03-01 10:{i:02d}:00"] for i, v in enumerate(odd)]
+    path = tmp_path / "odd.xlsx"
+    if writer == "openpyxl":
+        _xlsx(path, rows)
+    else:
+        with XlsxWriter(path, COLUMNS) as w:
+            w.write(rows)
+    get_funtine_data([str(path)], str(tmp_path / "port"), val_size=0)
+    clean_dialogues([path], tmp_path / "ours", compat="seed", val_size=0, workers=1)
+    for ours, theirs in FILES:
+        assert (tmp_path / "ours" / ours / "train.txt").read_bytes() == \
+            (tmp_path / "port" / theirs / "train.txt").read_bytes()
+
+
+def test_messages_with_an_empty_or_odd_send_time_are_kept_in_file_order_and_counted(tmp_path):
+    # a real export's 发送时间 column: a few empty cells, a time typed without padding or with dots,
+    # a time-only cell. The column was found by itself: it must not cost the user those messages.
+    import datetime as dt
+
+    times = ["2024-03-01 09:00:00", "2024-3-1 9:01", None, "", "2024.03.01 09:03", dt.time(9, 4), "2024-03-01 09:05:00"]
+    rows = [["kf_1", "wxid_a", "是" if i % 2 else "否", f"第{i}句", t] for i, t in enumerate(times)]
+    path = _xlsx(tmp_path / "odd_times.xlsx", rows)
+    report = clean_dialogues([path], tmp_path / "out", val_size=0, workers=1)
+    assert report.rows_kept == 7 and report.rows_dropped == {}, report.rows_dropped
+    assert _dialogues(tmp_path / "out" / "std" / "train.txt") == [
+        [f"{'坐席' if i % 2 else '客户'}:第{i}句" for i in range(7)]]
+    assert report.unsorted == 1 and report.untimed == 5
+    assert "5 messages without a readable 发送时间" in str(report) and "'2024.03.01 09:03'" in str(report)
+
+
+def test_spreadsheets_in_a_folder_that_are_not_xlsx_are_named(exports, tmp_path):
+    folder = exports[0].parent
+    (folder / "old_export.xls").write_bytes(b"\xd0\xcf\x11\xe0" + bytes(60))  # Excel 97-2003
+    (folder / "chat.csv").write_text("坐席id,消息内容\n", encoding="utf-8")
+    report = clean_dialogues([folder], tmp_path / "out", val_size=0, workers=1)
+    assert report.files == 2
+    assert sorted(f for f, _why in report.files_skipped) == ["chat.csv", "old_export.xls"]
+    assert "not an .xlsx" in str(report)
+
+
+def test_customers_talking_about_payments_are_not_dropped_as_notices(tmp_path):
+    said = ["可以微信转账吗？", "我已经向你转账了，请查收", "支持微信红包吗", "收到红包了吗", "老板已收钱了没"]
+    notices = ["微信红包", "[转账]请在手机上查看", "已收钱", "[红包]恭喜发财", "收到红包"]
+    rows = [_row("wxid_a", False, t, i) for i, t in enumerate(said + notices)]
+    report = clean_dialogues([_xlsx(tmp_path / "pay.xlsx", rows)], tmp_path / "out", val_size=0, workers=1)
+    assert report.rows_dropped == {"notice": len(notices)} and report.rows_kept == len(said)

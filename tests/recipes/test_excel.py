@@ -60,7 +60,8 @@ def test_notices_match_across_punctuation_widths_and_as_substrings():
     article = [excel.normalize(n) for n in excel.DEFAULT_NOTICES]
     assert excel._has_notice(excel.normalize("我通过了你的朋友验证请求，现在我们可以开始聊天了"), article)
     assert excel._has_notice(excel.normalize("[收到了一个表情，请在手机上查看]"), article)
-    assert excel._has_notice(excel.normalize("  对方发来 微信红包 ！"), article)
+    assert excel._has_notice(excel.normalize("  微信红包 ！"), article)
+    assert not excel._has_notice(excel.normalize("可以微信红包付款吗？"), article)  # a customer's question
     assert not excel._has_notice(excel.normalize("推荐你去都一处烧麦馆(前门店)，"), article)
 
 
@@ -328,3 +329,115 @@ def test_writing_shows_progress(inputs, tmp_path, capsys, monkeypatch):
     text = csv.read_text(encoding="utf-8-sig")  # written in batches of 1,000 rows: one header, one BOM
     assert "\ufeff" not in text and text.count("坐席id,客户微信id") == 1
     assert len(pd.read_csv(csv, dtype=object)) == _rows_on_disk(tmp_path / "out")
+
+
+# ---- folders as users keep them: month subfolders, .XLSX, the same export twice ---------------------
+def test_a_folder_with_subfolders_and_upper_case_names_names_every_workbook_it_did_not_read(inputs, tmp_path,
+                                                                                           capsys):
+    folder = inputs[0].parent
+    (folder / "2024-02").mkdir()
+    inputs[2].rename(folder / "2024-02" / inputs[2].name)  # exports kept by month
+    inputs[3].rename(folder / "CHAT_EXPORT_003.XLSX")  # Windows' upper-case names
+    (folder / "notes").mkdir()  # a subfolder without workbooks: nothing to say
+    code = excel.run(_cli([str(folder), "--out", str(tmp_path / "out"), "-n", "1", "--no-progress"]))
+    out, err = capsys.readouterr()
+    assert "3 file(s) read" in out  # the upper-case one is a workbook like the others
+    assert "2024-02" in err and "1 .xlsx" in err and "notes" not in err
+    assert code == 1  # a workbook under --in was not read: not a clean run
+    code = excel.run(_cli([str(folder), str(folder / "2024-02"), "--out", str(tmp_path / "out2"), "-n", "1",
+                           "--no-progress"]))
+    assert code == 0 and "4 file(s) read" in capsys.readouterr().out
+
+
+def test_the_output_folder_inside_the_input_folder_is_not_a_subfolder_left_out(inputs, tmp_path, capsys):
+    folder = inputs[0].parent
+    argv = [str(folder), "--out", str(folder / "out"), "-n", "1", "--no-progress", "--overwrite"]
+    assert excel.run(_cli(argv)) == 0
+    assert excel.run(_cli(argv)) == 0 and "out" not in capsys.readouterr().err
+
+
+def test_the_same_export_given_twice_is_read_once_and_named(inputs, tmp_path, start_method):
+    once = excel.extract(inputs, tmp_path / "once", workers=2)
+    copy = shutil.copy(inputs[0], tmp_path / "copy_of_000.xlsx")
+    twice = excel.extract([*inputs, inputs[0], copy], tmp_path / "twice", workers=2)
+    assert twice.rows_read == once.rows_read and twice.rows_written == once.rows_written
+    assert _rows_on_disk(tmp_path / "twice") == _rows_on_disk(tmp_path / "once")
+    reasons = dict(twice.files_skipped)
+    assert "given twice" in reasons[str(inputs[0])] and "same content as" in reasons[str(copy)]
+    assert "copy_of_000.xlsx" in str(twice)
+
+
+def test_ctrl_c_half_way_says_which_segments_are_whole_and_leaves_no_partial_file(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from mpkit.recipes._xlsx import XlsxWriter
+    from tests.proctree import wait_until
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(4):
+        with XlsxWriter(folder / f"export_{k}.xlsx", excel.COLUMNS) as w:
+            w.write(["kf_1", f"wx_{i % 7}", "是" if i % 2 else "否", f"消息 {k} {i}", f"2024-03-01 09:{i % 60:02d}:00"]
+                    for i in range(60_000))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "mpkit", "excel", str(folder), "--out", str(out), "--segment", "1",
+                             "-n", "2", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    try:
+        assert wait_until(lambda: proc.poll() is not None or (out / "extract_1_1.xlsx").exists(), 240)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, (stdout, stderr)
+    assert "interrupted" in stderr and "Traceback" not in stderr and "--overwrite" in stderr, stderr
+    left = sorted(p.name for p in out.iterdir())
+    assert "manifest.json" not in left  # no manifest: the run did not finish
+    for name in left:  # each segment left is whole, and named as such
+        assert name in stderr and len(pd.read_excel(out / name, engine="calamine")) == 60_000, name
+
+
+def test_spreadsheets_in_a_folder_that_are_not_xlsx_are_named(inputs, tmp_path, capsys):
+    folder = inputs[0].parent
+    (folder / "old_export.xls").write_bytes(b"\xd0\xcf\x11\xe0" + bytes(60))  # Excel 97-2003
+    (folder / "macro.xlsm").write_bytes(b"PK")
+    (folder / "chat.csv").write_text("坐席id,消息内容\n", encoding="utf-8")
+    (folder / "readme.txt").write_text("notes")
+    code = excel.run(_cli([str(folder), "--out", str(tmp_path / "out"), "-n", "1", "--no-progress"]))
+    out, err = capsys.readouterr()
+    assert "4 file(s) read" in out and code == 1
+    for name in ("old_export.xls", "macro.xlsm", "chat.csv"):
+        assert name in err, err
+    assert "readme.txt" not in err
+
+
+def test_overwrite_never_replaces_a_manifest_another_tool_wrote(inputs, tmp_path, capsys):
+    out = tmp_path / "data"
+    out.mkdir()
+    theirs = '{"dataset": "chat exports 2024", "owner": "team"}\n'
+    (out / "manifest.json").write_text(theirs, encoding="utf-8")
+    code = excel.run(_cli([str(inputs[0]), "--out", str(out), "--overwrite", "-n", "1", "--no-progress"]))
+    assert code == 2 and "manifest.json" in capsys.readouterr().err
+    assert (out / "manifest.json").read_text(encoding="utf-8") == theirs
+    # a previous run's manifest is replaced as before
+    assert excel.run(_cli([str(inputs[0]), "--out", str(tmp_path / "o"), "-n", "1", "--no-progress"])) == 0
+    assert excel.run(_cli([str(inputs[1]), "--out", str(tmp_path / "o"), "--overwrite", "-n", "1",
+                           "--no-progress"])) == 0
+
+
+def test_customers_talking_about_payments_are_not_dropped_as_notices(tmp_path):
+    # a customer-service chat mentions transfers and red packets all the time: only the app's own
+    # notices go
+    said = ["可以微信转账吗？", "我已经向你转账了，请查收", "支持微信红包吗", "收到红包了吗", "老板已收钱了没"]
+    notices = ["微信红包", "微信转账", "“小王”撤回了一条消息", "我通过了你的朋友验证请求，现在我们可以开始聊天了"]
+    rows = [list(excel.COLUMNS)] + [["kf_1", "wx_1", "否", t, f"2024-03-01 09:{i:02d}:00"]
+                                    for i, t in enumerate(said + notices)]
+    path = _export(tmp_path / "pay.xlsx", {"Sheet1": rows})
+    report = excel.extract([path], tmp_path / "out", workers=1)
+    kept = list(pd.read_excel(report.outputs[0], engine="calamine")["消息内容"])
+    assert kept == said and report.rows_dropped == len(notices)

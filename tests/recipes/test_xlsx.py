@@ -67,3 +67,26 @@ def test_dates_text_escapes_and_line_ends(tmp_path):
                                             ("🙂" * 16_383, False), ("🙂" * 16_384, True)])
 def test_too_long_counts_as_excel_does(text, expected):
     assert too_long(text) is expected
+
+
+@pytest.mark.parametrize("text", ["_x0041_x0042_", "_x005F_x0041_", "ids _x0031__x0032_x0033_ end", "__x0041__"])
+def test_texts_that_look_like_adjacent_ooxml_escapes_read_back_unchanged(tmp_path, text):
+    # a chat message quoting escaped text: each underscore that starts an escape-like run is
+    # escaped, also when it ends the run before it
+    path = tmp_path / "out.xlsx"
+    with XlsxWriter(path, ["text"]) as w:
+        w.write([[text]])
+    for engine in ("calamine", "openpyxl"):
+        assert read_sheets(path, ["text"], engine).sheets[0].rows == [[text]], engine
+
+
+@pytest.mark.parametrize("when", [dt.datetime(1899, 12, 31, 8, 0), dt.datetime(1900, 1, 15), dt.date(1900, 2, 28),
+                                  dt.datetime(1900, 3, 1, 12, 0), dt.datetime(2024, 3, 1, 9, 0)])
+def test_early_dates_are_never_read_back_as_another_day(tmp_path, when):
+    # Excel counts a 29 February 1900 that never was: serials before 1 March 1900 are a day off
+    path = tmp_path / "out.xlsx"
+    with XlsxWriter(path, ["when"]) as w:
+        w.write([[when]])
+    for engine in ("calamine", "openpyxl"):
+        got = read_sheets(path, ["when"], engine).sheets[0].rows[0][0]
+        assert got in (when, str(when)) or got == dt.datetime(when.year, when.month, when.day), (engine, got)
