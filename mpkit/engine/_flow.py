@@ -218,6 +218,13 @@ class Flow:
             self.input_closed = self.stop_now = True
             self.cond.notify_all()
 
+    def interrupt(self) -> None:
+        """End now as the kernel's interrupt would (a dashboard's Stop button during ``run()``):
+        what is inside is cancelled, and ``run()`` raises MapInterrupted with the results so far."""
+        with self.cond:
+            self.interrupted = True
+        self.stop()
+
     def fail(self, error: BaseException) -> None:
         """End now because of ``error`` (the source raised): what is inside is cancelled."""
         with self.cond:

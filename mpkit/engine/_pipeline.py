@@ -197,6 +197,8 @@ class Pipeline:
                 pass  # a stage failed (on_error="raise") or cannot run: flow.fatal says why
             flow.close_input()
             flow.wait()
+            if flow.interrupted:  # the dashboard's Stop button: ended as an interrupt would
+                raise KeyboardInterrupt
         except KeyboardInterrupt:
             with held_interrupts():  # a second interrupt while the stages stop keeps the results
                 flow.interrupted = True
@@ -314,6 +316,12 @@ class Pipeline:
     def started(self) -> float | None:
         """When the last run or service started (``time.perf_counter()``), or None."""
         return self._flow.started if self._flow is not None else None
+
+    def _interrupt_run(self) -> None:
+        """End a blocking ``run()`` running now as an interrupt does (any thread: a Stop button)."""
+        flow = self._flow
+        if flow is not None and flow.running and not flow.service:
+            flow.interrupt()
 
     @property
     def service(self) -> Service | None:

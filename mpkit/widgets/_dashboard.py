@@ -31,6 +31,7 @@ from typing import Any
 
 from ..engine._pipeline_stats import PipelineStats
 from . import _format as fmt
+from ._progress import click_now
 from ._stage_card import CSS as CARD_CSS
 from ._stage_card import MAX_WORKERS, card_html, close_tree, num, queue_bar, set_if_changed
 from ._summary import STATE_COLORS, shown_state, summary_html
@@ -128,6 +129,8 @@ class Dashboard:
                                         tooltip="Stop the pipeline", layout=w.Layout(width="8em"))
             self.stop_button.add_class("mpkit-stop")
             self.stop_button.on_click(self._stop_clicked)
+            # a blocking run() holds the kernel's main thread: its click is taken where it arrives
+            click_now(self.stop_button, lambda: self._stop_clicked(self.stop_button))
             controls.append(self.stop_button)
         self.scales: dict[str, Any] = {}
         if on_scale is not None:

@@ -40,13 +40,16 @@ def pipeline_front_end(progress: bool | None, title: str) -> PipelineObserver | 
 
 def dashboard_for(pipe):
     """A live :class:`Dashboard` attached to ``pipe`` (``pipe.observe``): its Stop button stops the
-    running service without waiting, its worker counts call ``pipe.scale``."""
+    running service without waiting, or ends a running ``run()`` as an interrupt does (its results
+    so far in MapInterrupted); its worker counts call ``pipe.scale``."""
     from ._dashboard import Dashboard
 
     def stop() -> None:  # a click handler must return at once: what is inside is cancelled
         service = pipe.service
         if service is not None and service.running:
             service.stop(drain=False, timeout=0)
+        else:  # a blocking run(): it ends as the kernel's interrupt ends it (MapInterrupted)
+            pipe._interrupt_run()
 
     scalable = {spec.name: spec.workers for spec in pipe.specs if spec.key is None}
     return pipe.observe(Dashboard(pipe.name, on_stop=stop, on_scale=pipe.scale, workers=scalable))

@@ -53,6 +53,27 @@ def _is_click(data) -> bool:
     return isinstance(content, dict) and content.get("event") == "click"
 
 
+def click_now(button, callback) -> bool:
+    """Call ``callback()`` when ``button`` is clicked, even while a cell runs: in the kernel's
+    shell-channel thread, which routes each message to the button's comm (see the module
+    docstring). False where clicks can only arrive once the cell is over (no such thread)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if getattr(getattr(shell, "kernel", None), "shell_channel_thread", None) is None:
+        return False  # messages are routed by the main thread, which runs the cell
+    route = getattr(getattr(button, "comm", None), "_reply_subshell_for", None)
+    if not callable(route):
+        return False
+
+    def routed(data, default):  # the kernel's shell-channel thread, for each message to the button
+        if _is_click(data):
+            callback()
+        return route(data, default)
+
+    button.comm._reply_subshell_for = routed
+    return True
+
+
 class CancelButton:
     """A Cancel button whose click is noted while the cell runs (see the module docstring)."""
 
@@ -72,18 +93,10 @@ class CancelButton:
         button = w.Button(description="Cancel", icon="stop", tooltip="Stop the map; the results that "
                           "finished are kept (like the kernel's interrupt)", layout=w.Layout(width="auto"))
         button.add_class("mpkit-cancel")
-        route = getattr(getattr(button, "comm", None), "_reply_subshell_for", None)
-        if not callable(route):
+        requested = threading.Event()
+        if not click_now(button, requested.set):
             button.close()
             return None
-        requested = threading.Event()
-
-        def routed(data, default):  # the kernel's shell-channel thread, for each message to the button
-            if _is_click(data):
-                requested.set()
-            return route(data, default)
-
-        button.comm._reply_subshell_for = routed
         button.on_click(lambda _: requested.set())  # the same click, handled once the cell is over
         return cls(button, requested)
 

@@ -31,8 +31,9 @@ pids = set(mpkit.engine.default_pool().pids())
 '''
 
 
-def _cancel_button(kernel: KernelSession, msg_id: str, timeout: float = 60.0) -> str:
-    """The comm id of the Cancel button the cell ``msg_id`` shows (read from IOPub as it opens)."""
+def _cancel_button(kernel: KernelSession, msg_id: str, timeout: float = 60.0, description: str = "Cancel") -> str:
+    """The comm id of the Cancel button (or another, by its ``description``) the cell ``msg_id``
+    shows (read from IOPub as it opens)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -42,9 +43,9 @@ def _cancel_button(kernel: KernelSession, msg_id: str, timeout: float = 60.0) ->
         if msg.get("parent_header", {}).get("msg_id") != msg_id or msg["msg_type"] != "comm_open":
             continue
         state = msg["content"].get("data", {}).get("state", {})
-        if state.get("_model_name") == "ButtonModel" and state.get("description") == "Cancel":
+        if state.get("_model_name") == "ButtonModel" and state.get("description") == description:
             return msg["content"]["comm_id"]
-    raise AssertionError("the progress bar showed no Cancel button")
+    raise AssertionError(f"the cell showed no {description} button")
 
 
 def _wait_for_output(kernel: KernelSession, msg_id: str, text: str, timeout: float = 60.0) -> None:
@@ -212,6 +213,30 @@ def test_a_click_as_the_map_ends_keeps_its_results_and_closes_the_bar(start_meth
         assert cell.error is None, cell.error
         check = kernel.run(f"print(out == [10 * i for i in range(30)], {comm_id!r} in _instances)")
         assert check.text().split() == ["True", "False"], check.text()
+        kernel.run("mpkit.shutdown()")
+    finally:
+        kernel.close()
+
+
+def test_the_dashboards_stop_ends_a_blocking_run_as_an_interrupt(start_method):
+    """``pipe.dashboard()`` shown, then ``pipe.run(...)`` in the next cell: Stop clicked while the
+    run holds the kernel's main thread ends it with its results so far, not 12 s later."""
+    kernel = KernelSession()
+    try:
+        kernel.run(SETUP + "pipe = mpkit.Pipeline('stoppable').stage(slow, workers=2)\n")
+        shown = kernel.start("d = pipe.dashboard(); d")
+        stop_id = _cancel_button(kernel, shown, description="Stop")
+        kernel.collect(shown)
+        msg_id = kernel.start("out = pipe.run(range(400), progress=False)")
+        _wait_for_output(kernel, msg_id, "item 5 done")
+        _click(kernel, stop_id)
+        cell = kernel.collect(msg_id, timeout=60)
+        assert cell.error is not None and cell.error["ename"] == "MapInterrupted", cell.error
+        check = kernel.run(
+            "exc = sys.last_value\n"
+            "print(0 < len(exc.results) < 400, sorted(exc.results + [10 * i for i in exc.pending]) == "
+            "[10 * i for i in range(400)], pipe.stats().outcome)")
+        assert check.text().split() == ["True", "True", "interrupted"], check.text()
         kernel.run("mpkit.shutdown()")
     finally:
         kernel.close()
