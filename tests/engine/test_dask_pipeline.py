@@ -210,3 +210,36 @@ def test_a_dask_stages_prints_reach_the_cell_with_its_name(on_cluster, capsys):
     for x in range(4):
         assert any(line.startswith("[talker w") and line.endswith(f"] item {x}") for line in out.splitlines()), out
         assert any(line.startswith("[talker w") and line.endswith(f"] warn {x}") for line in err.splitlines()), err
+
+
+def test_a_pipeline_whose_scheduler_goes_away_keeps_the_results_so_far(tmp_path):
+    """The scheduler of a cluster the user started is killed under a running pipeline: run()
+    ends with ClusterLost, and the results that came out of the last stage before are in its
+    .results (as a map's are), not lost with the cluster."""
+    from distributed import Client
+
+    from mpkit.engine import dask as dask_backend
+    from tests.dask_cluster import command_line_cluster
+
+    with command_line_cluster(2) as address:
+        client = Client(address, timeout=60)
+        try:
+            assert wait_until(lambda: len(worker_pids(client)) == 2, timeout=60)
+            scheduler_pid = client.run_on_scheduler(os.getpid)
+            pipe = (Pipeline("lost").stage(functools.partial(dask_tasks.with_pid, seconds=0.02), name="one")
+                    .stage(dask_tasks.first_of, name="two"))
+
+            def kill_soon():
+                if wait_until(lambda: pipe.stats().completed >= 40, timeout=120):
+                    os.kill(scheduler_pid, signal.SIGKILL)
+            killer = threading.Thread(target=kill_soon, daemon=True)
+            killer.start()
+            with pytest.raises(dask_backend.ClusterLost) as info:
+                pipe.run(range(100_000), ordered=True, cluster=client)
+            killer.join(10)
+            kept = info.value.results
+            assert kept is not None, "the finished results of the pipeline were dropped with the cluster"
+            assert len(kept) >= 40 and kept == sorted(set(kept)), "the results so far, in input order"
+        finally:
+            mpkit.shutdown()
+            client.close(timeout=10)
