@@ -243,3 +243,29 @@ def test_a_pipeline_whose_scheduler_goes_away_keeps_the_results_so_far(tmp_path)
         finally:
             mpkit.shutdown()
             client.close(timeout=10)
+
+
+def test_a_one_worker_stage_hands_items_on_in_the_order_they_came(on_cluster):
+    """A stage of one worker passes its items on in the order it got them, as a local one does:
+    so a keyed stage after it (a conversation's messages, counted per conversation) sees each
+    key's items in input order. The results of its chunks were fetched at once and arrived in
+    any order, so the keyed stage's state saw a key's later items first."""
+    class CountPerKey:  # a notebook's stateful stage: the n-th message of each conversation
+        def __init__(self):
+            self.seen = {}
+
+        def __call__(self, item):
+            conversation, message = item
+            self.seen[conversation] = self.seen.get(conversation, 0) + 1
+            return conversation, message, self.seen[conversation]
+
+    items = [(i % 5, i) for i in range(1500)]
+    pipe = (Pipeline("chat").stage(functools.partial(dask_tasks.with_pid, seconds=0.001), name="parse")
+            .stage(dask_tasks.first_of, name="unwrap")
+            .stage(CountPerKey, workers=2, key=lambda item: item[0]))
+    out = pipe.run(items, ordered=True, cluster=on_cluster)
+    for conversation in range(5):
+        counts = [n for c, _, n in out if c == conversation]
+        assert counts == list(range(1, 301)), f"conversation {conversation}'s messages were counted out of order"
+    streamed = list(Pipeline("fifo").stage(helpers.identity).imap(range(3000), cluster=on_cluster))
+    assert streamed == list(range(3000)), "a one-worker stage's items came out of order"
