@@ -269,3 +269,30 @@ def test_a_one_worker_stage_hands_items_on_in_the_order_they_came(on_cluster):
         assert counts == list(range(1, 301)), f"conversation {conversation}'s messages were counted out of order"
     streamed = list(Pipeline("fifo").stage(helpers.identity).imap(range(3000), cluster=on_cluster))
     assert streamed == list(range(3000)), "a one-worker stage's items came out of order"
+
+
+def test_a_service_whose_client_is_closed_fails_its_futures_with_cluster_lost(dask_client):
+    """The notebook closes the Client a running service uses: each waiting future fails with
+    ClusterLost (what happened and the fix), not "a bug in mpkit" from its manager thread."""
+    from distributed import Client
+
+    from mpkit.engine import dask as dask_backend
+
+    client = Client(dask_client.scheduler.address, timeout=60, set_as_default=False)
+    svc = Pipeline("svc").stage(functools.partial(dask_tasks.with_pid, seconds=0.05)).start(cluster=client)
+    try:
+        futures = [svc.submit(i) for i in range(200)]
+        assert futures[3].result(timeout=60)[0] == 3
+        client.close(timeout=10)
+        errors = []
+        for future in futures:
+            try:
+                future.result(timeout=60)
+            except Exception as exc:
+                errors.append(exc)
+        assert errors and all(isinstance(e, dask_backend.ClusterLost) for e in errors), \
+            {type(e).__name__: str(e)[:200] for e in errors}
+    finally:
+        svc.stop()
+        mpkit.shutdown()
+        client.close(timeout=10)

@@ -200,6 +200,9 @@ class Manager:
                         msg = None
                 self._check_timeouts()
         except BaseException as exc:  # a bug here must not leave callers waiting forever
+            if self._cluster_gone():  # the client closed under a running map (submit raised)
+                self._lost()
+                return
             self.broken = RuntimeError(f"mpkit's Dask manager failed ({type(exc).__name__}: {exc}); "
                                         "this is a bug in mpkit. mpkit.shutdown() resets the pool.")
             self.broken.__cause__ = exc
@@ -514,6 +517,12 @@ class Manager:
 
     def _lost(self) -> None:
         """The scheduler is gone: every map waiting on this pool ends with ClusterLost."""
+        if self.broken is None and self.client.status in ("closing", "closed"):
+            self.broken = ClusterLost(
+                "the Dask client was closed while mpkit used it (client.close(), or the end of its "
+                "`with` block); the results of a map that arrived before are in .results of this "
+                "error (sys.last_value.results in IPython). Fix: close the Client after the map, "
+                "pipeline or service that uses it ends, then run the map again with an open one.")
         if self.broken is None:
             self.broken = ClusterLost(
                 f"the Dask scheduler at {self.client.scheduler.address if self.client.scheduler else '?'} "
