@@ -296,3 +296,22 @@ def test_a_service_whose_client_is_closed_fails_its_futures_with_cluster_lost(da
         svc.stop()
         mpkit.shutdown()
         client.close(timeout=10)
+
+
+def test_an_interrupted_pipeline_restarts_the_worker_stuck_in_its_item(on_cluster, tmp_path):
+    """The kernel's interrupt stops a pipeline whose stage is in a ten-minute call: the Dask
+    thread cannot be stopped, so past a short grace its worker is restarted, as an interrupted
+    map's are; it was left running the call, and the next run on that worker waited for it."""
+    marker = tmp_path / "started"
+
+    def source():  # a notebook's interrupt, once the long call has begun
+        yield ("long", 600)
+        assert wait_until(lambda: os.path.exists(f"{marker}.long"), timeout=60)
+        raise KeyboardInterrupt
+
+    pipe = Pipeline("stuck").stage(functools.partial(helpers.sleep_and_record, path=str(marker)))
+    with pytest.raises(mpkit.MapInterrupted):
+        pipe.run(source(), cluster=on_cluster)
+    stuck = int(open(f"{marker}.long").read())
+    assert wait_until(lambda: stuck not in worker_pids(on_cluster) and len(worker_pids(on_cluster)) == 2,
+                      timeout=60), "the worker running the interrupted pipeline's call was left running it"

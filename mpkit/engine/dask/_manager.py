@@ -179,9 +179,11 @@ class Manager:
         try:
             while True:
                 with self.lock:
-                    if self._closing:
-                        self._cancel([t for t in self._tasks.values()] + [t for t, _ in self._stopping.values()])
-                        return
+                    closing = self._closing
+                if closing:
+                    self._close_tasks()
+                    return
+                with self.lock:
                     runs = list(self.runs)
                 self._reap_cancelled(runs)
                 self._check_cluster(runs)
@@ -419,6 +421,28 @@ class Manager:
             for task in late:
                 self._stopping.pop(task.key, None)
             self._cancel(late)
+            self._restart(sorted({t.worker for t in late if t.worker}))
+
+    def _close_tasks(self) -> None:
+        """The pool is shut down (a pipeline's lanes when it ends, is interrupted or fails): tasks
+        waiting are cancelled; those running get CANCEL_GRACE to end, and their workers are
+        restarted past it, as for a cancelled map (a Dask thread cannot be stopped: a pipeline
+        interrupted in a long call left its worker running it, and the next run waited for it)."""
+        running = {t.key: t for t in self._tasks.values() if t.started is not None}
+        running.update((key, task) for key, (task, _) in self._stopping.items())
+        self._cancel([t for t in self._tasks.values() if t.started is None])
+        deadline = time.monotonic() + CANCEL_GRACE
+        while running and time.monotonic() < deadline and not self._cluster_gone():
+            try:
+                msg = self._inbox.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                continue
+            if msg[0] == "done":
+                running.pop(msg[1], None)
+        late = list(running.values())
+        self._stopping.clear()
+        self._cancel(late)
+        if not self._cluster_gone():
             self._restart(sorted({t.worker for t in late if t.worker}))
 
     def _cancel(self, tasks: list[_Task]) -> None:
