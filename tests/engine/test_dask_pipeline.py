@@ -315,3 +315,18 @@ def test_an_interrupted_pipeline_restarts_the_worker_stuck_in_its_item(on_cluste
     stuck = int(open(f"{marker}.long").read())
     assert wait_until(lambda: stuck not in worker_pids(on_cluster) and len(worker_pids(on_cluster)) == 2,
                       timeout=60), "the worker running the interrupted pipeline's call was left running it"
+
+
+def test_a_batched_stages_timeout_bounds_the_whole_call(on_cluster):
+    """``timeout`` after .batch() bounds one call on the whole batch, as locally: on Dask it was
+    multiplied by the batch's size, so a model call of 6 s on a batch of 8 with timeout=2 ran to
+    its end (its limit was 16 s)."""
+    def slow_model(batch):  # a notebook's model call, stuck for longer than its timeout
+        import time
+        time.sleep(6)
+        return batch
+
+    out = (Pipeline("model").batch(8, max_wait=0.5).stage(slow_model, timeout=2)
+           .run(range(8), on_error="collect", cluster=on_cluster))
+    assert list(out) == [] and len(out.failures) == 8, out
+    assert all(isinstance(f.exception, mpkit.TaskTimeout) for f in out.failures), out.failures

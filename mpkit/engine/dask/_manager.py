@@ -495,7 +495,7 @@ class Manager:
     def _check_timeouts(self) -> None:
         now = time.monotonic()
         late = [t for t in self._tasks.values() if t.run.timeout is not None and t.started is not None
-                and not t.dropped and now - t.started > t.run.timeout * max(1, len(t.chunk.indices))]
+                and not t.dropped and now - t.started > _time_limit(t)]
         if not late:
             return
         self._cancel(late)
@@ -526,7 +526,7 @@ class Manager:
 
     def _next_wait(self) -> float:
         now = time.monotonic()
-        deadlines = [t.started + t.run.timeout * max(1, len(t.chunk.indices)) - now
+        deadlines = [t.started + _time_limit(t) - now
                      for t in self._tasks.values() if t.started is not None and t.run.timeout is not None]
         deadlines += [deadline - now for _, deadline in self._stopping.values()]
         return max(0.01, min([POLL, *deadlines]))
@@ -584,6 +584,12 @@ def _fn_error(run: Run, described: tuple, address: str | None) -> BaseException:
                        "package in the workers' environment, or define what it needs in the notebook.")
     err.__cause__ = _cause(*described, f"(while loading {run.fn_name} in Dask worker {address})")
     return err
+
+
+def _time_limit(task: _Task) -> float:
+    """Seconds a started task may run: ``timeout`` per item of its chunk, or once for a
+    micro-batch, which is one call on the whole list (as ``timeout`` after .batch() says)."""
+    return task.run.timeout * (1 if task.chunk.batch else max(1, len(task.chunk.indices)))
 
 
 def _key_name(name: str) -> str:
