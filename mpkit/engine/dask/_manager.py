@@ -543,10 +543,11 @@ class Manager:
         """The scheduler is gone: every map waiting on this pool ends with ClusterLost."""
         if self.broken is None and self.client.status in ("closing", "closed"):
             self.broken = ClusterLost(
-                "the Dask client was closed while mpkit used it (client.close(), or the end of its "
-                "`with` block); the results of a map that arrived before are in .results of this "
-                "error (sys.last_value.results in IPython). Fix: close the Client after the map, "
-                "pipeline or service that uses it ends, then run the map again with an open one.")
+                "the Dask client or its cluster was closed while mpkit used it (client.close(), "
+                "cluster.close(), or the end of their `with` block); the results of a map that arrived "
+                "before are in .results of this error (sys.last_value.results in IPython). Fix: close "
+                "them after the map, pipeline or service that uses them ends, then run the map again "
+                "with an open one.")
         if self.broken is None:
             self.broken = ClusterLost(
                 f"the Dask scheduler at {self.client.scheduler.address if self.client.scheduler else '?'} "
