@@ -211,6 +211,9 @@ class Pipeline:
             flow.wait_quietly()
             raise
         if flow.fatal is not None:
+            if getattr(flow.fatal, "keeps_results", False) and getattr(flow.fatal, "results", None) is None:
+                # the backend itself failed (a Dask scheduler gone): what finished is kept, as a map's
+                flow.fatal.results = flow.result_list()
             raise flow.fatal
         return flow.result_list()
 

@@ -398,3 +398,28 @@ def test_kernel_interrupt_keeps_results_and_the_cluster(tmp_path):
             "items of the interrupted map kept running"
     finally:
         kernel.close()
+
+
+def test_a_client_closed_under_a_running_map_ends_it_with_cluster_lost(dask_client):
+    """A notebook closes its own Client (another cell, a `with Client(...)` block ending) while a
+    map on it runs: the map ends with ClusterLost, its results so far kept, not with "a bug in
+    mpkit" from the manager thread (ClosedClientError on the next submit)."""
+    from distributed import Client
+
+    client = Client(dask_client.scheduler.address, timeout=60, set_as_default=False)
+    closed = []
+
+    class CloseTheClient(_InterruptWhen):
+        def update(self, stats):
+            if stats.done >= 10 and not closed:
+                closed.append(stats.done)
+                client.close(timeout=10)
+
+    try:
+        with mpkit.Pool(cluster=client) as pool:
+            with pytest.raises(dask_backend.ClusterLost, match="closed") as info:
+                pool.map(timed_tasks.slow_identity, range(10_000), chunksize=1, progress=CloseTheClient(None))
+            kept = info.value.results
+            assert closed and len(kept) >= 10 and kept == sorted(set(kept)), "the results so far are kept"
+    finally:
+        client.close(timeout=10)

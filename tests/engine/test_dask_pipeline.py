@@ -210,3 +210,123 @@ def test_a_dask_stages_prints_reach_the_cell_with_its_name(on_cluster, capsys):
     for x in range(4):
         assert any(line.startswith("[talker w") and line.endswith(f"] item {x}") for line in out.splitlines()), out
         assert any(line.startswith("[talker w") and line.endswith(f"] warn {x}") for line in err.splitlines()), err
+
+
+def test_a_pipeline_whose_scheduler_goes_away_keeps_the_results_so_far(tmp_path):
+    """The scheduler of a cluster the user started is killed under a running pipeline: run()
+    ends with ClusterLost, and the results that came out of the last stage before are in its
+    .results (as a map's are), not lost with the cluster."""
+    from distributed import Client
+
+    from mpkit.engine import dask as dask_backend
+    from tests.dask_cluster import command_line_cluster
+
+    with command_line_cluster(2) as address:
+        client = Client(address, timeout=60)
+        try:
+            assert wait_until(lambda: len(worker_pids(client)) == 2, timeout=60)
+            scheduler_pid = client.run_on_scheduler(os.getpid)
+            pipe = (Pipeline("lost").stage(functools.partial(dask_tasks.with_pid, seconds=0.02), name="one")
+                    .stage(dask_tasks.first_of, name="two"))
+
+            def kill_soon():
+                if wait_until(lambda: pipe.stats().completed >= 40, timeout=120):
+                    os.kill(scheduler_pid, signal.SIGKILL)
+            killer = threading.Thread(target=kill_soon, daemon=True)
+            killer.start()
+            with pytest.raises(dask_backend.ClusterLost) as info:
+                pipe.run(range(100_000), ordered=True, cluster=client)
+            killer.join(10)
+            kept = info.value.results
+            assert kept is not None, "the finished results of the pipeline were dropped with the cluster"
+            assert len(kept) >= 40 and kept == sorted(set(kept)), "the results so far, in input order"
+        finally:
+            mpkit.shutdown()
+            client.close(timeout=10)
+
+
+def test_a_one_worker_stage_hands_items_on_in_the_order_they_came(on_cluster):
+    """A stage of one worker passes its items on in the order it got them, as a local one does:
+    so a keyed stage after it (a conversation's messages, counted per conversation) sees each
+    key's items in input order. The results of its chunks were fetched at once and arrived in
+    any order, so the keyed stage's state saw a key's later items first."""
+    class CountPerKey:  # a notebook's stateful stage: the n-th message of each conversation
+        def __init__(self):
+            self.seen = {}
+
+        def __call__(self, item):
+            conversation, message = item
+            self.seen[conversation] = self.seen.get(conversation, 0) + 1
+            return conversation, message, self.seen[conversation]
+
+    items = [(i % 5, i) for i in range(1500)]
+    pipe = (Pipeline("chat").stage(functools.partial(dask_tasks.with_pid, seconds=0.001), name="parse")
+            .stage(dask_tasks.first_of, name="unwrap")
+            .stage(CountPerKey, workers=2, key=lambda item: item[0]))
+    out = pipe.run(items, ordered=True, cluster=on_cluster)
+    for conversation in range(5):
+        counts = [n for c, _, n in out if c == conversation]
+        assert counts == list(range(1, 301)), f"conversation {conversation}'s messages were counted out of order"
+    streamed = list(Pipeline("fifo").stage(helpers.identity).imap(range(3000), cluster=on_cluster))
+    assert streamed == list(range(3000)), "a one-worker stage's items came out of order"
+
+
+def test_a_service_whose_client_is_closed_fails_its_futures_with_cluster_lost(dask_client):
+    """The notebook closes the Client a running service uses: each waiting future fails with
+    ClusterLost (what happened and the fix), not "a bug in mpkit" from its manager thread."""
+    from distributed import Client
+
+    from mpkit.engine import dask as dask_backend
+
+    client = Client(dask_client.scheduler.address, timeout=60, set_as_default=False)
+    svc = Pipeline("svc").stage(functools.partial(dask_tasks.with_pid, seconds=0.05)).start(cluster=client)
+    try:
+        futures = [svc.submit(i) for i in range(200)]
+        assert futures[3].result(timeout=60)[0] == 3
+        client.close(timeout=10)
+        errors = []
+        for future in futures:
+            try:
+                future.result(timeout=60)
+            except Exception as exc:
+                errors.append(exc)
+        assert errors and all(isinstance(e, dask_backend.ClusterLost) for e in errors), \
+            {type(e).__name__: str(e)[:200] for e in errors}
+    finally:
+        svc.stop()
+        mpkit.shutdown()
+        client.close(timeout=10)
+
+
+def test_an_interrupted_pipeline_restarts_the_worker_stuck_in_its_item(on_cluster, tmp_path):
+    """The kernel's interrupt stops a pipeline whose stage is in a ten-minute call: the Dask
+    thread cannot be stopped, so past a short grace its worker is restarted, as an interrupted
+    map's are; it was left running the call, and the next run on that worker waited for it."""
+    marker = tmp_path / "started"
+
+    def source():  # a notebook's interrupt, once the long call has begun
+        yield ("long", 600)
+        assert wait_until(lambda: os.path.exists(f"{marker}.long"), timeout=60)
+        raise KeyboardInterrupt
+
+    pipe = Pipeline("stuck").stage(functools.partial(helpers.sleep_and_record, path=str(marker)))
+    with pytest.raises(mpkit.MapInterrupted):
+        pipe.run(source(), cluster=on_cluster)
+    stuck = int(open(f"{marker}.long").read())
+    assert wait_until(lambda: stuck not in worker_pids(on_cluster) and len(worker_pids(on_cluster)) == 2,
+                      timeout=60), "the worker running the interrupted pipeline's call was left running it"
+
+
+def test_a_batched_stages_timeout_bounds_the_whole_call(on_cluster):
+    """``timeout`` after .batch() bounds one call on the whole batch, as locally: on Dask it was
+    multiplied by the batch's size, so a model call of 6 s on a batch of 8 with timeout=2 ran to
+    its end (its limit was 16 s)."""
+    def slow_model(batch):  # a notebook's model call, stuck for longer than its timeout
+        import time
+        time.sleep(6)
+        return batch
+
+    out = (Pipeline("model").batch(8, max_wait=0.5).stage(slow_model, timeout=2)
+           .run(range(8), on_error="collect", cluster=on_cluster))
+    assert list(out) == [] and len(out.failures) == 8, out
+    assert all(isinstance(f.exception, mpkit.TaskTimeout) for f in out.failures), out.failures

@@ -179,9 +179,11 @@ class Manager:
         try:
             while True:
                 with self.lock:
-                    if self._closing:
-                        self._cancel([t for t in self._tasks.values()] + [t for t, _ in self._stopping.values()])
-                        return
+                    closing = self._closing
+                if closing:
+                    self._close_tasks()
+                    return
+                with self.lock:
                     runs = list(self.runs)
                 self._reap_cancelled(runs)
                 self._check_cluster(runs)
@@ -200,6 +202,9 @@ class Manager:
                         msg = None
                 self._check_timeouts()
         except BaseException as exc:  # a bug here must not leave callers waiting forever
+            if self._cluster_gone():  # the client closed under a running map (submit raised)
+                self._lost()
+                return
             self.broken = RuntimeError(f"mpkit's Dask manager failed ({type(exc).__name__}: {exc}); "
                                         "this is a bug in mpkit. mpkit.shutdown() resets the pool.")
             self.broken.__cause__ = exc
@@ -230,15 +235,20 @@ class Manager:
                 self._submit(run, chunk, alone)
 
     def _submit(self, run: Run, chunk: Chunk, alone: bool = False) -> None:
-        key = f"mpkit-{_key_name(run.fn_name)}-{self.topic[6:]}-{next(self._keys)}"
+        number = next(self._keys)
+        key = f"mpkit-{_key_name(run.fn_name)}-{self.topic[6:]}-{number}"
         items = pickle.dumps(chunk.payload, _task.PROTOCOL)  # its large buffers in band: one bytes
         # A lane's chunks are pinned to its workers, strictly: a loose restriction lets Dask's work
         # stealing move them to any worker (a class stage would then build everywhere). A chunk
-        # whose workers all died is sent again by _check_placement.
+        # whose workers all died is sent again by _check_placement. Pinned tasks of equal priority
+        # run newest first on a Dask worker (three chunks waiting ran 3, 2, 1): each is given a
+        # lower priority than the one before, so a lane runs its chunks in the order it got them
+        # (a keyed stage after it sees each key's items in input order), as a local worker does.
         where = self.lane.place() if self.lane is not None else None
         future = self.client.submit(_task.run_chunk, self.topic, run.fn_id, self._function(run), items, self.init_name,
                                     tuple(sys.version_info[:2]), self.lane is not None, chunk.batch, key=key,
-                                    pure=False, retries=0, workers=where or None, allow_other_workers=False)
+                                    pure=False, retries=0, workers=where or None, allow_other_workers=False,
+                                    priority=-number if where else 0)
         task = _Task(run, chunk, future, key=key, alone=alone, where=where)
         self._tasks[key] = task
         future.add_done_callback(lambda f, key=key: self._fetch(key, f))
@@ -413,6 +423,28 @@ class Manager:
             self._cancel(late)
             self._restart(sorted({t.worker for t in late if t.worker}))
 
+    def _close_tasks(self) -> None:
+        """The pool is shut down (a pipeline's lanes when it ends, is interrupted or fails): tasks
+        waiting are cancelled; those running get CANCEL_GRACE to end, and their workers are
+        restarted past it, as for a cancelled map (a Dask thread cannot be stopped: a pipeline
+        interrupted in a long call left its worker running it, and the next run waited for it)."""
+        running = {t.key: t for t in self._tasks.values() if t.started is not None}
+        running.update((key, task) for key, (task, _) in self._stopping.items())
+        self._cancel([t for t in self._tasks.values() if t.started is None])
+        deadline = time.monotonic() + CANCEL_GRACE
+        while running and time.monotonic() < deadline and not self._cluster_gone():
+            try:
+                msg = self._inbox.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                continue
+            if msg[0] == "done":
+                running.pop(msg[1], None)
+        late = list(running.values())
+        self._stopping.clear()
+        self._cancel(late)
+        if not self._cluster_gone():
+            self._restart(sorted({t.worker for t in late if t.worker}))
+
     def _cancel(self, tasks: list[_Task]) -> None:
         for task in tasks:
             task.dropped = True
@@ -463,7 +495,7 @@ class Manager:
     def _check_timeouts(self) -> None:
         now = time.monotonic()
         late = [t for t in self._tasks.values() if t.run.timeout is not None and t.started is not None
-                and not t.dropped and now - t.started > t.run.timeout * max(1, len(t.chunk.indices))]
+                and not t.dropped and now - t.started > _time_limit(t)]
         if not late:
             return
         self._cancel(late)
@@ -494,7 +526,7 @@ class Manager:
 
     def _next_wait(self) -> float:
         now = time.monotonic()
-        deadlines = [t.started + t.run.timeout * max(1, len(t.chunk.indices)) - now
+        deadlines = [t.started + _time_limit(t) - now
                      for t in self._tasks.values() if t.started is not None and t.run.timeout is not None]
         deadlines += [deadline - now for _, deadline in self._stopping.values()]
         return max(0.01, min([POLL, *deadlines]))
@@ -509,6 +541,13 @@ class Manager:
 
     def _lost(self) -> None:
         """The scheduler is gone: every map waiting on this pool ends with ClusterLost."""
+        if self.broken is None and self.client.status in ("closing", "closed"):
+            self.broken = ClusterLost(
+                "the Dask client or its cluster was closed while mpkit used it (client.close(), "
+                "cluster.close(), or the end of their `with` block); the results of a map that arrived "
+                "before are in .results of this error (sys.last_value.results in IPython). Fix: close "
+                "them after the map, pipeline or service that uses them ends, then run the map again "
+                "with an open one.")
         if self.broken is None:
             self.broken = ClusterLost(
                 f"the Dask scheduler at {self.client.scheduler.address if self.client.scheduler else '?'} "
@@ -546,6 +585,12 @@ def _fn_error(run: Run, described: tuple, address: str | None) -> BaseException:
                        "package in the workers' environment, or define what it needs in the notebook.")
     err.__cause__ = _cause(*described, f"(while loading {run.fn_name} in Dask worker {address})")
     return err
+
+
+def _time_limit(task: _Task) -> float:
+    """Seconds a started task may run: ``timeout`` per item of its chunk, or once for a
+    micro-batch, which is one call on the whole list (as ``timeout`` after .batch() says)."""
+    return task.run.timeout * (1 if task.chunk.batch else max(1, len(task.chunk.indices)))
 
 
 def _key_name(name: str) -> str:
