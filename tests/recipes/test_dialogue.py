@@ -14,6 +14,7 @@ emoji = pytest.importorskip("emoji")
 from mpkit.recipes import SAMPLE_DATA
 from mpkit.recipes._dialogue_text import clean, emoji_chars, normalise
 from mpkit.recipes.dialogue import DEFAULT_NOTICES, DialogueInputError, clean_dialogues
+from tests.recipes import workbooks
 
 COLUMNS = ["坐席id", "客户微信id", "是否客服", "消息内容", "发送时间"]
 FILES = [("std", "finetune_std_data"), ("mmi", "finetune_mmi_data")]
@@ -292,22 +293,10 @@ def _chat(customer, n, start=0, agent="kf_1"):
             for i in range(n)]
 
 
-def _book(path, sheets):
-    """An .xlsx with one sheet per entry of ``sheets`` ({name: rows}); the first row is the header."""
-    import openpyxl
-
-    wb = openpyxl.Workbook()
-    wb.remove(wb.active)
-    for name, rows in sheets.items():
-        ws = wb.create_sheet(name)
-        for row in rows:
-            ws.append(row)
-    wb.save(path)
-    return path
 
 
 def test_every_sheet_with_the_chat_columns_is_read(tmp_path, start_method):
-    book = _book(tmp_path / "two_sheets.xlsx", {
+    book = workbooks.book(tmp_path / "two_sheets.xlsx", {
         "Sheet1": [COLUMNS] + _chat("wxid_a", 30),
         "Sheet2": [[f" {c} " for c in COLUMNS]] + _chat("wxid_b", 25),     # stray spaces in the header
         "说明": [["导出说明"], ["本文件由系统导出"]],
@@ -399,7 +388,7 @@ def test_a_folder_is_read_as_its_xlsx_files(exports, tmp_path):
 
 
 def test_formulas_without_saved_values_are_counted(tmp_path):
-    book = _book(tmp_path / "f.xlsx", {"Sheet1": [COLUMNS, *_chat("wxid_a", 3),
+    book = workbooks.book(tmp_path / "f.xlsx", {"Sheet1": [COLUMNS, *_chat("wxid_a", 3),
                                                   ["kf_1", "wxid_a", "否", '="你"&"好"', "2024-03-01 10:09:00"]]})
     report = clean_dialogues([book], tmp_path / "out", val_size=0, workers=1)
     assert report.uncached_formulas == 1 and report.rows_dropped == {"missing": 1}

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from mpkit.recipes import SAMPLE_DATA, excel
+from tests.recipes import workbooks
 
 SAMPLES = sorted(SAMPLE_DATA.glob("*.xlsx"))
 
@@ -146,18 +147,6 @@ def test_cli_run_reads_folders_and_prints_the_report(inputs, tmp_path, capsys, s
 
 
 # ---- what real exports do to a run: every sheet, reruns, long cells, formulas, output errors ----------
-def _export(path, sheets: dict[str, list[list]]):
-    """An .xlsx chat export built with openpyxl, one list of rows (header first) per sheet."""
-    import openpyxl
-
-    wb = openpyxl.Workbook()
-    wb.remove(wb.active)
-    for name, rows in sheets.items():
-        ws = wb.create_sheet(name)
-        for row in rows:
-            ws.append(row)
-    wb.save(path)
-    return path
 
 
 def _chat(n, start=0, text="消息 {i}"):
@@ -179,9 +168,9 @@ def _rows_on_disk(folder):
 
 
 def test_every_sheet_with_the_columns_is_read_and_the_others_are_named(tmp_path, start_method):
-    two = _export(tmp_path / "two_sheets.xlsx", {"Sheet1": _chat(30), "Sheet2": _chat(25, start=30),
+    two = workbooks.book(tmp_path / "two_sheets.xlsx", {"Sheet1": _chat(30), "Sheet2": _chat(25, start=30),
                                                  "说明": [["导出说明"], ["客服系统 v2"]]})
-    one = _export(tmp_path / "one.xlsx", {"Sheet1": _chat(10, start=100)})
+    one = workbooks.book(tmp_path / "one.xlsx", {"Sheet1": _chat(10, start=100)})
     report = excel.extract([two, one], tmp_path / "out", fmt="csv", workers=2, progress=False)
     assert report.rows_read == 30 + 25 + 10 == report.rows_written + report.rows_dropped
     assert report.sheets_read == ((str(two), "Sheet1", 30), (str(two), "Sheet2", 25), (str(one), "Sheet1", 10))
@@ -253,7 +242,7 @@ def test_cells_too_long_for_xlsx_go_whole_to_a_side_file_named_in_the_report(tmp
     rows = _chat(20)
     rows[6][3], rows[15][3] = "LONG_TEXT", "EMOJI_TEXT"
     rows.insert(10, [None] * 5)  # a blank row: the emoji row is Excel's row 17
-    src = _with_texts(_export(tmp_path / "long.xlsx", {"Sheet1": rows}), LONG_TEXT=long_text, EMOJI_TEXT=emoji_text)
+    src = _with_texts(workbooks.book(tmp_path / "long.xlsx", {"Sheet1": rows}), LONG_TEXT=long_text, EMOJI_TEXT=emoji_text)
     report = excel.extract([src], tmp_path / "out", workers=2, progress=False)
     side = tmp_path / "out" / "extract_0_0.long_cells.csv"
     assert report.long_rows == ((str(src), "Sheet1", 7, side), (str(src), "Sheet1", 17, side))
@@ -270,7 +259,7 @@ def test_formulas_without_saved_values_are_counted_in_the_report(tmp_path):
     rows = _chat(12)
     for i in (2, 5, 9):
         rows[i][3] = f'=CONCAT("订单", {i})'  # written by a script: no value saved with the formula
-    src = _export(tmp_path / "formulas.xlsx", {"Sheet1": rows, "汇总": [["合计"], ["=COUNTA(Sheet1!A:A)"]]})
+    src = workbooks.book(tmp_path / "formulas.xlsx", {"Sheet1": rows, "汇总": [["合计"], ["=COUNTA(Sheet1!A:A)"]]})
     report = excel.extract([src], tmp_path / "out", fmt="csv", workers=2, progress=False)
     assert report.uncached_formulas == ((str(src), 3),)  # the summary sheet is not read
     assert "3 formula cell(s) in " + str(src) in str(report)
@@ -437,7 +426,7 @@ def test_customers_talking_about_payments_are_not_dropped_as_notices(tmp_path):
     notices = ["微信红包", "微信转账", "“小王”撤回了一条消息", "我通过了你的朋友验证请求，现在我们可以开始聊天了"]
     rows = [list(excel.COLUMNS)] + [["kf_1", "wx_1", "否", t, f"2024-03-01 09:{i:02d}:00"]
                                     for i, t in enumerate(said + notices)]
-    path = _export(tmp_path / "pay.xlsx", {"Sheet1": rows})
+    path = workbooks.book(tmp_path / "pay.xlsx", {"Sheet1": rows})
     report = excel.extract([path], tmp_path / "out", workers=1)
     kept = list(pd.read_excel(report.outputs[0], engine="calamine")["消息内容"])
     assert kept == said and report.rows_dropped == len(notices)

@@ -4,23 +4,14 @@ from __future__ import annotations
 import datetime as dt
 import sys
 
-import openpyxl
 import pytest
 
 from mpkit.recipes._workbook import WorkbookError, read_sheets
+from tests.recipes import workbooks
 
 NEEDED = ["坐席id", "消息内容"]
 
 
-def _book(path, sheets: dict[str, list[list]]):
-    wb = openpyxl.Workbook()
-    wb.remove(wb.active)
-    for name, rows in sheets.items():
-        ws = wb.create_sheet(name)
-        for row in rows:
-            ws.append(row)
-    wb.save(path)
-    return path
 
 
 @pytest.fixture
@@ -31,7 +22,7 @@ def chat_on_two_sheets(tmp_path):
     second = [["坐席id", "消息内容", "发送时间"], ["kf_1", 12345, None], [None, None, None],
               ["kf_2", "=A2", None]] + [["kf_2", f"later {i}", None] for i in range(23)]
     summary = [["total", "=COUNTA(Sheet1!A:A)"]]
-    return _book(tmp_path / "chat.xlsx", {"Sheet1": first, "Sheet2": second, "summary": summary, "blank": []})
+    return workbooks.book(tmp_path / "chat.xlsx", {"Sheet1": first, "Sheet2": second, "summary": summary, "blank": []})
 
 
 @pytest.mark.parametrize("engine", ["calamine", "openpyxl"])
@@ -76,7 +67,7 @@ def test_a_file_calamine_cannot_read_is_named_with_both_reasons(tmp_path):
 def test_a_wrong_dimension_tag_does_not_hide_rows_from_openpyxl(tmp_path):
     import zipfile
 
-    src = _book(tmp_path / "src.xlsx", {"Sheet1": [NEEDED] + [["kf", f"m{i}"] for i in range(10)]})
+    src = workbooks.book(tmp_path / "src.xlsx", {"Sheet1": [NEEDED] + [["kf", f"m{i}"] for i in range(10)]})
     dst = tmp_path / "dim.xlsx"  # some exporters write <dimension ref="A1"/> whatever the size
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
         for item in zin.infolist():
