@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import psutil
 import pytest
@@ -41,6 +42,22 @@ def no_leaked_processes():
                 pass
         if details:
             pytest.fail("test left child processes behind:\n" + "\n".join(details))
+
+
+@pytest.fixture(autouse=True)
+def sigint_left_as_it_was():
+    """Fail a test after which this process handles SIGINT differently (a handler left installed,
+    SIGINT ignored or blocked in the main thread): every later interrupt test, and every child it
+    starts, would inherit that. The state is put back for the next test."""
+    handler = signal.getsignal(signal.SIGINT)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    yield
+    now_handler, now_mask = signal.getsignal(signal.SIGINT), signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    if now_handler is not handler or now_mask != mask:
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        pytest.fail(f"the test left SIGINT's handler {now_handler!r} (was {handler!r}) or blocked signals "
+                    f"{sorted(now_mask)} (were {sorted(mask)}) in the test process")
 
 
 @pytest.fixture(params=START_METHODS)

@@ -452,9 +452,13 @@ class Manager:
         futures = [t.future for t in tasks if t.future is not None]
         for task in tasks:
             task.future = None
+        if not futures or self.client.status in ("closing", "closed"):
+            return  # a closed client has nothing to cancel (and its cancel() waits for ever)
+        # on the client's event loop, without waiting: this thread never blocks on the scheduler
         try:
-            self.client.cancel(futures, force=True)
-        except Exception:
+            asyncio.run_coroutine_threadsafe(self.client._cancel(futures, force=True),
+                                             self.client.loop.asyncio_loop)
+        except Exception:  # the client's loop is closed: the cluster is gone, nothing runs there
             pass
 
     def _check_placement(self) -> None:
