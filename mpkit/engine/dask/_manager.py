@@ -110,6 +110,7 @@ class Manager:
         self._shipped: dict[int, object] = {}  # id(run) -> the future of its scattered function
         self.pids: dict[str, int] = {}  # worker address -> its pid, from its tasks' "start" events
         self._stopping: dict[str, tuple[_Task, float]] = {}  # key -> (task of a cancelled run, deadline)
+        self._unseen: dict[str, _Task] = {}  # key -> a cancelled run's task cancelled before its start was seen
         self._suspects: set[tuple[int, int]] = set()  # (run, index) of single items on a worker that died
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -284,6 +285,7 @@ class Manager:
     def _handle(self, msg) -> None:
         if msg[0] == "done":
             self._stopping.pop(msg[1], None)  # a cancelled run's task that ended in its grace
+            self._unseen.pop(msg[1], None)
             task = self._tasks.pop(msg[1], None)
             if task is not None:
                 self._outcome(task, *msg[2:])
@@ -294,6 +296,10 @@ class Manager:
                 self.pids[event[2]] = event[3]
                 if task is not None:
                     task.started, task.worker = time.monotonic(), event[2]
+                late = self._unseen.pop(event[1], None)
+                if late is not None:  # cancelled while waiting, but it had started: it gets the grace
+                    late.started, late.worker = time.monotonic(), event[2]
+                    self._stopping[late.key] = (late, time.monotonic() + CANCEL_GRACE)
             elif event[0] == _task.OUT:
                 _, address, parts, dropped, chars = event
                 self.output.add(self.worker_id(address), [tuple(p) for p in parts], dropped, chars)
@@ -407,6 +413,9 @@ class Manager:
         waiting = [t for t in cancelled if t.started is None]
         if waiting:
             self._cancel(waiting)
+            # one may be running already, its "start" event still on its way (a loaded machine):
+            # cancelling its future does not stop its thread, so it is watched for that event
+            self._unseen.update((t.key, t) for t in waiting)
         now = time.monotonic()
         for task in cancelled:
             if task.started is not None:
