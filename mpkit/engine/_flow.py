@@ -56,6 +56,7 @@ cancelled.
 """
 from __future__ import annotations
 
+import itertools
 import sys
 import threading
 import time
@@ -65,7 +66,7 @@ from typing import Any, Callable
 
 from ._errors import Failure, ResultList
 from ._ledger import Ledger
-from ._pipeline_stats import SNAPSHOT_HZ, Bottleneck, PipelineStats, with_usage
+from ._pipeline_stats import ERRORS_SHOWN, SNAPSHOT_HZ, Bottleneck, PipelineStats, with_usage
 from ._item import (ATOM_BYTES, BadOutput, Item, Unpicklable, chunk_payload, decoded, shown, size, taken, travel,
                     undecodable)
 from ._stage import CHANNEL_BYTES, Fan, PoolFactory, Segment, Stage
@@ -124,6 +125,7 @@ class Flow:
         self.state = "running"
         self.service = service
         self.interrupted = False             # run() stopped by the kernel's interrupt (for stats' outcome)
+        self._errors_seen, self._errors_text = 0, ()  # the snapshots' failure texts, by failure count
         self.total: int | None = None        # len() of run()'s source, if it has one (for the progress)
         self._bottleneck = Bottleneck()
         self._usage = Usage()                # workers' CPU and memory, read once a second
@@ -669,7 +671,17 @@ class Flow:
         led = self.ledger
         return PipelineStats(self.name, self.state, now - self.started, led.submitted + waiting, led.completed,
                              led.failed, led.dropped, led.pending + waiting, led.delivered, tuple(stages),
-                             cancelled=led.cancelled, outcome=self._outcome(), total=self.total)
+                             cancelled=led.cancelled, outcome=self._outcome(), total=self.total,
+                             errors=self._errors(led))
+
+    def _errors(self, led) -> tuple[str, ...]:
+        """The first failures as text (made again only when the count of failures changed)."""
+        if self._errors_seen != led.failed:
+            self._errors_seen = led.failed
+            texts = (f"item {f.index}: {type(f.exception).__name__}: {f.exception}"
+                     for f in itertools.islice(led.failures, ERRORS_SHOWN))
+            self._errors_text = tuple(t if len(t) <= 200 else t[:199] + "\u2026" for t in texts)
+        return self._errors_text
 
     def _outcome(self) -> str:
         if self.state == "running":

@@ -61,6 +61,11 @@ class StageStats:
         return min(1.0, self.queued / self.capacity) if self.capacity else 0.0
 
 
+#: Failures a snapshot names (the rest are counted): a summary or a dashboard shows a few, and the
+#: run's ResultList holds them all.
+ERRORS_SHOWN = 3
+
+
 @dataclass(frozen=True)
 class PipelineStats:
     """The whole pipeline at one moment: totals and one :class:`StageStats` per stage."""
@@ -80,6 +85,7 @@ class PipelineStats:
     outcome: str = ""      #: how it ended: "finished", "failed", "interrupted" or "stopped"
                            #: (a service, or a stream left early); "" while it runs
     total: int | None = None  #: items in the source of a run() whose source has a len(), else None
+    errors: tuple[str, ...] = ()  #: the first failures, "item 3: ValueError: ..." (at most ERRORS_SHOWN)
 
     @property
     def ended(self) -> int:

@@ -68,7 +68,20 @@ def summary_html(title: str, stats: PipelineStats, history: Sequence[PipelineSta
     figures = figures_html(history) if len(history) > 1 else ""
     border = STATE_COLORS.get(state, "#777777")
     return (f'<div class="mpkit-summary mpkit-summary-{html.escape(state)}" style="border:2px solid '
-            f'{border};border-radius:4px;padding:4px 8px;font-size:13px">{head}{table}{figures}</div>')
+            f'{border};border-radius:4px;padding:4px 8px;font-size:13px">{head}{table}'
+            f'{errors_html(stats)}{figures}</div>')
+
+
+def errors_html(stats: PipelineStats) -> str:
+    """The first failures' messages (``stats.errors``), and how many more there were."""
+    if not stats.errors:
+        return ""
+    lines = [html.escape(text) for text in stats.errors]
+    if stats.failed > len(stats.errors):
+        lines.append(f"and {stats.failed - len(stats.errors):,} more: the run's result list holds every failure "
+                     "(<code>.failures</code>)")
+    items = "".join(f"<li>{line}</li>" for line in lines)
+    return f'<ul class="mpkit-summary-errors" style="color:#c62828;margin:2px 0 4px 0">{items}</ul>'
 
 
 def figures_html(history: Sequence[PipelineStats]) -> str:

@@ -50,6 +50,18 @@ def test_finished_run(start_method):
     assert "30 / 30 100%" in text(dash.header.value)
 
 
+def test_the_summary_names_the_first_errors_and_counts_the_rest(start_method):
+    pipe = Pipeline("some bad").stage(fail_odd, workers=2)
+    dash = watched(pipe)
+    out = pipe.run(range(20), on_error="collect", ordered=True)
+    assert len(out) == 10 and len(out.failures) == 10
+    check_end(dash, "finished")
+    summary = text(dash.summary())
+    shown = re.findall(r"item (\d+): ValueError: odd item (\d+)", summary)
+    assert len(shown) == 3 and all(a == b and int(a) % 2 for a, b in shown), summary
+    assert "and 7 more" in summary, summary
+
+
 def test_failed_run(start_method):
     pipe = Pipeline("bad").stage(fail_odd, workers=2)
     dash = watched(pipe)
