@@ -252,7 +252,7 @@ def _run(fn_id: str, fn_bytes: bytes, items_bytes: bytes, init: str | None, stag
     try:
         fn = _load_stage(fn_id, fn_bytes) if stage else _load(fn_id, fn_bytes)
     except BaseException as exc:
-        return (FN_ERROR, *_describe_exception(exc, skip_frames=0))
+        return (FN_ERROR, *_describe_exception(exc, skip_frames=0, whole=True))
     try:
         items = _serialize.unpack(pickle.loads(items_bytes))
     except BaseException as exc:

@@ -209,14 +209,16 @@ def _frames(tb) -> list[tuple[str, int, str, str | None]]:
 MAX_CHAIN = 32
 
 
-def _describe_exception(exc: BaseException, skip_frames: int = 1):
+def _describe_exception(exc: BaseException, skip_frames: int = 1, whole: bool = False):
     """(pickled ExceptionRecord, 'Type: message' text, frames) for sending to the parent.
 
     The record holds the chain too: each ``__cause__`` and ``__context__`` with its own frames,
     pickled apart, so a link that cannot cross (a lock inside) costs only that link its type.
+    mpkit's own frames before the user's are left out, unless ``whole``: a function that could not
+    be loaded keeps them, since they tell the parent whether a stage object failed to build.
     """
     memo: dict[int, ExceptionRecord | None] = {}
-    record = _record(exc, skip_frames, memo)
+    record = _record(exc, skip_frames, memo, whole)
     return pickle.dumps(record, PROTOCOL), record.text, record.frames
 
 
@@ -235,7 +237,7 @@ def _exception_bytes(exc: BaseException) -> bytes | None:
     return None
 
 
-def _record(exc: BaseException, skip_frames: int, memo: dict) -> ExceptionRecord:
+def _record(exc: BaseException, skip_frames: int, memo: dict, whole: bool = False) -> ExceptionRecord:
     memo[id(exc)] = None  # in progress: a chain that loops back to it ends there
     exc_bytes = _exception_bytes(exc)
     text = "".join(traceback.format_exception_only(type(exc), exc)).rstrip()
@@ -244,7 +246,7 @@ def _record(exc: BaseException, skip_frames: int, memo: dict) -> ExceptionRecord
         if tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
     # and mpkit's frames between it and the user's code (a pipeline stage's call wrapper)
-    while tb is not None and tb.tb_next is not None and _in_mpkit(tb.tb_frame.f_code.co_filename):
+    while not whole and tb is not None and tb.tb_next is not None and _in_mpkit(tb.tb_frame.f_code.co_filename):
         tb = tb.tb_next
 
     def link(other):
@@ -252,7 +254,7 @@ def _record(exc: BaseException, skip_frames: int, memo: dict) -> ExceptionRecord
             return None
         if id(other) in memo:
             return memo[id(other)]
-        return _record(other, 0, memo)
+        return _record(other, 0, memo, whole)
 
     cause, context = link(exc.__cause__), link(exc.__context__)
     members, message = (), None
@@ -475,7 +477,7 @@ def main(conn, worker_id: int, init_payload: bytes | None, context: tuple | None
                 functions[fn_id] = _serialize.loads(payload)
                 broken.pop(fn_id, None)
             except BaseException as exc:
-                broken[fn_id] = _describe_exception(exc, skip_frames=0)
+                broken[fn_id] = _describe_exception(exc, skip_frames=0, whole=True)
             slot[SLOT_CHUNK] = -1
         elif kind == FORGET:
             functions.pop(msg[1], None)
