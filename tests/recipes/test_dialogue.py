@@ -15,9 +15,21 @@ from mpkit.recipes import SAMPLE_DATA
 from mpkit.recipes._dialogue_text import clean, emoji_chars, normalise
 from mpkit.recipes.dialogue import DEFAULT_NOTICES, DialogueInputError, clean_dialogues
 from tests.recipes import workbooks
+from tests.recipes.workbooks import interrupted_cli
 
 COLUMNS = ["坐席id", "客户微信id", "是否客服", "消息内容", "发送时间"]
 FILES = [("std", "finetune_std_data"), ("mmi", "finetune_mmi_data")]
+
+
+def _seed_matches_the_article(path, tmp_path):
+    """``--compat seed`` on ``path`` writes the train files the article's code writes, byte for byte."""
+    from benchmarks.article_dialogue import get_funtine_data
+
+    get_funtine_data([str(path)], str(tmp_path / "port"), val_size=0)
+    clean_dialogues([path], tmp_path / "ours", compat="seed", val_size=0, workers=1)
+    for ours, theirs in FILES:
+        assert (tmp_path / "ours" / ours / "train.txt").read_bytes() == \
+            (tmp_path / "port" / theirs / "train.txt").read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -60,18 +72,12 @@ def test_seed_is_the_article_byte_for_byte(sample, tmp_path, start_method):
 
 def test_seed_reads_odd_cells_as_the_article_does(tmp_path):
     """Cells where calamine and openpyxl differ (escapes, whitespace-only text) come out as openpyxl's."""
-    from benchmarks.article_dialogue import get_funtine_data
-
     odd = ["a\r\nb", "lit _x000D_ x", "_x005F_x0041_", "tab\tx", 12345, 1.5, "NA", "", " ", "   ", "\n", " a ",
            "x&y <b>", "a\rb", "好的\ufe0e", "👍🏽", "\u200b"]
     rows = [["kf_1", f"wxid_{i % 3}", "是" if i % 2 else "否", v, f"2024-03-01 10:{i:02d}:00"] for i, v in enumerate(odd)]
     path = _xlsx(tmp_path / "odd.xlsx", rows)
     assert not pd.read_excel(path, engine="calamine").equals(pd.read_excel(path, engine="openpyxl"))
-    get_funtine_data([str(path)], str(tmp_path / "port"), val_size=0)
-    clean_dialogues([path], tmp_path / "ours", compat="seed", val_size=0, workers=1)
-    for ours, theirs in FILES:
-        assert (tmp_path / "ours" / ours / "train.txt").read_bytes() == \
-            (tmp_path / "port" / theirs / "train.txt").read_bytes()
+    _seed_matches_the_article(path, tmp_path)
 
 
 def _with_shared_strings(src, dst):
@@ -107,8 +113,6 @@ def _with_shared_strings(src, dst):
 
 
 def test_seed_reads_shared_whitespace_texts_as_the_article_does(tmp_path):
-    from benchmarks.article_dialogue import get_funtine_data
-
     rows = [["kf_1", "wxid_a", "是" if i % 2 else "否", v, f"2024-03-01 10:{i:02d}:00"]
             for i, v in enumerate(["你好", "   ", "在的", " ", "_x000D_", "a\r\nb", "\n", "好"])]
     path = _with_shared_strings(_xlsx(tmp_path / "inline.xlsx", rows), tmp_path / "shared.xlsx")
@@ -116,11 +120,7 @@ def test_seed_reads_shared_whitespace_texts_as_the_article_does(tmp_path):
 
     assert b"<si><t>   </t></si>" in zipfile.ZipFile(path).read("xl/sharedStrings.xml")
     assert not pd.read_excel(path, engine="calamine").equals(pd.read_excel(path, engine="openpyxl"))
-    get_funtine_data([str(path)], str(tmp_path / "port"), val_size=0)
-    clean_dialogues([path], tmp_path / "ours", compat="seed", val_size=0, workers=1)
-    for ours, theirs in FILES:
-        assert (tmp_path / "ours" / ours / "train.txt").read_bytes() == \
-            (tmp_path / "port" / theirs / "train.txt").read_bytes()
+    _seed_matches_the_article(path, tmp_path)
 
 
 def test_seed_val_size_zero_puts_everything_in_train(sample, tmp_path):
@@ -531,13 +531,7 @@ def test_a_folder_with_subfolders_and_upper_case_names_names_every_workbook_it_d
 def test_ctrl_c_while_the_files_are_written_leaves_no_truncated_training_file(tmp_path):
     # Ctrl-C in the terminal while train.txt is half written: a truncated train.txt looks like a
     # whole one to the trainer. The run says it was interrupted, and leaves no output file behind.
-    import os
-    import signal
-    import subprocess
-    import sys
-
     from mpkit.recipes._xlsx import XlsxWriter
-    from tests.proctree import wait_until
 
     folder = tmp_path / "exports"
     folder.mkdir()
@@ -546,20 +540,10 @@ def test_ctrl_c_while_the_files_are_written_leaves_no_truncated_training_file(tm
             w.write(["kf_1", f"wxid_{k}_{i // 20}", "是" if i % 2 else "否", f"第 {i} 条消息, 有点长的内容 {k}",
                      f"2024-03-01 {i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}"] for i in range(60_000))
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "mpkit", "dialogues", str(folder), "--out", str(out), "-n", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-    try:
-        train = out / "std" / "train.txt"
-        assert wait_until(lambda: proc.poll() is not None or (train.exists() and train.stat().st_size > 0), 240)
-        assert proc.poll() is None, "the run ended before it could be interrupted"
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130, (stdout, stderr)
+    train = out / "std" / "train.txt"
+    code, stdout, stderr = interrupted_cli(["dialogues", str(folder), "--out", str(out), "-n", "2"],
+                                           lambda: train.exists() and train.stat().st_size > 0)
+    assert code == 130, (stdout, stderr)
     assert "interrupted" in stderr and "Traceback" not in stderr, stderr
     left = [str(p.relative_to(out)) for p in out.rglob("*.txt")]
     assert left == [], left
@@ -569,7 +553,6 @@ def test_ctrl_c_while_the_files_are_written_leaves_no_truncated_training_file(tm
 def test_seed_reads_escape_like_texts_and_carriage_returns_as_the_article_does(tmp_path, writer):
     # the Excel recipe's own output (a message with a Windows line end is stored as &#13;), and a
     # message quoting escaped text, which openpyxl stores as it is (_x0041_, lower-case _x000d_)
-    from benchmarks.article_dialogue import get_funtine_data
     from mpkit.recipes._xlsx import XlsxWriter
 
     odd = ["你好", "a\r\nb", "\r", "a_x0041_x0042_", "lit _x000d_ x", "_x0031_ 号", "好的", "在吗"]
@@ -580,11 +563,7 @@ def test_seed_reads_escape_like_texts_and_carriage_returns_as_the_article_does(t
     else:
         with XlsxWriter(path, COLUMNS) as w:
             w.write(rows)
-    get_funtine_data([str(path)], str(tmp_path / "port"), val_size=0)
-    clean_dialogues([path], tmp_path / "ours", compat="seed", val_size=0, workers=1)
-    for ours, theirs in FILES:
-        assert (tmp_path / "ours" / ours / "train.txt").read_bytes() == \
-            (tmp_path / "port" / theirs / "train.txt").read_bytes()
+    _seed_matches_the_article(path, tmp_path)
 
 
 def test_messages_with_an_empty_or_odd_send_time_are_kept_in_file_order_and_counted(tmp_path):

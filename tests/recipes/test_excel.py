@@ -10,6 +10,7 @@ import pytest
 
 from mpkit.recipes import SAMPLE_DATA, excel
 from tests.recipes import workbooks
+from tests.recipes.workbooks import interrupted_cli
 
 SAMPLES = sorted(SAMPLE_DATA.glob("*.xlsx"))
 
@@ -357,12 +358,7 @@ def test_the_same_export_given_twice_is_read_once_and_named(inputs, tmp_path, st
 
 
 def test_ctrl_c_half_way_says_which_segments_are_whole_and_leaves_no_partial_file(tmp_path):
-    import signal
-    import subprocess
-    import sys
-
     from mpkit.recipes._xlsx import XlsxWriter
-    from tests.proctree import wait_until
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -371,19 +367,9 @@ def test_ctrl_c_half_way_says_which_segments_are_whole_and_leaves_no_partial_fil
             w.write(["kf_1", f"wx_{i % 7}", "是" if i % 2 else "否", f"消息 {k} {i}", f"2024-03-01 09:{i % 60:02d}:00"]
                     for i in range(60_000))
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "mpkit", "excel", str(folder), "--out", str(out), "--segment", "1",
-                             "-n", "2", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-    try:
-        assert wait_until(lambda: proc.poll() is not None or (out / "extract_1_1.xlsx").exists(), 240)
-        assert proc.poll() is None, "the run ended before it could be interrupted"
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130, (stdout, stderr)
+    code, stdout, stderr = interrupted_cli(["excel", str(folder), "--out", str(out), "--segment", "1", "-n", "2",
+                                            "--no-progress"], lambda: (out / "extract_1_1.xlsx").exists())
+    assert code == 130, (stdout, stderr)
     assert "interrupted" in stderr and "Traceback" not in stderr and "--overwrite" in stderr, stderr
     left = sorted(p.name for p in out.iterdir())
     assert "manifest.json" not in left  # no manifest: the run did not finish
