@@ -35,8 +35,9 @@ from ._errors import MapInterrupted, ResultList, _short_repr
 from ._flow import Flow, FlowEnded
 from ._interrupts import held_interrupts
 from ._observe import PipelineFrontEnd, PipelineObserver, Watcher
+from ._pool import _length
 from .process._pool import _check_max_tasks
-from ._pipeline_stats import PipelineStats, StageStats
+from ._pipeline_stats import PipelineStats, StageStats, batcher_name
 from ._run import ON_ERROR
 
 #: Items a channel between stages holds by default. Enough to keep a few workers' chunks of small
@@ -72,7 +73,7 @@ def _ready_stages(specs) -> tuple[StageStats, ...]:
     out = []
     for spec in specs:
         if spec.batch is not None:
-            out.append(StageStats(f"batch {spec.batch[0]} / {spec.batch[1]:g} s", "batch", 0, 0, 0, spec.maxsize,
+            out.append(StageStats(batcher_name(spec.batch), "batch", 0, 0, 0, spec.maxsize,
                                   0, 0, 0, 0, 0, 0, 0, 0.0, 0.0))
         out.append(StageStats(spec.name, "stage", 0, spec.workers, 0, spec.maxsize, 0, 0, 0, 0, 0, 0, 0, 0.0, 0.0))
     return tuple(out)
@@ -409,14 +410,6 @@ def _what_runs(pipe: Pipeline) -> str:
 def _may_refill(items) -> bool:
     """Whether a source may hand out one buffer refilled (a generator of frames): not a list or tuple."""
     return not isinstance(items, (list, tuple, range))
-
-
-def _length(items) -> int | None:
-    """How many items a source holds, for the dashboard's progress and ETA; None if it cannot say."""
-    try:
-        return len(items)
-    except Exception:  # noqa: BLE001 - no len() (a generator), or one that fails: no total shown
-        return None
 
 
 def _replace(spec: StageSpec, **changes) -> StageSpec:

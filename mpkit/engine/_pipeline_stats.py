@@ -21,6 +21,11 @@ from ._usage import WorkerUsage
 SNAPSHOT_HZ = 10
 
 
+def batcher_name(batch: tuple[int, float]) -> str:
+    """The row name of a batched stage's batcher, from its (size, max_wait)."""
+    return f"batch {batch[0]} / {batch[1]:g} s"
+
+
 @dataclass(frozen=True)
 class StageStats:
     """One stage (or the batcher in front of a stage) at one moment."""

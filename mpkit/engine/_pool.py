@@ -375,9 +375,10 @@ class _Fatal:
 
 
 def _length(items) -> int | None:
+    """How many items a source holds (progress, ETA, chunk sizes); None if it cannot say."""
     try:
         return len(items)
-    except Exception:
+    except Exception:  # noqa: BLE001 - no len() (a generator), or one that fails: no total known
         return None
 
 

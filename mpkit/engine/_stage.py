@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from ._errors import _short_repr
 from ._item import BadOutput, Codec, shown, size
-from ._pipeline_stats import SNAPSHOT_HZ, StageStats
+from ._pipeline_stats import SNAPSHOT_HZ, StageStats, batcher_name
 from ._pool import BasePool
 from ._serialize import OUT_OF_BAND_BYTES
 
@@ -359,7 +359,7 @@ class Stage:
             return [StageStats(queued=inboxes + pending, received=self.received, failed=self.failed,
                                cancelled=self.cancelled_queued + self.cancelled_held, **common)]
         batcher = StageStats(
-            name=f"batch {self.spec.batch[0]} / {self.spec.batch[1]:g} s", kind="batch", workers=0,
+            name=batcher_name(self.spec.batch), kind="batch", workers=0,
             target_workers=0, busy=0, capacity=self.spec.maxsize, queued=inboxes, in_flight=0,
             received=self.received, done=self.batched, emitted=self.batched, failed=self.failed_at_entry,
             dropped=0, rate=rate, mean_seconds=0.0, cancelled=self.cancelled_queued)

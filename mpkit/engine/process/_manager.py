@@ -224,7 +224,7 @@ class Manager:
                     if self._closing:
                         return
                     runs = list(self.runs)
-                self._reap_cancelled(runs)
+                self._reap_cancelled()
                 active = [r for r in runs if not r.cancelled and r.fatal is None]
                 if self.init_error is not None:  # no worker can start: say so to every new map
                     for run in active:
@@ -588,7 +588,7 @@ class Manager:
             return None
         return w.slot[_worker.SLOT_ITEM]
 
-    def _reap_cancelled(self, runs: list[Run]) -> None:
+    def _reap_cancelled(self) -> None:
         """Workers holding chunks of runs that ended (an error, an interrupt; the run may be
         removed already) are told to drop them; one still in such an item CANCEL_GRACE later is
         killed with its tree, and replaced (_replace_killed)."""

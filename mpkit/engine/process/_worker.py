@@ -42,7 +42,7 @@ import traceback
 
 from .. import _serialize
 from . import _capture, _proctree, _wire
-from .._errors import ExceptionRecord, Reborn, unpicklable_result
+from .._errors import _PACKAGE_DIR, ExceptionRecord, Reborn, unpicklable_result
 
 # Message kinds, parent -> worker.
 CONTEXT, FN, FORGET, RUN, STOP, CANCEL = "context", "fn", "forget", "run", "stop", "cancel"
@@ -189,10 +189,6 @@ def _receive_forever(conn, inbox: queue.SimpleQueue, cancelled: set[int]) -> Non
             cancelled.update(msg[1])
             continue
         inbox.put(msg)
-
-
-#: The folder of the mpkit package, whose frames a user's traceback leaves out.
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + os.sep
 
 
 def _in_mpkit(filename: str) -> bool:
