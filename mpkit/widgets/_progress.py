@@ -23,6 +23,7 @@ import sys
 import threading
 
 from ..engine._run import MapStats
+from . import _format as fmt
 from ._stage_card import close_tree
 
 
@@ -133,16 +134,16 @@ class TqdmProgress:
             raise KeyboardInterrupt("Cancel clicked")  # raised again where the map runs: it stops as interrupted
         self._draw(stats)
 
-    def _draw(self, stats: MapStats) -> None:
+    def _draw(self, stats: MapStats, ended: bool = False) -> None:
         bar = self.bar
         bar.n = stats.done + stats.failed
         if bar.total is None and stats.total is not None:
             bar.total = stats.total
-        postfix = f"workers={stats.busy}/{stats.workers}"
+        postfix = fmt.pool_workers(stats.busy, stats.workers, ended)
         if stats.failed:
-            postfix += f", errors={stats.failed}"
+            postfix += f", {stats.failed:,} failed"
         if stats.retried:
-            postfix += f", retried={stats.retried}"
+            postfix += f", {stats.retried:,} retried"
         bar.set_postfix_str(postfix, refresh=False)
         bar.refresh()
 
@@ -155,7 +156,7 @@ class TqdmProgress:
             file.flush()
 
     def close(self, stats: MapStats) -> None:
-        self._draw(stats)  # a click noted now comes too late: the map is over, nothing to cancel
+        self._draw(stats, ended=True)  # a click noted now comes too late: the map is over, nothing to cancel
         complete = stats.total is not None and stats.done + stats.failed == stats.total
         if not self._text_bar and (stats.failed or not complete):
             self.bar.colour = "#d9534f"  # tqdm.notebook shows a red bar for a failed run

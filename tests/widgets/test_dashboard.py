@@ -226,7 +226,7 @@ def test_close_replaces_the_panel_by_a_static_summary_and_closes_every_model():
     summary = bundle["text/html"]
     assert "<svg" in summary and "<script" not in summary       # static: no kernel, no JS
     assert "finished after 10.0s" in text(summary)
-    assert "pipeline 'demo' stopped after 10.0s" in bundle["text/plain"]
+    assert "pipeline 'demo' finished after 10.0s" in bundle["text/plain"]   # its outcome, as the HTML says
 
 
 def test_displays_as_a_widget_with_an_html_fallback():
