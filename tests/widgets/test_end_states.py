@@ -98,3 +98,25 @@ def test_stopped_service(start_method):
     svc.stop(drain=False, timeout=60)
     check_end(dash, "stopped")
     assert dash.final.cancelled > 0 and any(f.cancelled() for f in futures)
+
+
+@pytest.mark.parametrize("ending", ["stopped service", "finished run"])
+def test_a_dashboard_shown_after_the_end_is_the_summary_at_once(start_method, ending):
+    """``pipe.dashboard()`` in a cell after the service was stopped (or the run finished) shows
+    that end: the static summary, with no live widget left waiting for an end that came already
+    (it said the summary would replace it, and nothing ever did)."""
+    pipe = Pipeline("late").stage(slow, workers=2)
+    if ending == "stopped service":
+        svc = pipe.start()
+        assert [f.result(timeout=60) for f in [svc.submit(i) for i in range(10)]] == list(range(10))
+        svc.stop(timeout=60)
+        outcome = "stopped"
+    else:
+        assert len(pipe.run(range(10), progress=False)) == 10
+        outcome = "finished"
+    dash = pipe.dashboard()
+    assert dash.closed and dash.final.outcome == outcome
+    bundle = dash._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" not in bundle
+    assert f"mpkit-summary-{outcome}" in bundle["text/html"] and "completed 10" in text(bundle["text/html"])
+    assert dash.widget.comm is None                      # its models are closed: none piles up
