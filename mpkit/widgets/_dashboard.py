@@ -2,10 +2,10 @@
 
     Dashboard (.mpkit-dashboard): a VBox of built-in models, all made in __init__
     +-----------------------------------------------------------------------------+
-    | inference [running] 12.3s  [####----] 80 / 100 80% ETA 0:03  completed 80 .. |  HTML .mpkit-header
-    | +-- preprocess --+  ->  +-- batch 128 --+  ->  +-- model ====== bottleneck+   |  HTML .mpkit-stages
-    | | 2 of 2 busy    |      | batching      |      | 1 of 1 busy               |   (every card, one
-    | +----------------+      +---------------+      +---------------------------+    value: _stage_card)
+    | inference [running] 12.3s  [####----] 80 / 100 80% ETA 0:03  completed 80 .. |  HTML .mpkit-panel:
+    | +-- preprocess --+  ->  +-- batch 128 --+  ->  +-- model ====== bottleneck+   |   .mpkit-header and
+    | | 2 of 2 busy    |      | batching      |      | 1 of 1 busy               |   every card (one
+    | +----------------+      +---------------+      +---------------------------+   value: _stage_card)
     | [Stop]  preprocess workers [2]  model workers [1]                             |  HBox .mpkit-controls
     +-----------------------------------------------------------------------------+
             │ run or service ends: close(final)
@@ -16,9 +16,10 @@ A ``mpkit.engine.PipelineObserver``: the engine (from an observer thread of its 
 calls ``update(stats)`` at most ``SNAPSHOT_HZ`` times a second and ``close(stats)`` once; the
 controls only call back (``on_stop()``, ``on_scale(name, n)``), so this module never touches a
 queue or a process. Every widget is made in ``__init__``, in the caller's thread, before the
-panel is displayed; an update only sets the two HTML values (and a scale input when the engine's
+panel is displayed; an update only sets the one HTML value (and a scale input when the engine's
 target moved), so the page always shows the very models being updated, whatever thread updates
-them. The panel is displayed with a ``display_id``: at the end each of its outputs is replaced by
+them, and a snapshot costs one comm message (each has ~600 bytes of envelope: the header and the
+cards as two values cost a third more than as one). The panel is displayed with a ``display_id``: at the end each of its outputs is replaced by
 the summary, which stays in the saved notebook, and the models are closed (none piles up in the
 kernel). ipywidgets is imported when a Dashboard is made.
 """
@@ -44,7 +45,7 @@ SEP = " \u00b7 "
 #: The header's style (with the cards'), sent once in a widget of its own.
 CSS = CARD_CSS + "".join(
     f".mpkit-dashboard .mpkit-state-{state}{{background:{color}}}\n" for state, color in STATE_COLORS.items()) + """
-.mpkit-dashboard .mpkit-head{display:flex;align-items:center;gap:0 14px;white-space:nowrap;overflow:hidden;
+.mpkit-dashboard .mpkit-header{display:flex;align-items:center;gap:0 14px;white-space:nowrap;overflow:hidden;
   font-variant-numeric:tabular-nums}
 .mpkit-dashboard .mpkit-title{display:inline-block;max-width:16em;overflow:hidden;text-overflow:ellipsis}
 .mpkit-dashboard .mpkit-state{display:inline-block;min-width:6.5em;text-align:center;padding:0 6px;
@@ -57,9 +58,9 @@ def header_html(title: str, stats: PipelineStats) -> str:
     """The header line: title, state, elapsed time, overall progress, totals."""
     state = shown_state(stats)
     ended = bool(stats.outcome)
-    parts = [f'<b class="mpkit-title">{html.escape(title)}</b>',
+    parts = [f"<b class=mpkit-title>{html.escape(title)}</b>",
              f'<span class="mpkit-state mpkit-state-{html.escape(state)}">{html.escape(state)}</span>',
-             f'<span class="mpkit-elapsed">{num(fmt.elapsed(stats.elapsed), 6)}</span>']
+             f"<span class=mpkit-elapsed>{num(fmt.elapsed(stats.elapsed), 6)}</span>"]
     done, total = stats.ended, stats.total
     if total:
         pct = min(100.0, 100.0 * done / total)
@@ -70,24 +71,29 @@ def header_html(title: str, stats: PipelineStats) -> str:
             progress += f" ETA {num(left, 6)}"
     else:
         progress = f"done {num(done, 5)} of {stats.submitted:,} submitted"
-    parts.append(f'<span class="mpkit-progress">{progress}</span>')
+    parts.append(f"<span class=mpkit-progress>{progress}</span>")
     totals = [f"completed {num(stats.completed, 5)}",
-              f'<span class="{"mpkit-err" if stats.failed else ""}">failed {num(stats.failed, 3)}</span>',
+              f'<span{" class=mpkit-err" if stats.failed else ""}>failed {num(stats.failed, 3)}</span>',
               f"dropped {num(stats.dropped, 3)}", f"cancelled {num(stats.cancelled, 3)}"]
     if not ended:
         totals.append(f"pending {num(stats.pending, 4)}")
     if stats.results != stats.completed:
         totals.append(f"results {num(stats.results, 5)}")
-    parts.append(f'<span class="mpkit-totals">{SEP.join(totals)}</span>')
-    return f'<div class="mpkit-head">{"".join(parts)}</div>'
+    parts.append(f"<span class=mpkit-totals>{SEP.join(totals)}</span>")
+    return f'<div class=mpkit-header>{"".join(parts)}</div>'
 
 
 def stages_html(stats: PipelineStats) -> str:
     """Every stage's card in one row, arrows between them; the row scrolls, it never wraps."""
     ended = bool(stats.outcome)
-    arrow = '<span class="mpkit-arrow">\u2192</span>'
+    arrow = "<span class=mpkit-arrow>\u2192</span>"
     cards = arrow.join(card_html(s, stats.elapsed, ended) for s in stats.stages)
-    return f'<div class="mpkit-cards">{cards}</div>'
+    return f"<div class=mpkit-cards>{cards}</div>"
+
+
+def panel_html(title: str, stats: PipelineStats) -> str:
+    """The header, then the cards: the one value a snapshot sets."""
+    return header_html(title, stats) + stages_html(stats)
 
 
 class Dashboard:
@@ -118,10 +124,8 @@ class Dashboard:
         ready = PipelineStats(title, "ready", 0.0, 0, 0, 0, 0, 0, 0, ())
         self.style = w.HTML(f"<style>{CSS}</style>")   # sent once; updates send classes and figures
         self.style.add_class("mpkit-style")
-        self.header = w.HTML(header_html(title, ready))
-        self.header.add_class("mpkit-header")
-        self.stages = w.HTML(stages_html(ready))
-        self.stages.add_class("mpkit-stages")
+        self.panel = w.HTML(panel_html(title, ready))
+        self.panel.add_class("mpkit-panel")
         controls: list[Any] = []
         self.stop_button = None
         if on_stop is not None:
@@ -144,7 +148,7 @@ class Dashboard:
                 self.scales[name] = scale
                 self._targets[name] = n
                 controls.append(scale)
-        parts = [self.style, self.header, self.stages]
+        parts = [self.style, self.panel]
         self.controls = None
         if controls:
             self.controls = w.HBox(controls, layout=w.Layout(grid_gap="0 16px", align_items="center"))
@@ -156,7 +160,7 @@ class Dashboard:
     # -- snapshots ---------------------------------------------------------------------------
 
     def update(self, stats: PipelineStats) -> None:
-        """Show one snapshot: the header's and the cards' HTML, each sent only if it changed."""
+        """Show one snapshot: the header's and the cards' HTML, sent only if it changed."""
         with self._lock:
             if self.closed:
                 return
@@ -232,8 +236,7 @@ class Dashboard:
 
     def _show(self, stats: PipelineStats) -> None:
         title = self.title if stats.name in ("", self.title) else f"{self.title} ({stats.name})"
-        set_if_changed(self.header, "value", header_html(title, stats))
-        set_if_changed(self.stages, "value", stages_html(stats))
+        set_if_changed(self.panel, "value", panel_html(title, stats))
         ended = bool(stats.outcome)
         for stage in stats.stages:
             scale = self.scales.get(stage.name)

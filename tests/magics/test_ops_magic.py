@@ -110,7 +110,7 @@ def test_mp_ps_and_the_dashboard_show_each_workers_cpu_and_memory(ip, start_meth
         assert "stage burn" in out and " ms/item" in out, out
         workers = [line for line in out.splitlines() if line.strip().startswith("worker") and "cpu" in line]
         assert len(workers) >= 2 and all("mem" in line and "MB" in line for line in workers), out
-        cards = run(ip, "busy_dash.stages.value")
+        cards = run(ip, "busy_dash.panel.value")
         assert "cpu <span" in cards and re.search(r"worker \d+ \(pid \d+, \w+\): cpu \d+%, mem \d+ MB", cards)
     finally:
         run(ip, "busy_svc.stop(drain=False, timeout=30)")
