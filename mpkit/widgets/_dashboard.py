@@ -35,7 +35,7 @@ from . import _format as fmt
 from ._progress import click_now
 from ._stage_card import CSS as CARD_CSS
 from ._stage_card import MAX_WORKERS, card_html, close_tree, num, queue_bar, set_if_changed
-from ._summary import STATE_COLORS, shown_state, summary_html
+from ._summary import BADGE_STYLE, STATE_COLORS, shown_state, summary_html
 
 #: Snapshots kept for the summary's figures; when full, every other one is dropped (the figures
 #: lose detail evenly, never the start of the run). 400 points are plenty for 300 pixels.
@@ -48,8 +48,7 @@ CSS = CARD_CSS + "".join(
 .mpkit-dashboard .mpkit-header{display:flex;align-items:center;gap:0 14px;white-space:nowrap;overflow:hidden;
   font-variant-numeric:tabular-nums}
 .mpkit-dashboard .mpkit-title{display:inline-block;max-width:16em;overflow:hidden;text-overflow:ellipsis}
-.mpkit-dashboard .mpkit-state{display:inline-block;min-width:6.5em;text-align:center;padding:0 6px;
-  border-radius:3px;color:#ffffff;font-weight:bold}
+.mpkit-dashboard .mpkit-state{""" + BADGE_STYLE + """}
 .mpkit-dashboard .mpkit-bar.mpkit-wide{width:120px}
 """
 
@@ -132,9 +131,10 @@ class Dashboard:
             self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop",
                                         tooltip="Stop the pipeline", layout=w.Layout(width="8em"))
             self.stop_button.add_class("mpkit-stop")
-            self.stop_button.on_click(self._stop_clicked)
-            # a blocking run() holds the kernel's main thread: its click is taken where it arrives
-            click_now(self.stop_button, lambda: self._stop_clicked(self.stop_button))
+            # a blocking run() holds the kernel's main thread: its click is taken where it arrives,
+            # and only there (on_click too would take it twice); on_click where that cannot be
+            if not click_now(self.stop_button, lambda: self._stop_clicked(self.stop_button)):
+                self.stop_button.on_click(self._stop_clicked)
             controls.append(self.stop_button)
         self.scales: dict[str, Any] = {}
         if on_scale is not None:
@@ -164,6 +164,8 @@ class Dashboard:
         with self._lock:
             if self.closed:
                 return
+            if self._ended() and not stats.outcome:
+                self._reopen()
             self._keep(stats)
             self._show(stats)
 
@@ -185,7 +187,7 @@ class Dashboard:
     def summary(self) -> str:
         """The static HTML summary of the last snapshot seen (the final one once closed)."""
         with self._lock:
-            last = self.final or (self._history[-1] if self._history else None)
+            last = self._last()
             if last is None:
                 return ""
             return summary_html(self.title, last, self._history)
@@ -199,12 +201,17 @@ class Dashboard:
             if self.closed:
                 display(self._summary_bundle(), raw=True)
                 return
-            handle = display(self._live_bundle(), raw=True, display_id=True)
+            handle = display(self._bundle(), raw=True, display_id=True)
             if handle is not None:
                 self._handles.append(handle)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self._summary_bundle() if self.closed else self._live_bundle()
+        return self._bundle()
+
+    def _bundle(self) -> dict:
+        """The summary once closed, or while the last snapshot is of a run that ended (a panel
+        made after the end: it follows the next run, if one comes); else the live panel."""
+        return self._summary_bundle() if self.closed or self._ended() else self._live_bundle()
 
     def _live_bundle(self) -> dict:
         bundle = dict(self.widget._repr_mimebundle_())
@@ -217,13 +224,34 @@ class Dashboard:
     def _summary_bundle(self) -> dict:
         from ._status import summary
 
-        last = self.final or (self._history[-1] if self._history else None)
+        last = self._last()
         if last is None:
             return {"text/plain": f"pipeline {self.title!r}: no run yet"}
         return {"text/html": summary_html(self.title, last, self._history),
                 "text/plain": summary(self.title, last)}
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _last(self) -> PipelineStats | None:
+        """The final snapshot once closed, else the last one seen (None before any)."""
+        return self.final or (self._history[-1] if self._history else None)
+
+    def _ended(self) -> bool:
+        last = self._last()
+        return last is not None and bool(last.outcome)
+
+    def _reopen(self) -> None:
+        """A run starts after the one this panel showed the end of: forget that run, make the
+        controls live again, and turn every display of the summary into the live panel."""
+        self._history, self._seen, self._step = [], 0, 1
+        if self.stop_button is not None:
+            set_if_changed(self.stop_button, "description", "Stop")
+            set_if_changed(self.stop_button, "disabled", False)
+        for scale in self.scales.values():
+            set_if_changed(scale, "disabled", False)
+        live = self._live_bundle()
+        for handle in self._handles:
+            handle.update(live, raw=True)
 
     def _keep(self, stats: PipelineStats, last: bool = False) -> None:
         """History for the summary's figures, thinned evenly to at most HISTORY_POINTS."""

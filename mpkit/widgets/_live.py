@@ -42,7 +42,7 @@ def dashboard_for(pipe):
     """A live :class:`Dashboard` attached to ``pipe`` (``pipe.observe``): its Stop button stops the
     running service without waiting, or ends a running ``run()`` as an interrupt does (its results
     so far in MapInterrupted); its worker counts call ``pipe.scale``. Made after the run or
-    service ended, it is that end at once: its summary (no run is left to close it)."""
+    service ended, it shows that end (its summary) until the next run or service starts."""
     from ._dashboard import Dashboard
 
     def stop() -> None:  # a click handler must return at once: what is inside is cancelled
@@ -53,8 +53,4 @@ def dashboard_for(pipe):
             pipe._interrupt_run()
 
     scalable = {spec.name: spec.workers for spec in pipe.specs if spec.key is None}
-    dash = pipe.observe(Dashboard(pipe.name, on_stop=stop, on_scale=pipe.scale, workers=scalable))
-    last = pipe.stats()
-    if last.outcome:  # ended before: nothing will close it (one that ends meanwhile was closed)
-        dash.close(last)
-    return dash
+    return pipe.observe(Dashboard(pipe.name, on_stop=stop, on_scale=pipe.scale, workers=scalable))

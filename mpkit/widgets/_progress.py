@@ -27,15 +27,24 @@ from . import _format as fmt
 from ._stage_card import close_tree
 
 
-def in_ipython() -> bool:
+def _shell():
+    """The running IPython shell, or None (IPython is not imported here if nothing else did)."""
     ipython = sys.modules.get("IPython")
-    return ipython is not None and ipython.get_ipython() is not None
+    return ipython.get_ipython() if ipython is not None else None
+
+
+def _routes_while_a_cell_runs() -> bool:
+    """The kernel routes messages in a thread of its own (see the module docstring)."""
+    return getattr(getattr(_shell(), "kernel", None), "shell_channel_thread", None) is not None
+
+
+def in_ipython() -> bool:
+    return _shell() is not None
 
 
 def in_kernel() -> bool:
     """Inside a Jupyter kernel (widgets can be shown), not a terminal IPython."""
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None else None
+    shell = _shell()
     return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 
@@ -58,9 +67,7 @@ def click_now(button, callback) -> bool:
     """Call ``callback()`` when ``button`` is clicked, even while a cell runs: in the kernel's
     shell-channel thread, which routes each message to the button's comm (see the module
     docstring). False where clicks can only arrive once the cell is over (no such thread)."""
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None else None
-    if getattr(getattr(shell, "kernel", None), "shell_channel_thread", None) is None:
+    if not _routes_while_a_cell_runs():
         return False  # messages are routed by the main thread, which runs the cell
     route = getattr(getattr(button, "comm", None), "_reply_subshell_for", None)
     if not callable(route):
@@ -87,9 +94,7 @@ class CancelButton:
         """A button, or None where a click could not arrive before the cell ends."""
         import ipywidgets as w
 
-        ipython = sys.modules.get("IPython")
-        shell = ipython.get_ipython() if ipython is not None else None
-        if getattr(getattr(shell, "kernel", None), "shell_channel_thread", None) is None:
+        if not _routes_while_a_cell_runs():
             return None  # messages are routed by the main thread, which runs the map
         button = w.Button(description="Cancel", icon="stop", tooltip="Stop the map; the results that "
                           "finished are kept (like the kernel's interrupt)", layout=w.Layout(width="auto"))
@@ -98,13 +103,11 @@ class CancelButton:
         if not click_now(button, requested.set):
             button.close()
             return None
-        button.on_click(lambda _: requested.set())  # the same click, handled once the cell is over
         return cls(button, requested)
 
     def cancelling(self) -> None:
         self.button.disabled = True
         self.button.description = "Cancelling"
-
 
 
 class TqdmProgress:

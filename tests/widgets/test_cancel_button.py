@@ -6,9 +6,7 @@ button's comm) while the cell is still running the map; the map stops as an inte
 """
 from __future__ import annotations
 
-import queue
 import re
-import time
 
 import pytest
 
@@ -34,15 +32,10 @@ pids = set(mpkit.engine.default_pool().pids())
 def _cancel_button(kernel: KernelSession, msg_id: str, timeout: float = 60.0, description: str = "Cancel") -> str:
     """The comm id of the Cancel button (or another, by its ``description``) the cell ``msg_id``
     shows (read from IOPub as it opens)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            msg = kernel.kc.get_iopub_msg(timeout=1)
-        except queue.Empty:
-            continue
-        if msg.get("parent_header", {}).get("msg_id") != msg_id or msg["msg_type"] != "comm_open":
-            continue
-        state = msg["content"].get("data", {}).get("state", {})
+    for msg in kernel.iopub(msg_id, timeout):
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
+        state = msg["content"].get("data", {}).get("state", {}) if msg["msg_type"] == "comm_open" else {}
         if state.get("_model_name") == "ButtonModel" and state.get("description") == description:
             return msg["content"]["comm_id"]
     raise AssertionError(f"the cell showed no {description} button")
@@ -50,15 +43,11 @@ def _cancel_button(kernel: KernelSession, msg_id: str, timeout: float = 60.0, de
 
 def _wait_for_output(kernel: KernelSession, msg_id: str, text: str, timeout: float = 60.0) -> None:
     """Wait until the cell ``msg_id`` printed ``text`` (a worker's print, relayed to the cell)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            msg = kernel.kc.get_iopub_msg(timeout=1)
-        except queue.Empty:
-            continue
-        if (msg.get("parent_header", {}).get("msg_id") == msg_id and msg["msg_type"] == "stream"
-                and text in msg["content"]["text"]):
+    for msg in kernel.iopub(msg_id, timeout):
+        if msg["msg_type"] == "stream" and text in msg["content"]["text"]:
             return
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
     raise AssertionError(f"the cell did not print {text!r}")
 
 
@@ -143,21 +132,8 @@ def test_cancel_of_an_imap_loop_stops_it_with_a_traceback_of_the_cell_only(start
 
 def _bar_outputs(kernel: KernelSession, msg_id: str, timeout: float = 60.0) -> list[dict]:
     """The data of every display (and display update) of widgets the cell ``msg_id`` sent, in order."""
-    shown, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            msg = kernel.kc.get_iopub_msg(timeout=1)
-        except queue.Empty:
-            continue
-        if msg.get("parent_header", {}).get("msg_id") != msg_id:
-            continue
-        if msg["msg_type"] in ("display_data", "update_display_data"):
-            if "application/vnd.jupyter.widget-view+json" in msg["content"]["data"]:
-                shown.append(msg["content"]["data"])
-        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            kernel.kc.get_shell_msg(timeout=timeout)
-            return shown
-    raise AssertionError("the cell did not finish")
+    return [data for data in kernel.collect(msg_id, timeout).displays
+            if "application/vnd.jupyter.widget-view+json" in data]
 
 
 def test_a_saved_bar_with_a_cancel_button_reads_as_the_final_bar_and_leaves_no_widget(start_method):
@@ -238,5 +214,22 @@ def test_the_dashboards_stop_ends_a_blocking_run_as_an_interrupt(start_method):
             "[10 * i for i in range(400)], pipe.stats().outcome)")
         assert check.text().split() == ["True", "True", "interrupted"], check.text()
         kernel.run("mpkit.shutdown()")
+    finally:
+        kernel.close()
+
+
+def test_a_stop_click_is_handled_once():
+    """One click on the dashboard's Stop calls its stop once: the click was taken twice in a
+    kernel, where it arrives (click_now) and again by the button's on_click once the kernel's
+    main thread handled the message."""
+    kernel = KernelSession()
+    try:
+        shown = kernel.start("from mpkit.widgets._dashboard import Dashboard\ncalls = []\n"
+                             "dash = Dashboard('once', on_stop=lambda: calls.append('stop'))\ndash")
+        stop_id = _cancel_button(kernel, shown, description="Stop")
+        kernel.collect(shown)
+        _click(kernel, stop_id)
+        # the shell channel keeps its order: this cell runs after the click was handled in full
+        assert kernel.run("print(calls)").text().strip() == "['stop']"
     finally:
         kernel.close()
