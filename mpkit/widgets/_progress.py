@@ -16,9 +16,15 @@ A click cannot wait for the cell to end: the kernel's main thread, which handles
 is the one running the map. So the click is noted where the kernel routes messages, a thread
 that runs while a cell does (ipykernel with subshells, 7 and later); where that is not so, the
 bar has no Cancel button (the kernel's interrupt still works).
+
+When the map ends, the output of the bar and its button becomes the final bar as static HTML
+(``final_bar_html``), and every widget of it is closed: it stays in the saved notebook and
+renders without a kernel. (Shown again as tqdm's own widget, the bar vanished in JupyterLab: its
+output renderer is reused for the update and hides itself when the box it drew is closed.)
 """
 from __future__ import annotations
 
+import html
 import sys
 import threading
 
@@ -110,6 +116,23 @@ class CancelButton:
         self.button.description = "Cancelling"
 
 
+#: The fill of a final bar per tqdm bar style: JupyterLab's colours for the same ipywidgets styles.
+BAR_COLORS = {"success": "#388e3c", "danger": "#d32f2f", "info": "#0288d1", "": "#1976d2"}
+
+
+def final_bar_html(container) -> str:
+    """tqdm.notebook's bar (``container``: text, bar, text) as it ends, as static HTML."""
+    left, bar, right = container.children
+    fill = 100.0 * bar.value / bar.max if bar.max else 100.0
+    color = bar.style.bar_color or BAR_COLORS.get(bar.bar_style, BAR_COLORS[""])
+    # tqdm keeps both texts escaped, spaces as figure spaces (digits keep their places)
+    return ('<div class="mpkit-map-bar" style="display:flex;align-items:center;gap:4px;white-space:nowrap;'
+            f'font-variant-numeric:tabular-nums"><span>{left.value}</span>'
+            '<span style="flex:1 1 auto;max-width:520px;height:14px;background:#eeeeee">'
+            f'<span style="display:block;height:100%;width:{fill:.0f}%;background:{html.escape(color)}"></span>'
+            f"</span><span>{right.value}</span></div>")
+
+
 class TqdmProgress:
     def __init__(self, desc: str, total: int | None):
         from tqdm.auto import tqdm
@@ -164,11 +187,8 @@ class TqdmProgress:
         if not self._text_bar and (stats.failed or not complete):
             self.bar.colour = "#d9534f"  # tqdm.notebook shows a red bar for a failed run
         self.bar.close()
-        if self.cancel is not None:  # the map is over: nothing to cancel in the saved output
-            # the output becomes tqdm's own bar, whose text (shown where widgets cannot be: a
-            # notebook reopened without widget state, nbviewer) is the final bar, not the box's repr
+        if self.cancel is not None:  # the map is over: the output becomes the final bar, static
             if self.handle is not None:
-                self.handle.update(self.bar.container)
-            self.view.children = ()
-            close_tree(self.view)
-            close_tree(self.cancel.button)
+                self.handle.update({"text/html": final_bar_html(self.bar.container),
+                                    "text/plain": str(self.bar)}, raw=True)
+            close_tree(self.view)   # the box, the button and tqdm's bar inside it
