@@ -6,6 +6,7 @@ from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
 
 import mpkit
+from tests.widgets.shown import text
 
 MODULE_V1 = """
 def pre(x):
@@ -111,7 +112,8 @@ def test_mp_ps_and_the_dashboard_show_each_workers_cpu_and_memory(ip, start_meth
         workers = [line for line in out.splitlines() if line.strip().startswith("worker") and "cpu" in line]
         assert len(workers) >= 2 and all("mem" in line and "MB" in line for line in workers), out
         cards = run(ip, "busy_dash.panel.value")
-        assert "cpu <span" in cards and re.search(r"worker \d+ \(pid \d+, \w+\): cpu \d+%, mem \d+ MB", cards)
+        assert re.search(r"cpu \d+% \u00b7 mem \d+ MB", text(cards)), cards       # the card's line
+        assert re.search(r"worker \d+ \(pid \d+, \w+\): cpu \d+%, mem \d+ MB", cards)   # each in its tooltip
     finally:
         run(ip, "busy_svc.stop(drain=False, timeout=30)")
 
