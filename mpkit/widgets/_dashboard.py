@@ -21,7 +21,8 @@ target moved), so the page always shows the very models being updated, whatever 
 them, and a snapshot costs one comm message (each has ~600 bytes of envelope: the header and the
 cards as two values cost a third more than as one). The panel is displayed with a ``display_id``: at the end each of its outputs is replaced by
 the summary, which stays in the saved notebook, and the models are closed (none piles up in the
-kernel). ipywidgets is imported when a Dashboard is made.
+kernel). A panel made after a run or service ended shows that end's summary at once, and becomes
+live again if another run starts (it is attached to the pipeline until one ends). ipywidgets is imported when a Dashboard is made.
 """
 from __future__ import annotations
 

@@ -14,8 +14,8 @@
 Every card has the same size, the same lines, the same border width whatever its numbers: the
 bottleneck and the end are colours and text (state), never geometry, so nothing on the page
 moves while the numbers change. Digits are tabular and every line is cut, not wrapped, at the
-card's edge. The dashboard sends all cards as one ``HTML`` widget value, which costs one comm
-message per snapshot that changed anything.
+card's edge. The dashboard sends all cards and its header as one ``HTML`` widget value, which
+costs one comm message per snapshot that changed anything.
 """
 from __future__ import annotations
 
