@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import queue
+import shutil
 import statistics
 import sys
 import tempfile
@@ -151,10 +152,14 @@ def main() -> None:
         systems = {"against": _linked(args.against), **systems}
     rows: dict[str, list[dict]] = {name: [] for name in systems}
     names = list(systems)
-    for r in range(args.repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:   # the order rotates
-            rows[name].append(one_run(systems[name]))
-            print(f"round {r + 1} {name}: {rows[name][-1]}", file=sys.stderr)
+    try:
+        for r in range(args.repeats):
+            for name in names[r % len(names):] + names[:r % len(names)]:   # the order rotates
+                rows[name].append(one_run(systems[name]))
+                print(f"round {r + 1} {name}: {rows[name][-1]}", file=sys.stderr)
+    finally:
+        for folder in systems.values():
+            shutil.rmtree(folder, ignore_errors=True)   # the links only, never what they point at
     keys = ("messages", "wire KB", "content KB", "kernel ms")
     print("| per update | " + " | ".join(names) + (" | ratio |" if len(names) == 2 else " |"))
     print("|---" * (len(names) + 1 + (len(names) == 2)) + "|")
