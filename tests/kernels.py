@@ -34,6 +34,7 @@ class Cell:
     streams: list[Stream] = field(default_factory=list)
     error: dict | None = None
     ended: float | None = None   # the kernel's timestamp of the "idle" status after the cell
+    displays: list[dict] = field(default_factory=list)   # data of each display, result and display update
 
     def text(self, name: str = "stdout") -> str:
         return "".join(s.text for s in self.streams if s.name == name)
@@ -73,28 +74,39 @@ class KernelSession:
         """Send a cell for execution; return its message id without waiting."""
         return self.kc.execute(code, store_history=True)
 
-    def collect(self, msg_id: str, timeout: float = CELL_TIMEOUT) -> Cell:
-        """The outputs and reply of a cell sent with :meth:`start`, once the kernel is idle again."""
-        cell = Cell()
+    def iopub(self, msg_id: str, timeout: float = CELL_TIMEOUT):
+        """The IOPub messages of the cell ``msg_id``, as they arrive, for ``timeout`` seconds at
+        most (then AssertionError): the caller stops reading when it has what it waits for."""
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError(f"the cell did not finish within {timeout} s; so far: {cell}")
+                raise AssertionError(f"the cell sent nothing more that the test waits for within {timeout} s")
             try:
-                msg = self.kc.get_iopub_msg(timeout=left)
+                msg = self.kc.get_iopub_msg(timeout=min(left, 1.0))
             except queue.Empty:
                 continue
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            kind, content = msg["msg_type"], msg["content"]
-            if kind == "stream":
-                cell.streams.append(Stream(content["name"], content["text"], _epoch(msg["header"]["date"])))
-            elif kind == "error":
-                cell.error = content
-            elif kind == "status" and content["execution_state"] == "idle":
-                cell.ended = _epoch(msg["header"]["date"])
-                break
+            if msg.get("parent_header", {}).get("msg_id") == msg_id:
+                yield msg
+
+    def collect(self, msg_id: str, timeout: float = CELL_TIMEOUT) -> Cell:
+        """The outputs and reply of a cell sent with :meth:`start`, once the kernel is idle again."""
+        cell = Cell()
+        deadline = time.monotonic() + timeout
+        try:
+            for msg in self.iopub(msg_id, timeout):
+                kind, content = msg["msg_type"], msg["content"]
+                if kind == "stream":
+                    cell.streams.append(Stream(content["name"], content["text"], _epoch(msg["header"]["date"])))
+                elif kind == "error":
+                    cell.error = content
+                elif kind in ("display_data", "execute_result", "update_display_data"):
+                    cell.displays.append(content["data"])
+                elif kind == "status" and content["execution_state"] == "idle":
+                    cell.ended = _epoch(msg["header"]["date"])
+                    break
+        except AssertionError:
+            raise AssertionError(f"the cell did not finish within {timeout} s; so far: {cell}") from None
         while True:
             left = deadline - time.monotonic()
             if left <= 0:

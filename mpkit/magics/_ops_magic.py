@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import time
 
 import cloudpickle
 import psutil
@@ -14,27 +15,51 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from .. import shutdown
 from ..engine import Pipeline, default_pool, live_pipelines, live_pools
 from ..engine._default import dask_pools
+from ..widgets import _format as fmt
 from ._cellmodule import CellError, register_cell_file
 
 
-def _usage(pid: int) -> str:
-    """A worker's CPU time so far and resident memory, read now (a pool keeps no readings)."""
-    try:
-        proc = psutil.Process(pid)
-        with proc.oneshot():
-            times, rss = proc.cpu_times(), proc.memory_info().rss
-    except psutil.Error:
-        return ""
-    return f"  cpu {times.user + times.system:,.1f} s  mem {rss / 1e6:,.0f} MB"
+#: Seconds %mp_ps watches the workers no snapshot has read yet (a pool's: it keeps no readings),
+#: to give their CPU in the unit a pipeline's snapshot gives it: a share of one core. Long enough
+#: for a busy worker to show near 100%, short enough that the listing does not keep one waiting.
+CPU_WINDOW = 0.25
 
 
-def _pipeline_rows(pipe: Pipeline) -> list[str]:
+def _usage_text(cpu_percent: float, rss: int) -> str:
+    """One worker's CPU and memory, as every row of %mp_ps writes them."""
+    return f"  cpu {fmt.cpu(cpu_percent)} of a core  mem {fmt.memory(rss)}"
+
+
+def _read_usage(pids: list[int]) -> dict[int, str]:
+    """``{pid: usage text}`` for processes read now: CPU over one CPU_WINDOW, for all at once."""
+    procs = {}
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            proc.cpu_percent(None)   # the first reading starts the window
+        except psutil.Error:
+            continue
+        procs[pid] = proc
+    if procs:
+        time.sleep(CPU_WINDOW)
+    usage = {}
+    for pid, proc in procs.items():
+        try:
+            with proc.oneshot():
+                usage[pid] = _usage_text(proc.cpu_percent(None), proc.memory_info().rss)
+        except psutil.Error:
+            continue   # gone meanwhile: listed without a reading
+    return usage
+
+
+def _pipeline_rows(pipe: Pipeline, unread: list[int]) -> list[str | tuple[str, int]]:
     """A running pipeline's stages (time per item, counts) and their workers' CPU and memory, as
-    its last snapshot read them (CPU as a share of one core over the last second)."""
+    its last snapshot read them (CPU as a share of one core over the last second). A worker not
+    read yet is a ``(row, pid)`` whose usage is read afterwards; its pid is added to ``unread``."""
     workers = pipe.workers()
     if not workers:
         return []
-    rows = []
+    rows: list[str | tuple[str, int]] = []
     for stage in pipe.stats().stages:
         if stage.kind != "stage":
             continue
@@ -42,10 +67,12 @@ def _pipeline_rows(pipe: Pipeline) -> list[str]:
                     f"out {stage.emitted:,}  queued {stage.queued:,}"
                     + ("" if workers.get(stage.name) else "  (no worker started yet)"))
         if stage.usage:
-            rows += [f"        worker {u.id}  pid {u.pid}  {u.state}  cpu {u.cpu_percent:,.0f}%  "
-                     f"mem {u.rss / 1e6:,.0f} MB" for u in stage.usage]
+            rows += [f"        worker {u.id}  pid {u.pid}  {u.state}{_usage_text(u.cpu_percent, u.rss)}"
+                     for u in stage.usage]
         else:  # the first reading is not in yet
-            rows += [f"        worker {wid}  pid {pid}  {st}{_usage(pid)}" for wid, pid, st in workers.get(stage.name, ())]
+            for wid, pid, st in workers.get(stage.name, ()):
+                rows.append((f"        worker {wid}  pid {pid}  {st}", pid))
+                unread.append(pid)
     return rows
 
 
@@ -101,22 +128,28 @@ class OpsMagics(Magics):
 
     @line_magic
     def mp_ps(self, line: str = ""):
-        """List the pools and pipelines alive in this kernel, with their workers' pids and states."""
-        rows = []
+        """List the pools and pipelines alive in this kernel, with their workers' pids, states, CPU
+        (a share of one core: 100% is one core busy) and resident memory."""
+        rows: list[str | tuple[str, int]] = []   # (row, pid): its usage is read below
+        unread: list[int] = []
         default = default_pool()
         for pool in live_pools():
             label = "mpkit.map pool" if pool is default else "Pool"
             if pool.output.label:
                 continue  # a pipeline stage's pool: listed under its pipeline
             rows.append(f"{label} ({pool.start_method}, {pool.size} workers)")
-            rows += [f"    worker {wid}  pid {pid}  {state}{_usage(pid)}" for wid, pid, state in pool.workers()]
+            for wid, pid, state in pool.workers():
+                rows.append((f"    worker {wid}  pid {pid}  {state}", pid))
+                unread.append(pid)
         for pool in dask_pools():
             label = "mpkit.map pool" if pool is default else "Pool"
             rows.append(f"{label} (Dask {pool.where}, {pool.size} threads)")
             rows += [f"    worker {wid}  pid {pid}  {state}" for wid, pid, state in pool.workers()]
         for pipe in live_pipelines():
             rows.append(f"Pipeline {pipe.name!r} ({pipe.state}): {' -> '.join(pipe.stages)}")
-            rows += _pipeline_rows(pipe)
+            rows += _pipeline_rows(pipe, unread)
+        usage = _read_usage(unread)
+        rows = [row if isinstance(row, str) else row[0] + usage.get(row[1], "") for row in rows]
         print("\n".join(rows) if rows else "no mpkit pools or pipelines alive")
 
     @magic_arguments()

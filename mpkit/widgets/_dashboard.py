@@ -2,10 +2,10 @@
 
     Dashboard (.mpkit-dashboard): a VBox of built-in models, all made in __init__
     +-----------------------------------------------------------------------------+
-    | inference [running] 12.3s  [####----] 80 / 100 80% ETA 0:03  completed 80 .. |  HTML .mpkit-header
-    | +-- preprocess --+  ->  +-- batch 128 --+  ->  +-- model ====== bottleneck+   |  HTML .mpkit-stages
-    | | 2 of 2 busy    |      | batching      |      | 1 of 1 busy               |   (every card, one
-    | +----------------+      +---------------+      +---------------------------+    value: _stage_card)
+    | inference [running] 12.3s  [####----] 80 / 100 80% ETA 0:03  completed 80 .. |  HTML .mpkit-panel:
+    | +-- preprocess --+  ->  +-- batch 128 --+  ->  +-- model ====== bottleneck+   |   .mpkit-header and
+    | | 2 of 2 busy    |      | batching      |      | 1 of 1 busy               |   every card (one
+    | +----------------+      +---------------+      +---------------------------+   value: _stage_card)
     | [Stop]  preprocess workers [2]  model workers [1]                             |  HBox .mpkit-controls
     +-----------------------------------------------------------------------------+
             │ run or service ends: close(final)
@@ -16,11 +16,13 @@ A ``mpkit.engine.PipelineObserver``: the engine (from an observer thread of its 
 calls ``update(stats)`` at most ``SNAPSHOT_HZ`` times a second and ``close(stats)`` once; the
 controls only call back (``on_stop()``, ``on_scale(name, n)``), so this module never touches a
 queue or a process. Every widget is made in ``__init__``, in the caller's thread, before the
-panel is displayed; an update only sets the two HTML values (and a scale input when the engine's
+panel is displayed; an update only sets the one HTML value (and a scale input when the engine's
 target moved), so the page always shows the very models being updated, whatever thread updates
-them. The panel is displayed with a ``display_id``: at the end each of its outputs is replaced by
+them, and a snapshot costs one comm message (each has ~600 bytes of envelope: the header and the
+cards as two values cost a third more than as one). The panel is displayed with a ``display_id``: at the end each of its outputs is replaced by
 the summary, which stays in the saved notebook, and the models are closed (none piles up in the
-kernel). ipywidgets is imported when a Dashboard is made.
+kernel). A panel made after a run or service ended shows that end's summary at once, and becomes
+live again if another run starts (it is attached to the pipeline until one ends). ipywidgets is imported when a Dashboard is made.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from . import _format as fmt
 from ._progress import click_now
 from ._stage_card import CSS as CARD_CSS
 from ._stage_card import MAX_WORKERS, card_html, close_tree, num, queue_bar, set_if_changed
-from ._summary import STATE_COLORS, shown_state, summary_html
+from ._summary import BADGE_STYLE, STATE_COLORS, shown_state, summary_html
 
 #: Snapshots kept for the summary's figures; when full, every other one is dropped (the figures
 #: lose detail evenly, never the start of the run). 400 points are plenty for 300 pixels.
@@ -44,11 +46,10 @@ SEP = " \u00b7 "
 #: The header's style (with the cards'), sent once in a widget of its own.
 CSS = CARD_CSS + "".join(
     f".mpkit-dashboard .mpkit-state-{state}{{background:{color}}}\n" for state, color in STATE_COLORS.items()) + """
-.mpkit-dashboard .mpkit-head{display:flex;align-items:center;gap:0 14px;white-space:nowrap;overflow:hidden;
+.mpkit-dashboard .mpkit-header{display:flex;align-items:center;gap:0 14px;white-space:nowrap;overflow:hidden;
   font-variant-numeric:tabular-nums}
 .mpkit-dashboard .mpkit-title{display:inline-block;max-width:16em;overflow:hidden;text-overflow:ellipsis}
-.mpkit-dashboard .mpkit-state{display:inline-block;min-width:6.5em;text-align:center;padding:0 6px;
-  border-radius:3px;color:#ffffff;font-weight:bold}
+.mpkit-dashboard .mpkit-state{""" + BADGE_STYLE + """}
 .mpkit-dashboard .mpkit-bar.mpkit-wide{width:120px}
 """
 
@@ -57,9 +58,9 @@ def header_html(title: str, stats: PipelineStats) -> str:
     """The header line: title, state, elapsed time, overall progress, totals."""
     state = shown_state(stats)
     ended = bool(stats.outcome)
-    parts = [f'<b class="mpkit-title">{html.escape(title)}</b>',
+    parts = [f"<b class=mpkit-title>{html.escape(title)}</b>",
              f'<span class="mpkit-state mpkit-state-{html.escape(state)}">{html.escape(state)}</span>',
-             f'<span class="mpkit-elapsed">{num(fmt.elapsed(stats.elapsed), 6)}</span>']
+             f"<span class=mpkit-elapsed>{num(fmt.elapsed(stats.elapsed), 6)}</span>"]
     done, total = stats.ended, stats.total
     if total:
         pct = min(100.0, 100.0 * done / total)
@@ -70,24 +71,29 @@ def header_html(title: str, stats: PipelineStats) -> str:
             progress += f" ETA {num(left, 6)}"
     else:
         progress = f"done {num(done, 5)} of {stats.submitted:,} submitted"
-    parts.append(f'<span class="mpkit-progress">{progress}</span>')
+    parts.append(f"<span class=mpkit-progress>{progress}</span>")
     totals = [f"completed {num(stats.completed, 5)}",
-              f'<span class="{"mpkit-err" if stats.failed else ""}">failed {num(stats.failed, 3)}</span>',
+              f'<span{" class=mpkit-err" if stats.failed else ""}>failed {num(stats.failed, 3)}</span>',
               f"dropped {num(stats.dropped, 3)}", f"cancelled {num(stats.cancelled, 3)}"]
     if not ended:
         totals.append(f"pending {num(stats.pending, 4)}")
     if stats.results != stats.completed:
         totals.append(f"results {num(stats.results, 5)}")
-    parts.append(f'<span class="mpkit-totals">{SEP.join(totals)}</span>')
-    return f'<div class="mpkit-head">{"".join(parts)}</div>'
+    parts.append(f"<span class=mpkit-totals>{SEP.join(totals)}</span>")
+    return f'<div class=mpkit-header>{"".join(parts)}</div>'
 
 
 def stages_html(stats: PipelineStats) -> str:
     """Every stage's card in one row, arrows between them; the row scrolls, it never wraps."""
     ended = bool(stats.outcome)
-    arrow = '<span class="mpkit-arrow">\u2192</span>'
+    arrow = "<span class=mpkit-arrow>\u2192</span>"
     cards = arrow.join(card_html(s, stats.elapsed, ended) for s in stats.stages)
-    return f'<div class="mpkit-cards">{cards}</div>'
+    return f"<div class=mpkit-cards>{cards}</div>"
+
+
+def panel_html(title: str, stats: PipelineStats) -> str:
+    """The header, then the cards: the one value a snapshot sets."""
+    return header_html(title, stats) + stages_html(stats)
 
 
 class Dashboard:
@@ -118,19 +124,18 @@ class Dashboard:
         ready = PipelineStats(title, "ready", 0.0, 0, 0, 0, 0, 0, 0, ())
         self.style = w.HTML(f"<style>{CSS}</style>")   # sent once; updates send classes and figures
         self.style.add_class("mpkit-style")
-        self.header = w.HTML(header_html(title, ready))
-        self.header.add_class("mpkit-header")
-        self.stages = w.HTML(stages_html(ready))
-        self.stages.add_class("mpkit-stages")
+        self.panel = w.HTML(panel_html(title, ready))
+        self.panel.add_class("mpkit-panel")
         controls: list[Any] = []
         self.stop_button = None
         if on_stop is not None:
             self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop",
                                         tooltip="Stop the pipeline", layout=w.Layout(width="8em"))
             self.stop_button.add_class("mpkit-stop")
-            self.stop_button.on_click(self._stop_clicked)
-            # a blocking run() holds the kernel's main thread: its click is taken where it arrives
-            click_now(self.stop_button, lambda: self._stop_clicked(self.stop_button))
+            # a blocking run() holds the kernel's main thread: its click is taken where it arrives,
+            # and only there (on_click too would take it twice); on_click where that cannot be
+            if not click_now(self.stop_button, lambda: self._stop_clicked(self.stop_button)):
+                self.stop_button.on_click(self._stop_clicked)
             controls.append(self.stop_button)
         self.scales: dict[str, Any] = {}
         if on_scale is not None:
@@ -144,7 +149,7 @@ class Dashboard:
                 self.scales[name] = scale
                 self._targets[name] = n
                 controls.append(scale)
-        parts = [self.style, self.header, self.stages]
+        parts = [self.style, self.panel]
         self.controls = None
         if controls:
             self.controls = w.HBox(controls, layout=w.Layout(grid_gap="0 16px", align_items="center"))
@@ -156,10 +161,12 @@ class Dashboard:
     # -- snapshots ---------------------------------------------------------------------------
 
     def update(self, stats: PipelineStats) -> None:
-        """Show one snapshot: the header's and the cards' HTML, each sent only if it changed."""
+        """Show one snapshot: the header's and the cards' HTML, sent only if it changed."""
         with self._lock:
             if self.closed:
                 return
+            if self._ended() and not stats.outcome:
+                self._reopen()
             self._keep(stats)
             self._show(stats)
 
@@ -181,7 +188,7 @@ class Dashboard:
     def summary(self) -> str:
         """The static HTML summary of the last snapshot seen (the final one once closed)."""
         with self._lock:
-            last = self.final or (self._history[-1] if self._history else None)
+            last = self._last()
             if last is None:
                 return ""
             return summary_html(self.title, last, self._history)
@@ -195,12 +202,17 @@ class Dashboard:
             if self.closed:
                 display(self._summary_bundle(), raw=True)
                 return
-            handle = display(self._live_bundle(), raw=True, display_id=True)
+            handle = display(self._bundle(), raw=True, display_id=True)
             if handle is not None:
                 self._handles.append(handle)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self._summary_bundle() if self.closed else self._live_bundle()
+        return self._bundle()
+
+    def _bundle(self) -> dict:
+        """The summary once closed, or while the last snapshot is of a run that ended (a panel
+        made after the end: it follows the next run, if one comes); else the live panel."""
+        return self._summary_bundle() if self.closed or self._ended() else self._live_bundle()
 
     def _live_bundle(self) -> dict:
         bundle = dict(self.widget._repr_mimebundle_())
@@ -213,13 +225,34 @@ class Dashboard:
     def _summary_bundle(self) -> dict:
         from ._status import summary
 
-        last = self.final or (self._history[-1] if self._history else None)
+        last = self._last()
         if last is None:
             return {"text/plain": f"pipeline {self.title!r}: no run yet"}
         return {"text/html": summary_html(self.title, last, self._history),
                 "text/plain": summary(self.title, last)}
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _last(self) -> PipelineStats | None:
+        """The final snapshot once closed, else the last one seen (None before any)."""
+        return self.final or (self._history[-1] if self._history else None)
+
+    def _ended(self) -> bool:
+        last = self._last()
+        return last is not None and bool(last.outcome)
+
+    def _reopen(self) -> None:
+        """A run starts after the one this panel showed the end of: forget that run, make the
+        controls live again, and turn every display of the summary into the live panel."""
+        self._history, self._seen, self._step = [], 0, 1
+        if self.stop_button is not None:
+            set_if_changed(self.stop_button, "description", "Stop")
+            set_if_changed(self.stop_button, "disabled", False)
+        for scale in self.scales.values():
+            set_if_changed(scale, "disabled", False)
+        live = self._live_bundle()
+        for handle in self._handles:
+            handle.update(live, raw=True)
 
     def _keep(self, stats: PipelineStats, last: bool = False) -> None:
         """History for the summary's figures, thinned evenly to at most HISTORY_POINTS."""
@@ -232,8 +265,7 @@ class Dashboard:
 
     def _show(self, stats: PipelineStats) -> None:
         title = self.title if stats.name in ("", self.title) else f"{self.title} ({stats.name})"
-        set_if_changed(self.header, "value", header_html(title, stats))
-        set_if_changed(self.stages, "value", stages_html(stats))
+        set_if_changed(self.panel, "value", panel_html(title, stats))
         ended = bool(stats.outcome)
         for stage in stats.stages:
             scale = self.scales.get(stage.name)

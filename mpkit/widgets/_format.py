@@ -27,19 +27,32 @@ def mean_ms(seconds: float) -> str:
     return f"{ms:.1f}" if ms < 100 else f"{ms:,.0f}"
 
 
-def workers(stage: StageStats) -> str:
-    """``busy/alive`` workers, ``->target`` while a scale is under way; ``batch`` for a batcher."""
+def workers_cell(stage: StageStats, ended: bool = False) -> str:
+    """A stage's workers for a table cell: ``1 of 2 busy``, ``starting 2``, ``2 → 4, 1 busy``;
+    ``2`` once the run ended (none is busy then); ``batcher`` for a batcher."""
     if stage.kind == "batch":
-        return "batch"
-    text = f"{stage.busy}/{stage.workers}"
+        return "batcher"
+    if ended:
+        return f"{stage.target_workers:,}"
+    if stage.workers == 0 and stage.target_workers:
+        return f"starting {stage.target_workers:,}"
     if stage.target_workers != stage.workers:
-        text += f"->{stage.target_workers}"
-    return text
+        return f"{stage.workers} → {stage.target_workers}, {stage.busy} busy"
+    return f"{stage.busy} of {stage.workers:,} busy"
 
 
 def queue(stage: StageStats) -> str:
-    """``queued/capacity`` of the stage's input channel."""
-    return f"{stage.queued}/{stage.capacity}"
+    """``queued of capacity`` of the stage's input channel: ``5 of 8``."""
+    return f"{stage.queued:,} of {stage.capacity:,}"
+
+
+def pool_workers(busy: int, alive: int, ended: bool = False) -> str:
+    """A map's workers: ``1 of 2 workers busy``, ``workers starting``; ``2 workers`` at the end."""
+    if ended:
+        return plural(alive, "worker")
+    if alive == 0:
+        return "workers starting"
+    return f"{busy} of {plural(alive, 'worker')} busy"
 
 
 def plural(n: int, word: str) -> str:

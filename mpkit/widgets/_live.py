@@ -41,7 +41,8 @@ def pipeline_front_end(progress: bool | None, title: str) -> PipelineObserver | 
 def dashboard_for(pipe):
     """A live :class:`Dashboard` attached to ``pipe`` (``pipe.observe``): its Stop button stops the
     running service without waiting, or ends a running ``run()`` as an interrupt does (its results
-    so far in MapInterrupted); its worker counts call ``pipe.scale``."""
+    so far in MapInterrupted); its worker counts call ``pipe.scale``. Made after the run or
+    service ended, it shows that end (its summary) until the next run or service starts."""
     from ._dashboard import Dashboard
 
     def stop() -> None:  # a click handler must return at once: what is inside is cancelled

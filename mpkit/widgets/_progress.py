@@ -16,25 +16,41 @@ A click cannot wait for the cell to end: the kernel's main thread, which handles
 is the one running the map. So the click is noted where the kernel routes messages, a thread
 that runs while a cell does (ipykernel with subshells, 7 and later); where that is not so, the
 bar has no Cancel button (the kernel's interrupt still works).
+
+When the map ends, the output of the bar and its button becomes the final bar as static HTML
+(``final_bar_html``), and every widget of it is closed: it stays in the saved notebook and
+renders without a kernel. (Shown again as tqdm's own widget, the bar vanished in JupyterLab: its
+output renderer is reused for the update and hides itself when the box it drew is closed.)
 """
 from __future__ import annotations
 
+import html
 import sys
 import threading
 
 from ..engine._run import MapStats
+from . import _format as fmt
 from ._stage_card import close_tree
 
 
-def in_ipython() -> bool:
+def _shell():
+    """The running IPython shell, or None (IPython is not imported here if nothing else did)."""
     ipython = sys.modules.get("IPython")
-    return ipython is not None and ipython.get_ipython() is not None
+    return ipython.get_ipython() if ipython is not None else None
+
+
+def _routes_while_a_cell_runs() -> bool:
+    """The kernel routes messages in a thread of its own (see the module docstring)."""
+    return getattr(getattr(_shell(), "kernel", None), "shell_channel_thread", None) is not None
+
+
+def in_ipython() -> bool:
+    return _shell() is not None
 
 
 def in_kernel() -> bool:
     """Inside a Jupyter kernel (widgets can be shown), not a terminal IPython."""
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None else None
+    shell = _shell()
     return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 
@@ -57,9 +73,7 @@ def click_now(button, callback) -> bool:
     """Call ``callback()`` when ``button`` is clicked, even while a cell runs: in the kernel's
     shell-channel thread, which routes each message to the button's comm (see the module
     docstring). False where clicks can only arrive once the cell is over (no such thread)."""
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None else None
-    if getattr(getattr(shell, "kernel", None), "shell_channel_thread", None) is None:
+    if not _routes_while_a_cell_runs():
         return False  # messages are routed by the main thread, which runs the cell
     route = getattr(getattr(button, "comm", None), "_reply_subshell_for", None)
     if not callable(route):
@@ -86,9 +100,7 @@ class CancelButton:
         """A button, or None where a click could not arrive before the cell ends."""
         import ipywidgets as w
 
-        ipython = sys.modules.get("IPython")
-        shell = ipython.get_ipython() if ipython is not None else None
-        if getattr(getattr(shell, "kernel", None), "shell_channel_thread", None) is None:
+        if not _routes_while_a_cell_runs():
             return None  # messages are routed by the main thread, which runs the map
         button = w.Button(description="Cancel", icon="stop", tooltip="Stop the map; the results that "
                           "finished are kept (like the kernel's interrupt)", layout=w.Layout(width="auto"))
@@ -97,13 +109,28 @@ class CancelButton:
         if not click_now(button, requested.set):
             button.close()
             return None
-        button.on_click(lambda _: requested.set())  # the same click, handled once the cell is over
         return cls(button, requested)
 
     def cancelling(self) -> None:
         self.button.disabled = True
         self.button.description = "Cancelling"
 
+
+#: The fill of a final bar per tqdm bar style: JupyterLab's colours for the same ipywidgets styles.
+BAR_COLORS = {"success": "#388e3c", "danger": "#d32f2f", "info": "#0288d1", "": "#1976d2"}
+
+
+def final_bar_html(container) -> str:
+    """tqdm.notebook's bar (``container``: text, bar, text) as it ends, as static HTML."""
+    left, bar, right = container.children
+    fill = 100.0 * bar.value / bar.max if bar.max else 100.0
+    color = bar.style.bar_color or BAR_COLORS.get(bar.bar_style, BAR_COLORS[""])
+    # tqdm keeps both texts escaped, spaces as figure spaces (digits keep their places)
+    return ('<div class="mpkit-map-bar" style="display:flex;align-items:center;gap:4px;white-space:nowrap;'
+            f'font-variant-numeric:tabular-nums"><span>{left.value}</span>'
+            '<span style="flex:1 1 auto;max-width:520px;height:14px;background:#eeeeee">'
+            f'<span style="display:block;height:100%;width:{fill:.0f}%;background:{html.escape(color)}"></span>'
+            f"</span><span>{right.value}</span></div>")
 
 
 class TqdmProgress:
@@ -133,16 +160,16 @@ class TqdmProgress:
             raise KeyboardInterrupt("Cancel clicked")  # raised again where the map runs: it stops as interrupted
         self._draw(stats)
 
-    def _draw(self, stats: MapStats) -> None:
+    def _draw(self, stats: MapStats, ended: bool = False) -> None:
         bar = self.bar
         bar.n = stats.done + stats.failed
         if bar.total is None and stats.total is not None:
             bar.total = stats.total
-        postfix = f"workers={stats.busy}/{stats.workers}"
+        postfix = fmt.pool_workers(stats.busy, stats.workers, ended)
         if stats.failed:
-            postfix += f", errors={stats.failed}"
+            postfix += f", {stats.failed:,} failed"
         if stats.retried:
-            postfix += f", retried={stats.retried}"
+            postfix += f", {stats.retried:,} retried"
         bar.set_postfix_str(postfix, refresh=False)
         bar.refresh()
 
@@ -155,16 +182,13 @@ class TqdmProgress:
             file.flush()
 
     def close(self, stats: MapStats) -> None:
-        self._draw(stats)  # a click noted now comes too late: the map is over, nothing to cancel
+        self._draw(stats, ended=True)  # a click noted now comes too late: the map is over, nothing to cancel
         complete = stats.total is not None and stats.done + stats.failed == stats.total
         if not self._text_bar and (stats.failed or not complete):
             self.bar.colour = "#d9534f"  # tqdm.notebook shows a red bar for a failed run
         self.bar.close()
-        if self.cancel is not None:  # the map is over: nothing to cancel in the saved output
-            # the output becomes tqdm's own bar, whose text (shown where widgets cannot be: a
-            # notebook reopened without widget state, nbviewer) is the final bar, not the box's repr
+        if self.cancel is not None:  # the map is over: the output becomes the final bar, static
             if self.handle is not None:
-                self.handle.update(self.bar.container)
-            self.view.children = ()
-            close_tree(self.view)
-            close_tree(self.cancel.button)
+                self.handle.update({"text/html": final_bar_html(self.bar.container),
+                                    "text/plain": str(self.bar)}, raw=True)
+            close_tree(self.view)   # the box, the button and tqdm's bar inside it

@@ -6,9 +6,12 @@ would pile up as garbage, so it prints a whole line, at most once every ``LOG_IN
 and whenever the state changes. ``close`` prints one line per stage::
 
     pipeline 'demo' stopped after 12.3s: submitted 100, completed 98, failed 1, dropped 1, pending 0
-      stage   workers  queued   in  out  failed  dropped  items/s  mean ms
-      parse       0/2     0/8  100  100       0        0     45.2     12.3
-      embed       0/4     0/8  100   98       1        1     12.0     80.1  <- bottleneck
+      stage  workers  queued   in  out  failed  dropped  items/s  mean ms
+      parse        2  0 of 8  100  100       0        0     45.2     12.3
+      embed        4  0 of 8  100   98       1        1     12.0     80.1
+
+Counts of workers and queues are written in words (``1 of 2 workers busy``, ``starting 2 workers``,
+``3 of 8 queued``), never as bare figures like ``0/0->2``.
 """
 from __future__ import annotations
 
@@ -27,42 +30,43 @@ COLUMNS = ("stage", "workers", "queued", "in", "out", "failed", "dropped", "item
 
 
 def status_line(title: str, stats: PipelineStats) -> str:
-    """``title running 12.3s | 80/100 done, 1 failed, 19 pending | parse 2/2 q2/8 45.2/s | ...``."""
-    totals = f"{stats.completed}/{stats.submitted} done"
+    """``title running 12.3s | 80 of 100 done, 1 failed, 19 pending | parse: 2 of 2 workers busy,
+    2 of 8 queued, 45.2 items/s | ...``; ``embed (bottleneck):`` marks the stage holding it back."""
+    totals = f"{stats.completed} of {stats.submitted} done"
     for name in ("failed", "dropped", "cancelled"):
         if getattr(stats, name):
             totals += f", {getattr(stats, name)} {name}"
     totals += f", {stats.pending} pending"
     parts = [f"{title} {stats.state} {fmt.elapsed(stats.elapsed)}", totals]
     for s in stats.stages:
-        mark = "!" if s.bottleneck else ""
-        parts.append(f"{mark}{s.name} {fmt.workers(s)} q{fmt.queue(s)} {fmt.rate(s.rate)}/s")
+        mark = " (bottleneck)" if s.bottleneck else ""
+        parts.append(f"{s.name}{mark}: {fmt.workers_words(s)}, {fmt.queue(s)} queued, {fmt.rate(s.rate)} items/s")
     return " | ".join(parts)
 
 
 def summary(title: str, stats: PipelineStats) -> str:
     """The final report: totals, then a table with one row per stage (no trailing newline)."""
-    head = (f"pipeline {title!r} {stats.state} after {fmt.elapsed(stats.elapsed)}: "
+    head = (f"pipeline {title!r} {stats.outcome or stats.state} after {fmt.elapsed(stats.elapsed)}: "
             f"submitted {stats.submitted}, completed {stats.completed}, failed {stats.failed}, "
             f"dropped {stats.dropped}, pending {stats.pending}")
     if stats.cancelled:
         head += f", cancelled {stats.cancelled}"
     if stats.results != stats.completed:
         head += f", results {stats.results}"
-    rows = [COLUMNS] + [_row(s) for s in stats.stages]
+    rows = [COLUMNS] + [_row(s, bool(stats.outcome)) for s in stats.stages]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = [head]
     for row, stage in zip(rows, (None, *stats.stages)):
         cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
         line = "  " + "  ".join(cells)
-        if stage is not None and stage.bottleneck:
+        if stage is not None and stage.bottleneck and not stats.outcome:  # none holds back an ended run
             line += "  <- bottleneck"
         lines.append(line)
     return "\n".join(lines)
 
 
-def _row(s: StageStats) -> tuple[str, ...]:
-    return (s.name, fmt.workers(s), fmt.queue(s), str(s.received), str(s.emitted), str(s.failed),
+def _row(s: StageStats, ended: bool) -> tuple[str, ...]:
+    return (s.name, fmt.workers_cell(s, ended), fmt.queue(s), str(s.received), str(s.emitted), str(s.failed),
             str(s.dropped), fmt.rate(s.rate), fmt.mean_ms(s.mean_seconds))
 
 

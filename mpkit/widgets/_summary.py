@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from ..engine._pipeline_stats import PipelineStats
 from . import _format as fmt
+from ._timeline import stage_names
 
 #: One colour an outcome or state; the dashboard's header uses the same.
 STATE_COLORS = {"running": "#1f77b4", "stopping": "#e67e22", "finished": "#2e7d32",
@@ -24,6 +25,10 @@ STATE_COLORS = {"running": "#1f77b4", "stopping": "#e67e22", "finished": "#2e7d3
                 "ready": "#777777"}
 #: Line colours of the stages in the figures (matplotlib's first ones, as timeline() draws them).
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+#: The state badge's look: inline here (a saved notebook keeps no style sheet), and the live
+#: dashboard's style sheet gives its ``.mpkit-state`` the same, so both read alike.
+BADGE_STYLE = ("display:inline-block;min-width:6.5em;text-align:center;padding:0 6px;border-radius:3px;"
+               "color:#ffffff;font-weight:bold")
 #: Size of each small figure, in CSS pixels: readable, and two fit side by side in a notebook.
 FIG_W, FIG_H = 300, 80
 
@@ -35,9 +40,8 @@ def shown_state(stats: PipelineStats) -> str:
 
 def badge(state: str) -> str:
     color = STATE_COLORS.get(state, "#777777")
-    return (f'<span class="mpkit-state mpkit-state-{html.escape(state)}" style="display:inline-block;'
-            f"min-width:6.5em;text-align:center;padding:0 6px;border-radius:3px;color:#ffffff;"
-            f'background:{color};font-weight:bold">{html.escape(state)}</span>')
+    return (f'<span class="mpkit-state mpkit-state-{html.escape(state)}" '
+            f'style="{BADGE_STYLE};background:{color}">{html.escape(state)}</span>')
 
 
 def summary_html(title: str, stats: PipelineStats, history: Sequence[PipelineStats] = ()) -> str:
@@ -86,11 +90,7 @@ def errors_html(stats: PipelineStats) -> str:
 
 def figures_html(history: Sequence[PipelineStats]) -> str:
     """Queue depth and throughput per stage against time, as two small inline SVGs and a legend."""
-    names: list[str] = []
-    for stats in history:
-        for stage in stats.stages:
-            if stage.name not in names:
-                names.append(stage.name)
+    names = stage_names(history)
     t_end = max(history[-1].elapsed, 1e-9)
     series = {name: ([], []) for name in names}
     for stats in history:

@@ -20,6 +20,16 @@ from ..engine._pipeline_stats import PipelineStats
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+def stage_names(history: Sequence[PipelineStats]) -> list[str]:
+    """Every stage seen in the snapshots, in pipeline order (a stage may be missing from some)."""
+    names: list[str] = []
+    for stats in history:
+        for stage in stats.stages:
+            if stage.name not in names:
+                names.append(stage.name)
+    return names
+
+
 def timeline(history: Sequence[PipelineStats]) -> Figure:
     """Draw snapshots (oldest first) as queue depth and items/s per stage against elapsed seconds."""
     try:
@@ -31,11 +41,7 @@ def timeline(history: Sequence[PipelineStats]) -> Figure:
     if not history:
         raise ValueError("timeline() needs at least one PipelineStats snapshot; got an empty history")
 
-    names: list[str] = []                   # every stage seen, in pipeline order
-    for stats in history:
-        for stage in stats.stages:
-            if stage.name not in names:
-                names.append(stage.name)
+    names = stage_names(history)
 
     fig = Figure(figsize=(8, 5), layout="constrained")
     queue_ax, rate_ax = fig.subplots(2, 1, sharex=True)

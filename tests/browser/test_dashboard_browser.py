@@ -275,6 +275,10 @@ def test_a_progress_bar_picture_for_the_readme(app_server, page):
     page.page.locator(CELLS).nth(1).locator(".widget-hprogress, .jp-OutputArea-output") \
         .first.wait_for(timeout=60_000)
     page.wait_kernel_idle(KERNEL_TIMEOUT)
+    # the finished bar stays on the page (it was hidden at the end: the picture was an empty line)
+    final = page.page.locator(CELLS).nth(1).locator(".mpkit-map-bar")
+    final.wait_for(state="visible", timeout=30_000)
+    assert "40/40" in final.inner_text(), final.inner_text()
     shot = shoot(page, "progress_bar.png", 1, ".jp-OutputArea")
     DOCS.mkdir(exist_ok=True)
     shutil.copyfile(shot, DOCS / "progress.png")

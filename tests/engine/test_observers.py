@@ -325,29 +325,11 @@ def test_magics_and_recipes_use_no_private_engine_attribute():
 
 # ---- the default front-ends, through the interface, in a real kernel --------------------------------
 def _outputs(kernel, code, timeout=120):
-    """Run a cell; its reply status, stdout text and the mimetypes of what it displayed."""
-    import queue
-    import time
-
-    msg_id = kernel.start(code)
-    shown, text, deadline = [], [], time.monotonic() + timeout
-    while True:
-        assert time.monotonic() < deadline, f"the cell did not finish within {timeout} s"
-        try:
-            msg = kernel.kc.get_iopub_msg(timeout=1)
-        except queue.Empty:
-            continue
-        if msg.get("parent_header", {}).get("msg_id") != msg_id:
-            continue
-        kind, content = msg["msg_type"], msg["content"]
-        if kind in ("display_data", "execute_result"):
-            shown += list(content["data"])
-        elif kind == "stream" and content["name"] == "stdout":
-            text.append(content["text"])
-        elif kind == "error":
-            raise AssertionError("\n".join(content["traceback"]))
-        elif kind == "status" and content["execution_state"] == "idle":
-            return shown, "".join(text)
+    """Run a cell; the mimetypes of what it displayed and its stdout text."""
+    cell = kernel.collect(kernel.start(code), timeout)
+    if cell.error is not None:
+        raise AssertionError("\n".join(cell.error["traceback"]))
+    return [mime for data in cell.displays for mime in data], cell.text()
 
 
 def test_a_kernel_shows_the_default_bar_dashboard_and_timeline(start_method):

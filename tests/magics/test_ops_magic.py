@@ -6,6 +6,7 @@ from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
 
 import mpkit
+from tests.widgets.shown import text
 
 MODULE_V1 = """
 def pre(x):
@@ -110,7 +111,27 @@ def test_mp_ps_and_the_dashboard_show_each_workers_cpu_and_memory(ip, start_meth
         assert "stage burn" in out and " ms/item" in out, out
         workers = [line for line in out.splitlines() if line.strip().startswith("worker") and "cpu" in line]
         assert len(workers) >= 2 and all("mem" in line and "MB" in line for line in workers), out
-        cards = run(ip, "busy_dash.stages.value")
-        assert "cpu <span" in cards and re.search(r"worker \d+ \(pid \d+, \w+\): cpu \d+%, mem \d+ MB", cards)
+        cards = run(ip, "busy_dash.panel.value")
+        assert re.search(r"cpu \d+% \u00b7 mem \d+ MB", text(cards)), cards       # the card's line
+        assert re.search(r"worker \d+ \(pid \d+, \w+\): cpu \d+%, mem \d+ MB", cards)   # each in its tooltip
     finally:
         run(ip, "busy_svc.stop(drain=False, timeout=30)")
+
+
+def test_mp_ps_gives_every_workers_cpu_in_one_labelled_unit(ip, start_method, capsys):
+    """The map pool's workers and a pipeline's show CPU the same way, as a share of one core
+    (the pool's was CPU seconds since the worker started, the pipeline's a percentage)."""
+    run(ip, "import mpkit\nmpkit.map(abs, [-1, -2], workers=2, progress=False)")
+    run(ip, "from mpkit import Pipeline\nunit_pipe = Pipeline('units').stage(abs, workers=2)\n"
+            "unit_svc = unit_pipe.start()\nunit_svc.submit(-3).result(timeout=30)")
+    try:
+        capsys.readouterr()
+        ip.run_line_magic("mp_ps", "")
+        out = capsys.readouterr().out
+        workers = [line for line in out.splitlines() if line.strip().startswith("worker ")]
+        assert len(workers) >= 4, out
+        for line in workers:
+            assert re.search(r"cpu +\d[\d,]*% of a core +mem +[\d,.]+ [MG]B", line), line
+    finally:
+        run(ip, "unit_svc.stop(drain=False, timeout=30)")
+        ip.run_line_magic("mp_stop", "--all")

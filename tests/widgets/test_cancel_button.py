@@ -6,9 +6,7 @@ button's comm) while the cell is still running the map; the map stops as an inte
 """
 from __future__ import annotations
 
-import queue
 import re
-import time
 
 import pytest
 
@@ -34,15 +32,10 @@ pids = set(mpkit.engine.default_pool().pids())
 def _cancel_button(kernel: KernelSession, msg_id: str, timeout: float = 60.0, description: str = "Cancel") -> str:
     """The comm id of the Cancel button (or another, by its ``description``) the cell ``msg_id``
     shows (read from IOPub as it opens)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            msg = kernel.kc.get_iopub_msg(timeout=1)
-        except queue.Empty:
-            continue
-        if msg.get("parent_header", {}).get("msg_id") != msg_id or msg["msg_type"] != "comm_open":
-            continue
-        state = msg["content"].get("data", {}).get("state", {})
+    for msg in kernel.iopub(msg_id, timeout):
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
+        state = msg["content"].get("data", {}).get("state", {}) if msg["msg_type"] == "comm_open" else {}
         if state.get("_model_name") == "ButtonModel" and state.get("description") == description:
             return msg["content"]["comm_id"]
     raise AssertionError(f"the cell showed no {description} button")
@@ -50,15 +43,11 @@ def _cancel_button(kernel: KernelSession, msg_id: str, timeout: float = 60.0, de
 
 def _wait_for_output(kernel: KernelSession, msg_id: str, text: str, timeout: float = 60.0) -> None:
     """Wait until the cell ``msg_id`` printed ``text`` (a worker's print, relayed to the cell)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            msg = kernel.kc.get_iopub_msg(timeout=1)
-        except queue.Empty:
-            continue
-        if (msg.get("parent_header", {}).get("msg_id") == msg_id and msg["msg_type"] == "stream"
-                and text in msg["content"]["text"]):
+    for msg in kernel.iopub(msg_id, timeout):
+        if msg["msg_type"] == "stream" and text in msg["content"]["text"]:
             return
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
     raise AssertionError(f"the cell did not print {text!r}")
 
 
@@ -141,43 +130,26 @@ def test_cancel_of_an_imap_loop_stops_it_with_a_traceback_of_the_cell_only(start
         kernel.close()
 
 
-def _bar_outputs(kernel: KernelSession, msg_id: str, timeout: float = 60.0) -> list[dict]:
-    """The data of every display (and display update) of widgets the cell ``msg_id`` sent, in order."""
-    shown, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            msg = kernel.kc.get_iopub_msg(timeout=1)
-        except queue.Empty:
-            continue
-        if msg.get("parent_header", {}).get("msg_id") != msg_id:
-            continue
-        if msg["msg_type"] in ("display_data", "update_display_data"):
-            if "application/vnd.jupyter.widget-view+json" in msg["content"]["data"]:
-                shown.append(msg["content"]["data"])
-        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            kernel.kc.get_shell_msg(timeout=timeout)
-            return shown
-    raise AssertionError("the cell did not finish")
-
-
-def test_a_saved_bar_with_a_cancel_button_reads_as_the_final_bar_and_leaves_no_widget(start_method):
-    """Where widgets cannot be drawn (a notebook reopened without widget state, nbviewer, GitHub)
-    the bar's output is its text: the final bar (30/30), not the repr of the box that held the
-    bar and the Cancel button (``HBox(children=(... Button(description='Cancel'...``). And the
-    box and button, closed at the end, leave no widget model behind beyond tqdm's own bar."""
+def test_a_finished_bar_with_a_cancel_button_is_static_html_and_leaves_no_widget(start_method):
+    """The bar's output ends as the final bar in static HTML (30/30, a full bar) with its text
+    for plain front-ends: what a saved notebook keeps and shows without a kernel (nbviewer,
+    GitHub), and not tqdm's widget shown again, which JupyterLab hid at once (the picture of the
+    finished bar was an empty line), nor the box's repr (``HBox(children=(... Button(...``). No
+    widget model of the bar, its box or its button is left in the kernel."""
     kernel = KernelSession()
     try:
-        kernel.run(SETUP + "from ipywidgets.widgets.widget import _instances\n"
-                   "from tqdm.auto import tqdm\nfor _ in tqdm(range(2)): pass\n")
-        msg_id = kernel.start("base = len(_instances)\nout = mpkit.map(slow, range(30), workers=2)")
-        shown = _bar_outputs(kernel, msg_id)
-        assert shown, "the map showed no bar"
-        last = shown[-1]["text/plain"]
-        assert "30/30" in last and "100%" in last, shown
-        assert "HBox(" not in last and "Button(" not in last, shown
-        grown = kernel.run("print(len(_instances) - base)\nbase = len(_instances)\n"
-                           "for _ in tqdm(range(30)): pass\nprint(len(_instances) - base)").text().split()
-        assert grown[0] == grown[1], f"a map's bar left {grown[0]} widget models, tqdm's own bar {grown[1]}"
+        kernel.run(SETUP + "from ipywidgets.widgets.widget import _instances\n")
+        cell = kernel.run("base = len(_instances)\nout = mpkit.map(slow, range(30), workers=2)")
+        widget = "application/vnd.jupyter.widget-view+json"
+        assert cell.displays and widget in cell.displays[0], "the map showed no live bar"
+        last = cell.displays[-1]
+        assert widget not in last, last
+        assert "30/30" in last["text/plain"] and "100%" in last["text/plain"], last
+        assert "HBox(" not in last["text/plain"] and "Button(" not in last["text/plain"], last
+        assert 'class="mpkit-map-bar"' in last["text/html"] and "width:100%" in last["text/html"], last
+        assert "30/30" in last["text/html"] and "<script" not in last["text/html"], last
+        left = kernel.run("print(len(_instances) - base)").text().strip()
+        assert left == "0", f"a map's bar left {left} widget models in the kernel"
         kernel.run("mpkit.shutdown()")
     finally:
         kernel.close()
@@ -238,5 +210,22 @@ def test_the_dashboards_stop_ends_a_blocking_run_as_an_interrupt(start_method):
             "[10 * i for i in range(400)], pipe.stats().outcome)")
         assert check.text().split() == ["True", "True", "interrupted"], check.text()
         kernel.run("mpkit.shutdown()")
+    finally:
+        kernel.close()
+
+
+def test_a_stop_click_is_handled_once():
+    """One click on the dashboard's Stop calls its stop once: the click was taken twice in a
+    kernel, where it arrives (click_now) and again by the button's on_click once the kernel's
+    main thread handled the message."""
+    kernel = KernelSession()
+    try:
+        shown = kernel.start("from mpkit.widgets._dashboard import Dashboard\ncalls = []\n"
+                             "dash = Dashboard('once', on_stop=lambda: calls.append('stop'))\ndash")
+        stop_id = _cancel_button(kernel, shown, description="Stop")
+        kernel.collect(shown)
+        _click(kernel, stop_id)
+        # the shell channel keeps its order: this cell runs after the click was handled in full
+        assert kernel.run("print(calls)").text().strip() == "['stop']"
     finally:
         kernel.close()

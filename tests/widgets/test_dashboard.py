@@ -12,6 +12,7 @@ import traitlets
 
 from mpkit.engine._pipeline_stats import PipelineStats
 from tests.widgets.pipeline_snapshots import three_stages, with_stage
+from tests.widgets.shown import header, stages, text
 
 ipywidgets = pytest.importorskip("ipywidgets")
 from mpkit.widgets._dashboard import CSS, Dashboard
@@ -28,14 +29,9 @@ def tree(widget):
         yield from tree(child)
 
 
-def text(html: str) -> str:
-    """What the page shows of some HTML: its text, spaces collapsed."""
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)).strip()
-
-
 def cards(dash) -> list[str]:
     """Each card's HTML, in order."""
-    return re.findall(r'<div class="mpkit-stage .*?</div></div>', dash.stages.value)
+    return re.findall(r'<div class="mpkit-stage .*?</p></div>', stages(dash.panel.value))
 
 
 def card(dash, name) -> str:
@@ -71,10 +67,10 @@ def test_cards_show_each_snapshot():
         embed = text(card(dash, "embed"))
         assert f"errors {step // 2} \u00b7 dropped 1" in embed
         assert "mpkit-full" in card(dash, "embed")                         # a full input
-        header = text(dash.header.value)
-        assert header.startswith(f"demo running {1.0 + step:.1f}s")
+        head = text(header(dash.panel.value))
+        assert head.startswith(f"demo running {1.0 + step:.1f}s")
         for name in ("completed", "pending", "failed"):
-            assert f"{name} {getattr(stats, name)}" in header
+            assert f"{name} {getattr(stats, name)}" in head
 
 
 def test_batcher_card():
@@ -92,7 +88,7 @@ def test_workers_in_words():
     assert "starting 2 workers" in text(card(dash, "embed"))
     dash.update(with_stage(three_stages(1), "embed", workers=2, target_workers=4, busy=1))
     assert "scaling 2 \u2192 4 workers (1 busy)" in text(card(dash, "embed"))
-    assert "->" not in dash.stages.value
+    assert "->" not in stages(dash.panel.value)
 
 
 def test_bottleneck_is_a_class_and_a_visible_badge_not_geometry():
@@ -109,7 +105,7 @@ def test_bottleneck_is_a_class_and_a_visible_badge_not_geometry():
     assert re.findall(r"border:\s*(\d+)px", CSS) == ["2"]
 
 
-def test_an_update_sets_only_the_two_html_values_and_makes_no_widget():
+def test_an_update_sets_only_the_one_html_value_and_makes_no_widget():
     dash = Dashboard("demo", on_stop=lambda: None, on_scale=lambda name, n: None,
                      workers={"parse": 2, "embed": 4})
     stats = three_stages(2)
@@ -119,11 +115,11 @@ def test_an_update_sets_only_the_two_html_values_and_makes_no_widget():
     dash.update(stats)
     assert changes == []                                      # the same snapshot: nothing sent
     dash.update(with_stage(stats, "parse", received=21))
-    assert [(c["owner"], c["name"]) for c in changes] == [(dash.stages, "value")]
+    assert [(c["owner"], c["name"]) for c in changes] == [(dash.panel, "value")]
     changes.clear()
     for step in range(3, 30):
         dash.update(three_stages(step))
-    assert {(c["owner"], c["name"]) for c in changes} <= {(dash.stages, "value"), (dash.header, "value")}
+    assert {(c["owner"], c["name"]) for c in changes} == {(dash.panel, "value")}
     assert live_widgets() == before
 
 
@@ -169,11 +165,11 @@ def test_scale_input_calls_on_scale_only_for_user_changes():
 def test_overall_progress_with_a_total():
     dash = Dashboard("demo")
     dash.update(replace(three_stages(4), total=100))           # 24 + 2 + 1 ended after 5 s
-    header = text(dash.header.value)
-    assert "27 / 100 27%" in header
-    assert "ETA 13.5s" in header                               # 73 left at 5.4 items/s
+    head = text(header(dash.panel.value))
+    assert "27 / 100 27%" in head
+    assert "ETA 13.5s" in head                               # 73 left at 5.4 items/s
     dash.update(three_stages(4))                               # no len(): done / submitted
-    assert "done 27 of 45 submitted" in text(dash.header.value)
+    assert "done 27 of 45 submitted" in text(header(dash.panel.value))
 
 
 def ended(outcome: str, **totals) -> PipelineStats:
@@ -192,12 +188,12 @@ def test_end_states_look_different_and_tell_the_truth(outcome):
     dash.update(three_stages(3))
     final = ended(outcome, cancelled=4, total=40)
     dash.close(final)
-    header = text(dash.header.value)
-    assert f"mpkit-state-{outcome}" in dash.header.value and f"demo {outcome} 10.0s" in header
-    assert "cancelled 4" in header and "pending" not in header and "ETA" not in header
-    shown = text(dash.stages.value)
+    head = text(header(dash.panel.value))
+    assert f"mpkit-state-{outcome}" in header(dash.panel.value) and f"demo {outcome} 10.0s" in head
+    assert "cancelled 4" in head and "pending" not in head and "ETA" not in head
+    shown = text(stages(dash.panel.value))
     assert "busy" not in shown and "queued" not in shown
-    assert re.search(r'class="mpkit-stage [^"]*mpkit-bottleneck', dash.stages.value) is None
+    assert re.search(r'class="mpkit-stage [^"]*mpkit-bottleneck', stages(dash.panel.value)) is None
     assert "mean 3.0 items/s" in text(card(dash, "parse"))     # 30 items in 10 s, not 0.0
     assert dash.stop_button.disabled and dash.stop_button.description == outcome
     html_summary = dash.summary()
@@ -226,14 +222,14 @@ def test_close_replaces_the_panel_by_a_static_summary_and_closes_every_model():
     summary = bundle["text/html"]
     assert "<svg" in summary and "<script" not in summary       # static: no kernel, no JS
     assert "finished after 10.0s" in text(summary)
-    assert "pipeline 'demo' stopped after 10.0s" in bundle["text/plain"]
+    assert "pipeline 'demo' finished after 10.0s" in bundle["text/plain"]   # its outcome, as the HTML says
 
 
 def test_displays_as_a_widget_with_an_html_fallback():
     dash = Dashboard("demo <b>")
     bundle = dash._repr_mimebundle_()
     assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == dash.widget.model_id
-    assert "&lt;b&gt;" in bundle["text/html"] and "&lt;b&gt;" in dash.header.value
+    assert "&lt;b&gt;" in bundle["text/html"] and "&lt;b&gt;" in header(dash.panel.value)
 
 
 def test_import_mpkit_does_not_import_ipywidgets():

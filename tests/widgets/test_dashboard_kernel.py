@@ -10,12 +10,12 @@ display message the kernel sends is replayed into the models and outputs a page 
 from __future__ import annotations
 
 import queue
-import re
 import time
 
 import pytest
 
 from tests.kernels import KernelSession
+from tests.widgets.shown import stages, text
 
 pytest.importorskip("ipywidgets")
 
@@ -102,10 +102,6 @@ def drain(kernel: KernelSession, quiet: float = 1.5) -> None:
             return
 
 
-def text(html: str) -> str:
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
-
-
 def one_service_run(kernel: KernelSession) -> FrontEnd:
     front = record(kernel)
     kernel.run("%load_ext mpkit")
@@ -138,8 +134,8 @@ def test_the_cards_on_the_page_are_the_ones_updated_in_fresh_kernels(start_metho
         assert late == [], f"run {run}: {len(late)} models of the panel were made after it was shown"
         changed = [m for m in models if any(i > out["index"] for i in front.children_changed.get(m, []))]
         assert changed == [], f"run {run}: the panel's tree changed after it was shown"
-        (cards,) = front.with_class(models, "mpkit-stages")
-        last = text(front.models[cards]["value"])
+        (panel,) = front.with_class(models, "mpkit-panel")
+        last = text(stages(front.models[panel]["value"]))
         assert f"in {ITEMS} \u00b7 out {ITEMS}" in last, f"run {run}: the cards ended as {last!r}"
         # the end: a static summary in place of the widget, every model closed
         assert WIDGET not in out["data"] and "mpkit-summary" in out["data"]["text/html"], \

@@ -14,13 +14,10 @@ from mpkit import Pipeline
 from mpkit.engine import MapInterrupted
 from tests.pipeline_tasks import fail_odd, slow
 from tests.proctree import wait_until
+from tests.widgets.shown import header, stages, text
 
 pytest.importorskip("ipywidgets")
 from mpkit.widgets._dashboard import Dashboard
-
-
-def text(html: str) -> str:
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)).strip()
 
 
 def watched(pipe: Pipeline) -> Dashboard:
@@ -31,11 +28,11 @@ def check_end(dash: Dashboard, outcome: str) -> None:
     assert wait_until(lambda: dash.closed, 60), "the dashboard was never closed"
     final = dash.final
     assert final.outcome == outcome and final.accounted and final.pending == 0, final
-    header, cards = text(dash.header.value), text(dash.stages.value)
-    assert f"{outcome} " in header and f"mpkit-state-{outcome}" in dash.header.value
-    assert f"cancelled {final.cancelled:,}" in header and "pending" not in header
+    head, cards = text(header(dash.panel.value)), text(stages(dash.panel.value))
+    assert f"{outcome} " in head and f"mpkit-state-{outcome}" in header(dash.panel.value)
+    assert f"cancelled {final.cancelled:,}" in head and "pending" not in head
     assert "busy" not in cards and "queued" not in cards
-    assert re.search(r'class="mpkit-stage [^"]*mpkit-bottleneck', dash.stages.value) is None
+    assert re.search(r'class="mpkit-stage [^"]*mpkit-bottleneck', stages(dash.panel.value)) is None
     first = final.stages[0]
     if first.done:                                    # the run's mean rate, not a decayed 0.0
         assert "mean 0.0 items/s" not in cards
@@ -47,7 +44,7 @@ def test_finished_run(start_method):
     dash = watched(pipe)
     assert len(pipe.run(range(30))) == 30
     check_end(dash, "finished")
-    assert "30 / 30 100%" in text(dash.header.value)
+    assert "30 / 30 100%" in text(header(dash.panel.value))
 
 
 def test_the_summary_names_the_first_errors_and_counts_the_rest(start_method):
@@ -98,3 +95,27 @@ def test_stopped_service(start_method):
     svc.stop(drain=False, timeout=60)
     check_end(dash, "stopped")
     assert dash.final.cancelled > 0 and any(f.cancelled() for f in futures)
+
+
+@pytest.mark.parametrize("ending", ["stopped service", "finished run"])
+def test_a_dashboard_shown_after_the_end_is_its_summary_until_the_next_run(start_method, ending):
+    """``pipe.dashboard()`` in a cell after the service was stopped (or the run finished) shows
+    that end: the static summary, not the live panel saying the summary will replace it when the
+    run ends (which had happened already: nothing ever replaced it). The next run makes it live,
+    and its end makes it that run's summary."""
+    pipe = Pipeline("late").stage(slow, workers=2)
+    if ending == "stopped service":
+        svc = pipe.start()
+        assert [f.result(timeout=60) for f in [svc.submit(i) for i in range(10)]] == list(range(10))
+        svc.stop(timeout=60)
+        outcome = "stopped"
+    else:
+        assert len(pipe.run(range(10), progress=False)) == 10
+        outcome = "finished"
+    dash = pipe.dashboard()
+    shown = dash._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" not in shown
+    assert f"mpkit-summary-{outcome}" in shown["text/html"] and "completed 10" in text(shown["text/html"])
+    assert len(pipe.run(range(20), progress=False)) == 20    # the next run: the same panel follows it
+    check_end(dash, "finished")
+    assert "completed 20" in text(dash.summary())

@@ -1,5 +1,8 @@
 """The progress front-end: a text bar outside notebooks, fed only by MapStats snapshots."""
+import re
+
 import mpkit
+from mpkit.widgets._format import plural
 from tests import helpers
 
 
@@ -7,7 +10,7 @@ def test_text_bar_shows_final_counts_and_worker_output(pool, capsys):
     pool.map(helpers.chatty, range(5), progress=True)
     err = capsys.readouterr()
     assert "5/5" in err.err                 # the bar ends at the true total
-    assert "workers=" in err.err
+    assert "workers busy" in err.err or "workers starting" in err.err
     for i in range(5):
         assert f"item {i}" in err.out        # worker prints reach stdout through tqdm.write
 
@@ -15,7 +18,7 @@ def test_text_bar_shows_final_counts_and_worker_output(pool, capsys):
 def test_failed_items_show_in_the_bar(pool, capsys):
     out = pool.map(helpers.fail_on, range(6), on_error="collect", progress=True)
     assert len(out) == 5 and len(out.failures) == 1
-    assert "errors=1" in capsys.readouterr().err
+    assert "1 failed" in capsys.readouterr().err
 
 
 def test_no_bar_in_scripts_by_default(pool, capsys, monkeypatch):
@@ -50,8 +53,19 @@ def test_custom_front_end_receives_snapshots(pool):
 
 def test_the_final_bar_of_a_finished_map_shows_no_busy_worker(pool, capsys):
     """The last bar a map leaves (the one kept in the saved notebook) says no worker is busy: it
-    read ``workers=1/2`` when the workers' last chunks had just come back."""
+    read ``workers=1/2`` (now ``1 of 2 workers busy``) when the workers' last chunks had just come
+    back. The last bar says how many workers the pool has, and none busy."""
     for _ in range(5):  # several maps: the stale count showed in some of them, not every one
         pool.map(helpers.square, range(200), chunksize=1, progress=True)
         last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
-        assert "200/200" in last and f"workers=0/{pool.size}" in last, last
+        assert "200/200" in last and last.endswith(f", {plural(pool.size, 'worker')}]"), last
+
+
+def test_the_bar_says_in_words_how_many_workers_are_busy(pool, capsys):
+    """The bar's worker count reads as words (``2 of 2 workers busy``), not ``workers=2/2``; the
+    last bar, the one a saved notebook keeps, names the pool's workers and no busy one."""
+    pool.map(helpers.sleep_then, [0.01] * 40, chunksize=1, progress=True)
+    bars = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()
+    assert bars and not any("workers=" in bar or re.search(r", \d+/\d+", bar) for bar in bars), bars
+    assert any(re.search(r"\d+ of \d+ workers? busy", bar) for bar in bars[:-1]), bars
+    assert bars[-1].endswith(f", {pool.size} workers]") and "busy" not in bars[-1], bars[-1]

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import replace
 
 import pytest
 
+from mpkit import Pipeline
 from mpkit.widgets import _status
 from mpkit.widgets._status import TextStatus
+from tests.pipeline_tasks import slow
 from tests.widgets.pipeline_snapshots import three_stages
 
 
@@ -24,17 +27,17 @@ def clock(monkeypatch):
 
 
 def test_terminal_line_is_rewritten_in_place(monkeypatch):
-    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("COLUMNS", "300")
     out = Terminal()
     status = TextStatus("demo", stream=out)
     status.update(three_stages(1))
     first = out.getvalue()
     assert first.startswith("\r") and "\n" not in first
     line = first[1:]
-    assert line.startswith("demo running 2.0s | 6/15 done, 1 dropped, 8 pending")
-    assert "parse 1/2 q1/8 5.0/s" in line
-    assert "batch:embed batch q2/64 4.0/s" in line
-    assert "!embed 4/4 q8/8 2.5/s" in line              # the bottleneck
+    assert line.startswith("demo running 2.0s | 6 of 15 done, 1 dropped, 8 pending")
+    assert "parse: 1 of 2 workers busy, 1 of 8 queued, 5.0 items/s" in line
+    assert "batch:embed: batching (1 item sent), 2 of 64 queued, 4.0 items/s" in line
+    assert "embed (bottleneck): 4 of 4 workers busy, 8 of 8 queued, 2.5 items/s" in line
     status.update(three_stages(2))
     second = out.getvalue()[len(first):]
     assert second.startswith("\r") and "\n" not in second
@@ -81,10 +84,11 @@ def test_close_prints_a_summary_table():
                         "failed 1, dropped 1, pending 11")
     assert lines[1].split() == ["stage", "workers", "queued", "in", "out", "failed", "dropped",
                                 "items/s", "mean", "ms"]
-    assert lines[2].split() == ["parse", "1/2", "2/8", "20", "20", "0", "0", "10.0", "12.3"]
-    assert lines[3].split() == ["batch:embed", "batch", "2/64", "20", "2", "0", "0", "8.0", "0.0"]
-    assert lines[4].split() == ["embed", "4/4", "8/8", "16", "12", "1", "1", "2.5", "80.0",
-                                "<-", "bottleneck"]
+    assert lines[2].split() == ["parse", "1", "of", "2", "busy", "2", "of", "8", "20", "20", "0", "0",
+                                "10.0", "12.3"]
+    assert lines[3].split() == ["batch:embed", "batcher", "2", "of", "64", "20", "2", "0", "0", "8.0", "0.0"]
+    assert lines[4].split() == ["embed", "4", "of", "4", "busy", "8", "of", "8", "16", "12", "1", "1", "2.5",
+                                "80.0", "<-", "bottleneck"]
     assert len(lines) == 5
     assert len({len(line) for line in lines[1:4]}) == 1          # aligned columns
 
@@ -105,3 +109,27 @@ def test_default_stream_is_stderr(capsys):
     status = TextStatus("demo")
     status.close(three_stages(0))
     assert capsys.readouterr().err.startswith("pipeline 'demo' running after 1.0s")
+
+
+#: A worker or queue count written as figures only, ``1/2``, ``0/0->2``: what a newcomer reads
+#: as nothing (issue: "busy 0/0->2 is cryptic").
+BARE_FIGURES = re.compile(r"\d/\d|->\d")
+
+
+def test_a_run_outside_a_notebook_says_in_words_what_its_workers_do(start_method, capsys):
+    """``pipe.run(..., progress=True)`` in a script or a terminal prints its status lines and the
+    final table: each says how many workers are busy, starting or scaling, in words."""
+    pipe = Pipeline("words").stage(slow, workers=2, name="parse").stage(slow, workers=1, name="score")
+    assert len(pipe.run(range(60), progress=True)) == 60
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    live = [line for line in lines if line.startswith("words running")]
+    assert live, err
+    for line in live:
+        assert not BARE_FIGURES.search(line), line
+        assert re.search(r"parse: (\d+ of \d+ workers? busy|starting \d+ workers?|scaling \d+ \u2192 \d+ workers?)",
+                         line), line
+    table = lines[lines.index(next(line for line in lines if line.startswith("pipeline 'words' finished"))):]
+    assert table[1].split()[:3] == ["stage", "workers", "queued"], table
+    assert table[2].split()[:2] == ["parse", "2"] and table[3].split()[:2] == ["score", "1"], table
+    assert not any(BARE_FIGURES.search(line) for line in table), table
