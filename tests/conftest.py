@@ -115,11 +115,21 @@ def any_backend(request, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def dask_client():
-    """A real LocalCluster (2 single-threaded worker processes on 127.0.0.1) and a Client to it,
-    shared by the tests of one module (it takes ~2 s to start); skipped without the dask extra."""
+def _dask_cluster():
     pytest.importorskip("distributed")
     from tests.dask_cluster import local_cluster
 
     with local_cluster() as client:
         yield client
+
+
+@pytest.fixture
+def dask_client(_dask_cluster):
+    """A real LocalCluster (2 single-threaded worker processes on 127.0.0.1) and a Client to it,
+    shared by the tests of one module (it takes ~2 s to start); skipped without the dask extra.
+    Each test gets it with both workers up: one a test before killed or restarted is replaced
+    first (a loaded machine takes seconds), so a test does not wait on a cluster without workers."""
+    from tests.dask_cluster import START_TIMEOUT
+
+    _dask_cluster.wait_for_workers(2, timeout=START_TIMEOUT)
+    return _dask_cluster
