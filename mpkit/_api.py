@@ -45,7 +45,22 @@ def _progress_for(progress):
     return progress
 
 
-class Pool(engine.Pool):
+class _PoolType(type):
+    """``mpkit.Pool``'s type: a pool that ``Pool(cluster=...)`` made (a Dask pool, the same map/imap
+    on another class) is an instance of ``mpkit.Pool`` too, as a user who made it expects."""
+
+    def __instancecheck__(cls, obj) -> bool:
+        return super().__instancecheck__(obj) or (cls is Pool and _is_dask_pool(type(obj)))
+
+    def __subclasscheck__(cls, sub) -> bool:
+        return super().__subclasscheck__(sub) or (cls is Pool and _is_dask_pool(sub))
+
+
+def _is_dask_pool(klass) -> bool:
+    return _DaskPool is not None and isinstance(klass, type) and issubclass(klass, _DaskPool)
+
+
+class Pool(engine.Pool, metaclass=_PoolType):
     __doc__ = engine.Pool.__doc__ + """
     ``progress=`` of its maps shows a bar by default under IPython and Jupyter (``mpkit.widgets``);
     the engine's ``mpkit.engine.Pool`` shows none unless given a factory.

@@ -39,6 +39,8 @@ def test_map_on_a_cluster_matches_builtin_map(dask_client):
 
 def test_pool_with_cluster_is_a_dask_pool(dpool, dask_client):
     assert isinstance(dpool, dask_backend.Pool) and dpool.size == 2
+    assert isinstance(dpool, mpkit.Pool), "a pool made by mpkit.Pool(cluster=...) is an mpkit.Pool"
+    assert not isinstance(dpool, type("MyPool", (mpkit.Pool,), {})), "not one of a subclass of it, though"
     pids = set(dpool.map(dask_tasks.slow_pid, range(20), chunksize=1))
     assert pids <= set(worker_pids(dask_client).values())
     assert sorted(dpool.imap(helpers.identity, iter(range(500)), ordered=False)) == list(range(500))
