@@ -49,6 +49,8 @@ _SHARED_TEXT = 16
 _FORMULA = re.compile(rb"<f[ />]")
 _CELL_END = re.compile(rb"</c>|<c[ >]|</row>")
 _CACHED = re.compile(rb"<v>[^<]")
+_ENTITY = re.compile(r"&(#x[0-9A-Fa-f]+|#[0-9]+|amp|lt|gt|quot|apos);")
+_ENTITIES = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
 
 
 class WorkbookError(ValueError):
@@ -216,14 +218,16 @@ def _sheet_parts(z: zipfile.ZipFile, names: set[str]) -> list[str]:
     parts = []
     for sheet in re.finditer(r"<sheet\b[^>]*>", book):
         name, ident = re.search(r'\bname="([^"]*)"', sheet[0]), re.search(r'\br:id="([^"]*)"', sheet[0])
-        if name and ident and _xml_text(name[1]) in names and ident[1] in targets:
+        if name and ident and xml_text(name[1]) in names and ident[1] in targets:
             parts.append(targets[ident[1]])
     return parts
 
 
-def _xml_text(s: str) -> str:
-    return (s.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&apos;", "'")
-            .replace("&amp;", "&"))
+def xml_text(s: str) -> str:
+    """XML text as the parser gives it: entities and character references (``&#32842;``) replaced,
+    line ends made ``\\n``."""
+    s = s.replace("\r\n", "\n").replace("\r", "\n")
+    return _ENTITY.sub(lambda m: _ENTITIES.get(m[1]) or chr(int(m[1][2:], 16) if m[1][1] == "x" else int(m[1][1:])), s)
 
 
 def _count_in_part(z: zipfile.ZipFile, part: str) -> int:

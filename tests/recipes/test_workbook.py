@@ -78,3 +78,24 @@ def test_a_wrong_dimension_tag_does_not_hide_rows_from_openpyxl(tmp_path):
             zout.writestr(item, data)
     for engine in ("calamine", "openpyxl"):
         assert read_sheets(dst, NEEDED, engine).rows == 10, engine
+
+
+def test_formulas_are_counted_in_a_sheet_whose_name_is_written_with_character_references(tmp_path):
+    """Some writers store a sheet's name in xl/workbook.xml as character references (&#32842;): the
+    formula count must still find that sheet's XML."""
+    import zipfile
+
+    src = workbooks.book(tmp_path / "src.xlsx", {"聊天 & 记录": [NEEDED, ["kf_1", "=A1"], ["kf_1", "hi"]]})
+    dst = tmp_path / "refs.xlsx"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            if item.filename == "xl/workbook.xml":
+                written = 'name="聊天 &amp; 记录"'.encode()
+                assert written in data
+                data = data.replace(written, b'name="&#32842;&#x5929; &amp; &#35760;&#24405;"')
+            zout.writestr(item, data)
+    for engine in ("calamine", "openpyxl"):
+        book = read_sheets(dst, NEEDED, engine)
+        assert [s.name for s in book.sheets] == ["聊天 & 记录"], engine
+        assert book.uncached_formulas == 1, engine
