@@ -99,7 +99,7 @@ def _read_default(path: Path, job: ReadJob, out: FileRows) -> FileRows:
     try:
         book = read_sheets(path, needed)
     except WorkbookError as exc:
-        raise DialogueInputError(str(exc).removeprefix(f"{path}: ")) from None
+        raise DialogueInputError(exc.reason) from None
     out.engine, out.fallback, out.uncached_formulas = book.engine, book.fallback, book.uncached_formulas
     out.sheets_skipped = list(book.skipped)
     if not book.sheets:

@@ -54,7 +54,15 @@ _ENTITIES = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
 
 
 class WorkbookError(ValueError):
-    """A file that cannot be read as a workbook: the message names it, says why and what to do."""
+    """A file that cannot be read as a workbook: ``path``, and ``reason`` (why, and what to do);
+    the message is both."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
+
+    def __reduce__(self):  # from a worker process whole: its args are the message alone
+        return WorkbookError, (self.path, self.reason)
 
 
 @dataclass(frozen=True)
@@ -108,10 +116,10 @@ def read_sheets(path: str | os.PathLike, needed: Sequence[str], engine: str = "a
         raise ValueError(f"engine={engine!r} is not supported. Fix: use one of {', '.join(ENGINES)}.")
     p = Path(path)
     if not p.is_file():
-        raise WorkbookError(f"{p}: no such file. Fix: check the path.")
+        raise WorkbookError(p, "no such file. Fix: check the path.")
     if p.stat().st_size == 0:
-        raise WorkbookError(f"{p}: empty file (0 bytes), not an Excel workbook. "
-                            "Fix: export it again, or leave it out.")
+        raise WorkbookError(p, "empty file (0 bytes), not an Excel workbook. "
+                               "Fix: export it again, or leave it out.")
     needed = [str(n).strip() for n in needed]
     fallback = ""
     if engine != "openpyxl":
@@ -131,8 +139,8 @@ def read_sheets(path: str | os.PathLike, needed: Sequence[str], engine: str = "a
         sheets = _openpyxl_sheets(p)
     except Exception as exc:  # noqa: BLE001
         errors = "; ".join(e for e in (fallback, f"openpyxl: {type(exc).__name__}: {str(exc)[:200]}") if e)
-        raise WorkbookError(f"{p}: not a readable .xlsx workbook ({errors}). "
-                            "Fix: open it in Excel and save it as .xlsx again, or leave it out.") from None
+        raise WorkbookError(p, f"not a readable .xlsx workbook ({errors}). "
+                               "Fix: open it in Excel and save it as .xlsx again, or leave it out.") from None
     return _workbook(p, "openpyxl", sheets, needed, fallback)
 
 

@@ -159,7 +159,7 @@ def _read_file(task: tuple[str, tuple[str, ...], str]) -> FileResult:
     try:
         book = read_sheets(path, COLUMNS, engine)
     except WorkbookError as exc:
-        return FileResult(path, reason=str(exc).removeprefix(f"{Path(path)}: "))
+        return FileResult(path, reason=exc.reason)
     if not book.sheets:
         if len(book.skipped) == 1:  # the usual export: one sheet
             why = book.skipped[0][1]
