@@ -21,7 +21,8 @@ sheet XML itself, so a report can say how many values are missing.
 
 ``list_folder`` lists a folder given as input: its .xlsx files (any letter case, lock files
 apart), one level deep; the subfolders holding .xlsx files and the spreadsheets in other formats
-(.xls, .csv ...), which callers name as not read.
+(.xls, .csv ...), which callers name as not read. ``once_each`` leaves out an input given again
+(the same path, or the same bytes under another name), so that no export is read twice.
 
 Rows are plain lists rather than DataFrames: calamine hands lists over at no cost, and the recipes
 filter row by row anyway (a DataFrame costs ~2 s per million rows to build and is made only where
@@ -29,14 +30,16 @@ an output needs one).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import zipfile
 from datetime import date, datetime
 from sys import intern
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 ENGINES = ("auto", "calamine", "openpyxl")
 #: Bytes of sheet XML scanned at a time for formulas: big enough that the scan runs at zlib's
@@ -280,15 +283,15 @@ class Folder:
     others: list[Path]  # spreadsheets in another format (.xls, .csv ...): not read, to be named
 
 
-def list_folder(folder: Path, leave_out: Path | None = None) -> Folder:
+def list_folder(folder: Path, leave_out: Iterable[str | os.PathLike] = ()) -> Folder:
     """The workbooks of ``folder``, one level deep; and each subfolder that holds .xlsx files, which is
-    not read (an output folder, a backup copy, another month: the user says which), except
-    ``leave_out`` (the run's own output folder)."""
+    not read (an output folder, a backup copy, another month: the user says which), except those in
+    ``leave_out`` (the run's other inputs, its own output folder)."""
     books, locks, subs, others = [], [], [], []
-    skip = leave_out.resolve() if leave_out is not None else None
+    skip = {Path(p).resolve() for p in leave_out}
     for f in sorted(folder.iterdir()):
         if f.is_dir():
-            if skip is not None and f.resolve() == skip:
+            if f.resolve() in skip:
                 continue
             n = sum(1 for g in f.rglob("*") if g.suffix.lower() == ".xlsx" and not g.name.startswith("~$")
                     and g.is_file())
@@ -299,6 +302,41 @@ def list_folder(folder: Path, leave_out: Path | None = None) -> Folder:
         elif f.suffix.lower() in OTHER_SPREADSHEETS and not f.name.startswith("~$") and f.is_file():
             others.append(f)
     return Folder(books, locks, subs, others)
+
+
+#: Bytes read at a time when hashing an input to find the same file given twice.
+_HASH_CHUNK = 1 << 20
+_P = TypeVar("_P", str, Path)
+
+
+def once_each(paths: Iterable[_P]) -> tuple[list[_P], list[tuple[_P, str]]]:
+    """``paths`` without a file given again: the same path, or the same bytes under another name
+    (blake2b of the content); and each one left out, with what it repeats ("given twice (the same
+    file as a.xlsx)", "the same content as a.xlsx"). A file that cannot be opened is kept: its
+    reader says why."""
+    kept, repeated = [], []
+    by_path: dict[Path, _P] = {}
+    by_hash: dict[bytes, _P] = {}
+    for p in paths:
+        resolved = Path(p).resolve()
+        if resolved in by_path:
+            repeated.append((p, f"given twice (the same file as {by_path[resolved]})"))
+            continue
+        by_path[resolved] = p
+        h = hashlib.blake2b(digest_size=16)
+        try:
+            with open(p, "rb") as f:
+                while chunk := f.read(_HASH_CHUNK):
+                    h.update(chunk)
+        except OSError:
+            kept.append(p)
+            continue
+        first = by_hash.setdefault(h.digest(), p)
+        if first != p:
+            repeated.append((p, f"the same content as {first}"))
+            continue
+        kept.append(p)
+    return kept, repeated
 
 
 def other_format_note(path: Path) -> str:

@@ -35,7 +35,6 @@ from __future__ import annotations
 from typing import Any
 
 import argparse
-import hashlib
 import math
 import os
 import sys
@@ -48,7 +47,7 @@ from pathlib import Path
 from ..engine._errors import MpkitWarning
 from ._dialogue_read import TIME_COLUMNS, UNTIMED_EXAMPLES, DialogueInputError, FileRows, ReadJob, read_export
 from ._dialogue_text import DEFAULT_NOTICES, SEED_NOTICES, merge, split, val_count
-from ._workbook import list_folder, other_format_note, subfolder_note
+from ._workbook import list_folder, once_each, other_format_note, subfolder_note
 
 __all__ = ["DEFAULT_NOTICES", "SEED_NOTICES", "TIME_COLUMNS", "DialogueInputError", "DialogueOutputError",
            "DialogueReport", "DialogueWarning", "add_arguments", "clean_dialogues", "run"]
@@ -57,8 +56,6 @@ __all__ = ["DEFAULT_NOTICES", "SEED_NOTICES", "TIME_COLUMNS", "DialogueInputErro
 DEFAULT_VAL_SIZE = 0.1
 #: The files a run writes, under ``out_dir``.
 OUTPUTS = ("std/train.txt", "std/val.txt", "mmi/train.txt", "mmi/val.txt")
-#: Bytes read at a time when hashing an input to find the same file given twice.
-_HASH_CHUNK = 1 << 20
 
 
 class DialogueOutputError(ValueError):
@@ -313,54 +310,27 @@ def collect_inputs(items: Iterable[str | os.PathLike]) -> Inputs:
     """Files given, and each folder's .xlsx files (any letter case, sorted); lock files, missing paths
     and subfolders holding .xlsx files (a folder is read one level deep) as skipped; the
     same file given twice (same path, or same bytes) kept once, with a :class:`DialogueWarning`."""
-    files, skipped, duplicates = [], [], []
+    candidates, skipped = [], []
     items = list(items)
-    given = {Path(item).resolve() for item in items}
-    by_path: dict[Path, Path] = {}
-    by_hash: dict[bytes, Path] = {}
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = list_folder(p)
+            found = list_folder(p, items)  # a subfolder given as an input too is not named
             skipped += [(f.name, "an Excel lock file (Excel writes one beside each workbook it has open); left out")
                         for f in found.lock_files]
-            skipped += [(str(sub), subfolder_note(sub, n)) for sub, n in found.subfolders
-                        if sub.resolve() not in given]
+            skipped += [(str(sub), subfolder_note(sub, n)) for sub, n in found.subfolders]
             skipped += [(f.name, other_format_note(f)) for f in found.others]
-            candidates = found.workbooks
+            candidates += found.workbooks
         elif p.exists():
-            candidates = [p]
+            candidates.append(p)
         else:
             skipped.append((str(p), "no such file or folder. Fix: check the path."))
-            continue
-        for f in candidates:
-            resolved = f.resolve()
-            if resolved in by_path:
-                duplicates.append((str(f), f"given twice (the same file as {by_path[resolved]})"))
-                continue
-            by_path[resolved] = f
-            digest = _digest(f)
-            if digest is not None and digest in by_hash:
-                duplicates.append((str(f), f"the same content as {by_hash[digest]}"))
-                continue
-            if digest is not None:
-                by_hash[digest] = f
-            files.append(f)
+    files, repeated = once_each(candidates)
+    duplicates = [(str(f), what) for f, what in repeated]
     for f, what in duplicates:
         warnings.warn(f"{f}: {what}: read once, so that its messages are not doubled. Fix: give each "
                       "export once.", DialogueWarning, stacklevel=3)
     return Inputs(files, tuple(skipped), tuple(duplicates))
-
-
-def _digest(path: Path) -> bytes | None:
-    h = hashlib.blake2b(digest_size=16)
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(_HASH_CHUNK):
-                h.update(chunk)
-    except OSError:
-        return None  # unreadable: its reader says why
-    return h.digest()
 
 
 def _seed_conversations(files: list[FileRows]) -> list[list[str]]:

@@ -41,7 +41,7 @@ from operator import itemgetter
 from pathlib import Path
 
 from ._excel_write import OutputFile, SegmentWriter
-from ._workbook import WorkbookError, list_folder, other_format_note, read_sheets, subfolder_note
+from ._workbook import WorkbookError, list_folder, once_each, other_format_note, read_sheets, subfolder_note
 from ._xlsx import MAX_CELL_CHARS, MAX_ROWS, too_long
 
 #: Columns every chat export must have, in output order.
@@ -258,38 +258,12 @@ def _is_our_manifest(path: Path) -> bool:
 
 
 # ---- the run ---------------------------------------------------------------------------------------
-#: Bytes read at a time when hashing an input to find the same export given twice.
-_HASH_CHUNK = 1 << 20
-
-
 def _once_each(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     """``paths`` without a file given again (the same path, or the same bytes under another name),
     so that its rows are not written twice; and each one left out, with why."""
-    import hashlib
-
-    kept, dropped, by_path, by_hash = [], [], {}, {}
-    for p in paths:
-        resolved = Path(p).resolve()
-        if resolved in by_path:
-            dropped.append((p, f"given twice (the same file as {by_path[resolved]}): read once, so that its "
-                               "rows are not doubled. Fix: give each export once."))
-            continue
-        by_path[resolved] = p
-        h = hashlib.blake2b(digest_size=16)
-        try:
-            with open(p, "rb") as f:
-                while chunk := f.read(_HASH_CHUNK):
-                    h.update(chunk)
-        except OSError:
-            kept.append(p)  # unreadable or missing: its reader says why
-            continue
-        first = by_hash.setdefault(h.digest(), p)
-        if first != p:
-            dropped.append((p, f"the same content as {first}: read once, so that its rows are not doubled. "
-                               "Fix: give each export once."))
-            continue
-        kept.append(p)
-    return kept, dropped
+    kept, repeated = once_each(paths)
+    return kept, [(p, f"{what}: read once, so that its rows are not doubled. Fix: give each export once.")
+                  for p, what in repeated]
 
 
 def extract(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, segment: int = 25,
@@ -383,7 +357,7 @@ def extract(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, s
                 rows_written += sum(f.rows for f in files)
                 written += files
                 outputs.append(segment_out.path)
-                long_rows += [(p, s, r, files[-1].path) for p, s, r in long_rows_here]
+                long_rows += [(p, s, r, segment_out.side_path) for p, s, r in long_rows_here]
                 segment_out, long_rows_here = None, []
     except BaseException as exc:  # strict, an interrupt, a full disk: say what is left on disk
         if not isinstance(exc, ExtractError):
@@ -459,14 +433,13 @@ def collect_inputs(inputs: Iterable[str], out: str | os.PathLike | None = None
     (folders are read one level deep; ``out``, the run's output folder, is not named)."""
     files, left_out = [], []
     inputs = list(inputs)
-    given = {Path(item).resolve() for item in inputs}
+    leave_out = [*inputs, *([out] if out is not None else [])]  # given as inputs, or the output: not named
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = list_folder(p, Path(out) if out is not None else None)
+            found = list_folder(p, leave_out)
             files += [str(f) for f in found.workbooks]
-            left_out += [(str(sub), subfolder_note(sub, n)) for sub, n in found.subfolders
-                         if sub.resolve() not in given]
+            left_out += [(str(sub), subfolder_note(sub, n)) for sub, n in found.subfolders]
             left_out += [(str(f), other_format_note(f)) for f in found.others]
         elif p.exists():
             files.append(str(p))
