@@ -54,7 +54,6 @@ class FileRows:
     #: seed: [utterance lines] in groupby order; default: {key: (times, roles, texts)}, three
     #: lists (times as seconds, None without a time column; roles the two strings of _ROLES): lists of
     #: numbers and shared strings are half the memory and pickling time of a tuple per message
-    
     conversations: object = None
     #: why the file was not used ("" when it was)
     skipped: str = ""
@@ -156,7 +155,7 @@ def _read_default(path: Path, job: ReadJob, out: FileRows) -> FileRows:
             entry = entries.get(values[:2])
             if entry is None:
                 key = (str(values[0]).strip(), str(values[1]).strip())
-                entry = entries[values[:2]] = conversations.get(key) or conversations.setdefault(key, ([], [], []))
+                entry = entries[values[:2]] = conversations.setdefault(key, ([], [], []))
             entry[0].append(time)
             entry[1].append(role)
             entry[2].append(text)

@@ -38,6 +38,7 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -198,7 +199,10 @@ def clean_dialogues(paths: Iterable[str | Path] | str | Path, out_dir: str | Pat
     read: list[FileRows] = []
     skipped = list(inputs.skipped)
     for f in results:
-        (skipped.append((f.name, f.skipped)) if f.skipped else read.append(f))
+        if f.skipped:
+            skipped.append((f.name, f.skipped))
+        else:
+            read.append(f)
     for failure in getattr(results, "failures", ()):  # the reader itself failed (or its process died)
         exc = failure.exception
         skipped.append((Path(failure.item.path).name, f"reading it failed ({type(exc).__name__}: {exc}). "
@@ -209,11 +213,10 @@ def clean_dialogues(paths: Iterable[str | Path] | str | Path, out_dir: str | Pat
                                  "strict: nothing was written)")
     if not read:
         raise DialogueInputError("no input could be read: " + "; ".join(f"{f}: {why}" for f, why in skipped))
-    files = read
     if seed:
-        conversations, order = _seed_conversations(files), (None, 0, 0)
+        conversations, order = _seed_conversations(read), (None, 0, 0)
     else:
-        conversations, order = _joined_conversations(files)
+        conversations, order = _joined_conversations(read)
     n_val = val_count(val_size, len(conversations), clamp=not seed)
     train, val = split(len(conversations), n_val)
     splits = {"train": [conversations[i] for i in train], "val": [conversations[i] for i in val]}
@@ -228,23 +231,23 @@ def clean_dialogues(paths: Iterable[str | Path] | str | Path, out_dir: str | Pat
                      f"({', '.join(removed) or 'none yet'}), so that no truncated training file is left.")
         raise
     dropped: dict[str, int] = {}
-    for f in files:
+    for f in read:
         for why, n in f.dropped.items():
             dropped[why] = dropped.get(why, 0) + n
-    rows_read = sum(f.rows for f in files)
+    rows_read = sum(f.rows for f in read)
     return DialogueReport(
-        out, len(files), rows_read, rows_read - sum(dropped.values()), dropped,
+        out, len(read), rows_read, rows_read - sum(dropped.values()), dropped,
         len(conversations), sum(1 for c in conversations if not c), written,
         time.perf_counter() - started, writers,
         files_skipped=tuple(skipped), duplicates=inputs.duplicates,
-        sheets_read=tuple((f.name, s, n) for f in files for s, n in f.sheets),
-        sheets_skipped=tuple((f.name, s, why) for f in files for s, why in f.sheets_skipped),
+        sheets_read=tuple((f.name, s, n) for f in read for s, n in f.sheets),
+        sheets_skipped=tuple((f.name, s, why) for f in read for s, why in f.sheets_skipped),
         time_column=order[0], reordered=order[1], unsorted=order[2],
-        untimed=sum(f.untimed for f in files),
-        untimed_examples=tuple(dict.fromkeys(e for f in files for e in f.untimed_examples))[:UNTIMED_EXAMPLES],
-        uncached_formulas=sum(f.uncached_formulas for f in files),
+        untimed=sum(f.untimed for f in read),
+        untimed_examples=tuple(dict.fromkeys(e for f in read for e in f.untimed_examples))[:UNTIMED_EXAMPLES],
+        uncached_formulas=sum(f.uncached_formulas for f in read),
         read_with_openpyxl=tuple((f.name, f.fallback or "python-calamine is not installed")
-                                 for f in files if f.engine == "openpyxl" and not seed),
+                                 for f in read if f.engine == "openpyxl"),  # seed mode sets no engine
         compat=compat)
 
 
@@ -255,10 +258,8 @@ def _remove_outputs(out: Path) -> list[str]:
         try:
             (out / name).unlink()
             removed.append(name)
-        except FileNotFoundError:
-            pass
         except OSError:
-            pass  # a file that cannot be removed is left: the note names only those removed
+            pass  # missing, or it cannot be removed (left): the note names only those removed
     return removed
 
 
@@ -284,8 +285,6 @@ def check_output(out: Path) -> None:
         for folder in reversed([out, *out.parents][:len(out.parts) - len(existing.parts)]):
             folder.mkdir()
             created.append(folder)
-        import tempfile
-
         with tempfile.TemporaryFile(dir=out):
             pass
         for name in OUTPUTS:
@@ -413,7 +412,7 @@ def run(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():  # the report names each duplicate input
             warnings.simplefilter("ignore", DialogueWarning)
             report = clean_dialogues(args.inputs, args.out, compat=args.compat, val_size=args.val_size,
-                                         time_column=args.time_column, notices=notices, strict=args.strict,
+                                     time_column=args.time_column, notices=notices, strict=args.strict,
                                      workers=args.workers, progress=sys.stderr.isatty())
     except (DialogueInputError, DialogueOutputError, ValueError) as exc:
         print(f"mpkit dialogues: {exc}", file=sys.stderr)
