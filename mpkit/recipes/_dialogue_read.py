@@ -24,7 +24,7 @@ import operator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._dialogue_text import clean, notice_keys, notice_pattern, seed_conversation
+from ._dialogue_text import any_of, clean, notice_keys, notice_pattern, seed_conversation
 
 AGENT, CUSTOMER, ROLE, CONTENT = "坐席id", "客户微信id", "是否客服", "消息内容"
 KEY = [AGENT, CUSTOMER]
@@ -106,7 +106,7 @@ def _read_default(path: Path, job: ReadJob, out: FileRows) -> FileRows:
         raise DialogueInputError(
             f"no sheet has the columns {', '.join(needed)} ({why}). Fix: export the chat with "
             "these columns, rename them, or leave this file out.")
-    notices, keys = notice_pattern(job.notices), notice_keys(job.notices)
+    notices, keys = notice_pattern(job.notices), any_of(notice_keys(job.notices))
     conversations: dict[tuple[str, str], tuple[list, list, list]] = {}
     seen: set = set()  # the file's rows so far: a row repeated (within any sheet) is a duplicate
     cleaned: dict = {}  # message -> (text, reason): chat exports repeat their greetings and notices

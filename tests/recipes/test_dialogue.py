@@ -291,7 +291,7 @@ def test_emoji_stripping_is_replace_emoji_for_any_mix_of_emoji_pieces_and_text()
 
 _NOTICE_PIECES = [*DEFAULT_NOTICES, "收到", "红包", "［", "］", "[", "]", "，", "⾳", "⽚", "㉆", "⽂", "\u0301", "e",
                   "가", "\u1100", "\u1161", " ", "\u3000", "你好", "文件", "⼀", "图片", "!", "！", "\u200b", "\r\n",
-                  "_x000D_", "🙂", "[捂脸]"]
+                  "_x000D_", "🙂", "[捂脸]", "\U0002a6a5", "\U0002f8a6"]
 
 
 def test_messages_skipped_by_the_notice_key_check_hold_no_notice():
@@ -300,11 +300,12 @@ def test_messages_skipped_by_the_notice_key_check_hold_no_notice():
     the one of the full test."""
     from hypothesis import HealthCheck, given, settings, strategies as st
 
-    from mpkit.recipes._dialogue_text import notice_keys, notice_pattern
+    from mpkit.recipes._dialogue_text import any_of, notice_keys, notice_pattern
 
-    user = tuple(DEFAULT_NOTICES) + ("é", "ｏｋ", "가방")
-    pattern, keys = notice_pattern(user), notice_keys(user)
-    assert "⽚" in keys and "［" not in keys  # the key of [图片] is 片; [ is no key
+    user = tuple(DEFAULT_NOTICES) + ("é", "ｏｋ", "가방", "\U0002a6a5")  # and a character past U+FFFF
+    pattern, chars = notice_pattern(user), notice_keys(user)
+    assert "⽚" in chars and "［" not in chars  # the key of [图片] is 片; [ is no key
+    keys = any_of(chars)
     assert clean("［红包］", pattern, keys) == (None, "notice") == clean("[图⽚]", pattern, keys)
     assert clean("e\u0301", pattern, keys) == (None, "notice")  # é made by composition: found
 
