@@ -188,7 +188,7 @@ def notice_keys(notices: tuple[str, ...]) -> frozenset[str]:
         if 0xD800 <= block < 0xE000:  # surrogates: no characters
             continue
         text = "".join(map(chr, range(block, block + _SCAN_BLOCK)))
-        if unicodedata.normalize("NFKD", text) == text:
+        if unicodedata.is_normalized("NFKD", text):
             continue
         found.update(c for c in text if not keys.isdisjoint(unicodedata.normalize("NFKD", c)))
     return frozenset(found)
