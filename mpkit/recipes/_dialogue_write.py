@@ -1,11 +1,9 @@
 """Writing the dialogue files: two writer processes, the stages of a pipeline.
 
     main process                 "std writer" process              "mmi writer" process
-    one item per conversation ─► merge its messages into      ──► append to mmi/<split>.txt
-    (train, then val), in         utterances (seed: merged         (a batch at a time)
-    batches of up to CHUNK        already), append to
-                                  std/<split>.txt, reverse
-                                  them, pass them on
+    one item per conversation ─► append to std/<split>.txt ──► append to mmi/<split>.txt
+    (train, then val), in         reverse each conversation's      (a batch at a time)
+    batches of up to CHUNK        utterances, pass them on
                           bounded channels (MAXSIZE conversations): a full channel makes the sender wait
 
 As in the article, the MMI file is written by a second process that receives each reversed
@@ -21,8 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-
-from ._dialogue_text import merge
 
 #: Conversations per message between the writers: 200 short dialogues are ~100 KB of text.
 CHUNK = 200
@@ -51,19 +47,13 @@ class _Appender:
 
 
 class StdWriter(_Appender):
-    """A batch of (split, roles, text, first of its split, seed) -> (split, reversed text) each.
-
-    ``roles`` None: ``text`` is the conversation's utterances (seed: merged by the readers), one a
-    line; else ``roles`` holds one character (是 or 否) per message of ``text``, one a line, which
-    are merged into utterances here, off the main process."""
+    """A batch of (split, conversation's lines joined by ``\n``, first of its split, seed) ->
+    (split, reversed text) each."""
 
     def __call__(self, batch):
         out = []
-        for name, roles, text, first, seed in batch:
-            if roles is None:
-                lines = text.split("\n") if text else []
-            else:
-                lines = merge(roles, text.split("\n"))
+        for name, text, first, seed in batch:
+            lines = text.split("\n") if text else []
             self._append(name, _block(lines, first, seed))
             lines.reverse()
             out.append((name, _block(lines, first, seed)))
@@ -79,11 +69,9 @@ class MMIWriter(_Appender):
         return [len(text) for _, text in batch]
 
 
-def write_splits(splits: dict[str, list], out_dir: Path, start_method: str, *,
+def write_splits(splits: dict[str, list[list[str]]], out_dir: Path, start_method: str, *,
                  seed: bool, progress: bool | None = None):
-    """Write ``{"train": conversations, "val": ...}`` to ``std/`` and, reversed, to ``mmi/``; a
-    conversation is its utterances (seed), or its messages as (roles, texts) (the default mode:
-    never empty, each role 是 or 否, no text holding a line break).
+    """Write ``{"train": conversations, "val": ...}`` to ``std/`` and, reversed, to ``mmi/``.
 
     Seed: a blank line after every conversation (the article's layout, an empty conversation
     included). Default: a blank line between conversations, none at the end. Returns the
@@ -105,12 +93,9 @@ def write_splits(splits: dict[str, list], out_dir: Path, start_method: str, *,
             .stage(partial(MMIWriter, str(mmi_dir)), factory=True, name="mmi writer", maxsize=MAXSIZE))
     # each conversation one flat tuple of atoms (its lines joined: no line holds a "\n"), which the
     # C pickler alone packs: a list inside would take the notebook-aware pickler, 3x the cost
-    if seed:
-        messages = ((name, None, "\n".join(lines), i == 0, True)
-                    for name, conversations in splits.items() for i, lines in enumerate(conversations))
-    else:
-        messages = ((name, "".join(roles), "\n".join(texts), i == 0, False)
-                    for name, conversations in splits.items() for i, (roles, texts) in enumerate(conversations))
+    messages = ((name, "\n".join(lines), i == 0, seed)
+                for name, conversations in splits.items()
+                for i, lines in enumerate(conversations))
     pipe.run(messages, progress=progress, start_method=start_method)
     written = {}
     for name, conversations in splits.items():

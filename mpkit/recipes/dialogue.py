@@ -9,12 +9,11 @@
         a file that cannot be used comes back with its reason: skipped and named (strict: stop)
     main process
         join each (坐席id, 客户微信id) across files, sort by its time column (the one given, else
-        发送时间 or another of TIME_COLUMNS found in the sheet), split conversations into train / val
+        发送时间 or another of TIME_COLUMNS found in the sheet), merge consecutive messages of one
+        role into utterances (_dialogue_text.merge), split conversations into train / val
         (sklearn's train_test_split(random_state=1) rule)
-    write_splits (_dialogue_write): a pipeline of two writer processes
-        std writer: consecutive messages of one role merged into utterances (_dialogue_text.merge;
-        seed: merged by the readers already), std/train.txt, std/val.txt
-            ── reversed, bounded channel ──► mmi writer: mmi/*.txt
+    write_splits (_dialogue_write)
+        std/train.txt, std/val.txt  (main)   ── reversed, bounded Queue ──► mmi/*.txt (2nd process)
         stopped half way (Ctrl-C, a writer's error): the four files removed, none left truncated
 
 Output: one utterance a line (``坐席:...`` or ``客户:...``), a blank line between conversations.
@@ -48,7 +47,7 @@ from pathlib import Path
 
 from ..engine._errors import MpkitWarning
 from ._dialogue_read import TIME_COLUMNS, UNTIMED_EXAMPLES, DialogueInputError, FileRows, ReadJob, read_export
-from ._dialogue_text import DEFAULT_NOTICES, SEED_NOTICES, split, val_count
+from ._dialogue_text import DEFAULT_NOTICES, SEED_NOTICES, merge, split, val_count
 from ._workbook import list_folder, once_each, other_format_note, subfolder_note
 
 __all__ = ["DEFAULT_NOTICES", "SEED_NOTICES", "TIME_COLUMNS", "DialogueInputError", "DialogueOutputError",
@@ -221,6 +220,8 @@ def clean_dialogues(paths: Iterable[str | Path] | str | Path, out_dir: str | Pat
     n_val = val_count(val_size, len(conversations), clamp=not seed)
     train, val = split(len(conversations), n_val)
     splits = {"train": [conversations[i] for i in train], "val": [conversations[i] for i in val]}
+    if not seed:
+        splits = {name: [c for c in convs if c] for name, convs in splits.items()}
     try:
         written, writers = write_splits(splits, out, default_start_method(), seed=seed, progress=progress)
     except BaseException as exc:  # an interrupt (or a writer that failed) half way: no truncated file
@@ -236,7 +237,7 @@ def clean_dialogues(paths: Iterable[str | Path] | str | Path, out_dir: str | Pat
     rows_read = sum(f.rows for f in read)
     return DialogueReport(
         out, len(read), rows_read, rows_read - sum(dropped.values()), dropped,
-        len(conversations), sum(1 for c in conversations if not c) if seed else 0, written,
+        len(conversations), sum(1 for c in conversations if not c), written,
         time.perf_counter() - started, writers,
         files_skipped=tuple(skipped), duplicates=inputs.duplicates,
         sheets_read=tuple((f.name, s, n) for f in read for s, n in f.sheets),
@@ -335,11 +336,10 @@ def _seed_conversations(files: list[FileRows]) -> list[list[str]]:
     return [lines for f in files for lines in f.conversations]
 
 
-def _joined_conversations(files: list[FileRows]) -> tuple[list[tuple[list, list]], tuple[str | None, int, int]]:
+def _joined_conversations(files: list[FileRows]) -> tuple[list[list[str]], tuple[str | None, int, int]]:
     """Each key's messages from every file, in file order, sorted by time where every message has
-    one: (roles, texts) each, never empty (the std writer merges them into utterances). Also (time
-    column(s) used, conversations reordered, left unsorted). The files' messages are let go of as
-    they are joined."""
+    one; merged into utterances. Also (time column(s) used, conversations reordered, left unsorted).
+    The files' messages are let go of as they are merged."""
     messages: dict[tuple[str, str], tuple[list, list, list]] = {}
     for f in files:
         for key, piece in f.conversations.items():
@@ -360,7 +360,7 @@ def _joined_conversations(files: list[FileRows]) -> tuple[list[tuple[list, list]
             reordered += 1
             order = sorted(range(len(times)), key=times.__getitem__)  # stable: file order among equal times
             roles, texts = [roles[i] for i in order], [texts[i] for i in order]
-        out.append((roles, texts))
+        out.append(merge(roles, texts))
     names = list(dict.fromkeys(c for f in files for c in f.time_columns if c))
     return out, (", ".join(names) or None, reordered, unsorted)
 
