@@ -72,7 +72,7 @@ def emoji_chars() -> frozenset[str]:
     none of them has no emoji, so ``emoji.replace_emoji`` (a tokenizer in
     Python, ~40 us a message) can be skipped and the text is returned as it is. A set, for the
     exact test; messages are searched first with :func:`any_of` of it (its characters past U+FFFF
-    as one range: a class that lists them one by one searches ~40x slower)."""
+    as one range: a class that lists them one by one searches ~10x slower)."""
     import emoji
 
     return frozenset({c for e in emoji.EMOJI_DATA for c in e if ord(c) > 127} | {"\ufe0e", "\ufe0f"})
