@@ -60,8 +60,13 @@ def test_a_file_calamine_cannot_read_is_named_with_both_reasons(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(WorkbookError, match="empty file"):
         read_sheets(empty, NEEDED)
-    with pytest.raises(WorkbookError, match="no such file"):
+    with pytest.raises(WorkbookError, match="no such file") as info:
         read_sheets(tmp_path / "gone.xlsx", NEEDED)
+    import pickle  # from a worker process it comes whole: the file, and the reason apart
+
+    again = pickle.loads(pickle.dumps(info.value))
+    assert (again.path, again.reason, str(again)) == (str(tmp_path / "gone.xlsx"), info.value.reason, str(info.value))
+    assert again.reason.startswith("no such file")
 
 
 def test_a_wrong_dimension_tag_does_not_hide_rows_from_openpyxl(tmp_path):
