@@ -36,6 +36,7 @@ sys.path.insert(0, ROOT)
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
 
 from benchmarks import _tasks  # noqa: E402
+from benchmarks._results import save  # noqa: E402
 from benchmarks.bench_pool import calibrate_spin, usable_cores  # noqa: E402
 
 FULL = {"rounds": 3, "n_trivial": 200_000, "n_per_item": 2_000, "n_cpu": 20_000, "warm_calls": 10,
@@ -43,7 +44,7 @@ FULL = {"rounds": 3, "n_trivial": 200_000, "n_per_item": 2_000, "n_cpu": 20_000,
 QUICK = {"rounds": 1, "n_trivial": 50_000, "n_per_item": 500, "n_cpu": 4_000, "warm_calls": 5,
          "n_inference": 3_000}
 TASK_SECONDS = 200e-6
-RESULTS = os.path.join(HERE, "results", "dask.md")
+RESULTS = "dask.md"  # in benchmarks/results
 
 
 W = usable_cores()
@@ -199,9 +200,7 @@ def main() -> int:
               f"({'met' if mp_d >= 0.8 else 'NOT met'})"]
     text = "\n".join(lines) + "\n"
     print(text)
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS, "w") as f:
-        f.write(text)
+    save(RESULTS, text)
     return 0
 
 

@@ -104,7 +104,7 @@ def main(argv: list[str]) -> int:
                   + f"; seed identical: {same}", flush=True)
         med = {k: (statistics.median(t for t, _ in v), max(m for _, m in v)) for k, v in runs.items()}
         t_port = med["article"][0]
-        ratios = {k: [a[0] / o[0] for a, o in zip(runs["article"], v)] for k, v in runs.items()}
+        ratios = {k: [a[0] / o[0] for a, o in zip(runs["article"], runs[k])] for k in ("seed", "default")}
         rows = [("article (port)", *med["article"], f"{n_train + n_val:,}", "reference"),
                 ("mpkit --compat seed", *med["seed"], f"{r_seed.conversations:,}",
                  "identical to the article" if same else "DIFFERS from the article"),
@@ -130,8 +130,9 @@ def main(argv: list[str]) -> int:
     report = "\n".join(lines) + "\n"
     print("\n" + report)
     if not quick:
-        (HERE / "results").mkdir(exist_ok=True)
-        (HERE / "results" / "dialogue.md").write_text(report, encoding="utf-8")
+        from benchmarks._results import save
+
+        save("dialogue.md", report)
     return 0 if same else 1
 
 

@@ -42,6 +42,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+from benchmarks._results import save  # noqa: E402
+
 ENGINES = ("calamine", "openpyxl")
 
 
@@ -144,9 +146,7 @@ def _big(args) -> int:
                      f"{max(x['total'] for x in rs) / 2**20:,.0f} MiB |")
     table = "\n".join(lines)
     print(table)
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "excel_big.md"), "w", encoding="utf-8") as f:
-        f.write("# Excel recipe: one large export, xlsx vs csv output\n\n" + table + "\n")
+    save("excel_big.md", "# Excel recipe: one large export, xlsx vs csv output\n\n" + table + "\n")
     return 0
 
 
@@ -205,9 +205,7 @@ def main() -> int:
               "(RSS summed, shared pages counted once per process).")]
     table = "\n".join(lines)
     print(table)
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "excel.md"), "w", encoding="utf-8") as f:
-        f.write("# Excel reading: calamine vs openpyxl\n\n" + table + "\n")
+    save("excel.md", "# Excel reading: calamine vs openpyxl\n\n" + table + "\n")
     return 0
 
 

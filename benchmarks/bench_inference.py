@@ -39,10 +39,11 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
 
+from benchmarks._results import save  # noqa: E402
 from benchmarks._rss import RssSampler  # noqa: E402
 from mpkit.recipes.inference import BatchPredictor, MiniLM, NumpyEmbedder, minilm_available  # noqa: E402
 
-RESULTS = os.path.join(HERE, "results", "inference.md")
+RESULTS = "inference.md"  # in benchmarks/results
 MAX_BATCH, MAX_WAIT, TARGET = 128, 0.05, 5.0
 LIGHT_REQUESTS, LIGHT_GAP = 20, 0.15
 #: (items per item-run, items per batched run), full and quick, per model.
@@ -162,9 +163,7 @@ def main() -> int:
         results[model] = bench(model, repeats, args.quick)
     text = report(results, sys.argv[1:], repeats, note)
     print(text)
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS, "w") as f:
-        f.write(text)
+    save(RESULTS, text)
     return 0
 
 

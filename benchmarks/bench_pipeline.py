@@ -61,6 +61,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYT
 # Only the standard library and the light task module at the top: forkserver and spawn children
 # import this script again (as __mp_main__; mpkit preloads it in the forkserver).
 from benchmarks import _pipeline_tasks as tasks
+from benchmarks._results import save
 
 FULL = {"repeats": 3, "n_a": 200_000, "n_b": 20_000, "n_mem": 10_000}
 QUICK = {"repeats": 1, "n_a": 20_000, "n_b": 2_000, "n_mem": 2_000}
@@ -70,7 +71,7 @@ MEM_PAYLOAD, MEM_STAGE_SECONDS = 16 * 1024, 1e-3
 MEM_SLACK = 8 * 2 ** 20  # allocator and pickling buffers, beyond one full channel of payload
 N_FIXED = 10  # (c): a run of a few items costs what starting and stopping the processes costs
 TARGETS = {"a": 3.0, "b": 1.3, "observer": 0.03}
-RESULTS = os.path.join(HERE, "results", "pipeline.md")
+RESULTS = "pipeline.md"  # in benchmarks/results
 MIB = 2 ** 20
 
 
@@ -517,11 +518,9 @@ def main() -> int:
             + ["", "## mpkit targets", ""] + target_lines
             + ["", "## Notes", ""] + notes(cfg, results, work_cpu, mem, ref_details))
     print("\n".join(body))
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS, "w") as f:
-        f.write("# Pipeline benchmark\n\n`python benchmarks/bench_pipeline.py" + (" --quick" if cfg is QUICK else "")
-                + "`\n\n" + "\n".join(head + body) + "\n")
-    print(f"\nwritten to {os.path.relpath(RESULTS, ROOT)}")
+    path = save(RESULTS, "# Pipeline benchmark\n\n`python benchmarks/bench_pipeline.py"
+                + (" --quick" if cfg is QUICK else "") + "`\n\n" + "\n".join(head + body) + "\n")
+    print(f"\nwritten to {os.path.relpath(path, ROOT)}")
 
     left = wait_workers_gone(zombies=False)
     for proc in left:

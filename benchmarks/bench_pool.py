@@ -59,13 +59,14 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYT
 # (as __mp_main__), and a heavy top level would slow every worker start of every tool. In a
 # notebook there is no such script; the tools are imported where they are used.
 from benchmarks import _tasks
+from benchmarks._results import save
 
 FULL = {"rounds": 5, "n_trivial": 200_000, "n_cpu": 20_000, "warm_calls": 20}
 QUICK = {"rounds": 2, "n_trivial": 50_000, "n_cpu": 4_000, "warm_calls": 10}
 TASK_SECONDS = 200e-6
 WARM_ITEMS = 10
 BASELINE = "Pool.map"
-RESULTS = os.path.join(HERE, "results", "pool.md")
+RESULTS = "pool.md"  # in benchmarks/results
 
 
 def usable_cores() -> int:
@@ -351,11 +352,9 @@ def main() -> int:
     body = (["", "## Results", ""] + table(results, serial_b) + ["", "## mpkit targets", ""]
             + targets(results, serial_b) + ["", "## Notes", ""] + notes(cfg, serial_b))
     print("\n".join(body))
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS, "w") as f:
-        f.write("# Pool benchmark\n\n`python benchmarks/bench_pool.py" + (" --quick" if cfg is QUICK else "")
+    path = save(RESULTS, "# Pool benchmark\n\n`python benchmarks/bench_pool.py" + (" --quick" if cfg is QUICK else "")
                 + "`\n\n" + "\n".join(head + body) + "\n")
-    print(f"\nwritten to {os.path.relpath(RESULTS, ROOT)}")
+    print(f"\nwritten to {os.path.relpath(path, ROOT)}")
 
     left = leftover_children()
     for proc in left:

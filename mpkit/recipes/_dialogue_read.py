@@ -24,7 +24,7 @@ import operator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._dialogue_text import clean, notice_pattern, seed_conversation
+from ._dialogue_text import any_of, clean, notice_keys, notice_pattern, seed_conversation
 
 AGENT, CUSTOMER, ROLE, CONTENT = "坐席id", "客户微信id", "是否客服", "消息内容"
 KEY = [AGENT, CUSTOMER]
@@ -54,7 +54,6 @@ class FileRows:
     #: seed: [utterance lines] in groupby order; default: {key: (times, roles, texts)}, three
     #: lists (times as seconds, None without a time column; roles the two strings of _ROLES): lists of
     #: numbers and shared strings are half the memory and pickling time of a tuple per message
-    
     conversations: object = None
     #: why the file was not used ("" when it was)
     skipped: str = ""
@@ -99,7 +98,7 @@ def _read_default(path: Path, job: ReadJob, out: FileRows) -> FileRows:
     try:
         book = read_sheets(path, needed)
     except WorkbookError as exc:
-        raise DialogueInputError(str(exc).removeprefix(f"{path}: ")) from None
+        raise DialogueInputError(exc.reason) from None
     out.engine, out.fallback, out.uncached_formulas = book.engine, book.fallback, book.uncached_formulas
     out.sheets_skipped = list(book.skipped)
     if not book.sheets:
@@ -107,7 +106,7 @@ def _read_default(path: Path, job: ReadJob, out: FileRows) -> FileRows:
         raise DialogueInputError(
             f"no sheet has the columns {', '.join(needed)} ({why}). Fix: export the chat with "
             "these columns, rename them, or leave this file out.")
-    notices = notice_pattern(job.notices)
+    notices, keys = notice_pattern(job.notices), any_of(notice_keys(job.notices))
     conversations: dict[tuple[str, str], tuple[list, list, list]] = {}
     seen: set = set()  # the file's rows so far: a row repeated (within any sheet) is a duplicate
     cleaned: dict = {}  # message -> (text, reason): chat exports repeat their greetings and notices
@@ -136,9 +135,9 @@ def _read_default(path: Path, job: ReadJob, out: FileRows) -> FileRows:
             if content.__class__ is str:
                 result = cleaned.get(content)
                 if result is None:
-                    result = cleaned[content] = clean(content, notices)
+                    result = cleaned[content] = clean(content, notices, keys)
             else:
-                result = clean(content, notices)
+                result = clean(content, notices, keys)
             text, reason = result
             if text is None:
                 _drop(out, reason, 1)
@@ -156,7 +155,7 @@ def _read_default(path: Path, job: ReadJob, out: FileRows) -> FileRows:
             entry = entries.get(values[:2])
             if entry is None:
                 key = (str(values[0]).strip(), str(values[1]).strip())
-                entry = entries[values[:2]] = conversations.get(key) or conversations.setdefault(key, ([], [], []))
+                entry = entries[values[:2]] = conversations.setdefault(key, ([], [], []))
             entry[0].append(time)
             entry[1].append(role)
             entry[2].append(text)

@@ -5,6 +5,7 @@ Pure functions, imported by the reading workers and by the main process alike (n
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import random
 import re
@@ -69,22 +70,57 @@ def emoji_chars() -> frozenset[str]:
     """The non-ASCII characters that occur in any emoji (keycaps start with ASCII ``#*0-9`` but go on
     with U+20E3), and the two variation selectors, which ``replace_emoji`` drops even alone: text with
     none of them has no emoji, so ``emoji.replace_emoji`` (a tokenizer in
-    Python, ~40 us a message) can be skipped and the text is returned as it is. A set: a regular
-    expression of these 1,449 characters takes 40x longer to search a message."""
+    Python, ~40 us a message) can be skipped and the text is returned as it is. A set, for the
+    exact test; messages are searched first with :func:`any_of` of it (its characters past U+FFFF
+    as one range: a class that lists them one by one searches ~10x slower)."""
     import emoji
 
     return frozenset({c for e in emoji.EMOJI_DATA for c in e if ord(c) > 127} | {"\ufe0e", "\ufe0f"})
 
 
+@functools.cache
+def _run_chars() -> frozenset[str]:
+    """Every character of any emoji (the keycaps' ASCII ``#*0-9`` included) and the variation selectors."""
+    import emoji
+
+    return frozenset({c for e in emoji.EMOJI_DATA for c in e}) | emoji_chars()
+
+
+def any_of(chars: Iterable[str]) -> re.Pattern:
+    """An expression finding one of ``chars`` in a text, or any character past U+FFFF if one of them
+    is: a class of characters past U+FFFF is searched ~10x slower than one of the first 65,536, and
+    ``frozenset.isdisjoint`` ~4x slower. A quick test for "none of these": a match only says maybe."""
+    bmp = sorted({c for c in chars if ord(c) < 0x10000})
+    astral = any(ord(c) >= 0x10000 for c in chars)
+    parts = "".join(re.escape(c) for c in bmp) + ("\U00010000-\U0010ffff" if astral else "")
+    return re.compile(f"[{parts}]" if parts else "(?!)")
+
+
+@functools.cache
+def _emoji_search():
+    """The quick search for a character of :func:`emoji_chars` (or any past U+FFFF)."""
+    return any_of(emoji_chars()).search
+
+
 def strip_emoji(text: str) -> str:
-    """``emoji.replace_emoji(text, "")``, the same result, quickly when the text has no emoji."""
-    if emoji_chars().isdisjoint(text):
+    """``emoji.replace_emoji(text, "")``, the same result, quickly when the text has no emoji.
+
+    Without a zero-width joiner, ``replace_emoji``'s tokenizer never looks past a character that
+    is in no emoji, so each run of emoji characters (``"👍"``, ``"❤️"``, ``"150"``: keycaps start
+    with a digit) is replaced on its own, and the few different runs are remembered: ~8 us a
+    message with emoji instead of ~45. At a zero-width joiner the tokenizer steps back over tokens
+    it has read, which may lie before the run: such a text goes to ``replace_emoji`` whole."""
+    if _emoji_search()(text) is None or emoji_chars().isdisjoint(text):
         return text
-    return _replace_emoji(text)
+    if "\u200d" in text:
+        return _replace_emoji(text)
+    return "".join(_replace_emoji("".join(run)) if is_emoji else "".join(run)
+                   for is_emoji, run in itertools.groupby(text, _run_chars().__contains__))
 
 
-#: Messages with emoji whose cleaned text a reading process remembers: chat exports repeat their
-#: "好的👍" and "谢谢🙏" across files. 4,096 short texts are ~1 MB; a miss costs ~40 us.
+#: Runs of emoji characters (and texts with a zero-width joiner) whose replacement a reading
+#: process remembers: chat exports use the same few emoji again and again. 4,096 short texts are
+#: ~1 MB; a miss costs ~40 us.
 EMOJI_CACHE = 4096
 
 
@@ -101,13 +137,18 @@ def _replace_emoji(text: str) -> str:
 WHOLE_MESSAGE_NOTICES = ("微信红包", "收到红包", "向你转账", "已收钱")
 
 
-def notice_pattern(notices: Iterable[str]) -> re.Pattern:
-    """One expression finding any of ``notices`` (normalised) in a normalised message (those of
-    :data:`WHOLE_MESSAGE_NOTICES` as the whole message): ~7x faster than testing each in turn."""
-    flat = [f for f in dict.fromkeys(normalise(n) for n in notices) if f]
-    inside = [re.escape(f) for f in flat if not whole_only(f)]
-    whole = [re.escape(f) for f in flat if whole_only(f)]
-    parts = inside + ([rf"^\W*(?:{'|'.join(whole)})\W*$"] if whole else [])
+def notice_pattern(notices: Iterable[str], whole: Iterable[str] = WHOLE_MESSAGE_NOTICES, *,
+                   normalised: bool = False) -> re.Pattern:
+    """One expression finding any of ``notices`` in a normalised message, those also in ``whole``
+    only as the whole message (non-word characters around it aside): ~7x faster than testing each
+    in turn. ``notices`` and ``whole`` are :func:`normalise`-d first, unless ``normalised`` (texts
+    normalised by the caller's own rule, as the Excel recipe's)."""
+    prepare = (lambda n: n) if normalised else normalise
+    flat = [f for f in dict.fromkeys(prepare(n) for n in notices) if f]
+    whole_set = {prepare(n) for n in whole}
+    inside = [re.escape(f) for f in flat if f not in whole_set]
+    entire = [re.escape(f) for f in flat if f in whole_set]
+    parts = inside + ([rf"^\W*(?:{'|'.join(entire)})\W*$"] if entire else [])
     return re.compile("|".join(parts) or "(?!)")
 
 
@@ -121,20 +162,57 @@ def whole_only(notice: str) -> bool:
     return notice in _whole_set()
 
 
-def clean(value, notices: Sequence[str] | re.Pattern) -> tuple[str | None, str]:
+#: Every decomposition in Unicode is of a character below this one (the last ones: the CJK
+#: compatibility ideographs supplement, U+2F800-2FA1F), so :func:`notice_keys` looks no further.
+_DECOMPOSED_BELOW = 0x30000
+#: Characters normalised at once while looking for those that change: a block that comes out the
+#: same has none, and most blocks do.
+_SCAN_BLOCK = 128
+
+
+@functools.lru_cache(maxsize=8)
+def notice_keys(notices: tuple[str, ...]) -> frozenset[str]:
+    """Characters a message must have (as it is, before :func:`normalise`) to hold one of ``notices``.
+    Testing them first spares normalising the ~90% of messages that hold no notice: the NFKC step
+    costs more than the rest of :func:`clean`.
+
+    Each notice gets a key: a character of its decomposed form (NFKD), which no decomposition
+    leaves. A normalised message that holds the notice holds the key once decomposed, so the
+    message has the key, or a character whose NFKD holds it (full-width ``［``, a Kangxi radical
+    ``⽚``, an enclosed ``㉆``...), found by scanning Unicode's decomposable characters once per
+    process (~0.04 s)."""
+    keys = set()
+    for flat in dict.fromkeys(normalise(n) for n in notices):
+        if flat:  # any character would do; the highest code point is seldom punctuation
+            keys.add(max(unicodedata.normalize("NFKD", flat)))
+    found = set(keys)
+    for block in range(0, _DECOMPOSED_BELOW, _SCAN_BLOCK):
+        if 0xD800 <= block < 0xE000:  # surrogates: no characters
+            continue
+        text = "".join(map(chr, range(block, block + _SCAN_BLOCK)))
+        if unicodedata.is_normalized("NFKD", text):
+            continue
+        found.update(c for c in text if not keys.isdisjoint(unicodedata.normalize("NFKD", c)))
+    return frozenset(found)
+
+
+def clean(value, notices: Sequence[str] | re.Pattern, keys: re.Pattern | None = None) -> tuple[str | None, str]:
     """The cleaned text of one message and why it is dropped: ``(text, "")`` or ``(None, reason)``.
 
     Line breaks (``\\n``, ``\\r``, openpyxl's ``_x000D_``) and invisible characters (``\\u200b``...)
     are removed, then notices (``notices``: a :func:`notice_pattern`, or texts
-    already :func:`normalise`-d), emoji and WeChat codes (``[捂脸]``); what is left blank is
-    ``"empty"``.
+    already :func:`normalise`-d; ``keys``: ``any_of(notice_keys(...))`` of them, to skip messages
+    without), emoji and WeChat codes (``[捂脸]``); what is left blank is ``"empty"``.
     """
-    text = _REMOVED.sub("", as_text(value))
-    flat = normalise(text)
-    if notices.search(flat) if isinstance(notices, re.Pattern) else any(
-            notice in flat and (not whole_only(notice) or re.fullmatch(rf"\W*{re.escape(notice)}\W*", flat))
-            for notice in notices):
-        return None, "notice"
+    text = as_text(value)
+    if not text.isprintable() or "_x000D_" in text:  # every character _REMOVED takes is unprintable
+        text = _REMOVED.sub("", text)
+    if keys is None or keys.search(text) is not None:
+        flat = normalise(text)
+        if notices.search(flat) if isinstance(notices, re.Pattern) else any(
+                notice in flat and (not whole_only(notice) or re.fullmatch(rf"\W*{re.escape(notice)}\W*", flat))
+                for notice in notices):
+            return None, "notice"
     text = _WECHAT_CODE.sub("", strip_emoji(text)).strip() if "[" in text else strip_emoji(text).strip()
     return (text, "") if text else (None, "empty")
 

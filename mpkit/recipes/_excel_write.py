@@ -36,6 +36,8 @@ class SegmentWriter:
 
     def __init__(self, path: Path, fmt: str, columns: tuple[str, ...], max_rows: int, progress: bool):
         self.path, self.fmt, self.columns, self.progress = path, fmt, columns, progress
+        #: where rows with a cell too long for .xlsx go (written at close if there are any)
+        self.side_path = path.with_name(path.stem + ".long_cells.csv")
         self.cleaned = 0  # .xlsx text cells that lost characters it cannot hold
         self._xlsx = XlsxWriter(path, columns, max_rows=max_rows) if fmt == "xlsx" else None
         self._csv = _CsvFile(path, columns) if fmt == "csv" else None
@@ -68,7 +70,7 @@ class SegmentWriter:
         else:
             files.append(OutputFile(self.path, self._write_parquet()))
         if self._long:
-            side = _CsvFile(self.path.with_name(self.path.stem + ".long_cells.csv"), self.columns)
+            side = _CsvFile(self.side_path, self.columns)
             side.write(self._long)
             side.close()
             files.append(OutputFile(side.path, len(self._long)))

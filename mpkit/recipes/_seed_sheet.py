@@ -29,8 +29,6 @@ _CELL = re.compile(rb'<c r="([A-Z]+)([0-9]+)"([^>]*)>(.*?)</c>', re.S)
 _SHARED = re.compile(rb"<si>(.*?)</si>", re.S)
 _TEXT = re.compile(rb"<t(?:\s[^>]*)?>([^<]*)</t>")
 _BLANK = re.compile(rb"<t(?:\s[^>]*)?>\s+</t>")
-_ENTITY = re.compile(r"&(#x[0-9A-Fa-f]+|#[0-9]+|amp|lt|gt|quot|apos);")
-_ENTITIES = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
 # What cannot be put back: an escape calamine decodes to a printable character (openpyxl keeps the
 # literal "_x0041_"), or in lower case (put back, it would be "_x000D_"); and a control character
 # stored as a character reference (&#13;: openpyxl reads it as the character, not as "_x000D_").
@@ -102,13 +100,13 @@ def _escape(m: re.Match) -> str:
 
 def _blank_texts(path: Path) -> dict[tuple[int, int], str]:
     """{(row, column) from 0: text} of the first sheet's cells whose text is whitespace only."""
-    from ._workbook import _sheet_parts
+    from ._workbook import _sheet_parts, xml_text
 
     with zipfile.ZipFile(path) as z:
         names = z.namelist()
         book = z.read("xl/workbook.xml").decode("utf-8", "replace")
         first = re.search(r'<sheet\b[^>]*\bname="([^"]*)"', book)
-        parts = _sheet_parts(z, {_xml_text(first[1])}) if first else []
+        parts = _sheet_parts(z, {xml_text(first[1])}) if first else []
         if not parts:
             raise _Unplaceable
         sheet = z.read(parts[0])
@@ -121,7 +119,7 @@ def _blank_texts(path: Path) -> dict[tuple[int, int], str]:
                 for index, si in enumerate(_SHARED.finditer(strings)):
                     text = b"".join(_TEXT.findall(si[1]))
                     if text and not text.strip():
-                        shared[index] = _xml_text(text.decode("utf-8"))
+                        shared[index] = xml_text(text.decode("utf-8"))
     out = {}
     for blank in _BLANK.finditer(sheet):  # an inline string (or a form not known: openpyxl reads it)
         m = _CELL.match(sheet, sheet.rfind(b"<c ", 0, blank.start()))
@@ -129,7 +127,7 @@ def _blank_texts(path: Path) -> dict[tuple[int, int], str]:
             raise _Unplaceable
         text = b"".join(_TEXT.findall(m[4]))
         if not text.strip():
-            out[(int(m[2]) - 1, _column(m[1]))] = _xml_text(text.decode("utf-8"))
+            out[(int(m[2]) - 1, _column(m[1]))] = xml_text(text.decode("utf-8"))
     if shared:
         indices = b"|".join(str(i).encode() for i in shared)
         for m in re.finditer(rb'<c r="([A-Z]+)([0-9]+)"[^>]*?\bt="s"[^>]*><v>(' + indices + rb")</v>", sheet):
@@ -156,9 +154,3 @@ def _column(letters: bytes) -> int:
     for b in letters:
         n = n * 26 + b - 64
     return n - 1
-
-
-def _xml_text(s: str) -> str:
-    """XML text as the parser gives it: entities replaced, line ends made ``\\n``."""
-    s = s.replace("\r\n", "\n").replace("\r", "\n")
-    return _ENTITY.sub(lambda m: _ENTITIES.get(m[1]) or chr(int(m[1][2:], 16) if m[1][1] == "x" else int(m[1][1:])), s)

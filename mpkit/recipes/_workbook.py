@@ -21,7 +21,8 @@ sheet XML itself, so a report can say how many values are missing.
 
 ``list_folder`` lists a folder given as input: its .xlsx files (any letter case, lock files
 apart), one level deep; the subfolders holding .xlsx files and the spreadsheets in other formats
-(.xls, .csv ...), which callers name as not read.
+(.xls, .csv ...), which callers name as not read. ``once_each`` leaves out an input given again
+(the same path, or the same bytes under another name), so that no export is read twice.
 
 Rows are plain lists rather than DataFrames: calamine hands lists over at no cost, and the recipes
 filter row by row anyway (a DataFrame costs ~2 s per million rows to build and is made only where
@@ -29,14 +30,16 @@ an output needs one).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import zipfile
 from datetime import date, datetime
 from sys import intern
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 ENGINES = ("auto", "calamine", "openpyxl")
 #: Bytes of sheet XML scanned at a time for formulas: big enough that the scan runs at zlib's
@@ -49,10 +52,20 @@ _SHARED_TEXT = 16
 _FORMULA = re.compile(rb"<f[ />]")
 _CELL_END = re.compile(rb"</c>|<c[ >]|</row>")
 _CACHED = re.compile(rb"<v>[^<]")
+_ENTITY = re.compile(r"&(#x[0-9A-Fa-f]+|#[0-9]+|amp|lt|gt|quot|apos);")
+_ENTITIES = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
 
 
 class WorkbookError(ValueError):
-    """A file that cannot be read as a workbook: the message names it, says why and what to do."""
+    """A file that cannot be read as a workbook: ``path``, and ``reason`` (why, and what to do);
+    the message is both."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
+
+    def __reduce__(self):  # from a worker process whole: its args are the message alone
+        return WorkbookError, (self.path, self.reason)
 
 
 @dataclass(frozen=True)
@@ -106,10 +119,10 @@ def read_sheets(path: str | os.PathLike, needed: Sequence[str], engine: str = "a
         raise ValueError(f"engine={engine!r} is not supported. Fix: use one of {', '.join(ENGINES)}.")
     p = Path(path)
     if not p.is_file():
-        raise WorkbookError(f"{p}: no such file. Fix: check the path.")
+        raise WorkbookError(p, "no such file. Fix: check the path.")
     if p.stat().st_size == 0:
-        raise WorkbookError(f"{p}: empty file (0 bytes), not an Excel workbook. "
-                            "Fix: export it again, or leave it out.")
+        raise WorkbookError(p, "empty file (0 bytes), not an Excel workbook. "
+                               "Fix: export it again, or leave it out.")
     needed = [str(n).strip() for n in needed]
     fallback = ""
     if engine != "openpyxl":
@@ -129,8 +142,8 @@ def read_sheets(path: str | os.PathLike, needed: Sequence[str], engine: str = "a
         sheets = _openpyxl_sheets(p)
     except Exception as exc:  # noqa: BLE001
         errors = "; ".join(e for e in (fallback, f"openpyxl: {type(exc).__name__}: {str(exc)[:200]}") if e)
-        raise WorkbookError(f"{p}: not a readable .xlsx workbook ({errors}). "
-                            "Fix: open it in Excel and save it as .xlsx again, or leave it out.") from None
+        raise WorkbookError(p, f"not a readable .xlsx workbook ({errors}). "
+                               "Fix: open it in Excel and save it as .xlsx again, or leave it out.") from None
     return _workbook(p, "openpyxl", sheets, needed, fallback)
 
 
@@ -216,14 +229,16 @@ def _sheet_parts(z: zipfile.ZipFile, names: set[str]) -> list[str]:
     parts = []
     for sheet in re.finditer(r"<sheet\b[^>]*>", book):
         name, ident = re.search(r'\bname="([^"]*)"', sheet[0]), re.search(r'\br:id="([^"]*)"', sheet[0])
-        if name and ident and _xml_text(name[1]) in names and ident[1] in targets:
+        if name and ident and xml_text(name[1]) in names and ident[1] in targets:
             parts.append(targets[ident[1]])
     return parts
 
 
-def _xml_text(s: str) -> str:
-    return (s.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&apos;", "'")
-            .replace("&amp;", "&"))
+def xml_text(s: str) -> str:
+    """XML text as the parser gives it: entities and character references (``&#32842;``) replaced,
+    line ends made ``\\n``."""
+    s = s.replace("\r\n", "\n").replace("\r", "\n")
+    return _ENTITY.sub(lambda m: _ENTITIES.get(m[1]) or chr(int(m[1][2:], 16) if m[1][1] == "x" else int(m[1][1:])), s)
 
 
 def _count_in_part(z: zipfile.ZipFile, part: str) -> int:
@@ -268,15 +283,15 @@ class Folder:
     others: list[Path]  # spreadsheets in another format (.xls, .csv ...): not read, to be named
 
 
-def list_folder(folder: Path, leave_out: Path | None = None) -> Folder:
+def list_folder(folder: Path, leave_out: Iterable[str | os.PathLike] = ()) -> Folder:
     """The workbooks of ``folder``, one level deep; and each subfolder that holds .xlsx files, which is
-    not read (an output folder, a backup copy, another month: the user says which), except
-    ``leave_out`` (the run's own output folder)."""
+    not read (an output folder, a backup copy, another month: the user says which), except those in
+    ``leave_out`` (the run's other inputs, its own output folder)."""
     books, locks, subs, others = [], [], [], []
-    skip = leave_out.resolve() if leave_out is not None else None
+    skip = {Path(p).resolve() for p in leave_out}
     for f in sorted(folder.iterdir()):
         if f.is_dir():
-            if skip is not None and f.resolve() == skip:
+            if f.resolve() in skip:
                 continue
             n = sum(1 for g in f.rglob("*") if g.suffix.lower() == ".xlsx" and not g.name.startswith("~$")
                     and g.is_file())
@@ -287,6 +302,41 @@ def list_folder(folder: Path, leave_out: Path | None = None) -> Folder:
         elif f.suffix.lower() in OTHER_SPREADSHEETS and not f.name.startswith("~$") and f.is_file():
             others.append(f)
     return Folder(books, locks, subs, others)
+
+
+#: Bytes read at a time when hashing an input to find the same file given twice.
+_HASH_CHUNK = 1 << 20
+_P = TypeVar("_P", str, Path)
+
+
+def once_each(paths: Iterable[_P]) -> tuple[list[_P], list[tuple[_P, str]]]:
+    """``paths`` without a file given again: the same path, or the same bytes under another name
+    (blake2b of the content); and each one left out, with what it repeats ("given twice (the same
+    file as a.xlsx)", "the same content as a.xlsx"). A file that cannot be opened is kept: its
+    reader says why."""
+    kept, repeated = [], []
+    by_path: dict[Path, _P] = {}
+    by_hash: dict[bytes, _P] = {}
+    for p in paths:
+        resolved = Path(p).resolve()
+        if resolved in by_path:
+            repeated.append((p, f"given twice (the same file as {by_path[resolved]})"))
+            continue
+        by_path[resolved] = p
+        h = hashlib.blake2b(digest_size=16)
+        try:
+            with open(p, "rb") as f:
+                while chunk := f.read(_HASH_CHUNK):
+                    h.update(chunk)
+        except OSError:
+            kept.append(p)
+            continue
+        first = by_hash.setdefault(h.digest(), p)
+        if first != p:
+            repeated.append((p, f"the same content as {first}"))
+            continue
+        kept.append(p)
+    return kept, repeated
 
 
 def other_format_note(path: Path) -> str:

@@ -35,10 +35,10 @@ from __future__ import annotations
 from typing import Any
 
 import argparse
-import hashlib
 import math
 import os
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -48,7 +48,7 @@ from pathlib import Path
 from ..engine._errors import MpkitWarning
 from ._dialogue_read import TIME_COLUMNS, UNTIMED_EXAMPLES, DialogueInputError, FileRows, ReadJob, read_export
 from ._dialogue_text import DEFAULT_NOTICES, SEED_NOTICES, merge, split, val_count
-from ._workbook import list_folder, other_format_note, subfolder_note
+from ._workbook import list_folder, once_each, other_format_note, subfolder_note
 
 __all__ = ["DEFAULT_NOTICES", "SEED_NOTICES", "TIME_COLUMNS", "DialogueInputError", "DialogueOutputError",
            "DialogueReport", "DialogueWarning", "add_arguments", "clean_dialogues", "run"]
@@ -57,8 +57,6 @@ __all__ = ["DEFAULT_NOTICES", "SEED_NOTICES", "TIME_COLUMNS", "DialogueInputErro
 DEFAULT_VAL_SIZE = 0.1
 #: The files a run writes, under ``out_dir``.
 OUTPUTS = ("std/train.txt", "std/val.txt", "mmi/train.txt", "mmi/val.txt")
-#: Bytes read at a time when hashing an input to find the same file given twice.
-_HASH_CHUNK = 1 << 20
 
 
 class DialogueOutputError(ValueError):
@@ -201,7 +199,10 @@ def clean_dialogues(paths: Iterable[str | Path] | str | Path, out_dir: str | Pat
     read: list[FileRows] = []
     skipped = list(inputs.skipped)
     for f in results:
-        (skipped.append((f.name, f.skipped)) if f.skipped else read.append(f))
+        if f.skipped:
+            skipped.append((f.name, f.skipped))
+        else:
+            read.append(f)
     for failure in getattr(results, "failures", ()):  # the reader itself failed (or its process died)
         exc = failure.exception
         skipped.append((Path(failure.item.path).name, f"reading it failed ({type(exc).__name__}: {exc}). "
@@ -212,11 +213,10 @@ def clean_dialogues(paths: Iterable[str | Path] | str | Path, out_dir: str | Pat
                                  "strict: nothing was written)")
     if not read:
         raise DialogueInputError("no input could be read: " + "; ".join(f"{f}: {why}" for f, why in skipped))
-    files = read
     if seed:
-        conversations, order = _seed_conversations(files), (None, 0, 0)
+        conversations, order = _seed_conversations(read), (None, 0, 0)
     else:
-        conversations, order = _joined_conversations(files)
+        conversations, order = _joined_conversations(read)
     n_val = val_count(val_size, len(conversations), clamp=not seed)
     train, val = split(len(conversations), n_val)
     splits = {"train": [conversations[i] for i in train], "val": [conversations[i] for i in val]}
@@ -231,23 +231,23 @@ def clean_dialogues(paths: Iterable[str | Path] | str | Path, out_dir: str | Pat
                      f"({', '.join(removed) or 'none yet'}), so that no truncated training file is left.")
         raise
     dropped: dict[str, int] = {}
-    for f in files:
+    for f in read:
         for why, n in f.dropped.items():
             dropped[why] = dropped.get(why, 0) + n
-    rows_read = sum(f.rows for f in files)
+    rows_read = sum(f.rows for f in read)
     return DialogueReport(
-        out, len(files), rows_read, rows_read - sum(dropped.values()), dropped,
+        out, len(read), rows_read, rows_read - sum(dropped.values()), dropped,
         len(conversations), sum(1 for c in conversations if not c), written,
         time.perf_counter() - started, writers,
         files_skipped=tuple(skipped), duplicates=inputs.duplicates,
-        sheets_read=tuple((f.name, s, n) for f in files for s, n in f.sheets),
-        sheets_skipped=tuple((f.name, s, why) for f in files for s, why in f.sheets_skipped),
+        sheets_read=tuple((f.name, s, n) for f in read for s, n in f.sheets),
+        sheets_skipped=tuple((f.name, s, why) for f in read for s, why in f.sheets_skipped),
         time_column=order[0], reordered=order[1], unsorted=order[2],
-        untimed=sum(f.untimed for f in files),
-        untimed_examples=tuple(dict.fromkeys(e for f in files for e in f.untimed_examples))[:UNTIMED_EXAMPLES],
-        uncached_formulas=sum(f.uncached_formulas for f in files),
+        untimed=sum(f.untimed for f in read),
+        untimed_examples=tuple(dict.fromkeys(e for f in read for e in f.untimed_examples))[:UNTIMED_EXAMPLES],
+        uncached_formulas=sum(f.uncached_formulas for f in read),
         read_with_openpyxl=tuple((f.name, f.fallback or "python-calamine is not installed")
-                                 for f in files if f.engine == "openpyxl" and not seed),
+                                 for f in read if f.engine == "openpyxl"),  # seed mode sets no engine
         compat=compat)
 
 
@@ -258,10 +258,8 @@ def _remove_outputs(out: Path) -> list[str]:
         try:
             (out / name).unlink()
             removed.append(name)
-        except FileNotFoundError:
-            pass
         except OSError:
-            pass  # a file that cannot be removed is left: the note names only those removed
+            pass  # missing, or it cannot be removed (left): the note names only those removed
     return removed
 
 
@@ -287,8 +285,6 @@ def check_output(out: Path) -> None:
         for folder in reversed([out, *out.parents][:len(out.parts) - len(existing.parts)]):
             folder.mkdir()
             created.append(folder)
-        import tempfile
-
         with tempfile.TemporaryFile(dir=out):
             pass
         for name in OUTPUTS:
@@ -313,54 +309,27 @@ def collect_inputs(items: Iterable[str | os.PathLike]) -> Inputs:
     """Files given, and each folder's .xlsx files (any letter case, sorted); lock files, missing paths
     and subfolders holding .xlsx files (a folder is read one level deep) as skipped; the
     same file given twice (same path, or same bytes) kept once, with a :class:`DialogueWarning`."""
-    files, skipped, duplicates = [], [], []
+    candidates, skipped = [], []
     items = list(items)
-    given = {Path(item).resolve() for item in items}
-    by_path: dict[Path, Path] = {}
-    by_hash: dict[bytes, Path] = {}
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = list_folder(p)
+            found = list_folder(p, items)  # a subfolder given as an input too is not named
             skipped += [(f.name, "an Excel lock file (Excel writes one beside each workbook it has open); left out")
                         for f in found.lock_files]
-            skipped += [(str(sub), subfolder_note(sub, n)) for sub, n in found.subfolders
-                        if sub.resolve() not in given]
+            skipped += [(str(sub), subfolder_note(sub, n)) for sub, n in found.subfolders]
             skipped += [(f.name, other_format_note(f)) for f in found.others]
-            candidates = found.workbooks
+            candidates += found.workbooks
         elif p.exists():
-            candidates = [p]
+            candidates.append(p)
         else:
             skipped.append((str(p), "no such file or folder. Fix: check the path."))
-            continue
-        for f in candidates:
-            resolved = f.resolve()
-            if resolved in by_path:
-                duplicates.append((str(f), f"given twice (the same file as {by_path[resolved]})"))
-                continue
-            by_path[resolved] = f
-            digest = _digest(f)
-            if digest is not None and digest in by_hash:
-                duplicates.append((str(f), f"the same content as {by_hash[digest]}"))
-                continue
-            if digest is not None:
-                by_hash[digest] = f
-            files.append(f)
+    files, repeated = once_each(candidates)
+    duplicates = [(str(f), what) for f, what in repeated]
     for f, what in duplicates:
         warnings.warn(f"{f}: {what}: read once, so that its messages are not doubled. Fix: give each "
                       "export once.", DialogueWarning, stacklevel=3)
     return Inputs(files, tuple(skipped), tuple(duplicates))
-
-
-def _digest(path: Path) -> bytes | None:
-    h = hashlib.blake2b(digest_size=16)
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(_HASH_CHUNK):
-                h.update(chunk)
-    except OSError:
-        return None  # unreadable: its reader says why
-    return h.digest()
 
 
 def _seed_conversations(files: list[FileRows]) -> list[list[str]]:
@@ -443,7 +412,7 @@ def run(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():  # the report names each duplicate input
             warnings.simplefilter("ignore", DialogueWarning)
             report = clean_dialogues(args.inputs, args.out, compat=args.compat, val_size=args.val_size,
-                                         time_column=args.time_column, notices=notices, strict=args.strict,
+                                     time_column=args.time_column, notices=notices, strict=args.strict,
                                      workers=args.workers, progress=sys.stderr.isatty())
     except (DialogueInputError, DialogueOutputError, ValueError) as exc:
         print(f"mpkit dialogues: {exc}", file=sys.stderr)

@@ -30,6 +30,7 @@ Command line: ``python -m mpkit excel INPUT... --out DIR`` (see :func:`add_argum
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -40,8 +41,9 @@ from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
 
+from ._dialogue_text import notice_pattern
 from ._excel_write import OutputFile, SegmentWriter
-from ._workbook import WorkbookError, list_folder, other_format_note, read_sheets, subfolder_note
+from ._workbook import WorkbookError, list_folder, once_each, other_format_note, read_sheets, subfolder_note
 from ._xlsx import MAX_CELL_CHARS, MAX_ROWS, too_long
 
 #: Columns every chat export must have, in output order.
@@ -159,7 +161,7 @@ def _read_file(task: tuple[str, tuple[str, ...], str]) -> FileResult:
     try:
         book = read_sheets(path, COLUMNS, engine)
     except WorkbookError as exc:
-        return FileResult(path, reason=str(exc).removeprefix(f"{Path(path)}: "))
+        return FileResult(path, reason=exc.reason)
     if not book.sheets:
         if len(book.skipped) == 1:  # the usual export: one sheet
             why = book.skipped[0][1]
@@ -169,6 +171,7 @@ def _read_file(task: tuple[str, tuple[str, ...], str]) -> FileResult:
         return FileResult(path, engine=book.engine,
                           reason=f"{why}. Fix: export with these columns, or rename them.")
     kept, long_cells, read, dropped = [], [], 0, 0
+    notice = _notice_pattern(notices).search
     content = COLUMNS.index("消息内容")
     for sheet in book.sheets:
         pick = itemgetter(*(sheet.column(c) for c in COLUMNS))
@@ -180,7 +183,7 @@ def _read_file(task: tuple[str, tuple[str, ...], str]) -> FileResult:
             if text.__class__ is not str and text is not None:  # a number typed as a number stays text
                 row = (*row[:content], str(text), *row[content + 1:])
                 text = row[content]
-            if text is not None and _has_notice(normalize(text), notices):
+            if text is not None and notice(normalize(text)):
                 dropped += 1
                 continue
             kept.append(row)
@@ -198,11 +201,18 @@ def _read_file(task: tuple[str, tuple[str, ...], str]) -> FileResult:
 #: nothing else (punctuation and spaces around it aside). Other notices, the user's included,
 #: match inside a message.
 WHOLE_MESSAGE_NOTICES = ("微信红包", "微信转账")
-_WHOLE = {normalize(n): re.compile(rf"\W*{re.escape(normalize(n))}\W*") for n in WHOLE_MESSAGE_NOTICES}
 
 
-def _has_notice(text: str, notices: tuple[str, ...]) -> bool:
-    return any(n in text and (n not in _WHOLE or _WHOLE[n].fullmatch(text)) for n in notices)
+@functools.lru_cache(maxsize=8)
+def _notice_pattern(notices: tuple[str, ...]) -> re.Pattern:
+    """One expression for ``notices`` (already :func:`normalize`-d), those of WHOLE_MESSAGE_NOTICES
+    as the whole message: ~2.5x faster than testing each notice in turn."""
+    return notice_pattern(notices, [normalize(n) for n in WHOLE_MESSAGE_NOTICES], normalised=True)
+
+
+def _has_notice(text: str, notices: Iterable[str]) -> bool:
+    """True if the normalised ``text`` holds one of ``notices``."""
+    return _notice_pattern(tuple(notices)).search(text) is not None
 
 
 # ---- the output folder, checked before anything is read ------------------------------------------
@@ -258,38 +268,12 @@ def _is_our_manifest(path: Path) -> bool:
 
 
 # ---- the run ---------------------------------------------------------------------------------------
-#: Bytes read at a time when hashing an input to find the same export given twice.
-_HASH_CHUNK = 1 << 20
-
-
 def _once_each(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     """``paths`` without a file given again (the same path, or the same bytes under another name),
     so that its rows are not written twice; and each one left out, with why."""
-    import hashlib
-
-    kept, dropped, by_path, by_hash = [], [], {}, {}
-    for p in paths:
-        resolved = Path(p).resolve()
-        if resolved in by_path:
-            dropped.append((p, f"given twice (the same file as {by_path[resolved]}): read once, so that its "
-                               "rows are not doubled. Fix: give each export once."))
-            continue
-        by_path[resolved] = p
-        h = hashlib.blake2b(digest_size=16)
-        try:
-            with open(p, "rb") as f:
-                while chunk := f.read(_HASH_CHUNK):
-                    h.update(chunk)
-        except OSError:
-            kept.append(p)  # unreadable or missing: its reader says why
-            continue
-        first = by_hash.setdefault(h.digest(), p)
-        if first != p:
-            dropped.append((p, f"the same content as {first}: read once, so that its rows are not doubled. "
-                               "Fix: give each export once."))
-            continue
-        kept.append(p)
-    return kept, dropped
+    kept, repeated = once_each(paths)
+    return kept, [(p, f"{what}: read once, so that its rows are not doubled. Fix: give each export once.")
+                  for p, what in repeated]
 
 
 def extract(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, segment: int = 25,
@@ -383,7 +367,7 @@ def extract(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, s
                 rows_written += sum(f.rows for f in files)
                 written += files
                 outputs.append(segment_out.path)
-                long_rows += [(p, s, r, files[-1].path) for p, s, r in long_rows_here]
+                long_rows += [(p, s, r, segment_out.side_path) for p, s, r in long_rows_here]
                 segment_out, long_rows_here = None, []
     except BaseException as exc:  # strict, an interrupt, a full disk: say what is left on disk
         if not isinstance(exc, ExtractError):
@@ -459,14 +443,13 @@ def collect_inputs(inputs: Iterable[str], out: str | os.PathLike | None = None
     (folders are read one level deep; ``out``, the run's output folder, is not named)."""
     files, left_out = [], []
     inputs = list(inputs)
-    given = {Path(item).resolve() for item in inputs}
+    leave_out = [*inputs, *([out] if out is not None else [])]  # given as inputs, or the output: not named
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = list_folder(p, Path(out) if out is not None else None)
+            found = list_folder(p, leave_out)
             files += [str(f) for f in found.workbooks]
-            left_out += [(str(sub), subfolder_note(sub, n)) for sub, n in found.subfolders
-                         if sub.resolve() not in given]
+            left_out += [(str(sub), subfolder_note(sub, n)) for sub, n in found.subfolders]
             left_out += [(str(f), other_format_note(f)) for f in found.others]
         elif p.exists():
             files.append(str(p))

@@ -268,6 +268,67 @@ def test_emoji_prefilter_sees_every_emoji_and_skips_only_what_replace_emoji_leav
             assert emoji.replace_emoji(text, "") == text, hex(cp)
 
 
+_SOME_EMOJI = sorted(emoji.EMOJI_DATA)[::40]  # ~130 of them: keycaps, flags, ZWJ families, skin tones...
+_PIECES = _SOME_EMOJI + list("你好，。？!?#*0123456789 ab") + ["\ufe0f", "\ufe0e", "\u20e3", "\u200d", "\U0001f3fd",
+                                                          "\U0001f1e8", "\U0001f1f3", "\U000e0067", "\U000e007f"]
+
+
+def test_emoji_stripping_is_replace_emoji_for_any_mix_of_emoji_pieces_and_text():
+    """Emoji are stripped run by run (cached), which must give what replace_emoji gives on the whole
+    text: for keycaps next to digits, half sequences, lone selectors, joiners, flags and tags."""
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    from mpkit.recipes._dialogue_text import strip_emoji
+
+    @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(st.sampled_from(_PIECES), max_size=12))
+    def check(pieces):
+        text = "".join(pieces)
+        assert strip_emoji(text) == emoji.replace_emoji(text, ""), ascii(text)
+
+    check()
+
+
+_NOTICE_PIECES = [*DEFAULT_NOTICES, "收到", "红包", "［", "］", "[", "]", "，", "⾳", "⽚", "㉆", "⽂", "\u0301", "e",
+                  "가", "\u1100", "\u1161", " ", "\u3000", "你好", "文件", "⼀", "图片", "!", "！", "\u200b", "\r\n",
+                  "_x000D_", "🙂", "[捂脸]", "\U0002a6a5", "\U0002f8a6"]
+
+
+def test_messages_skipped_by_the_notice_key_check_hold_no_notice():
+    """Messages without a notice's key character are not normalised for the notice test: whatever
+    the mix of full-width forms, radicals, enclosed forms, combining marks and jamo, the result is
+    the one of the full test."""
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    from mpkit.recipes._dialogue_text import any_of, notice_keys, notice_pattern
+
+    user = tuple(DEFAULT_NOTICES) + ("é", "ｏｋ", "가방", "\U0002a6a5")  # and a character past U+FFFF
+    pattern, chars = notice_pattern(user), notice_keys(user)
+    assert "⽚" in chars and "［" not in chars  # the key of [图片] is 片; [ is no key
+    keys = any_of(chars)
+    assert clean("［红包］", pattern, keys) == (None, "notice") == clean("[图⽚]", pattern, keys)
+    assert clean("e\u0301", pattern, keys) == (None, "notice")  # é made by composition: found
+
+    @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(st.sampled_from(_NOTICE_PIECES), max_size=8))
+    def check(pieces):
+        text = "".join(pieces)
+        assert clean(text, pattern, keys) == clean(text, pattern), ascii(text)
+
+    check()
+
+
+def test_no_character_past_the_scanned_range_decomposes():
+    """notice_keys scans the characters below U+30000 for those whose normal form holds a key."""
+    import sys
+    import unicodedata
+
+    from mpkit.recipes import _dialogue_text
+
+    assert all(unicodedata.decomposition(chr(c)) == "" for c in range(_dialogue_text._DECOMPOSED_BELOW,
+                                                                        sys.maxunicode + 1))
+
+
 def test_both_writers_are_pipeline_stages_with_bounded_channels(tmp_path):
     """The MMI file is written by its own process fed through a bounded channel, and both writers
     are stages of a pipeline, so its dashboard (or text status) shows them."""

@@ -60,8 +60,13 @@ def test_a_file_calamine_cannot_read_is_named_with_both_reasons(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(WorkbookError, match="empty file"):
         read_sheets(empty, NEEDED)
-    with pytest.raises(WorkbookError, match="no such file"):
+    with pytest.raises(WorkbookError, match="no such file") as info:
         read_sheets(tmp_path / "gone.xlsx", NEEDED)
+    import pickle  # from a worker process it comes whole: the file, and the reason apart
+
+    again = pickle.loads(pickle.dumps(info.value))
+    assert (again.path, again.reason, str(again)) == (str(tmp_path / "gone.xlsx"), info.value.reason, str(info.value))
+    assert again.reason.startswith("no such file")
 
 
 def test_a_wrong_dimension_tag_does_not_hide_rows_from_openpyxl(tmp_path):
@@ -78,3 +83,24 @@ def test_a_wrong_dimension_tag_does_not_hide_rows_from_openpyxl(tmp_path):
             zout.writestr(item, data)
     for engine in ("calamine", "openpyxl"):
         assert read_sheets(dst, NEEDED, engine).rows == 10, engine
+
+
+def test_formulas_are_counted_in_a_sheet_whose_name_is_written_with_character_references(tmp_path):
+    """Some writers store a sheet's name in xl/workbook.xml as character references (&#32842;): the
+    formula count must still find that sheet's XML."""
+    import zipfile
+
+    src = workbooks.book(tmp_path / "src.xlsx", {"聊天 & 记录": [NEEDED, ["kf_1", "=A1"], ["kf_1", "hi"]]})
+    dst = tmp_path / "refs.xlsx"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            if item.filename == "xl/workbook.xml":
+                written = 'name="聊天 &amp; 记录"'.encode()
+                assert written in data
+                data = data.replace(written, b'name="&#32842;&#x5929; &amp; &#35760;&#24405;"')
+            zout.writestr(item, data)
+    for engine in ("calamine", "openpyxl"):
+        book = read_sheets(dst, NEEDED, engine)
+        assert [s.name for s in book.sheets] == ["聊天 & 记录"], engine
+        assert book.uncached_formulas == 1, engine
