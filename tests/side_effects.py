@@ -59,3 +59,12 @@ def init_fails_with_a_cause() -> None:
 
 def init_sleeps_a_second() -> None:
     time.sleep(1.0)
+
+
+def record_print_or_hang(x, log, hang=(), seconds=600.0):
+    """Notes that x ran, prints it, then hangs (a stuck call: a lock, a network read) if x is in hang."""
+    record(log, x)
+    print(f"item {x}")
+    if x in hang:
+        time.sleep(seconds)
+    return x * 10
