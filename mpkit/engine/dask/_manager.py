@@ -60,6 +60,11 @@ POLL = 0.5
 #: before its worker is restarted: a chunk is ~20 ms of work, so most end on their own and the
 #: worker stays warm; a long item is stopped within a second.
 CANCEL_GRACE = 1.0
+#: Seconds a task cancelled while it seemed to wait is watched for a late "start" event (it had
+#: begun on its worker; the event was still on its way on a loaded machine): one that comes within
+#: this gets the task CANCEL_GRACE, then its worker is restarted. Its future's own end (the cancel)
+#: comes at once and says nothing of the thread, so the watch outlives it.
+UNSEEN_SECONDS = 30.0
 #: Seconds to fetch a finished chunk's result. A result held by a worker that died just then
 #: cannot come (Dask would try to reach it for its connect timeout, 30 s): past this the chunk is
 #: sent again, through no fault of its own. Long enough for a result of hundreds of MB.
@@ -123,7 +128,8 @@ class Manager:
         self._shipped: dict[int, object] = {}  # id(run) -> the future of its scattered function
         self.pids: dict[str, int] = {}  # worker address -> its pid, from its tasks' "start" events
         self._stopping: dict[str, tuple[_Task, float]] = {}  # key -> (task of a cancelled run, deadline)
-        self._unseen: dict[str, _Task] = {}  # key -> a cancelled run's task cancelled before its start was seen
+        self._unseen: dict[str, tuple[_Task, float]] = {}  # key -> (a cancelled run's task cancelled
+        # before its start was seen, until when a late start still counts: UNSEEN_SECONDS)
         self._suspects: set[tuple[int, int]] = set()  # (run, index) of single items on a worker that died
         self._stuck: dict[str, str] = {}  # key -> address of a task that timed out, until its result is here
         self._restarted: dict[str, float] = {}  # worker address -> when mpkit restarted it (RESTART_BLAMELESS)
@@ -304,7 +310,6 @@ class Manager:
             stuck = self._stuck.pop(msg[1], None)
             if stuck is not None:
                 self._restart([stuck])
-            self._unseen.pop(msg[1], None)
             task = self._tasks.pop(msg[1], None)
             if task is not None:
                 self._outcome(task, *msg[2:])
@@ -315,7 +320,7 @@ class Manager:
                 self.pids[event[2]] = event[3]
                 if task is not None:
                     task.started, task.worker = time.monotonic(), event[2]
-                late = self._unseen.pop(event[1], None)
+                late, _ = self._unseen.pop(event[1], (None, None))
                 if late is not None:  # cancelled while waiting, but it had started: it gets the grace
                     late.started, late.worker = time.monotonic(), event[2]
                     self._stopping[late.key] = (late, time.monotonic() + CANCEL_GRACE)
@@ -459,8 +464,11 @@ class Manager:
             self._cancel(waiting)
             # one may be running already, its "start" event still on its way (a loaded machine):
             # cancelling its future does not stop its thread, so it is watched for that event
-            self._unseen.update((t.key, t) for t in waiting)
+            until = time.monotonic() + UNSEEN_SECONDS
+            self._unseen.update((t.key, (t, until)) for t in waiting)
         now = time.monotonic()
+        for key in [k for k, (_, until) in self._unseen.items() if now >= until]:
+            del self._unseen[key]  # never started: cancelled before its worker took it
         for task in cancelled:
             if task.started is not None:
                 task.dropped = True
