@@ -42,10 +42,9 @@ from dataclasses import dataclass, field
 from distributed import Client
 from distributed.client import FutureCancelledError
 
-from .._errors import WorkerInitError
+from .._errors import WorkerInitError, _cause, stage_build_failed
 from .._output import OutputRelay
 from .._run import Chunk, Run
-from ..process._manager import _cause
 from . import _task
 
 #: Chunks a run keeps submitted per Dask thread: one running, the others waiting on the worker or
@@ -137,9 +136,10 @@ class Manager:
         self._thread: threading.Thread | None = None
         self.size = self._alive = self.threads()
         self._looked = time.monotonic()
+        self._placed: int | None = None  # workers a lane's chunks went to at its last submit or POLL
         #: a pipeline lane's pool (``_lanes.LanePool``): ``place()``, the workers its chunks go to,
-        #: asked at each submit, and ``gone(addresses)``; None for a map, whose chunks go wherever
-        #: the scheduler puts them
+        #: asked at each submit, and ``live()``, the workers alive; None for a map, whose chunks go
+        #: wherever the scheduler puts them
         self.lane = None
         client.subscribe_topic(self.topic, lambda event: self._inbox.put(("event", event[1])))
 
@@ -267,6 +267,8 @@ class Manager:
         # lower priority than the one before, so a lane runs its chunks in the order it got them
         # (a keyed stage after it sees each key's items in input order), as a local worker does.
         where = self.lane.place() if self.lane is not None else None
+        if where is not None:
+            self._placed = len(where)
         future = self.client.submit(_task.run_chunk, self.topic, run.fn_id, self._function(run), items, self.init_name,
                                     tuple(sys.version_info[:2]), self.lane is not None, chunk.batch, run.timeout,
                                     key=key,
@@ -533,10 +535,13 @@ class Manager:
             return
         now = time.monotonic()
         orphans = []
+        live = None
         for task in list(self._tasks.values()):
             if not task.where or task.dropped or (task.future is not None and task.future.done()):
                 continue
-            if not self.lane.gone(task.where):
+            if live is None:
+                live = self.lane.live()  # once per pass: one lock, not one per task
+            if not live or any(a in live for a in task.where):
                 task.orphaned = None
             elif task.orphaned is None:
                 task.orphaned = now
@@ -634,10 +639,12 @@ class Manager:
 
     def _update_stats(self, runs: list[Run]) -> None:
         now = time.monotonic()
-        if now - self._looked >= POLL:  # asking the scheduler is a round trip: at most every POLL
-            self._looked = now
+        if now - self._looked >= POLL or (self.lane is not None and self._placed is None):
+            self._looked = now  # asking the scheduler is a round trip: at most every POLL
             self._alive = self.threads() if not self._cluster_gone() else 0
-        alive = min(self._alive, len(self.lane.place())) if self.lane is not None else self._alive
+            if self.lane is not None:
+                self._placed = len(self.lane.place())
+        alive = min(self._alive, self._placed) if self.lane is not None else self._alive
         for run in runs:
             busy = sum(1 for t in self._tasks.values() if t.run is run and t.started is not None)
             with run.cond:
@@ -645,7 +652,7 @@ class Manager:
 
 
 def _fn_error(run: Run, described: tuple, address: str | None) -> BaseException:
-    if any(f[2] == "build" and f[0].endswith("_stage.py") for f in described[2]):  # a pipeline's class stage
+    if stage_build_failed(described[2]):  # a pipeline's class stage
         err: BaseException = WorkerInitError(
             f"building the stage object {run.fn_name}() failed in the Dask worker {address}: {described[1]}. "
             "Fix the class's __init__ (or the factory); it runs once in each Dask worker the stage runs on.")

@@ -135,7 +135,7 @@ class Pool(BasePool):
         busy = {t.worker for t in list(self._manager._tasks.values()) if t.started is not None}
         return [(self._manager.worker_id(address), self._manager.pids.get(address, 0),
                  "busy" if address in busy else "idle")
-                for address, w in sorted(info.items())]
+                for address in sorted(info)]
 
     @property
     def where(self) -> str:
