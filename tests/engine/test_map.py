@@ -217,4 +217,9 @@ def test_timeout_stops_only_the_hung_item_and_runs_every_other_item_once(any_poo
     assert (shown.stats.done, shown.stats.failed, shown.stats.retried) == (299, 1, 0)
     client = getattr(any_pool, "client", None)
     if client is not None:  # the next test gets the cluster back whole (its nanny restarts the worker)
-        assert wait_until(lambda: len(client.run(os.getpid, on_error="ignore")) == 2, timeout=60)
+        hung = side_effects.hung_in(log)
+
+        def restarted():
+            pids = set(client.run(os.getpid, on_error="ignore").values())
+            return len(pids) == 2 and not hung & pids
+        assert wait_until(restarted, timeout=60), "the worker stuck in item 150 was not restarted"
