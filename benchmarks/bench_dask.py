@@ -199,13 +199,13 @@ def main() -> int:
                      f"(serial {serial:.2f} s / {W}) |")
     for name, samples in rows["c"].items():
         lines.append(f"| (c) warm call, 10 items | {name} | {statistics.median(samples) * 1e3:.1f} ms | | |")
-    for name, samples in rows["e"].items():
-        lines.append(f"| (e) {cfg['n_timed']:,} trivial items, timeout={TIMED_TIMEOUT:g} | {name} | "
-                     f"{statistics.median(samples):.3f} | | |")
     rates = {name: cfg["n_inference"] / statistics.median(samples) for name, samples in rows["d"].items()}
     for name, rate in rates.items():
         lines.append(f"| (d) inference pipeline, {cfg['n_inference']:,} texts | {name} | "
                      f"{statistics.median(rows['d'][name]):.2f} | | {rate:,.0f} items/s |")
+    for name, samples in rows["e"].items():
+        lines.append(f"| (e) {cfg['n_timed']:,} trivial items, timeout={TIMED_TIMEOUT:g} | {name} | "
+                     f"{statistics.median(samples):.3f} | | |")
     mp_d = rates["BatchPredictor on Dask"] / rates["BatchPredictor, local processes"]
     mp_a = statistics.median(rows["a"]["mpkit.map on Dask"]) / base_a
     mp_b = serial / W / statistics.median(rows["b"]["mpkit.map on Dask"])
