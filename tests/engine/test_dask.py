@@ -349,8 +349,6 @@ def test_interrupt_keeps_finished_results_and_cancels_the_rest(dpool, dask_clien
                       timeout=30), "tasks of the interrupted map still run"
 
 
-@pytest.mark.xfail(strict=False, reason="order-dependent on a loaded machine: passes alone and after the interrupt "
-                                        "test before it, fails now and then after the module's other restarts")
 def test_interrupt_restarts_workers_stuck_in_its_items(dpool, dask_client):
     """A long item of an interrupted map would hold its Dask thread for a minute: past a short
     grace its worker is restarted; the short ones that finished are kept."""
