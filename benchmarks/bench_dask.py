@@ -19,6 +19,8 @@ on it, rotating the order each round; medians of R rounds:
       up to 128, then NumpyEmbedder on one worker): predict_many over N texts, each predictor
       started and its model built before the clock, on the cluster (mpkit.use(client) when it
       starts) and on local processes, taking turns. Items/s; target: Dask >= 0.8x local.
+  (e) 5,000 trivial items with timeout=30: on Dask (in chunks, each item timed by its task), next
+      to the same map without a timeout and to local processes with it (one item per chunk there).
   start-up: a LocalCluster from nothing to its first result, next to mpkit's local pool.
 """
 from __future__ import annotations
@@ -40,9 +42,11 @@ from benchmarks._results import save  # noqa: E402
 from benchmarks.bench_pool import calibrate_spin, usable_cores  # noqa: E402
 
 FULL = {"rounds": 3, "n_trivial": 200_000, "n_per_item": 2_000, "n_cpu": 20_000, "warm_calls": 10,
-        "n_inference": 6_000}
+        "n_inference": 6_000, "n_timed": 5_000}
 QUICK = {"rounds": 1, "n_trivial": 50_000, "n_per_item": 500, "n_cpu": 4_000, "warm_calls": 5,
-         "n_inference": 3_000}
+         "n_inference": 3_000, "n_timed": 5_000}
+#: timeout= of case (e): far above a trivial item, so that only its cost is measured.
+TIMED_TIMEOUT = 30.0
 TASK_SECONDS = 200e-6
 RESULTS = "dask.md"  # in benchmarks/results
 
@@ -137,7 +141,16 @@ def main() -> int:
                 "mpkit.map, local processes": lambda: local.map(_tasks.inc, warm, progress=False),
                 "multiprocessing Pool.map": lambda: mp_pool.map(_tasks.inc, warm),
             }
-            for tools in (tools_a, tools_b, tools_c):  # warm-up, untimed
+            timed_items = trivial[:cfg["n_timed"]]
+            expect_e = [x + 1 for x in timed_items]
+            tools_e = {
+                "mpkit.map on Dask, timeout=": lambda: on_dask.map(_tasks.inc, timed_items, timeout=TIMED_TIMEOUT,
+                                                                   progress=False),
+                "mpkit.map on Dask, no timeout": lambda: on_dask.map(_tasks.inc, timed_items, progress=False),
+                "mpkit.map, local processes, timeout=": lambda: local.map(_tasks.inc, timed_items,
+                                                                          timeout=TIMED_TIMEOUT, progress=False),
+            }
+            for tools in (tools_a, tools_b, tools_c, tools_e):  # warm-up, untimed
                 for call in tools.values():
                     call()
             serial = min(timed(lambda: [_tasks.spin(n) for n in cpu], expect_b) for _ in range(2))
@@ -152,6 +165,8 @@ def main() -> int:
                 for name in tools_c:
                     calls = [timed(tools_c[name], expect_c) for _ in range(cfg["warm_calls"])]
                     record("c", name, statistics.median(calls))
+                for name in list(tools_e)[r % len(tools_e):] + list(tools_e)[:r % len(tools_e)]:
+                    record("e", name, timed(tools_e[name], expect_e))
                 queries = texts(cfg["n_inference"])
                 for name in list(predictors)[r % 2:] + list(predictors)[:r % 2]:
                     t = time.perf_counter()
@@ -189,6 +204,9 @@ def main() -> int:
     for name, rate in rates.items():
         lines.append(f"| (d) inference pipeline, {cfg['n_inference']:,} texts | {name} | "
                      f"{statistics.median(rows['d'][name]):.2f} | | {rate:,.0f} items/s |")
+    for name, samples in rows["e"].items():
+        lines.append(f"| (e) {cfg['n_timed']:,} trivial items, timeout={TIMED_TIMEOUT:g} | {name} | "
+                     f"{statistics.median(samples):.3f} | | |")
     mp_d = rates["BatchPredictor on Dask"] / rates["BatchPredictor, local processes"]
     mp_a = statistics.median(rows["a"]["mpkit.map on Dask"]) / base_a
     mp_b = serial / W / statistics.median(rows["b"]["mpkit.map on Dask"])

@@ -23,6 +23,11 @@ KEPT: set[int] = set()
 KEPT_CLUSTERS: list = []
 #: Seconds a cluster may take to start on a loaded 2-core machine (one start is ~2 s idle).
 START_TIMEOUT = 60.0
+#: A LocalCluster closes a worker's nanny for good when, this long after the worker left the
+#: scheduler (Dask's default: 15 s), no worker of its name is back. A module's tests restart
+#: workers often (timeouts, interrupts, kills), so that check could fall in the gap of the next
+#: restart and leave the cluster one worker short for the tests after it.
+LOST_WORKER_TIMEOUT = "1h"
 
 
 def kept_processes() -> set[int]:
@@ -49,22 +54,24 @@ def local_cluster(workers: int = 2, allowed_failures: int = 0):
     import dask
     from distributed import Client, LocalCluster
 
-    with dask.config.set({"distributed.scheduler.allowed-failures": allowed_failures}):
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, silence_logs=40,
-                               scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
-    client = Client(cluster, timeout=START_TIMEOUT)
-    pids = functools.partial(_local_worker_pids, cluster)
-    KEPT_CLUSTERS.append(pids)
-    try:
-        yield client
-    finally:
-        procs = [psutil.Process(pid) for pid in kept_processes() & {p.pid for p in workers_of(os.getpid())}]
-        client.close(timeout=10)
-        cluster.close(timeout=10)
-        KEPT_CLUSTERS.remove(pids)
-        left = wait_until(lambda: not [p for p in procs if alive(p)], timeout=20)
-        assert left, f"the LocalCluster left processes: {[p.pid for p in procs if alive(p)]}"
+    # read on the cluster's thread when a worker leaves: set for the cluster's whole life
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": LOST_WORKER_TIMEOUT}):
+        with dask.config.set({"distributed.scheduler.allowed-failures": allowed_failures}):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                   dashboard_address=None, silence_logs=40,
+                                   scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+        client = Client(cluster, timeout=START_TIMEOUT)
+        pids = functools.partial(_local_worker_pids, cluster)
+        KEPT_CLUSTERS.append(pids)
+        try:
+            yield client
+        finally:
+            procs = [psutil.Process(pid) for pid in kept_processes() & {p.pid for p in workers_of(os.getpid())}]
+            client.close(timeout=10)
+            cluster.close(timeout=10)
+            KEPT_CLUSTERS.remove(pids)
+            left = wait_until(lambda: not [p for p in procs if alive(p)], timeout=20)
+            assert left, f"the LocalCluster left processes: {[p.pid for p in procs if alive(p)]}"
 
 
 def free_port() -> int:

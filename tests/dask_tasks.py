@@ -44,3 +44,13 @@ def with_pid(x, seconds=0.0):
 
 def first_of(pair):
     return pair[0]
+
+
+def sleep_with_a_late_start(x, block=5.0, seconds=60.0):
+    """Holds its Dask worker's event loop for ``block`` s as it starts, which delays the "start"
+    event mpkit's task sent a moment before (what a loaded machine does), then sleeps ``seconds``."""
+    from distributed import get_worker
+
+    get_worker().loop.add_callback(time.sleep, block)
+    time.sleep(seconds)
+    return x

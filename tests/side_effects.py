@@ -59,3 +59,19 @@ def init_fails_with_a_cause() -> None:
 
 def init_sleeps_a_second() -> None:
     time.sleep(1.0)
+
+
+def record_print_or_hang(x, log, hang=(), seconds=600.0):
+    """Notes that x ran, prints it, then hangs (a stuck call: a lock, a network read) if x is in
+    hang, after noting its process in ``log.hung`` (``hung_in``)."""
+    record(log, x)
+    print(f"item {x}")
+    if x in hang:
+        record(f"{log}.hung", os.getpid())
+        time.sleep(seconds)
+    return x * 10
+
+
+def hung_in(log: str) -> set:
+    """The processes where record_print_or_hang hung."""
+    return set(runs(f"{log}.hung"))

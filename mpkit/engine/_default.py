@@ -60,9 +60,7 @@ def acquire(workers: int | None = None, init: Callable[[], Any] | None = None,
             start_method: str | None = None, cluster: Any = None) -> Pool:
     """The default pool, held by a call until it ``release``s it: no other call shuts it down."""
     with _lock:
-        pool = _current(workers, init, start_method, cluster)
-        _leases[pool] = _leases.get(pool, 0) + 1
-        return pool
+        return _lease(_current(workers, init, start_method, cluster))
 
 
 def lease_cluster(cluster: Any) -> Pool | None:
@@ -72,8 +70,13 @@ def lease_cluster(cluster: Any) -> Pool | None:
     with _lock:
         if _pool is None or _pool.closed or _pool_key is None or _pool_key[0] != ("dask", cluster):
             return None
-        _leases[_pool] = _leases.get(_pool, 0) + 1
-        return _pool
+        return _lease(_pool)
+
+
+def _lease(pool: Pool) -> Pool:
+    """Count one more holder of ``pool`` (under _lock): ``release`` counts it off."""
+    _leases[pool] = _leases.get(pool, 0) + 1
+    return pool
 
 
 def release(pool: Pool) -> None:

@@ -187,7 +187,7 @@ class RemoteError(_Picklable, Exception):
 
 
 class Reborn:
-    """Pickles an exception as its class, ``args`` and attributes, rebuilt by ``_reborn`` without
+    """Pickles an exception as its class, ``args`` and attributes, rebuilt by ``_restore`` without
     calling its ``__init__``: for exceptions whose ``__init__`` does not take their ``args``."""
 
     def __init__(self, exc: BaseException):
@@ -195,14 +195,7 @@ class Reborn:
 
     def __reduce__(self):
         exc = self.exc
-        return _reborn, (type(exc), exc.args, dict(getattr(exc, "__dict__", {})))
-
-
-def _reborn(cls, args: tuple, state: dict) -> BaseException:
-    exc = cls.__new__(cls, *args)
-    exc.args = args
-    exc.__dict__.update(state)
-    return exc
+        return _restore, (type(exc), exc.args, dict(getattr(exc, "__dict__", {})))
 
 
 Frame = tuple[str, int, str, "str | None"]  # (filename, lineno, function, line) as the worker saw it
@@ -337,6 +330,22 @@ def remote_exception(described: bytes | None, text: str, frames: list) -> BaseEx
     if not isinstance(record, ExceptionRecord):
         record = ExceptionRecord(None, text, frames)
     return record.rebuild()
+
+
+def _cause(described, text: str, frames, note: str) -> BaseException:
+    """The worker's own exception (chain and frames included), as the cause of mpkit's error."""
+    exc = remote_exception(described, text, frames)
+    try:
+        exc.add_note(note)
+    except Exception:
+        pass
+    return exc
+
+
+def stage_build_failed(frames) -> bool:
+    """The frames of a function a worker could not load show a pipeline's class stage failing to
+    build its object (``_stage.build``), not a module the worker cannot import."""
+    return any(f[2] == "build" and f[0].endswith("_stage.py") for f in frames)
 
 
 def raised_in_worker(exc: BaseException) -> bool:

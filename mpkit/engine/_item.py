@@ -271,3 +271,19 @@ class Codec:
         except Exception as exc:
             raise unpicklable_result(value, exc) from None
 
+
+
+def call_batch(fn: Callable, items: list, describe: Callable) -> tuple[list, list]:
+    """A micro-batch's one call, as a worker of any backend makes it: ``(results, failures)``, one
+    result per item in order, or, when the call raised or returned another number of results,
+    ``None`` for each and the same failure for every item (``describe(exc)``: how the worker
+    sends an exception back, with this frame left out)."""
+    try:
+        results = list(fn(items))
+        if len(results) != len(items):
+            raise ValueError(f"a batched stage must return one result per item, in order: it got "
+                             f"{len(items)} items and returned {len(results)} results")
+        return results, []
+    except BaseException as exc:  # SystemExit too: a task failure, not the worker's
+        described = describe(exc)
+        return [None] * len(items), [(o, *described) for o in range(len(items))]

@@ -92,7 +92,7 @@ class Pipeline:
         self._batch: tuple[int, float] | None = None
         self._flow: Flow | None = None      # the running or last flow
         self._dashboards: list = []         # observers attached with observe() (dashboards among them)
-        self._ready_watchers: dict[int, tuple] = {}  # id(observer) -> (observer, Watcher) before a first run
+        self._ready_watchers: dict[int, Watcher] = {}  # id(observer) -> its Watcher before a first run
         self._service = None                # the last service started (set by Service)
         _live.add(self)
 
@@ -355,7 +355,7 @@ class Pipeline:
         else:  # the stages before any run, so a dashboard shown first draws them at once; the
             # run that follows goes on with the same watcher, so updates never overlap
             watcher = Watcher(observer, f"pipeline {self.name!r}")
-            self._ready_watchers[id(observer)] = (observer, watcher)
+            self._ready_watchers[id(observer)] = watcher
             watcher.update(self.stats())
         return observer
 
@@ -363,8 +363,8 @@ class Pipeline:
         """The watcher through which a run feeds ``observer``: the one that showed it the stages
         before the first run, if any, else a new one."""
         kept = self._ready_watchers.pop(id(observer), None)
-        if kept is not None and kept[0] is observer:
-            return kept[1]
+        if kept is not None and kept.observer is observer:
+            return kept
         return Watcher(observer, f"pipeline {self.name!r}")
 
     def scale(self, stage: str, workers: int) -> None:

@@ -66,6 +66,10 @@ class BasePool:
     front_end: MapFrontEnd | None = None
     #: Work per chunk "auto" aims at, from what a chunk costs this backend (see _chunking).
     chunk_seconds: float = TARGET_CHUNK_SECONDS
+    #: True when the backend's task times each item of its chunk itself (and hands back the
+    #: results before a late item): a map with ``timeout=`` is cut into chunks as any other. False:
+    #: the backend stops a late item's whole worker, so such a map sends one item per chunk.
+    timed_in_chunks: bool = False
 
     def __init__(self) -> None:
         self._timings: dict[str, float] = {}  # function id -> seconds per item, last measured
@@ -212,7 +216,8 @@ class BasePool:
                   fn_payload=self._function_message(fn_id, fn_payload), fn_globals=by_value,
                   context=context, context_id=hashlib.blake2b(context, digest_size=10).hexdigest(),
                   seconds_per_item=self._timings.get(fn_id), cond=cond,
-                  copy_buffers=not isinstance(items, (list, tuple, range)), chunk_seconds=self.chunk_seconds)
+                  copy_buffers=not isinstance(items, (list, tuple, range)), chunk_seconds=self.chunk_seconds,
+                  timed_in_chunks=self.timed_in_chunks)
         return run
 
     def _imap(self, run: Run, progress):

@@ -78,7 +78,8 @@ class Run:
                  chunksize: int | str, ordered: bool, on_error: str, retries: int,
                  timeout: float | None, fn_id: str, fn_payload: bytes, context: bytes, context_id: str,
                  fn_globals: bool = False, seconds_per_item: float | None = None, cond: threading.Condition | None = None,
-                 copy_buffers: bool = False, chunk_seconds: float = TARGET_CHUNK_SECONDS):
+                 copy_buffers: bool = False, chunk_seconds: float = TARGET_CHUNK_SECONDS,
+                 timed_in_chunks: bool = False):
         check_run(chunksize, on_error, retries, timeout)
         self.fn_name = getattr(fn, "__qualname__", repr(fn))
         self.code_files = _code_files(fn)
@@ -87,7 +88,11 @@ class Run:
         self.context, self.context_id = context, context_id  # the notebook's sys.path, cwd, env now
         self.max_workers = workers
         self.ordered, self.on_error, self.retries, self.timeout = ordered, on_error, retries, timeout
-        self.sizer = ChunkSizer(1 if timeout is not None else chunksize, workers, total, seconds_per_item,
+        #: timeout= on a backend that stops a late item's worker: one item per chunk, so that the
+        #: kill stops that item alone; a backend whose task times each item of its chunk itself
+        #: (``timed_in_chunks``, Dask's) cuts chunks as without a timeout
+        one_by_one = timeout is not None and not timed_in_chunks
+        self.sizer = ChunkSizer(1 if one_by_one else chunksize, workers, total, seconds_per_item,
                                 chunk_seconds)
         self.total = total
         self._cutter = Cutter(items)
@@ -307,11 +312,17 @@ class Run:
             return None
         return Chunk(self, indices, items, _serialize.pack(items), chunk.attempts, batch=chunk.batch)
 
-    def timed_out(self, chunk: Chunk) -> None:
+    def timed_out(self, chunk: Chunk, offset: int = 0) -> None:
+        """The item at ``offset`` of ``chunk`` ran past the timeout: it is retried or fails; the
+        items after it, which never started, are sent again unchanged (the results of those
+        before it came back already: ``chunk_done``)."""
         if chunk.batch and len(chunk.indices) > 1:
             self._batch_timed_out(chunk)
             return
-        index, item = chunk.indices[0], chunk.items[0]
+        after = self._sub_chunk(chunk, offset + 1)
+        if after is not None:
+            self.pending.appendleft(after)
+        index, item = chunk.indices[offset], chunk.items[offset]
         self._error(chunk, index, item, TaskTimeout(self.timeout, self._named(index, item), chunk.attempts))
 
     def _batch_timed_out(self, chunk: Chunk) -> None:

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 import mpkit
-from tests import helpers
+from tests import helpers, side_effects
+from tests.proctree import wait_until
 
 
 def test_map_matches_builtin_map(any_pool):
@@ -177,3 +178,48 @@ def test_shutdown_stops_explicit_pools_too(start_method):
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     with pytest.raises(RuntimeError, match="shut down"):
         pool.map(helpers.square, [1])
+
+
+class _Shown:
+    """A progress front-end that keeps what it was shown: the last counts and the workers' lines."""
+
+    def __init__(self):
+        self.stats, self.lines = None, []
+
+    def __call__(self, description, total):
+        return self
+
+    def update(self, stats):
+        self.stats = stats
+
+    def write(self, text, stream):
+        self.lines += text.splitlines()
+
+    def close(self, stats):
+        self.stats = stats
+
+
+def test_timeout_stops_only_the_hung_item_and_runs_every_other_item_once(any_pool, tmp_path):
+    """A notebook map with timeout= whose item 150 of 300 hangs (a stuck network read): that item
+    is a TaskTimeout naming it, every other item ran exactly once (none lost, none repeated, on
+    Dask too, where items share a task), and the prints and counts are the map's."""
+    log = str(tmp_path / "runs")
+    fn = functools.partial(side_effects.record_print_or_hang, log=log, hang=(150,))
+    shown = _Shown()
+    out = any_pool.map(fn, range(300), timeout=2, on_error="collect", progress=shown)
+    assert out == [x * 10 for x in range(300) if x != 150]
+    assert [f.index for f in out.failures] == [150]
+    err = out.failures[0].exception
+    assert isinstance(err, mpkit.TaskTimeout) and "item 150 (150)" in str(err) and "timeout=2" in str(err)
+    assert side_effects.runs(log) == {x: 1 for x in range(300)}
+    assert sorted(line.split("] ", 1)[1] for line in shown.lines) == sorted(f"item {x}" for x in range(300))
+    assert all(line.startswith("[w") for line in shown.lines), shown.lines[:5]
+    assert (shown.stats.done, shown.stats.failed, shown.stats.retried) == (299, 1, 0)
+    client = getattr(any_pool, "client", None)
+    if client is not None:  # the next test gets the cluster back whole (its nanny restarts the worker)
+        hung = side_effects.hung_in(log)
+
+        def restarted():
+            pids = set(client.run(os.getpid, on_error="ignore").values())
+            return len(pids) == 2 and not hung & pids
+        assert wait_until(restarted, timeout=60), "the worker stuck in item 150 was not restarted"

@@ -12,7 +12,7 @@ import pytest
 import mpkit
 from mpkit import Pipeline
 from mpkit.recipes.inference import BatchPredictor
-from tests import helpers, pipeline_tasks as tasks
+from tests import helpers, pipeline_tasks as tasks, side_effects
 from tests.pipeline_tasks import finishes
 from tests.proctree import wait_until
 
@@ -35,6 +35,22 @@ def test_a_batch_that_times_out_fails_all_its_items_once_and_the_run_ends(any_ba
     assert out == [10 * x for x in range(8) if x not in failed]
     stats = identity_holds(pipe.stats())
     assert stats.failed == len(failed) and stats.pending == 0
+
+
+def test_an_item_that_hangs_in_a_timed_stage_fails_alone_and_the_others_run_once(any_backend, tmp_path):
+    """A stage with timeout= (on Dask its chunks hold many items): item 150 of 300 hangs; it fails
+    with a TaskTimeout naming it, every other item went through the stage exactly once."""
+    log = str(tmp_path / "runs")
+    stage = functools.partial(side_effects.record_print_or_hang, log=log, hang=(150,))
+    pipe = Pipeline("timed").stage(helpers.identity).stage(stage, timeout=2.0, name="model")
+    out = finishes(lambda: pipe.run(range(300), on_error="collect", ordered=True, progress=False), timeout=120)
+    assert [f.index for f in out.failures] == [150]
+    assert isinstance(out.failures[0].exception, mpkit.TaskTimeout)
+    assert "item 150 (150)" in str(out.failures[0].exception), str(out.failures[0].exception)
+    assert out == [x * 10 for x in range(300) if x != 150]
+    assert side_effects.runs(log) == {x: 1 for x in range(300)}
+    stats = identity_holds(pipe.stats())
+    assert stats.failed == 1 and stats.pending == 0
 
 
 def test_a_batch_that_kills_its_worker_fails_as_a_whole(any_backend):

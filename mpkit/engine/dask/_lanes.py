@@ -49,7 +49,7 @@ class Lanes:
         self._placed: dict[LanePool, list[str]] = {}
         self._stage_ids: list[str] = []
         self._live: list[str] = []
-        self._looked = 0.0
+        self._looked = float("-inf")  # the first call asks
         self._released = False
 
     def __call__(self, workers: int, spec) -> "LanePool":
@@ -80,10 +80,10 @@ class Lanes:
             self._placed[lane] = kept
             return list(kept)
 
-    def gone(self, addresses: list[str]) -> bool:
+    def live(self) -> frozenset[str]:
+        """The cluster's workers as last seen (asked of the scheduler at most every POLL)."""
         with self._lock:
-            live = self._live_workers()
-            return bool(live) and not any(a in live for a in addresses)
+            return frozenset(self._live_workers())
 
     def placed(self, lane: "LanePool") -> list[str]:
         with self._lock:
@@ -92,7 +92,7 @@ class Lanes:
     def _live_workers(self) -> list[str]:
         """The cluster's workers, asked of the scheduler at most every POLL (a round trip)."""
         now = time.monotonic()
-        if not self._live or now - self._looked >= POLL:
+        if now - self._looked >= POLL:
             self._looked = now
             try:
                 self._live = sorted(self.connection.client.scheduler_info(n_workers=-1).get("workers", {}))
@@ -132,7 +132,6 @@ class LanePool(Pool):
 
     def __init__(self, lanes: Lanes, workers: int):
         self.lanes = lanes
-        self.wanted = workers
         self.stage_ids: list[str] = []
         super().__init__(workers, cluster=lanes.cluster, _connection=lanes.connection)
         self._manager.lane = self
@@ -141,9 +140,14 @@ class LanePool(Pool):
         """The Dask workers this lane's chunks go to now (its manager thread asks at each submit)."""
         return self.lanes.place(self)
 
-    def gone(self, addresses: list[str]) -> bool:
-        """None of these workers is alive any more."""
-        return self.lanes.gone(addresses)
+    @property
+    def wanted(self) -> int:
+        """The Dask workers this lane runs on (``Pool``'s workers=, changed by ``resize``)."""
+        return self._limit
+
+    def live(self) -> frozenset[str]:
+        """The cluster's workers now (as last seen): a chunk pinned to none of them is orphaned."""
+        return self.lanes.live()
 
     def _new_run(self, *args, **kwargs):
         run = super()._new_run(*args, **kwargs)
@@ -155,7 +159,6 @@ class LanePool(Pool):
 
     def resize(self, workers: int) -> None:
         """Run on ``workers`` Dask workers from now on (``Pipeline.scale``): as many chunks in flight."""
-        self.wanted = workers
         super().resize(workers)
 
     def workers(self) -> list[tuple[int, int, str]]:

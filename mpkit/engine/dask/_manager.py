@@ -11,8 +11,13 @@
                        KilledWorker (the task's worker died, past Dask's allowed failures)
                           ─► a chunk of many items is split and sent again (run.crashed); a single
                              item is sent again once, and blamed if its worker dies again (_killed)
-                       a timeout (from the task's "start" event) ─► run.timed_out, and the
-                          worker is restarted through its nanny (a Dask thread cannot be killed)
+                       timed_out (the task timed each item and returned at a late one) ─►
+                          run.chunk_done for the items before it, run.timed_out for it and the
+                          items after it; its "stuck" event ─► the worker is restarted through
+                          its nanny (a Dask thread cannot be killed); refused (that worker, still
+                          stuck, ran nothing of it) ─► sent again as it was
+                       a task past its items' timeouts and LATE_GRACE (its wrapper could not
+                          answer: an item holding the GIL) ─► timed out, or split, and restarted
                        the scheduler gone ─► ``broken``: every waiting map ends with that error
                        a pipeline lane's chunk pinned to workers that are all gone, which Dask
                           did not end ─► cancelled and sent again (_check_placement)
@@ -37,10 +42,9 @@ from dataclasses import dataclass, field
 from distributed import Client
 from distributed.client import FutureCancelledError
 
-from .._errors import WorkerInitError
+from .._errors import WorkerInitError, _cause, stage_build_failed
 from .._output import OutputRelay
 from .._run import Chunk, Run
-from ..process._manager import _cause
 from . import _task
 
 #: Chunks a run keeps submitted per Dask thread: one running, the others waiting on the worker or
@@ -55,6 +59,11 @@ POLL = 0.5
 #: before its worker is restarted: a chunk is ~20 ms of work, so most end on their own and the
 #: worker stays warm; a long item is stopped within a second.
 CANCEL_GRACE = 1.0
+#: Seconds a task cancelled while it seemed to wait is watched for a late "start" event (it had
+#: begun on its worker; the event was still on its way on a loaded machine): one that comes within
+#: this gets the task CANCEL_GRACE, then its worker is restarted. Its future's own end (the cancel)
+#: comes at once and says nothing of the thread, so the watch outlives it.
+UNSEEN_SECONDS = 30.0
 #: Seconds to fetch a finished chunk's result. A result held by a worker that died just then
 #: cannot come (Dask would try to reach it for its connect timeout, 30 s): past this the chunk is
 #: sent again, through no fault of its own. Long enough for a result of hundreds of MB.
@@ -68,6 +77,14 @@ SCATTER_BYTES = 1 << 20
 #: (KilledWorker, counted as a death) before mpkit sends it again itself. A worker's death reaches
 #: the client within milliseconds on loopback; two POLLs leave room on a loaded machine.
 ORPHAN_GRACE = 2 * POLL
+#: Seconds past its items' timeouts that a task may take to answer before the manager steps in. The
+#: task times each item itself and returns at the first late one within milliseconds; it cannot
+#: when an item holds the GIL (C code that never releases it) or its worker is wedged. Long enough
+#: for a result's trip back on a loaded machine.
+LATE_GRACE = 5.0
+#: Seconds after mpkit restarts a worker (an item past its timeout, a cancelled map's item) during
+#: which a task that dies with that worker is known innocent: sent again whole, no try counted.
+RESTART_BLAMELESS = 30.0
 
 
 class ClusterLost(ConnectionError):
@@ -110,15 +127,19 @@ class Manager:
         self._shipped: dict[int, object] = {}  # id(run) -> the future of its scattered function
         self.pids: dict[str, int] = {}  # worker address -> its pid, from its tasks' "start" events
         self._stopping: dict[str, tuple[_Task, float]] = {}  # key -> (task of a cancelled run, deadline)
-        self._unseen: dict[str, _Task] = {}  # key -> a cancelled run's task cancelled before its start was seen
+        self._unseen: dict[str, tuple[_Task, float]] = {}  # key -> (a cancelled run's task cancelled
+        # before its start was seen, until when a late start still counts: UNSEEN_SECONDS)
         self._suspects: set[tuple[int, int]] = set()  # (run, index) of single items on a worker that died
+        self._stuck: dict[str, str] = {}  # key -> address of a task that timed out, until its result is here
+        self._restarted: dict[str, float] = {}  # worker address -> when mpkit restarted it (RESTART_BLAMELESS)
         self._closing = False
         self._thread: threading.Thread | None = None
         self.size = self._alive = self.threads()
         self._looked = time.monotonic()
+        self._placed: int | None = None  # workers a lane's chunks went to at its last submit or POLL
         #: a pipeline lane's pool (``_lanes.LanePool``): ``place()``, the workers its chunks go to,
-        #: asked at each submit, and ``gone(addresses)``; None for a map, whose chunks go wherever
-        #: the scheduler puts them
+        #: asked at each submit, and ``live()``, the workers alive; None for a map, whose chunks go
+        #: wherever the scheduler puts them
         self.lane = None
         client.subscribe_topic(self.topic, lambda event: self._inbox.put(("event", event[1])))
 
@@ -246,8 +267,11 @@ class Manager:
         # lower priority than the one before, so a lane runs its chunks in the order it got them
         # (a keyed stage after it sees each key's items in input order), as a local worker does.
         where = self.lane.place() if self.lane is not None else None
+        if where is not None:
+            self._placed = len(where)
         future = self.client.submit(_task.run_chunk, self.topic, run.fn_id, self._function(run), items, self.init_name,
-                                    tuple(sys.version_info[:2]), self.lane is not None, chunk.batch, key=key,
+                                    tuple(sys.version_info[:2]), self.lane is not None, chunk.batch, run.timeout,
+                                    key=key,
                                     pure=False, retries=0, workers=where or None, allow_other_workers=False,
                                     priority=-number if where else 0)
         task = _Task(run, chunk, future, key=key, alone=alone, where=where)
@@ -285,7 +309,9 @@ class Manager:
     def _handle(self, msg) -> None:
         if msg[0] == "done":
             self._stopping.pop(msg[1], None)  # a cancelled run's task that ended in its grace
-            self._unseen.pop(msg[1], None)
+            stuck = self._stuck.pop(msg[1], None)
+            if stuck is not None:
+                self._restart([stuck])
             task = self._tasks.pop(msg[1], None)
             if task is not None:
                 self._outcome(task, *msg[2:])
@@ -296,10 +322,16 @@ class Manager:
                 self.pids[event[2]] = event[3]
                 if task is not None:
                     task.started, task.worker = time.monotonic(), event[2]
-                late = self._unseen.pop(event[1], None)
+                late, _ = self._unseen.pop(event[1], (None, None))
                 if late is not None:  # cancelled while waiting, but it had started: it gets the grace
                     late.started, late.worker = time.monotonic(), event[2]
                     self._stopping[late.key] = (late, time.monotonic() + CANCEL_GRACE)
+            elif event[0] == _task.STUCK:  # a thread there runs on in a late item: restart it
+                # once the task's result is here (it is lost with the worker), or now if it came
+                if event[1] in self._tasks or event[1] in self._stopping:
+                    self._stuck[event[1]] = event[2]
+                else:
+                    self._restart([event[2]])
             elif event[0] == _task.OUT:
                 _, address, parts, dropped, chars = event
                 self.output.add(self.worker_id(address), [tuple(p) for p in parts], dropped, chars)
@@ -334,6 +366,8 @@ class Manager:
                 if task.worker and (parts or dropped):  # before its results: the cell shows it first
                     self.output.add(self.worker_id(task.worker), [tuple(p) for p in parts], dropped, chars)
                 self._record(run, chunk, outcome, task.worker)
+            elif type(exc).__name__ == "KilledWorker" and self._blameless(task, exc):
+                run.requeue(chunk)  # mpkit restarted its worker, for another task: not its fault
             elif type(exc).__name__ == "KilledWorker":
                 self._killed(run, chunk, task.alone, getattr(getattr(exc, "last_worker", None), "pid", None))
             elif self._cluster_gone():
@@ -354,6 +388,13 @@ class Manager:
         if kind == _task.DONE:
             _, results, failures, seconds = data
             run.chunk_done(chunk, 0, results, failures, seconds, wid)
+        elif kind == _task.TIMED_OUT:
+            _, results, failures, seconds, late = data
+            if late:
+                run.chunk_done(chunk, 0, results, failures, seconds, wid)
+            run.timed_out(chunk, late)
+        elif kind == _task.REFUSED:
+            run.requeue(chunk)
         elif kind == _task.FN_ERROR:
             run.requeue(chunk)
             run.set_fatal(_fn_error(run, data[1:], address))
@@ -403,6 +444,16 @@ class Manager:
         else:
             run.requeue(chunk)
 
+    def _blameless(self, task: _Task, exc: BaseException) -> bool:
+        """The task died with a worker mpkit restarted on purpose lately (a late item's, whose
+        stuck thread made it refuse other chunks since): nothing of it ran, or it is innocent."""
+        now = time.monotonic()
+        for address, when in list(self._restarted.items()):
+            if now - when > RESTART_BLAMELESS:
+                del self._restarted[address]
+        address = task.worker or getattr(getattr(exc, "last_worker", None), "address", None)
+        return address in self._restarted
+
     def _suspect(self, run: Run, chunk: Chunk) -> bool:
         return (len(chunk.indices) == 1 or chunk.batch) and (id(run), chunk.indices[0]) in self._suspects
 
@@ -415,8 +466,11 @@ class Manager:
             self._cancel(waiting)
             # one may be running already, its "start" event still on its way (a loaded machine):
             # cancelling its future does not stop its thread, so it is watched for that event
-            self._unseen.update((t.key, t) for t in waiting)
+            until = time.monotonic() + UNSEEN_SECONDS
+            self._unseen.update((t.key, (t, until)) for t in waiting)
         now = time.monotonic()
+        for key in [k for k, (_, until) in self._unseen.items() if now >= until]:
+            del self._unseen[key]  # never started: cancelled before its worker took it
         for task in cancelled:
             if task.started is not None:
                 task.dropped = True
@@ -481,10 +535,13 @@ class Manager:
             return
         now = time.monotonic()
         orphans = []
+        live = None
         for task in list(self._tasks.values()):
             if not task.where or task.dropped or (task.future is not None and task.future.done()):
                 continue
-            if not self.lane.gone(task.where):
+            if live is None:
+                live = self.lane.live()  # once per pass: one lock, not one per task
+            if not live or any(a in live for a in task.where):
                 task.orphaned = None
             elif task.orphaned is None:
                 task.orphaned = now
@@ -513,10 +570,14 @@ class Manager:
             return
         self._cancel(late)
         for task in late:
-            with task.run.cond:
-                task.run.in_flight -= 1
-                task.run.timed_out(task.chunk)
-                task.run.cond.notify_all()
+            run, chunk = task.run, task.chunk
+            with run.cond:
+                run.in_flight -= 1
+                if chunk.batch or len(chunk.indices) - chunk.reported == 1:
+                    run.timed_out(chunk, chunk.reported)
+                else:  # which of its items ran late cannot be known: each goes again, timed alone
+                    run.crashed(chunk, None, self.pids.get(task.worker or ""), None)
+                run.cond.notify_all()
         self._restart(sorted({t.worker for t in late if t.worker}))
 
     def _restart(self, addresses: list[str]) -> None:
@@ -526,6 +587,8 @@ class Manager:
         hung thread; it left a nanny closed for good in tests.) A worker without a nanny is left."""
         if not addresses:
             return
+        now = time.monotonic()
+        self._restarted.update((address, now) for address in addresses)
 
         def restart():  # off this thread: the call returns when the worker's connection drops
             try:
@@ -576,10 +639,12 @@ class Manager:
 
     def _update_stats(self, runs: list[Run]) -> None:
         now = time.monotonic()
-        if now - self._looked >= POLL:  # asking the scheduler is a round trip: at most every POLL
-            self._looked = now
+        if now - self._looked >= POLL or (self.lane is not None and self._placed is None):
+            self._looked = now  # asking the scheduler is a round trip: at most every POLL
             self._alive = self.threads() if not self._cluster_gone() else 0
-        alive = min(self._alive, len(self.lane.place())) if self.lane is not None else self._alive
+            if self.lane is not None:
+                self._placed = len(self.lane.place())
+        alive = min(self._alive, self._placed) if self.lane is not None else self._alive
         for run in runs:
             busy = sum(1 for t in self._tasks.values() if t.run is run and t.started is not None)
             with run.cond:
@@ -587,7 +652,7 @@ class Manager:
 
 
 def _fn_error(run: Run, described: tuple, address: str | None) -> BaseException:
-    if any(f[2] == "build" and f[0].endswith("_stage.py") for f in described[2]):  # a pipeline's class stage
+    if stage_build_failed(described[2]):  # a pipeline's class stage
         err: BaseException = WorkerInitError(
             f"building the stage object {run.fn_name}() failed in the Dask worker {address}: {described[1]}. "
             "Fix the class's __init__ (or the factory); it runs once in each Dask worker the stage runs on.")
@@ -601,9 +666,10 @@ def _fn_error(run: Run, described: tuple, address: str | None) -> BaseException:
 
 
 def _time_limit(task: _Task) -> float:
-    """Seconds a started task may run: ``timeout`` per item of its chunk, or once for a
-    micro-batch, which is one call on the whole list (as ``timeout`` after .batch() says)."""
-    return task.run.timeout * (1 if task.chunk.batch else max(1, len(task.chunk.indices)))
+    """Seconds a started task may run before the manager stops it: ``timeout`` per item of its
+    chunk, or once for a micro-batch, which is one call on the whole list (as ``timeout`` after
+    .batch() says), and LATE_GRACE (the task itself answers at the first late item)."""
+    return task.run.timeout * (1 if task.chunk.batch else max(1, len(task.chunk.indices))) + LATE_GRACE
 
 
 def _key_name(name: str) -> str:

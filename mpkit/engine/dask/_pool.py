@@ -11,8 +11,10 @@ What differs from the process backend, and why (the rest is the shared driver, `
   when a map starts (a cluster that scales is followed from one map to the next).
 - ``init=`` runs once in each Dask worker process (a worker plugin, so a nanny's replacement and a
   worker that joins later run it too), in a task thread, before its first mpkit chunk.
-- ``timeout=``: a Dask thread cannot be stopped, so the worker running a late item is restarted
-  through its nanny (workers started without a nanny cannot be; the item fails all the same).
+- ``timeout=``: items still travel in chunks; the task times each one and returns at the first
+  late one with the results before it (the items after it are sent again). A Dask thread cannot
+  be stopped, so the worker running a late item is restarted through its nanny (workers started
+  without a nanny cannot be; the item fails all the same).
 - A worker death: on the LocalCluster mpkit starts, Dask gives up at once (KilledWorker) and mpkit
   blames and retries as locally. On a cluster of your own, Dask first reschedules the task itself
   (``distributed.scheduler.allowed-failures``, 3 by default): an item can then run again after a
@@ -55,6 +57,8 @@ class Pool(BasePool):
     #: cluster to them (200 us tasks at 54% of the ideal where plain Dask over large chunks reached
     #: 95%); 0.25 s keeps that under 1%, and a map's tail still splits into TAIL_SPLIT per worker.
     chunk_seconds = 0.25
+    #: Its task times each item of a chunk (``_task._TimedItems``): timeout= keeps chunks whole.
+    timed_in_chunks = True
 
     def __init__(self, workers: int | None = None, *, cluster: Any = "local",
                  init: Callable[[], Any] | None = None, _connection: _cluster.Connection | None = None):
@@ -131,7 +135,7 @@ class Pool(BasePool):
         busy = {t.worker for t in list(self._manager._tasks.values()) if t.started is not None}
         return [(self._manager.worker_id(address), self._manager.pids.get(address, 0),
                  "busy" if address in busy else "idle")
-                for address, w in sorted(info.items())]
+                for address in sorted(info)]
 
     @property
     def where(self) -> str:

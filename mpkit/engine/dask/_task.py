@@ -13,6 +13,13 @@
                                           address, pid)      the pids workers() lists)
                            ◄── log_event: ("out", parts) ─── print() of this thread, every
                                                              OUTPUT_INTERVAL and before returning
+                           ◄── log_event: ("stuck", key, ─── timeout=: the items run in a thread
+                                          address)           of their own, timed one by one by
+                                                             the task's (_TimedItems); a late one
+                                                             ends the task at once: "timed_out"
+                                                             with the results before it; the
+                                                             worker then refuses chunks until
+                                                             the notebook restarts it
     future.result() ◄──── pickle.dumps((what it printed last, (kind, ...))): one bytes
 
 Dask pickles a returned list element by element, and the function argument of ``submit`` by
@@ -40,12 +47,14 @@ from distributed import get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from .. import _serialize
+from .._item import call_batch
 from ..process._worker import _describe_exception, _results_message
 
 # Outcome kinds, task -> notebook (the first element of the returned pickle).
 DONE, FN_ERROR, UNDECODABLE, INIT_ERROR, PYTHON = "done", "fn_error", "undecodable", "init_error", "python"
+TIMED_OUT, REFUSED = "timed_out", "refused"
 # Event kinds on the pool's topic.
-START, OUT = "start", "out"
+START, OUT, STUCK = "start", "out", "stuck"
 
 #: How often a running task sends what it printed. Short enough to feel live; each send is one
 #: event through the scheduler, so a chatty task costs a few events a second, not one per print.
@@ -56,6 +65,11 @@ OUTPUT_BUFFER_LIMIT = 1 << 20
 #: backend's workers: a session maps a few functions, rarely more).
 FN_CACHE_SIZE = 16
 PROTOCOL = pickle.HIGHEST_PROTOCOL
+#: Seconds a worker whose thread is stuck in a late item refuses mpkit chunks (they go back to the
+#: notebook unrun, to be sent elsewhere) while its restart comes: the notebook asks the nanny at
+#: once, which takes well under a second. Past this no restart came (the notebook went away, the
+#: worker has no nanny): chunks run again beside the stuck thread rather than be refused for ever.
+REFUSE_SECONDS = 30.0
 
 _functions: OrderedDict[str, object] = OrderedDict()
 _inits: dict[str, bytes] = {}        # plugin name -> init payload (registered by InitPlugin)
@@ -64,6 +78,7 @@ _init_lock = threading.Lock()
 _stages: dict[str, object] = {}      # stage id -> its function or built object (``_load_stage``)
 _stage_lock = threading.Lock()
 _local = threading.local()           # .capture: the _Capture of the task this thread runs
+_stuck: list = []                    # (thread, since) of items that ran past their timeout here
 
 
 class InitPlugin(WorkerPlugin):
@@ -109,6 +124,9 @@ class _Capture:
         self.parts: list[list[str]] = []
         self.size = self.dropped = self.dropped_chars = 0
         self.last = time.monotonic()
+        #: its task returned while a late item's thread still runs: what that thread prints now
+        #: goes to the worker's own stream (its log), never to a later cell of the notebook
+        self.closed = False
 
     def add(self, stream: str, text: str) -> None:
         if self.size + len(text) > OUTPUT_BUFFER_LIMIT:
@@ -144,13 +162,14 @@ class _ThreadStream(io.TextIOBase):
 
     def write(self, text: str) -> int:
         capture = getattr(_local, "capture", None)
-        if capture is None:
+        if capture is None or capture.closed:
             return self.original.write(text)
         capture.add(self.name, text)
         return len(text)
 
     def flush(self) -> None:
-        if getattr(_local, "capture", None) is None:
+        capture = getattr(_local, "capture", None)
+        if capture is None or capture.closed:
             self.original.flush()
 
     def fileno(self) -> int:
@@ -223,29 +242,44 @@ def _run_init(name: str | None) -> BaseException | None:
 
 
 def run_chunk(topic: str, fn_id: str, fn_bytes: bytes, items_bytes: bytes, init: str | None,
-              python: tuple[int, int], stage: bool = False, batch: bool = False) -> bytes:
+              python: tuple[int, int], stage: bool = False, batch: bool = False,
+              timeout: float | None = None) -> bytes:
     """Run one chunk in this Dask worker: pickled (output printed at its end, outcome), one bytes.
     ``stage``: the function is a pipeline stage's (kept in ``_stages`` until its pipeline ends);
-    ``batch``: the chunk is a micro-batch of one, called once with the list of its items.
+    ``batch``: the chunk is a micro-batch of one, called once with the list of its items;
+    ``timeout``: the seconds each item (or the batch's call) may run (``_TimedItems``).
 
     What the task printed last travels with its outcome, not as an event: so it reaches the cell
     before the map returns, never in the next cell's output."""
     if tuple(sys.version_info[:2]) != tuple(python):
         return pickle.dumps((([], 0, 0), (PYTHON, sys.version.split()[0], sys.executable)), PROTOCOL)
     worker = get_worker()
+    if _refusing(worker):
+        return pickle.dumps((([], 0, 0), (REFUSED,)), PROTOCOL)
     worker.log_event(topic, [START, worker.get_current_task(), worker.address, os.getpid()])
     _route_output()
     capture = _local.capture = _Capture(worker, topic)
     try:
-        outcome = _run(fn_id, fn_bytes, items_bytes, init, stage, batch)
+        outcome = _run(fn_id, fn_bytes, items_bytes, init, stage, batch, timeout, capture)
     finally:
         _local.capture = None
+    if outcome[0] == TIMED_OUT:  # its thread runs on: the notebook restarts this worker
+        worker.log_event(topic, [STUCK, worker.get_current_task(), worker.address])
     return pickle.dumps((capture.take(), outcome), PROTOCOL)
 
 
+def _refusing(worker) -> bool:
+    """A thread of this worker is stuck in a late item, and its nanny will start it again: the
+    chunk is not run here (its items would be lost with the process, or run twice)."""
+    now = time.monotonic()
+    _stuck[:] = [(t, since) for t, since in _stuck if t.is_alive() and now - since < REFUSE_SECONDS]
+    return bool(_stuck) and getattr(worker, "nanny", None) is not None
+
+
 def _run(fn_id: str, fn_bytes: bytes, items_bytes: bytes, init: str | None, stage: bool = False,
-         batch: bool = False) -> tuple:
-    """The chunk's outcome: (DONE, results, failures, seconds) or why it could not run."""
+         batch: bool = False, timeout: float | None = None, capture: _Capture | None = None) -> tuple:
+    """The chunk's outcome: (DONE, results, failures, seconds), (TIMED_OUT, results, failures,
+    seconds, offset of the late item), or why it could not run."""
     err = _run_init(init)
     if err is not None:
         return (INIT_ERROR, *_describe_exception(err, skip_frames=0))
@@ -258,24 +292,99 @@ def _run(fn_id: str, fn_bytes: bytes, items_bytes: bytes, init: str | None, stag
     except BaseException as exc:
         _, text, _frames = _describe_exception(exc, skip_frames=0)
         return (UNDECODABLE, text)
-    results, failures = [], []
+    if timeout is not None:
+        return _TimedItems(fn, items, batch, capture).outcome(timeout)
     start = time.perf_counter()
     if batch:  # a pipeline stage after .batch(): one call for the list, one result per item
+        results, failures = call_batch(fn, items, _describe_exception)
+    else:
+        results, failures = [], []
+        for offset, item in enumerate(items):
+            try:
+                results.append(fn(item))
+            except BaseException as exc:  # SystemExit too: a task failure, not the worker's
+                results.append(None)
+                failures.append((offset, *_describe_exception(exc)))
+    return _done(DONE, results, failures, time.perf_counter() - start)
+
+
+def _done(kind: str, results: list, failures: list, seconds: float, *rest) -> tuple:
+    _, _, _, results_pickled, failures, _ = _results_message(kind, 0, 0, results, failures, seconds)
+    return (kind, results_pickled, failures, seconds, *rest)
+
+
+class _TimedItems:
+    """A chunk's items with ``timeout=``: they run in a thread of their own, one after the other,
+    while the task's thread times the item running now. When one runs late, the task returns at
+    once with what it has: the results of the items before it, the late item's offset, and
+    nothing of those after it, which never start here (the notebook sends them again). The late
+    item's thread cannot be stopped: the notebook restarts this worker through its nanny.
+
+        task thread: outcome() ──starts──► items thread: for each item, under lock: stop asked?
+            waits on done, until the            else offset, since = this item, now; then fn(item)
+            running item's since + timeout
+            late: under lock stop, and take the results before ``offset``
+
+    Per item this costs a lock and a clock read, not a message: 5,000 trivial items in chunks."""
+
+    def __init__(self, fn, items: list, batch: bool, capture: _Capture | None):
+        self.fn, self.items, self.batch, self.capture = fn, items, batch, capture
+        self.results: list = []
+        self.failures: list = []
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.offset, self.since = 0, time.monotonic()
+        self.stopped = self.finished = False
+        self.started = self.since
+        self.seconds = 0.0
+
+    def outcome(self, timeout: float) -> tuple:
+        thread = threading.Thread(target=self._run, name="mpkit-timed-items", daemon=True)
+        thread.start()
+        while True:
+            with self.lock:
+                if self.finished:
+                    break
+                left = self.since + timeout - time.monotonic()
+                if left <= 0:
+                    self.stopped, late = True, self.offset
+                    results = self.results[:late]  # those after it never start: they are not run
+                    failures = [f for f in self.failures if f[0] < late]
+                    seconds = self.since - self.started  # the items before it: what the sizer learns from
+                    break
+            self.done.wait(left)
+        if not self.stopped:
+            return _done(DONE, self.results, self.failures, self.seconds)
+        _stuck.append((thread, time.monotonic()))
+        if self.capture is not None:
+            self.capture.closed = True  # the late item's later prints stay out of the notebook
+        return _done(TIMED_OUT, results, failures, seconds, 0 if self.batch else late)
+
+    def _run(self) -> None:
+        _local.capture = self.capture
         try:
-            results = list(fn(items))
-            if len(results) != len(items):
-                raise ValueError(f"a batched stage must return one result per item, in order: it got "
-                                 f"{len(items)} items and returned {len(results)} results")
-        except BaseException as exc:
-            described = _describe_exception(exc)
-            results, failures = [None] * len(items), [(o, *described) for o in range(len(items))]
-        items = ()
-    for offset, item in enumerate(items):
-        try:
-            results.append(fn(item))
-        except BaseException as exc:  # SystemExit too: a task failure, not the worker's
-            results.append(None)
-            failures.append((offset, *_describe_exception(exc)))
-    seconds = time.perf_counter() - start
-    _, _, _, results_pickled, failures, _ = _results_message(DONE, 0, 0, results, failures, seconds)
-    return (DONE, results_pickled, failures, seconds)
+            if self.batch:
+                results, failures = call_batch(self.fn, self.items, _describe_exception)
+                self.results, self.failures = results, failures
+            else:
+                self._items()
+        finally:
+            with self.lock:
+                self.finished = not self.stopped
+                self.seconds = time.monotonic() - self.started
+            self.done.set()
+            _local.capture = None
+
+    def _items(self) -> None:
+        fn, lock, clock = self.fn, self.lock, time.monotonic
+        append, failures = self.results.append, self.failures
+        for offset, item in enumerate(self.items):
+            with lock:
+                if self.stopped:
+                    return
+                self.offset, self.since = offset, clock()
+            try:
+                append(fn(item))
+            except BaseException as exc:  # SystemExit too: a task failure, not the worker's
+                append(None)
+                failures.append((offset, *_describe_exception(exc)))

@@ -46,7 +46,7 @@ from collections import OrderedDict, deque
 
 from .. import _serialize
 from . import _wire, _worker
-from .._errors import WorkerInitError, _short_repr, describe_exit, remote_exception
+from .._errors import WorkerInitError, _cause, _short_repr, describe_exit, stage_build_failed
 from .._output import OutputRelay
 from ._proctree import Trees
 from .._run import Run
@@ -82,16 +82,6 @@ CANCEL_GRACE = 0.5
 #: After a worker could not even be started (a fork server killed by an interrupt while it booted),
 #: wait this long before the next try, so that MAX_FAILED_STARTS tries span a real recovery time.
 START_BACKOFF = 0.25
-
-
-def _cause(described, text: str, frames, note: str) -> BaseException:
-    """The worker's own exception (chain and frames included), as the cause of mpkit's error."""
-    exc = remote_exception(described, text, frames)
-    try:
-        exc.add_note(note)
-    except Exception:
-        pass
-    return exc
 
 
 class _Worker:
@@ -521,7 +511,7 @@ class Manager:
     def _load_error(run: Run, w: _Worker, described, text: str, frames) -> BaseException:
         """Why a worker could not load a run's function: a stage object that failed to build,
         or a function whose module the worker cannot import."""
-        if any(f[2] == "build" and f[0].endswith("_stage.py") for f in frames):
+        if stage_build_failed(frames):
             err: BaseException = WorkerInitError(
                 f"building the stage object {run.fn_name}() failed in worker {w.id}: {text}. "
                 "Fix the class's __init__ (or the factory); it runs once in each worker.")

@@ -43,6 +43,7 @@ import traceback
 from .. import _serialize
 from . import _capture, _proctree, _wire
 from .._errors import _PACKAGE_DIR, ExceptionRecord, Reborn, unpicklable_result
+from .._item import call_batch
 
 # Message kinds, parent -> worker.
 CONTEXT, FN, FORGET, RUN, STOP, CANCEL = "context", "fn", "forget", "run", "stop", "cancel"
@@ -297,15 +298,7 @@ class _ChunkRunner:
         if batch:  # a pipeline stage after .batch(): one call for the list, one result per item
             slot[SLOT_ITEM] = 0
             start = time.perf_counter()
-            try:
-                results = list(fn(items))
-                if len(results) != len(items):
-                    raise ValueError(f"a batched stage must return one result per item, in order: it got "
-                                     f"{len(items)} items and returned {len(results)} results")
-                failures = []
-            except BaseException as exc:
-                described = _describe_exception(exc)
-                results, failures = [None] * len(items), [(o, *described) for o in range(len(items))]
+            results, failures = call_batch(fn, items, _describe_exception)
             self.cancelled.discard(chunk_id)  # one call: it cannot stop halfway
             self._send(DONE, chunk_id, 0, results, failures, time.perf_counter() - start)
             return
