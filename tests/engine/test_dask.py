@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -12,6 +13,7 @@ pytest.importorskip("distributed")
 
 import mpkit  # noqa: E402
 from mpkit.engine import dask as dask_backend  # noqa: E402
+from mpkit.engine.dask._manager import CANCEL_GRACE  # noqa: E402
 from tests import dask_tasks, helpers, side_effects, timed_tasks  # noqa: E402
 from tests.dask_cluster import command_line_cluster  # noqa: E402
 from tests.engine.test_interrupt import _InterruptWhen  # noqa: E402
@@ -69,6 +71,17 @@ def test_errors_keep_their_item_and_traceback(dpool):
     out = dpool.map(helpers.fail_on, range(10), on_error="collect")
     assert out == [x for x in range(10) if x != 3]
     assert [f.index for f in out.failures] == [3]
+
+
+def test_failed_maps_keep_the_workers_warm(dpool, dask_client):
+    """A map that raises at once cancels its other chunks; those that had run already (their start
+    heard after the cancel) must not cost their worker a restart: the pool stays warm."""
+    before = worker_pids(dask_client)
+    for _ in range(5):
+        with pytest.raises(ValueError, match="bad item 3"):
+            dpool.map(helpers.fail_on, range(40), chunksize=1)
+    time.sleep(2 * CANCEL_GRACE + 1.0)  # past the grace after which a worker still in a task is restarted
+    assert worker_pids(dask_client) == before, "a failed map restarted Dask workers"
 
 
 def test_a_failed_map_leaves_no_results_on_the_cluster(dpool, dask_client):

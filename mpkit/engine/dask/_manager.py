@@ -326,6 +326,9 @@ class Manager:
                 if late is not None:  # cancelled while waiting, but it had started: it gets the grace
                     late.started, late.worker = time.monotonic(), event[2]
                     self._stopping[late.key] = (late, time.monotonic() + CANCEL_GRACE)
+            elif event[0] == _task.END:  # its thread ended it: if cancelled, the worker is kept
+                self._unseen.pop(event[1], None)
+                self._stopping.pop(event[1], None)
             elif event[0] == _task.STUCK:  # a thread there runs on in a late item: restart it
                 # once the task's result is here (it is lost with the worker), or now if it came
                 if event[1] in self._tasks or event[1] in self._stopping:

@@ -13,6 +13,9 @@
                                           address, pid)      the pids workers() lists)
                            ◄── log_event: ("out", parts) ─── print() of this thread, every
                                                              OUTPUT_INTERVAL and before returning
+                           ◄── log_event: ("end", key) ──── the task's thread is done with it
+                                                             (a cancelled future says nothing of
+                                                             the thread: only this does)
                            ◄── log_event: ("stuck", key, ─── timeout=: the items run in a thread
                                           address)           of their own, timed one by one by
                                                              the task's (_TimedItems); a late one
@@ -54,7 +57,7 @@ from ..process._worker import _describe_exception, _results_message
 DONE, FN_ERROR, UNDECODABLE, INIT_ERROR, PYTHON = "done", "fn_error", "undecodable", "init_error", "python"
 TIMED_OUT, REFUSED = "timed_out", "refused"
 # Event kinds on the pool's topic.
-START, OUT, STUCK = "start", "out", "stuck"
+START, OUT, STUCK, END = "start", "out", "stuck", "end"
 
 #: How often a running task sends what it printed. Short enough to feel live; each send is one
 #: event through the scheduler, so a chatty task costs a few events a second, not one per print.
@@ -265,6 +268,8 @@ def run_chunk(topic: str, fn_id: str, fn_bytes: bytes, items_bytes: bytes, init:
         _local.capture = None
     if outcome[0] == TIMED_OUT:  # its thread runs on: the notebook restarts this worker
         worker.log_event(topic, [STUCK, worker.get_current_task(), worker.address])
+    else:  # its thread is free: a task cancelled as it ran needs no restart
+        worker.log_event(topic, [END, worker.get_current_task()])
     return pickle.dumps((capture.take(), outcome), PROTOCOL)
 
 
