@@ -84,6 +84,14 @@ def test_failed_maps_keep_the_workers_warm(dpool, dask_client):
     assert worker_pids(dask_client) == before, "a failed map restarted Dask workers"
 
 
+def test_a_pool_made_while_a_worker_restarts_connects(dask_client):
+    """A notebook makes a new Pool just after a worker died (or a timeout had it restarted): the
+    check of the workers' Python must not fail on the one leaving (CommClosedError)."""
+    os.kill(next(iter(worker_pids(dask_client).values())), signal.SIGKILL)
+    with mpkit.Pool(cluster=dask_client) as pool:
+        assert pool.map(helpers.square, range(20)) == [x * x for x in range(20)]
+
+
 def test_a_failed_map_leaves_no_results_on_the_cluster(dpool, dask_client):
     """Results of a map that raised stay in no worker's memory (a held future keeps them there)."""
     def held():

@@ -107,9 +107,12 @@ def connect(cluster: Any) -> Connection:
 
 def check_workers(client: Client) -> None:
     """Refuse workers on another Python minor version than this one, or without mpkit."""
-    answers = client.run(eval, _PROBE)
+    answers = client.run(eval, _PROBE, on_error="return")
     here = sys.version.split()[0]
-    for address, (version, executable, has_mpkit) in sorted(answers.items()):
+    for address, answer in sorted(answers.items()):
+        if isinstance(answer, BaseException):
+            continue  # a worker leaving (its nanny restarts it, the same environment): not a refusal
+        version, executable, has_mpkit = answer
         if version.split(".")[:2] != here.split(".")[:2]:
             raise RuntimeError(
                 f"the Dask worker at {address} runs Python {version} ({executable}), this notebook "
