@@ -128,7 +128,8 @@ def check_chunksize(chunksize: Any, timeout: Any = None) -> None:
         if chunksize < 1:
             raise ValueError(f"chunksize={chunksize} would send no items; {accepted}. Fix: chunksize='auto'.")
     if timeout is not None and chunksize not in ("auto", 1):
-        raise ValueError(f"timeout={timeout!r} bounds each item, so items are sent one at a time, but "
+        raise ValueError(f"timeout={timeout!r} bounds each item, so mpkit cuts the chunks itself (one "
+                         f"item per message on local processes, timed item by item on Dask), but "
                          f"chunksize={chunksize!r} asks for {chunksize} per message. Fix: drop chunksize= "
                          "(or drop timeout=).")
 
