@@ -19,7 +19,8 @@ queue or a process. Every widget is made in ``__init__``, in the caller's thread
 panel is displayed; an update only sets the one HTML value (and a scale input when the engine's
 target moved), so the page always shows the very models being updated, whatever thread updates
 them, and a snapshot costs one comm message (each has ~600 bytes of envelope: the header and the
-cards as two values cost a third more than as one). The panel is displayed with a ``display_id``: at the end each of its outputs is replaced by
+cards as two values cost a third more than as one); one that only moves the clock is sent at
+most once a second (``CLOCK_EVERY``). The panel is displayed with a ``display_id``: at the end each of its outputs is replaced by
 the summary, which stays in the saved notebook, and the models are closed (none piles up in the
 kernel). A panel made after a run or service ended (``Dashboard.of_ended``) is that end's summary
 from the start: it makes no widget model, is closed at once and follows no later run, so each
@@ -29,7 +30,9 @@ that runs it. ipywidgets is imported when a live Dashboard is made.
 from __future__ import annotations
 
 import html
+import re
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -43,6 +46,12 @@ from ._summary import BADGE_STYLE, STATE_COLORS, shown_state, summary_html
 #: Snapshots kept for the summary's figures; when full, every other one is dropped (the figures
 #: lose detail evenly, never the start of the run). 400 points are plenty for 300 pixels.
 HISTORY_POINTS = 400
+#: Seconds between two sends of a panel whose only change is its clock (the elapsed time and the
+#: ETA): an idle service's snapshots, ten a second, resent the whole panel (3.4 KB) each time.
+#: A person reads a clock ticking once a second; any other change is sent at once.
+CLOCK_EVERY = 1.0
+#: What changes with the clock alone, left out when telling whether anything else changed.
+_CLOCK = re.compile(r"<span class=mpkit-elapsed>.*?</span>| ETA <n-6>.*?</n-6>")
 STOPPING = "stopping\u2026"
 SEP = " \u00b7 "
 #: The header's style (with the cards'), sent once in a widget of its own.
@@ -178,6 +187,8 @@ class Dashboard:
         self._handles: list[Any] = []        # one DisplayHandle per display of the panel
         self._targets: dict[str, int] = {}   # last target_workers seen per stage
         self._writer: int | None = None      # the thread inside update() writing a scale input
+        self._unclocked = ""                 # the panel's value last sent, without its clock
+        self._sent_at = 0.0                  # when it was sent (time.monotonic())
 
     # -- snapshots ---------------------------------------------------------------------------
 
@@ -198,7 +209,7 @@ class Dashboard:
             self.closed = True
             self.final = stats
             self._keep(stats, last=True)
-            self._show(stats)
+            self._show(stats, final=True)
             summary = self._summary_bundle()
             for handle in self._handles:
                 handle.update(summary, raw=True)
@@ -264,9 +275,9 @@ class Dashboard:
             self._history = self._history[::2]
             self._step *= 2
 
-    def _show(self, stats: PipelineStats) -> None:
+    def _show(self, stats: PipelineStats, final: bool = False) -> None:
         title = self.title if stats.name in ("", self.title) else f"{self.title} ({stats.name})"
-        set_if_changed(self.panel, "value", panel_html(title, stats))
+        self._send(panel_html(title, stats), final)
         ended = bool(stats.outcome)
         for stage in stats.stages:
             scale = self.scales.get(stage.name)
@@ -290,6 +301,15 @@ class Dashboard:
                 set_if_changed(self.stop_button, "disabled", True)
             elif stats.state == "stopping":
                 self._show_stopping()
+
+    def _send(self, value: str, final: bool) -> None:
+        """Set the panel's value, unless only its clock moved and it was sent under CLOCK_EVERY
+        seconds ago (the final snapshot is always sent)."""
+        unclocked, now = _CLOCK.sub("", value), time.monotonic()
+        if not final and unclocked == self._unclocked and now - self._sent_at < CLOCK_EVERY:
+            return
+        if set_if_changed(self.panel, "value", value):
+            self._unclocked, self._sent_at = unclocked, now
 
     def _scaled(self, name: str) -> Callable[[dict], None]:
         def changed(change: dict) -> None:
