@@ -4,7 +4,6 @@ stopped, in every kernel (with or without the Cancel button), leaving no widget 
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
