@@ -30,7 +30,6 @@ that runs it. ipywidgets is imported when a live Dashboard is made.
 from __future__ import annotations
 
 import html
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -50,8 +49,8 @@ HISTORY_POINTS = 400
 #: ETA): an idle service's snapshots, ten a second, resent the whole panel (3.4 KB) each time.
 #: A person reads a clock ticking once a second; any other change is sent at once.
 CLOCK_EVERY = 1.0
-#: What changes with the clock alone, left out when telling whether anything else changed.
-_CLOCK = re.compile(r"<span class=mpkit-elapsed>.*?</span>| ETA <n-6>.*?</n-6>")
+#: What changes with the clock alone (start, end), left out when telling whether anything else did.
+_CLOCK = (("<span class=mpkit-elapsed>", "</span>"), (" ETA <n-6>", "</n-6>"))
 STOPPING = "stopping\u2026"
 SEP = " \u00b7 "
 #: The header's style (with the cards'), sent once in a widget of its own.
@@ -105,6 +104,16 @@ def stages_html(stats: PipelineStats) -> str:
 def panel_html(title: str, stats: PipelineStats) -> str:
     """The header, then the cards: the one value a snapshot sets."""
     return header_html(title, stats) + stages_html(stats)
+
+
+def _unclocked(panel: str) -> str:
+    """The panel's HTML without its elapsed time and ETA (a few finds: a regex costs 20 us)."""
+    for start, end in _CLOCK:
+        i = panel.find(start)
+        if i >= 0:
+            j = panel.find(end, i + len(start))
+            panel = panel[:i] + panel[j + len(end):]
+    return panel
 
 
 class Dashboard:
@@ -305,11 +314,13 @@ class Dashboard:
     def _send(self, value: str, final: bool) -> None:
         """Set the panel's value, unless only its clock moved and it was sent under CLOCK_EVERY
         seconds ago (the final snapshot is always sent)."""
-        unclocked, now = _CLOCK.sub("", value), time.monotonic()
+        if value == self.panel.value:
+            return
+        unclocked, now = _unclocked(value), time.monotonic()
         if not final and unclocked == self._unclocked and now - self._sent_at < CLOCK_EVERY:
             return
-        if set_if_changed(self.panel, "value", value):
-            self._unclocked, self._sent_at = unclocked, now
+        self.panel.value = value
+        self._unclocked, self._sent_at = unclocked, now
 
     def _scaled(self, name: str) -> Callable[[dict], None]:
         def changed(change: dict) -> None:
