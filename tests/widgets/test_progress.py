@@ -80,3 +80,13 @@ def test_the_bar_counts_the_maps_own_workers(pool, capsys):
     assert not any("of 2 workers" in bar for bar in bars), bars
     assert any("1 of 1 worker busy" in bar for bar in bars[:-1]), bars
     assert bars[-1].endswith(", 1 worker]"), bars[-1]
+
+
+def test_a_loop_left_early_ends_its_bar_as_cancelled(pool, capsys):
+    """``break`` out of a loop over imap: the last bar says the map was cancelled, without the
+    ETA of a map that no longer runs."""
+    for i, _ in enumerate(pool.imap(helpers.sleep_then, [0.02] * 200, chunksize=1, progress=True)):
+        if i == 5:
+            break
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "cancelled" in last and "/200" in last and "<" not in last, last
