@@ -105,6 +105,7 @@ class BasePool:
                 else:
                     failures.append(batch)
         except KeyboardInterrupt:  # the user's interrupt, not a task's (those come as _Fatal)
+            run.outcome = run.outcome or "interrupted"   # it may have landed here, outside _drive
             with held_interrupts():  # pressed again while stopping: the results are kept all the same
                 batches.close()
                 interrupted = _interrupted(run, done, failures)
@@ -289,6 +290,7 @@ class BasePool:
                     yield from failures
                 yield from batches
                 if fatal is not None:
+                    run.outcome = "failed"
                     self._show(run, progress)
                     yield _Fatal(fatal)
                     return
@@ -297,7 +299,17 @@ class BasePool:
                     last_shown = now
                     self._show(run, progress)
                 if finished and not run.done and not run.failures:
+                    run.outcome = "finished"
                     break
+        except KeyboardInterrupt:
+            run.outcome = run.outcome or "interrupted"
+            raise
+        except GeneratorExit:  # the caller left its loop (or an interrupt landed there: map set it)
+            run.outcome = run.outcome or ("finished" if run.complete and run.fatal is None else "cancelled")
+            raise
+        except BaseException:
+            run.outcome = run.outcome or "failed"
+            raise
         finally:
             with held_interrupts():  # an interrupt must not leave busy workers or an open bar behind
                 if not run.complete:

@@ -53,6 +53,12 @@ class MapStats:
     workers: int           #: worker processes alive in the pool
     busy: int              #: workers holding items of this map
     elapsed: float         #: seconds since the map started
+    #: workers this map may use at most: its ``workers=``, or the pool's size (``workers`` may be more)
+    max_workers: int = 0
+    #: how it ended, in the last snapshot only: "finished" (every item done or failed and
+    #: collected), "failed" (an error ended it), "interrupted" (the kernel's interrupt or the
+    #: bar's Cancel), "cancelled" (the loop over imap left early); "" while it runs
+    outcome: str = ""
 
     @property
     def rate(self) -> float:
@@ -106,6 +112,7 @@ class Run:
         self.failures: deque[Failure] = deque()
         self.fatal: BaseException | None = None   # the map cannot go on (function not loadable...)
         self.cancelled = False
+        self.outcome = ""                        # set by the map driver as the map ends (MapStats.outcome)
         self.max_tasks_per_child: int | None = None  # this map's own; else the pool's
         self.in_flight = 0                       # chunks held by workers, kept by the manager
         self.submitted = self.finished = self.failed = self.retried = 0
@@ -212,7 +219,8 @@ class Run:
         # busy_workers is the backend's count as of its last pass; no chunk held means none busy
         busy = self.busy_workers if self.in_flight else 0
         return MapStats(self.total, self.submitted, self.finished, self.failed, self.retried,
-                        self.pool_workers, busy, time.perf_counter() - self.started)
+                        self.pool_workers, busy, time.perf_counter() - self.started, self.max_workers,
+                        self.outcome)
 
     def pending_bytes(self) -> int:
         """Pickled size of the chunks waiting for a worker (under cond)."""

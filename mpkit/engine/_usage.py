@@ -7,7 +7,8 @@
 CPU is measured by psutil between two readings of the same process (``cpu_percent(None)``), so a
 worker's first reading is 0 % and the next ones are its share of one core over the last interval
 (200 % = two cores' worth: a worker using threads). Memory is the resident set (RSS). A worker
-gone between two readings is left out; one psutil cannot read (another user's, a zombie) counts 0.
+gone between two readings is left out, and so is one whose pid is not known yet (0: a Dask worker
+no task ran on); one psutil cannot read (another user's, a zombie) counts 0.
 """
 from __future__ import annotations
 
@@ -56,6 +57,8 @@ class Usage:
                 alive = []
             readings = []
             for wid, pid, state in alive:
+                if not pid:
+                    continue   # not known yet (a Dask worker no task ran on): no process to read
                 seen.add(pid)
                 cpu, rss = self._read(pid)
                 readings.append(WorkerUsage(wid, pid, state, cpu, rss))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import importlib
 import sys
 import time
+from collections.abc import Callable
 
 import cloudpickle
-import psutil
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
@@ -15,6 +15,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from .. import shutdown
 from ..engine import Pipeline, default_pool, live_pipelines, live_pools
 from ..engine._default import dask_pools
+from ..engine._usage import USAGE_INTERVAL, Usage, WorkerUsage
 from ..widgets import _format as fmt
 from ._cellmodule import CellError, register_cell_file
 
@@ -25,54 +26,52 @@ from ._cellmodule import CellError, register_cell_file
 CPU_WINDOW = 0.25
 
 
-def _usage_text(cpu_percent: float, rss: int) -> str:
-    """One worker's CPU and memory, as every row of %mp_ps writes them."""
-    return f"  cpu {fmt.cpu(cpu_percent)} of a core  mem {fmt.memory(rss)}"
+def _usage_text(usage: WorkerUsage | None) -> str:
+    """One worker's CPU and memory, as every row of %mp_ps writes them; nothing without a reading."""
+    if usage is None:
+        return ""
+    return f"  cpu {fmt.cpu(usage.cpu_percent)} of a core  mem {fmt.memory(usage.rss)}"
 
 
-def _read_usage(pids: list[int]) -> dict[int, str]:
-    """``{pid: usage text}`` for processes read now: CPU over one CPU_WINDOW, for all at once."""
-    procs = {}
-    for pid in pids:
-        try:
-            proc = psutil.Process(pid)
-            proc.cpu_percent(None)   # the first reading starts the window
-        except psutil.Error:
-            continue
-        procs[pid] = proc
-    if procs:
-        time.sleep(CPU_WINDOW)
-    usage = {}
-    for pid, proc in procs.items():
-        try:
-            with proc.oneshot():
-                usage[pid] = _usage_text(proc.cpu_percent(None), proc.memory_info().rss)
-        except psutil.Error:
-            continue   # gone meanwhile: listed without a reading
-    return usage
+def _worker_row(wid: int, pid: int, state: str, usage: WorkerUsage | None, indent: int = 4) -> str:
+    """``worker 1  pid 4242  busy  cpu 98% of a core  mem 85 MB``; a pid not known yet (a Dask
+    worker no task ran on) is said so, with no reading."""
+    if not pid:
+        return f"{' ' * indent}worker {wid}  pid not known yet  {state}"
+    return f"{' ' * indent}worker {wid}  pid {pid}  {state}{_usage_text(usage)}"
 
 
-def _pipeline_rows(pipe: Pipeline, unread: list[int]) -> list[str | tuple[str, int]]:
+def _read_usage(listings: dict[str, Callable[[], list[tuple[int, int, str]]]]) -> dict[int, WorkerUsage]:
+    """``{pid: reading}`` of the workers of ``listings`` (as a pipeline's snapshot reads them,
+    ``_usage.Usage``), CPU over one CPU_WINDOW for all at once."""
+    if not listings:
+        return {}
+    usage = Usage()
+    usage.sample(0.0, listings)                   # the first reading starts every worker's window
+    time.sleep(CPU_WINDOW)
+    return {u.pid: u for readings in usage.sample(USAGE_INTERVAL, listings).values() for u in readings}
+
+
+def _stage_workers(pipe: Pipeline, stage: str) -> Callable[[], list[tuple[int, int, str]]]:
+    """A listing of one running stage's workers, as ``_read_usage`` takes it."""
+    return lambda: pipe.workers().get(stage, [])
+
+
+def _stage_rows(pipe: Pipeline, usage: dict[int, WorkerUsage]) -> list[str]:
     """A running pipeline's stages (time per item, counts) and their workers' CPU and memory, as
-    its last snapshot read them (CPU as a share of one core over the last second). A worker not
-    read yet is a ``(row, pid)`` whose usage is read afterwards; its pid is added to ``unread``."""
+    its last snapshot read them (CPU as a share of one core over the last second), else as read
+    now (``usage``)."""
     workers = pipe.workers()
-    if not workers:
-        return []
-    rows: list[str | tuple[str, int]] = []
-    for stage in pipe.stats().stages:
+    rows: list[str] = []
+    for stage in pipe.stats().stages if workers else ():
         if stage.kind != "stage":
             continue
         rows.append(f"    stage {stage.name}  {stage.mean_seconds * 1000:,.1f} ms/item  in {stage.received:,}  "
                     f"out {stage.emitted:,}  queued {stage.queued:,}"
                     + ("" if workers.get(stage.name) else "  (no worker started yet)"))
-        if stage.usage:
-            rows += [f"        worker {u.id}  pid {u.pid}  {u.state}{_usage_text(u.cpu_percent, u.rss)}"
-                     for u in stage.usage]
-        else:  # the first reading is not in yet
-            for wid, pid, st in workers.get(stage.name, ()):
-                rows.append((f"        worker {wid}  pid {pid}  {st}", pid))
-                unread.append(pid)
+        read = {u.pid: u for u in stage.usage}
+        rows += [_worker_row(wid, pid, state, read.get(pid) or usage.get(pid), indent=8)
+                 for wid, pid, state in workers.get(stage.name, ())]
     return rows
 
 
@@ -130,26 +129,30 @@ class OpsMagics(Magics):
     def mp_ps(self, line: str = ""):
         """List the pools and pipelines alive in this kernel, with their workers' pids, states, CPU
         (a share of one core: 100% is one core busy) and resident memory."""
-        rows: list[str | tuple[str, int]] = []   # (row, pid): its usage is read below
-        unread: list[int] = []
         default = default_pool()
-        for pool in live_pools():
-            label = "mpkit.map pool" if pool is default else "Pool"
-            if pool.output.label:
-                continue  # a pipeline stage's pool: listed under its pipeline
-            rows.append(f"{label} ({pool.start_method}, {pool.size} workers)")
-            for wid, pid, state in pool.workers():
-                rows.append((f"    worker {wid}  pid {pid}  {state}", pid))
-                unread.append(pid)
-        for pool in dask_pools():
-            label = "mpkit.map pool" if pool is default else "Pool"
-            rows.append(f"{label} (Dask {pool.where}, {pool.size} threads)")
-            rows += [f"    worker {wid}  pid {pid}  {state}" for wid, pid, state in pool.workers()]
-        for pipe in live_pipelines():
-            rows.append(f"Pipeline {pipe.name!r} ({pipe.state}): {' -> '.join(pipe.stages)}")
-            rows += _pipeline_rows(pipe, unread)
+        local = [pool for pool in live_pools() if not pool.output.label]   # labelled: a pipeline stage's
+        remote = [pool for pool in dask_pools() if not pool.output.label]
+        pipes = live_pipelines()
+        # one reading for every local worker no snapshot has read: the pools', and the stages' of
+        # a pipeline whose snapshot has none yet
+        unread = {f"pool {i}": pool.workers for i, pool in enumerate(local)}
+        for i, pipe in enumerate(pipes):
+            for stage in pipe.stats().stages if pipe.state == "running" else ():
+                if stage.kind == "stage" and not stage.usage:
+                    unread[f"pipeline {i} {stage.name}"] = _stage_workers(pipe, stage.name)
         usage = _read_usage(unread)
-        rows = [row if isinstance(row, str) else row[0] + usage.get(row[1], "") for row in rows]
+        rows: list[str] = []
+        for pool in local:
+            label = "mpkit.map pool" if pool is default else "Pool"
+            rows.append(f"{label} ({pool.start_method}, {fmt.plural(pool.size, 'worker')})")
+            rows += [_worker_row(wid, pid, state, usage.get(pid)) for wid, pid, state in pool.workers()]
+        for pool in remote:
+            label = "mpkit.map pool" if pool is default else "Pool"
+            rows.append(f"{label} (Dask {pool.where}, {fmt.plural(pool.size, 'thread')})")
+            rows += [_worker_row(wid, pid, state, None) for wid, pid, state in pool.workers()]
+        for pipe in pipes:
+            rows.append(f"Pipeline {pipe.name!r} ({pipe.state}): {' -> '.join(pipe.stages)}")
+            rows += _stage_rows(pipe, usage)
         print("\n".join(rows) if rows else "no mpkit pools or pipelines alive")
 
     @magic_arguments()

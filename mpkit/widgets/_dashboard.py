@@ -19,16 +19,20 @@ queue or a process. Every widget is made in ``__init__``, in the caller's thread
 panel is displayed; an update only sets the one HTML value (and a scale input when the engine's
 target moved), so the page always shows the very models being updated, whatever thread updates
 them, and a snapshot costs one comm message (each has ~600 bytes of envelope: the header and the
-cards as two values cost a third more than as one). The panel is displayed with a ``display_id``: at the end each of its outputs is replaced by
+cards as two values cost a third more than as one); one that only moves the clock is sent at
+most once a second (``CLOCK_EVERY``). The panel is displayed with a ``display_id``: at the end each of its outputs is replaced by
 the summary, which stays in the saved notebook, and the models are closed (none piles up in the
-kernel). A panel made after a run or service ended shows that end's summary at once, and becomes
-live again if another run starts (it is attached to the pipeline until one ends). ipywidgets is imported when a Dashboard is made.
+kernel). A panel made after a run or service ended (``Dashboard.of_ended``) is that end's summary
+from the start: it makes no widget model, is closed at once and follows no later run, so each
+run's summary stays where it was shown and the next run shows its own progress under the cell
+that runs it. ipywidgets is imported when a live Dashboard is made.
 """
 from __future__ import annotations
 
 import html
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..engine._pipeline_stats import PipelineStats
@@ -41,6 +45,12 @@ from ._summary import BADGE_STYLE, STATE_COLORS, shown_state, summary_html
 #: Snapshots kept for the summary's figures; when full, every other one is dropped (the figures
 #: lose detail evenly, never the start of the run). 400 points are plenty for 300 pixels.
 HISTORY_POINTS = 400
+#: Seconds between two sends of a panel whose only change is its clock (the elapsed time and the
+#: ETA): an idle service's snapshots, ten a second, resent the whole panel (3.4 KB) each time.
+#: A person reads a clock ticking once a second; any other change is sent at once.
+CLOCK_EVERY = 1.0
+#: What changes with the clock alone (start, end), left out when telling whether anything else did.
+_CLOCK = (("<span class=mpkit-elapsed>", "</span>"), (" ETA <n-6>", "</n-6>"))
 STOPPING = "stopping\u2026"
 SEP = " \u00b7 "
 #: The header's style (with the cards'), sent once in a widget of its own.
@@ -96,6 +106,16 @@ def panel_html(title: str, stats: PipelineStats) -> str:
     return header_html(title, stats) + stages_html(stats)
 
 
+def _unclocked(panel: str) -> str:
+    """The panel's HTML without its elapsed time and ETA (a few finds: a regex costs 20 us)."""
+    for start, end in _CLOCK:
+        i = panel.find(start)
+        if i >= 0:
+            j = panel.find(end, i + len(start))
+            panel = panel[:i] + panel[j + len(end):]
+    return panel
+
+
 class Dashboard:
     """One pipeline's panel: a header with totals and progress, one card per stage, controls.
 
@@ -109,17 +129,8 @@ class Dashboard:
                  workers: Mapping[str, int] | None = None):
         import ipywidgets as w
 
-        self.title = title
+        self._start(title)
         self._on_stop, self._on_scale = on_stop, on_scale
-        self.closed = False
-        self.final: PipelineStats | None = None
-        self._lock = threading.RLock()
-        self._history: list[PipelineStats] = []
-        self._step = 1                       # keep every _step-th snapshot (doubles when full)
-        self._seen = 0
-        self._handles: list[Any] = []        # one DisplayHandle per display of the panel
-        self._targets: dict[str, int] = {}   # last target_workers seen per stage
-        self._writer: int | None = None      # the thread inside update() writing a scale input
 
         ready = PipelineStats(title, "ready", 0.0, 0, 0, 0, 0, 0, 0, ())
         self.style = w.HTML(f"<style>{CSS}</style>")   # sent once; updates send classes and figures
@@ -158,6 +169,36 @@ class Dashboard:
         self.widget = w.VBox(parts, layout=w.Layout(border="1px solid #e0e0e0", padding="4px"))
         self.widget.add_class("mpkit-dashboard")
 
+    @classmethod
+    def of_ended(cls, title: str, history: Sequence[PipelineStats], final: PipelineStats) -> "Dashboard":
+        """The panel of a run or service that ended already: its summary, closed from the start
+        (no widget model is made, nothing to close later), attached to no pipeline."""
+        dash = cls.__new__(cls)
+        dash._start(title)
+        dash._on_stop = dash._on_scale = None
+        dash.style = dash.panel = dash.stop_button = dash.controls = dash.widget = None
+        dash.scales = {}
+        for stats in history:
+            dash._keep(stats)
+        dash._keep(final, last=True)
+        dash.closed, dash.final = True, final
+        return dash
+
+    def _start(self, title: str) -> None:
+        """The state of a panel before any snapshot, live or not."""
+        self.title = title
+        self.closed = False
+        self.final: PipelineStats | None = None
+        self._lock = threading.RLock()
+        self._history: list[PipelineStats] = []
+        self._step = 1                       # keep every _step-th snapshot (doubles when full)
+        self._seen = 0
+        self._handles: list[Any] = []        # one DisplayHandle per display of the panel
+        self._targets: dict[str, int] = {}   # last target_workers seen per stage
+        self._writer: int | None = None      # the thread inside update() writing a scale input
+        self._unclocked = ""                 # the panel's value last sent, without its clock
+        self._sent_at = 0.0                  # when it was sent (time.monotonic())
+
     # -- snapshots ---------------------------------------------------------------------------
 
     def update(self, stats: PipelineStats) -> None:
@@ -165,8 +206,6 @@ class Dashboard:
         with self._lock:
             if self.closed:
                 return
-            if self._ended() and not stats.outcome:
-                self._reopen()
             self._keep(stats)
             self._show(stats)
 
@@ -179,7 +218,7 @@ class Dashboard:
             self.closed = True
             self.final = stats
             self._keep(stats, last=True)
-            self._show(stats)
+            self._show(stats, final=True)
             summary = self._summary_bundle()
             for handle in self._handles:
                 handle.update(summary, raw=True)
@@ -210,9 +249,8 @@ class Dashboard:
         return self._bundle()
 
     def _bundle(self) -> dict:
-        """The summary once closed, or while the last snapshot is of a run that ended (a panel
-        made after the end: it follows the next run, if one comes); else the live panel."""
-        return self._summary_bundle() if self.closed or self._ended() else self._live_bundle()
+        """The summary once closed, else the live panel."""
+        return self._summary_bundle() if self.closed else self._live_bundle()
 
     def _live_bundle(self) -> dict:
         bundle = dict(self.widget._repr_mimebundle_())
@@ -237,23 +275,6 @@ class Dashboard:
         """The final snapshot once closed, else the last one seen (None before any)."""
         return self.final or (self._history[-1] if self._history else None)
 
-    def _ended(self) -> bool:
-        last = self._last()
-        return last is not None and bool(last.outcome)
-
-    def _reopen(self) -> None:
-        """A run starts after the one this panel showed the end of: forget that run, make the
-        controls live again, and turn every display of the summary into the live panel."""
-        self._history, self._seen, self._step = [], 0, 1
-        if self.stop_button is not None:
-            set_if_changed(self.stop_button, "description", "Stop")
-            set_if_changed(self.stop_button, "disabled", False)
-        for scale in self.scales.values():
-            set_if_changed(scale, "disabled", False)
-        live = self._live_bundle()
-        for handle in self._handles:
-            handle.update(live, raw=True)
-
     def _keep(self, stats: PipelineStats, last: bool = False) -> None:
         """History for the summary's figures, thinned evenly to at most HISTORY_POINTS."""
         self._seen += 1
@@ -263,9 +284,9 @@ class Dashboard:
             self._history = self._history[::2]
             self._step *= 2
 
-    def _show(self, stats: PipelineStats) -> None:
+    def _show(self, stats: PipelineStats, final: bool = False) -> None:
         title = self.title if stats.name in ("", self.title) else f"{self.title} ({stats.name})"
-        set_if_changed(self.panel, "value", panel_html(title, stats))
+        self._send(panel_html(title, stats), final)
         ended = bool(stats.outcome)
         for stage in stats.stages:
             scale = self.scales.get(stage.name)
@@ -289,6 +310,17 @@ class Dashboard:
                 set_if_changed(self.stop_button, "disabled", True)
             elif stats.state == "stopping":
                 self._show_stopping()
+
+    def _send(self, value: str, final: bool) -> None:
+        """Set the panel's value, unless only its clock moved and it was sent under CLOCK_EVERY
+        seconds ago (the final snapshot is always sent)."""
+        if value == self.panel.value:
+            return
+        unclocked, now = _unclocked(value), time.monotonic()
+        if not final and unclocked == self._unclocked and now - self._sent_at < CLOCK_EVERY:
+            return
+        self.panel.value = value
+        self._unclocked, self._sent_at = unclocked, now
 
     def _scaled(self, name: str) -> Callable[[dict], None]:
         def changed(change: dict) -> None:

@@ -41,9 +41,13 @@ def pipeline_front_end(progress: bool | None, title: str) -> PipelineObserver | 
 def dashboard_for(pipe):
     """A live :class:`Dashboard` attached to ``pipe`` (``pipe.observe``): its Stop button stops the
     running service without waiting, or ends a running ``run()`` as an interrupt does (its results
-    so far in MapInterrupted); its worker counts call ``pipe.scale``. Made after the run or
-    service ended, it shows that end (its summary) until the next run or service starts."""
+    so far in MapInterrupted); its worker counts call ``pipe.scale``. Made before the first run it
+    follows that run. Made after a run or service ended, it is that end's summary, for good: it
+    does not take over the next run, which shows its own dashboard in its own cell."""
     from ._dashboard import Dashboard
+
+    if pipe.state not in ("ready", "running"):
+        return Dashboard.of_ended(pipe.name, pipe.history(), pipe.stats())
 
     def stop() -> None:  # a click handler must return at once: what is inside is cancelled
         service = pipe.service
@@ -53,4 +57,7 @@ def dashboard_for(pipe):
             pipe._interrupt_run()
 
     scalable = {spec.name: spec.workers for spec in pipe.specs if spec.key is None}
-    return pipe.observe(Dashboard(pipe.name, on_stop=stop, on_scale=pipe.scale, workers=scalable))
+    dash = pipe.observe(Dashboard(pipe.name, on_stop=stop, on_scale=pipe.scale, workers=scalable))
+    if pipe.state not in ("ready", "running") and not dash.closed:
+        dash.close(pipe.stats())   # the run ended while it was attached: it showed that end
+    return dash

@@ -14,12 +14,13 @@ In Jupyter the bar has a Cancel button, which stops the map as the kernel's inte
 
 A click cannot wait for the cell to end: the kernel's main thread, which handles widget messages,
 is the one running the map. So the click is noted where the kernel routes messages, a thread
-that runs while a cell does (ipykernel with subshells, 7 and later); where that is not so, the
-bar has no Cancel button (the kernel's interrupt still works).
+that runs while a cell does (ipykernel with subshells, 7 and later); where that is not so
+(ipykernel 6, Colab), the bar has no Cancel button (the kernel's interrupt still works).
 
-When the map ends, the output of the bar and its button becomes the final bar as static HTML
-(``final_bar_html``), and every widget of it is closed: it stays in the saved notebook and
-renders without a kernel. (Shown again as tqdm's own widget, the bar vanished in JupyterLab: its
+When the map ends, the output of the bar (and its button) becomes the final bar as static HTML
+(``final_bar_html``: green when it finished, red with "failed", "interrupted" or "cancelled" and
+no ETA otherwise), and every widget of it is closed, in every kernel: it stays in the saved
+notebook and renders without a kernel. (Shown again as tqdm's own widget, the bar vanished in JupyterLab: its
 output renderer is reused for the update and hides itself when the box it drew is closed.)
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ import threading
 
 from ..engine._run import MapStats
 from . import _format as fmt
-from ._stage_card import close_tree
+from ._stage_card import ERROR_COLOR, close_tree
 
 
 def _shell():
@@ -116,24 +117,37 @@ class CancelButton:
         self.button.description = "Cancelling"
 
 
-#: The fill of a final bar per tqdm bar style: JupyterLab's colours for the same ipywidgets styles.
-BAR_COLORS = {"success": "#388e3c", "danger": "#d32f2f", "info": "#0288d1", "": "#1976d2"}
+#: The fill of a final bar per tqdm bar style (tqdm ends every bar as one of these two): green as
+#: JupyterLab draws 'success', and the one red of mpkit's front-ends (the dashboard's errors).
+BAR_COLORS = {"success": "#388e3c", "danger": ERROR_COLOR}
+#: The final bar's track: a fixed width, because an untrusted notebook's sanitiser drops ``flex``
+#: and ``gap`` (the track shrank to nothing); 300 px fits beside tqdm's texts in a narrow column.
+TRACK_WIDTH = 300
+#: The end of a bar that did not finish: tqdm's right side without the ETA, which would tell the
+#: time left to a map that has stopped ("[00:03, 12.0item/s, interrupted, 2 workers]").
+STOPPED_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
 
 
 def final_bar_html(container) -> str:
-    """tqdm.notebook's bar (``container``: text, bar, text) as it ends, as static HTML."""
+    """tqdm.notebook's bar (``container``: text, bar, text) as it ends, as static HTML, drawn
+    with only what an untrusted notebook keeps of inline styles."""
     left, bar, right = container.children
     fill = 100.0 * bar.value / bar.max if bar.max else 100.0
-    color = bar.style.bar_color or BAR_COLORS.get(bar.bar_style, BAR_COLORS[""])
+    color = bar.style.bar_color or BAR_COLORS.get(bar.bar_style, BAR_COLORS["success"])
     # tqdm keeps both texts escaped, spaces as figure spaces (digits keep their places)
-    return ('<div class="mpkit-map-bar" style="display:flex;align-items:center;gap:4px;white-space:nowrap;'
-            f'font-variant-numeric:tabular-nums"><span>{left.value}</span>'
-            '<span style="flex:1 1 auto;max-width:520px;height:14px;background:#eeeeee">'
-            f'<span style="display:block;height:100%;width:{fill:.0f}%;background:{html.escape(color)}"></span>'
-            f"</span><span>{right.value}</span></div>")
+    return ('<div class="mpkit-map-bar" style="white-space:nowrap">'
+            f'<span style="vertical-align:middle">{left.value}</span>'
+            f'<span style="display:inline-block;vertical-align:middle;width:{TRACK_WIDTH}px;height:14px;'
+            'margin:0 4px;background:#eeeeee">'
+            f'<span style="display:block;height:14px;width:{fill:.0f}%;background:{html.escape(color)}"></span>'
+            f'</span><span style="vertical-align:middle">{right.value}</span></div>')
 
 
 class TqdmProgress:
+    """One map's bar. In a notebook it owns its output (a display with an id): the live bar (and
+    its Cancel button where clicks can arrive), which becomes the final bar as static HTML at the
+    end, its models closed, whichever kernel runs it."""
+
     def __init__(self, desc: str, total: int | None):
         from tqdm.auto import tqdm
 
@@ -142,16 +156,19 @@ class TqdmProgress:
         self.view = None
         self.handle = None
         notebook = sys.modules.get("tqdm.notebook")
-        if notebook is not None and isinstance(tqdm, type) and issubclass(tqdm, notebook.tqdm_notebook):
+        in_notebook = notebook is not None and isinstance(tqdm, type) and issubclass(tqdm, notebook.tqdm_notebook)
+        if in_notebook:
             self.cancel = CancelButton.make()
-        extra = {"display": False} if self.cancel is not None else {}
+        extra = {"display": False} if in_notebook else {}
         self.bar = tqdm(total=total, desc=desc, unit="item", dynamic_ncols=True, leave=True, **extra)
         self._text_bar = not hasattr(self.bar, "container")  # tqdm.notebook bars hold a widget
-        if self.cancel is not None:
+        if not self._text_bar:
             import ipywidgets as w
             from IPython.display import display
 
-            self.view = w.HBox([self.bar.container, self.cancel.button], layout=w.Layout(align_items="center"))
+            self.view = self.bar.container
+            if self.cancel is not None:
+                self.view = w.HBox([self.bar.container, self.cancel.button], layout=w.Layout(align_items="center"))
             self.handle = display(self.view, display_id=True)
 
     def update(self, stats: MapStats) -> None:
@@ -160,12 +177,16 @@ class TqdmProgress:
             raise KeyboardInterrupt("Cancel clicked")  # raised again where the map runs: it stops as interrupted
         self._draw(stats)
 
-    def _draw(self, stats: MapStats, ended: bool = False) -> None:
+    def _draw(self, stats: MapStats, outcome: str = "") -> None:
         bar = self.bar
         bar.n = stats.done + stats.failed
         if bar.total is None and stats.total is not None:
             bar.total = stats.total
-        postfix = fmt.pool_workers(stats.busy, stats.workers, ended)
+        cap = min(stats.workers, stats.max_workers) if stats.max_workers else stats.workers
+        postfix = fmt.pool_workers(stats.busy, cap, bool(outcome))
+        if outcome and outcome != "finished":   # it stopped: no ETA, and it says why
+            bar.bar_format = STOPPED_FORMAT
+            postfix = f"{outcome}, {postfix}"
         if stats.failed:
             postfix += f", {stats.failed:,} failed"
         if stats.retried:
@@ -182,13 +203,16 @@ class TqdmProgress:
             file.flush()
 
     def close(self, stats: MapStats) -> None:
-        self._draw(stats, ended=True)  # a click noted now comes too late: the map is over, nothing to cancel
-        complete = stats.total is not None and stats.done + stats.failed == stats.total
-        if not self._text_bar and (stats.failed or not complete):
-            self.bar.colour = "#d9534f"  # tqdm.notebook shows a red bar for a failed run
+        outcome = stats.outcome or "finished"
+        if outcome == "interrupted" and self.cancel is not None and self.cancel.button.disabled:
+            outcome = "cancelled"      # the Cancel button stopped it (the engine saw an interrupt)
+        # a click noted now comes too late: the map is over, nothing to cancel
+        self._draw(stats, outcome)
+        if not self._text_bar and (stats.failed or outcome != "finished"):
+            self.bar.container.children[1].bar_style = "danger"   # tqdm's close keeps it red
         self.bar.close()
-        if self.cancel is not None:  # the map is over: the output becomes the final bar, static
-            if self.handle is not None:
-                self.handle.update({"text/html": final_bar_html(self.bar.container),
-                                    "text/plain": str(self.bar)}, raw=True)
+        if self.handle is not None:  # the map is over: the output becomes the final bar, static
+            self.handle.update({"text/html": final_bar_html(self.bar.container),
+                                "text/plain": str(self.bar)}, raw=True)
+        if self.view is not None:
             close_tree(self.view)   # the box, the button and tqdm's bar inside it

@@ -3,15 +3,22 @@
 For a terminal IPython or a script. On a terminal, ``update`` rewrites one line in place (``\\r``,
 cut to the terminal width); on anything else (a log file, a CI console, a pipe) a rewritten line
 would pile up as garbage, so it prints a whole line, at most once every ``LOG_INTERVAL`` seconds
-and whenever the state changes. ``close`` prints one line per stage::
+and whenever the state changes. The line is terse, the stage holding the run back first (a
+terminal of 120 columns shows three stages whole)::
 
-    pipeline 'demo' stopped after 12.3s: submitted 100, completed 98, failed 1, dropped 1, pending 0
-      stage  workers  queued   in  out  failed  dropped  items/s  mean ms
-      parse        2  0 of 8  100  100       0        0     45.2     12.3
-      embed        4  0 of 8  100   98       1        1     12.0     80.1
+    demo 12.3s: 250/400 done, 1 failed; bottleneck embed: 4/4 busy, 150/1,024 queued, 45.2/s; parse 2/2 busy, write 1/1 busy
 
-Counts of workers and queues are written in words (``1 of 2 workers busy``, ``starting 2 workers``,
-``3 of 8 queued``), never as bare figures like ``0/0->2``.
+``close`` prints one line per stage::
+
+    pipeline 'demo' finished after 12.3s: submitted 100, completed 98, failed 1, dropped 1, pending 0
+      stage  workers  queued   in  out  failed  dropped  cancelled  items/s  mean ms
+      parse        2  0 of 8  100  100       0        0          0      8.1     12.3
+      embed        4  0 of 8  100   98       1        1          0      8.1     80.1
+
+(the rates of an ended run are its means: items a stage finished over the run's time).
+
+Counts of workers and queues always say what they count (``2/2 busy``, ``starting 2``, ``3 of 8
+queued``), never bare figures like ``0/0->2``.
 """
 from __future__ import annotations
 
@@ -26,22 +33,39 @@ from . import _format as fmt
 
 #: Seconds between lines on a stream that is not a terminal: a one-hour run logs ~1,800 lines.
 LOG_INTERVAL = 2.0
-COLUMNS = ("stage", "workers", "queued", "in", "out", "failed", "dropped", "items/s", "mean ms")
+COLUMNS = ("stage", "workers", "queued", "in", "out", "failed", "dropped", "cancelled", "items/s", "mean ms")
 
 
 def status_line(title: str, stats: PipelineStats) -> str:
-    """``title running 12.3s | 80 of 100 done, 1 failed, 19 pending | parse: 2 of 2 workers busy,
-    2 of 8 queued, 45.2 items/s | ...``; ``embed (bottleneck):`` marks the stage holding it back."""
-    totals = f"{stats.completed} of {stats.submitted} done"
+    """``demo 12.3s: 250/400 done, 1 failed; bottleneck embed: 4/4 busy, 150/1,024 queued,
+    45.2/s; parse 2/2 busy, write 1/1 busy``: terse enough for 120 columns with three stages, and
+    the stage holding the run back first, so a terminal that cuts the line keeps it. The state
+    shows when it is not "running" (``demo stopping 12.3s: ...``)."""
+    done = f"{stats.completed:,}/{stats.total:,}" if stats.total else f"{stats.completed:,}"
+    state = "" if stats.state == "running" else f" {stats.state}"     # a live line runs, unless it says not
+    head = f"{title}{state} {fmt.elapsed(stats.elapsed)}: {done} done"
     for name in ("failed", "dropped", "cancelled"):
         if getattr(stats, name):
-            totals += f", {getattr(stats, name)} {name}"
-    totals += f", {stats.pending} pending"
-    parts = [f"{title} {stats.state} {fmt.elapsed(stats.elapsed)}", totals]
-    for s in stats.stages:
-        mark = " (bottleneck)" if s.bottleneck else ""
-        parts.append(f"{s.name}{mark}: {fmt.workers_words(s)}, {fmt.queue(s)} queued, {fmt.rate(s.rate)} items/s")
-    return " | ".join(parts)
+            head += f", {getattr(stats, name):,} {name}"
+    slowest = [s for s in stats.stages if s.bottleneck]
+    others = ", ".join(_brief(s) for s in stats.stages if not s.bottleneck)
+    parts = [head] + [f"bottleneck {s.name}: {_brief(s, name=False)}, {s.queued:,}/{s.capacity:,} queued, "
+                      f"{fmt.rate(s.rate)}/s" for s in slowest]
+    return "; ".join(parts + ([others] if others else []))
+
+
+def _brief(s: StageStats, name: bool = True) -> str:
+    """A stage's workers in a few words: ``parse 2/2 busy``, ``parse starting 2``, ``parse
+    scaling 2 → 4, 1 busy``; a batcher's queue: ``batch 4 / 0.1 s 3 queued``."""
+    if s.kind == "batch":
+        words = f"{s.queued:,} queued"
+    elif s.workers == 0 and s.target_workers:
+        words = f"starting {s.target_workers}"
+    elif s.target_workers != s.workers:
+        words = f"scaling {s.workers} \u2192 {s.target_workers}, {s.busy} busy"
+    else:
+        words = f"{s.busy}/{s.workers} busy"
+    return f"{s.name} {words}" if name else words
 
 
 def summary(title: str, stats: PipelineStats) -> str:
@@ -53,7 +77,7 @@ def summary(title: str, stats: PipelineStats) -> str:
         head += f", cancelled {stats.cancelled}"
     if stats.results != stats.completed:
         head += f", results {stats.results}"
-    rows = [COLUMNS] + [_row(s, bool(stats.outcome)) for s in stats.stages]
+    rows = [COLUMNS] + [_row(s, bool(stats.outcome), stats.elapsed) for s in stats.stages]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = [head]
     for row, stage in zip(rows, (None, *stats.stages)):
@@ -65,9 +89,11 @@ def summary(title: str, stats: PipelineStats) -> str:
     return "\n".join(lines)
 
 
-def _row(s: StageStats, ended: bool) -> tuple[str, ...]:
+def _row(s: StageStats, ended: bool, elapsed: float) -> tuple[str, ...]:
+    """One stage's cells; once the run ended its rate is the run's mean (the live one decayed)."""
+    rate = fmt.mean_rate(s, elapsed) if ended else s.rate
     return (s.name, fmt.workers_cell(s, ended), fmt.queue(s), str(s.received), str(s.emitted), str(s.failed),
-            str(s.dropped), fmt.rate(s.rate), fmt.mean_ms(s.mean_seconds))
+            str(s.dropped), str(s.cancelled), fmt.rate(rate), fmt.mean_ms(s.mean_seconds))
 
 
 def _is_tty(stream: TextIO) -> bool:

@@ -20,6 +20,7 @@ from ..engine._pipeline_stats import PipelineStats
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+
 def stage_names(history: Sequence[PipelineStats]) -> list[str]:
     """Every stage seen in the snapshots, in pipeline order (a stage may be missing from some)."""
     names: list[str] = []

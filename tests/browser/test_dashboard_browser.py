@@ -304,3 +304,46 @@ def test_pipeline_demo_notebook_runs_and_ends_with_its_summaries(app_server, pag
     page.page.locator(".mpkit-summary").last.scroll_into_view_if_needed(timeout=5_000)
     page.screenshot("demo_pipeline_done.png")
     assert not page.blocked, f"the page tried to leave loopback: {page.blocked[:5]}"
+
+
+TRACK = """\
+() => {
+    const bar = document.querySelector('.jp-Notebook:not(.lm-mod-hidden) .mpkit-map-bar, .mpkit-map-bar');
+    if (!bar) return null;
+    const track = bar.children[1], fill = track && track.firstElementChild;
+    return {track: track ? track.getBoundingClientRect().width : 0,
+            fill: fill ? fill.getBoundingClientRect().width : 0, text: bar.textContent};
+}"""
+
+
+def test_the_saved_progress_bar_keeps_its_width_in_an_untrusted_notebook(app_server, page):
+    """A notebook received from someone else is untrusted: the app sanitises its HTML outputs,
+    dropping the inline styles it does not allow (``flex``, ``gap``). The final bar of a map, as
+    saved, still draws its track and its fill (they shrank to nothing)."""
+    pytest.importorskip("tqdm")
+    from tqdm.notebook import tqdm_notebook
+
+    from mpkit.widgets._progress import final_bar_html
+
+    bar = tqdm_notebook(total=40, desc="measure", unit="item", display=False)
+    bar.update(40)
+    bar.close()
+    output = {"output_type": "display_data", "metadata": {},
+              "data": {"text/html": final_bar_html(bar.container), "text/plain": str(bar)}}
+    for part in bar.container.children:
+        part.close()
+    bar.container.close()
+    path = write_notebook(app_server.root / "untrusted_bar.ipynb", ["out = mpkit.map(measure, range(40))"])
+    nb = json.loads(path.read_text())
+    nb["cells"][0]["outputs"] = [output]          # as another user's saved notebook: no signature
+    path.write_text(json.dumps(nb, indent=1))
+    page.open_notebook(app_server, path.name)
+    page.page.locator(CELLS).nth(0).locator(".mpkit-map-bar").wait_for(state="visible", timeout=30_000)
+    trusted = page.page.evaluate("() => { const m = window.jupyterapp.shell.currentWidget.content.model;"
+                                 " const c = m.cells.get ? m.cells.get(0) : m.cells.at(0); return c.trusted; }")
+    assert trusted is False, "the notebook opened trusted: its outputs were not sanitised"
+    shown = page.page.evaluate(TRACK)
+    assert shown and "40/40" in shown["text"], shown
+    assert shown["track"] >= 100 and shown["fill"] >= 0.95 * shown["track"], shown
+    scroll_to(page, 0)
+    shoot(page, f"progress_bar_{app_server.app}_untrusted.png", 0, ".mpkit-map-bar")

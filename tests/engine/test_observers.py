@@ -350,7 +350,7 @@ def test_a_kernel_shows_the_default_bar_dashboard_and_timeline(start_method):
                                        "out = pipe.run(range(40))\n"
                                        "print(len(out), pipe.stats().completed)")
         assert widget in shown and text.strip() == "40 40"   # the dashboard of a blocking run
-        shown, text = _outputs(kernel, "dash = pipe.dashboard()\nsvc = pipe.start()\n"
+        shown, text = _outputs(kernel, "svc = pipe.start()\ndash = pipe.dashboard()\n"
                                        "print(svc.submit(7).result(timeout=60)); svc.stop(timeout=60)\n"
                                        "print(dash.closed, 'completed', dash.final.completed)\n"
                                        "fig = pipe.timeline(); print(type(fig).__name__)")

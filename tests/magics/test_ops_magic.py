@@ -135,3 +135,35 @@ def test_mp_ps_gives_every_workers_cpu_in_one_labelled_unit(ip, start_method, ca
     finally:
         run(ip, "unit_svc.stop(drain=False, timeout=30)")
         ip.run_line_magic("mp_stop", "--all")
+
+
+def test_mp_ps_says_one_worker_in_the_singular(ip, start_method, capsys):
+    run(ip, f"import mpkit\nsolo_pool = mpkit.Pool(1, start_method={start_method!r})\n"
+            "solo_pool.map(abs, [-1], progress=False)")
+    try:
+        capsys.readouterr()
+        ip.run_line_magic("mp_ps", "")
+        out = capsys.readouterr().out
+        assert f"Pool ({start_method}, 1 worker)" in out and "1 workers" not in out, out
+    finally:
+        run(ip, "solo_pool.shutdown()")
+
+
+def test_mp_ps_lists_a_dask_pipeline_once_and_nothing_made_up(ip, dask_client, capsys):
+    """A pipeline on Dask: its stages' pools are listed under the pipeline only (they were listed
+    a second time as Dask pools), and a worker whose pid is not known yet (an idle lane: no
+    task ran on it) shows no pid 0 and no CPU or memory reading of nothing."""
+    ip.user_ns["dask_client"] = dask_client
+    run(ip, "from mpkit import Pipeline\n"
+            "dask_pipe = Pipeline('on_dask').stage(abs, workers=1, name='first').stage(abs, workers=1, name='second')\n"
+            "dask_svc = dask_pipe.start(cluster=dask_client)")
+    try:
+        capsys.readouterr()
+        ip.run_line_magic("mp_ps", "")
+        out = capsys.readouterr().out
+        assert "Pipeline 'on_dask' (running)" in out, out
+        assert "(Dask" not in out, out                   # no stage pool listed as a pool of its own
+        assert "pid 0" not in out and "mem 0 MB" not in out, out
+        assert len(re.findall(r"^ +worker ", out, re.M)) == 2, out
+    finally:
+        run(ip, "dask_svc.stop(timeout=60)")

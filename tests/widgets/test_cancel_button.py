@@ -70,6 +70,8 @@ def test_cancel_stops_the_running_map_and_keeps_the_finished_results(start_metho
         assert cell.error is not None, "the map was not stopped by the click"
         assert cell.error["ename"] == "MapInterrupted", cell.error
         assert re.search(r"interrupted after \d+ of 400 items finished", cell.error["evalue"]), cell.error
+        last = cell.displays[-1]                          # the bar the saved notebook keeps says why it stopped
+        assert "cancelled" in last["text/plain"] and "<" not in last["text/plain"], last
         check = kernel.run(
             "exc = sys.last_value\n"
             "print(len(exc.results), exc.results == sorted(exc.results),\n"

@@ -237,3 +237,22 @@ def test_import_mpkit_does_not_import_ipywidgets():
             "mpkit.widgets._timeline; "
             "assert 'ipywidgets' not in sys.modules and 'matplotlib' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_an_idle_panel_does_not_resend_every_card_for_its_clock():
+    """An idle service's snapshots differ only in the elapsed time: the panel (header and every
+    card, 3.4 KB) was sent again ten times a second for it. The clock now moves at most about
+    once a second, while a count that changed is sent at once."""
+    dash = Dashboard("demo", on_stop=lambda: None)
+    stats = three_stages(2)
+    dash.update(stats)
+    changes = count_changes(dash)
+    for tick in range(1, 10):                                # a tenth of a second apart
+        dash.update(replace(stats, elapsed=stats.elapsed + tick / 10))
+    assert len(changes) <= 1, [text(c["new"])[:40] for c in changes]
+    changes.clear()
+    dash.update(with_stage(replace(stats, elapsed=stats.elapsed + 1.0), "parse", received=21))
+    assert [(c["owner"], c["name"]) for c in changes] == [(dash.panel, "value")]
+    assert "in 21" in text(dash.panel.value)
+    dash.close(replace(stats, elapsed=stats.elapsed + 1.5, outcome="finished", state="stopped"))
+    assert "4.5s" in text(header(dash.panel.value))           # the end's own time, always

@@ -62,7 +62,8 @@ class FrontEnd:
             self.closed.add(content["comm_id"])
         elif kind in ("display_data", "execute_result"):
             display_id = (content.get("transient") or {}).get("display_id")
-            self.outputs.append({"data": dict(content["data"]), "display_id": display_id, "index": i})
+            self.outputs.append({"data": dict(content["data"]), "display_id": display_id, "index": i,
+                                 "cell": msg.get("parent_header", {}).get("msg_id")})
         elif kind == "update_display_data":
             display_id = (content.get("transient") or {}).get("display_id")
             for out in self.outputs:
@@ -157,6 +158,7 @@ for i in range(20):
         display(pipe.dashboard())          # attached, shown by the run that follows
     out = pipe.run(range(5))               # else run() shows a dashboard of its own
     assert len(out) == 5
+    display(pipe.dashboard())              # and one shown after the end: its summary
 import gc, time
 deadline = time.monotonic() + 30
 while len(_instances) != baseline and time.monotonic() < deadline:
@@ -177,7 +179,34 @@ def test_twenty_pipelines_with_dashboards_leave_no_widget_in_the_kernel(start_me
     baseline, after = map(int, cell.text().split()[1:3])
     assert after == baseline, f"{after - baseline} widgets alive after 20 pipelines with dashboards"
     assert len([o for o in front.outputs if o["display_id"]]) == 20
+    after_end = [o for o in front.outputs if not o["display_id"] and "mpkit-summary" in o["data"].get("text/html", "")]
+    assert len(after_end) == 20 and not any(WIDGET in o["data"] for o in after_end)
     for out in front.outputs:                        # what a saved notebook keeps: the summaries
         if out["display_id"]:
             assert WIDGET not in out["data"] and "mpkit-summary" in out["data"]["text/html"]
             assert "finished" in text(out["data"]["text/html"])
+
+
+def test_a_dashboard_shown_after_a_run_keeps_its_summary_and_the_next_run_shows_its_own(start_method):
+    """Cell 2 shows ``pipe.dashboard()`` after run 1 ended: run 1's summary, for good. Run 2, in
+    cell 4, shows its own live dashboard under cell 4, which ends as run 2's summary; cell 2
+    still shows run 1's (a summary string taken in cell 3 does not take over either)."""
+    kernel = KernelSession()
+    try:
+        front = record(kernel)
+        kernel.run("%load_ext mpkit\nfrom mpkit import Pipeline\nfrom tests.pipeline_tasks import slow\n"
+                   "pipe = Pipeline('p').stage(slow, workers=1, name='a')\nout = pipe.run(range(10))")
+        shown_after_end = kernel.start("pipe.dashboard()")
+        kernel.collect(shown_after_end)
+        kernel.run("s = pipe.dashboard().summary()\nassert 'completed 10' in s")
+        second_run = kernel.start("out = pipe.run(range(30))\nassert len(out) == 30")
+        assert kernel.collect(second_run, timeout=120).status == "ok"
+        drain(kernel)
+    finally:
+        kernel.close()
+    (first,) = [o for o in front.outputs if o["cell"] == shown_after_end]
+    assert WIDGET not in first["data"], "the dashboard shown after the end is a live widget"
+    assert "completed 10" in text(first["data"]["text/html"]), text(first["data"]["text/html"])
+    own = [o for o in front.outputs if o["cell"] == second_run]
+    assert len(own) == 1 and own[0]["display_id"], f"run 2's cell showed {len(own)} outputs"
+    assert "finished" in text(own[0]["data"]["text/html"]) and "completed 30" in text(own[0]["data"]["text/html"])

@@ -98,11 +98,13 @@ def test_stopped_service(start_method):
 
 
 @pytest.mark.parametrize("ending", ["stopped service", "finished run"])
-def test_a_dashboard_shown_after_the_end_is_its_summary_until_the_next_run(start_method, ending):
+def test_a_dashboard_shown_after_the_end_is_its_summary_for_good(start_method, ending):
     """``pipe.dashboard()`` in a cell after the service was stopped (or the run finished) shows
     that end: the static summary, not the live panel saying the summary will replace it when the
-    run ends (which had happened already: nothing ever replaced it). The next run makes it live,
-    and its end makes it that run's summary."""
+    run ends (which had happened already: nothing ever replaced it). It makes no widget, and the
+    next run does not take it over: it stays that end's summary, and the run shows its own."""
+    from ipywidgets.widgets.widget import _instances
+
     pipe = Pipeline("late").stage(slow, workers=2)
     if ending == "stopped service":
         svc = pipe.start()
@@ -112,10 +114,14 @@ def test_a_dashboard_shown_after_the_end_is_its_summary_until_the_next_run(start
     else:
         assert len(pipe.run(range(10), progress=False)) == 10
         outcome = "finished"
+    models = len(_instances)
     dash = pipe.dashboard()
     shown = dash._repr_mimebundle_()
-    assert "application/vnd.jupyter.widget-view+json" not in shown
+    assert "application/vnd.jupyter.widget-view+json" not in shown and len(_instances) == models
     assert f"mpkit-summary-{outcome}" in shown["text/html"] and "completed 10" in text(shown["text/html"])
-    assert len(pipe.run(range(20), progress=False)) == 20    # the next run: the same panel follows it
-    check_end(dash, "finished")
-    assert "completed 20" in text(dash.summary())
+    assert dash.closed and dash.final.outcome == outcome
+    later = watched(pipe)                                    # what the next run shows
+    assert len(pipe.run(range(20), progress=False)) == 20
+    check_end(later, "finished")
+    assert "completed 20" in text(later.summary())
+    assert "completed 10" in text(dash.summary()) and f"mpkit-summary-{outcome}" in dash.summary()

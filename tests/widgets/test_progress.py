@@ -68,4 +68,25 @@ def test_the_bar_says_in_words_how_many_workers_are_busy(pool, capsys):
     bars = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()
     assert bars and not any("workers=" in bar or re.search(r", \d+/\d+", bar) for bar in bars), bars
     assert any(re.search(r"\d+ of \d+ workers? busy", bar) for bar in bars[:-1]), bars
-    assert bars[-1].endswith(f", {pool.size} workers]") and "busy" not in bars[-1], bars[-1]
+    assert bars[-1].endswith(f", {plural(pool.size, 'worker')}]") and "busy" not in bars[-1], bars[-1]
+
+
+def test_the_bar_counts_the_maps_own_workers(pool, capsys):
+    """``workers=1`` on a pool of two: the bar says one worker, not "1 of 2 workers busy" (one
+    of them was never going to be busy)."""
+    assert pool.size == 2
+    pool.map(helpers.sleep_then, [0.02] * 30, workers=1, chunksize=1, progress=True)
+    bars = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()
+    assert not any("of 2 workers" in bar for bar in bars), bars
+    assert any("1 of 1 worker busy" in bar for bar in bars[:-1]), bars
+    assert bars[-1].endswith(", 1 worker]"), bars[-1]
+
+
+def test_a_loop_left_early_ends_its_bar_as_cancelled(pool, capsys):
+    """``break`` out of a loop over imap: the last bar says the map was cancelled, without the
+    ETA of a map that no longer runs."""
+    for i, _ in enumerate(pool.imap(helpers.sleep_then, [0.02] * 200, chunksize=1, progress=True)):
+        if i == 5:
+            break
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "cancelled" in last and "/200" in last and "<" not in last, last
