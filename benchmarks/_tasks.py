@@ -38,3 +38,16 @@ def spin_chunk(data: bytes) -> bytes:
     import pickle
 
     return pickle.dumps([spin(n) for n in pickle.loads(data)], pickle.HIGHEST_PROTOCOL)
+
+
+_embedder = None
+
+
+def embed_batch(texts: list) -> list:
+    """Workload (d) for plain Dask: one batch through the NumpyEmbedder this worker built once."""
+    global _embedder
+    if _embedder is None:
+        from mpkit.recipes.inference import NumpyEmbedder
+
+        _embedder = NumpyEmbedder()
+    return _embedder(texts)

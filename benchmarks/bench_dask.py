@@ -18,7 +18,9 @@ on it, rotating the order each round; medians of R rounds:
   (d) the inference pipeline (mpkit.recipes.inference.BatchPredictor: a micro-batcher, batches of
       up to 128, then NumpyEmbedder on one worker): predict_many over N texts, each predictor
       started and its model built before the clock, on the cluster (mpkit.use(client) when it
-      starts) and on local processes, taking turns. Items/s; target: Dask >= 0.8x local.
+      starts) and on local processes, taking turns; and plain Dask doing the batcher's work: the
+      texts in batches of 128, one client.submit each, to the worker holding the model. Items/s;
+      target: Dask >= 0.8x local.
   (e) 5,000 trivial items with timeout=30: on Dask (in chunks, each item timed by its task), next
       to the same map without a timeout and to local processes with it (one item per chunk there).
   start-up: a LocalCluster from nothing to its first result, next to mpkit's local pool.
@@ -53,6 +55,10 @@ RESULTS = "dask.md"  # in benchmarks/results
 
 W = usable_cores()
 
+
+#: Case (d) on plain Dask: the same 6,000 texts cut into batches of 128, one task per batch, all
+#: submitted at once to the one worker holding the model (the work the pipeline's batcher does).
+PLAIN_D = "plain Dask, client.submit per batch of 128"
 
 def chunks(items: list, count: int) -> list[bytes]:
     size = max(1, -(-len(items) // count))
@@ -119,6 +125,10 @@ def main() -> int:
         cpu = [n_iter] * cfg["n_cpu"]
         expect_b = [_tasks.spin(n_iter)] * cfg["n_cpu"]
         warm = list(range(10))
+        queries = texts(cfg["n_inference"])
+        query_batches = [queries[i:i + 128] for i in range(0, len(queries), 128)]
+        model_worker = sorted(client.scheduler_info()["workers"])[0]
+        client.submit(_tasks.embed_batch, query_batches[0], workers=[model_worker], pure=False).result()
         expect_c = [x + 1 for x in warm]
         with dask.config.set(scheduler=client.get):
             bag = lambda items, fn: db.from_sequence(items, npartitions=W).map(fn).compute()  # noqa: E731
@@ -167,12 +177,16 @@ def main() -> int:
                     record("c", name, statistics.median(calls))
                 for name in list(tools_e)[r % len(tools_e):] + list(tools_e)[:r % len(tools_e)]:
                     record("e", name, timed(tools_e[name], expect_e))
-                queries = texts(cfg["n_inference"])
                 for name in list(predictors)[r % 2:] + list(predictors)[:r % 2]:
                     t = time.perf_counter()
                     if len(predictors[name].predict_many(queries)) != len(queries):
                         raise AssertionError("wrong results")
                     record("d", name, time.perf_counter() - t)
+                t = time.perf_counter()
+                if sum(map(len, client.gather([client.submit(_tasks.embed_batch, b, workers=[model_worker], pure=False)
+                                               for b in query_batches]))) != len(queries):
+                    raise AssertionError("wrong results")
+                record("d", PLAIN_D, time.perf_counter() - t)
                 print(f"round {r + 1}/{cfg['rounds']} done", file=sys.stderr, flush=True)
     finally:
         for predictor in predictors.values():
@@ -208,6 +222,7 @@ def main() -> int:
         lines.append(f"| (e) {cfg['n_timed']:,} trivial items, timeout={TIMED_TIMEOUT:g} | {name} | "
                      f"{statistics.median(samples):.3f} | | |")
     mp_d = rates["BatchPredictor on Dask"] / rates["BatchPredictor, local processes"]
+    plain_d = rates[PLAIN_D] / rates["BatchPredictor, local processes"]
     mp_a = statistics.median(rows["a"]["mpkit.map on Dask"]) / base_a
     mp_b = serial / W / statistics.median(rows["b"]["mpkit.map on Dask"])
     mp_c = statistics.median(rows["c"]["mpkit.map on Dask"])
@@ -215,7 +230,7 @@ def main() -> int:
               f"- (b) target: 85% of ideal: {mp_b:.0%} ({'met' if mp_b >= 0.85 else 'NOT met'})",
               f"- (c) target: a warm call under 30 ms: {mp_c * 1e3:.1f} ms ({'met' if mp_c < 0.03 else 'NOT met'})",
               f"- (d) target: the inference pipeline on Dask >= 0.8x local items/s: {mp_d:.2f}x "
-              f"({'met' if mp_d >= 0.8 else 'NOT met'})"]
+              f"({'met' if mp_d >= 0.8 else 'NOT met'}; plain Dask, one task per batch: {plain_d:.2f}x)"]
     text = "\n".join(lines) + "\n"
     print(text)
     save(RESULTS, text)
