@@ -196,7 +196,7 @@ class Dashboard:
         self._handles: list[Any] = []        # one DisplayHandle per display of the panel
         self._targets: dict[str, int] = {}   # last target_workers seen per stage
         self._writer: int | None = None      # the thread inside update() writing a scale input
-        self._unclocked = ""                 # the panel's value last sent, without its clock
+        self._sent_unclocked = ""            # the panel's value last sent, without its clock
         self._sent_at = 0.0                  # when it was sent (time.monotonic())
 
     # -- snapshots ---------------------------------------------------------------------------
@@ -317,10 +317,10 @@ class Dashboard:
         if value == self.panel.value:
             return
         unclocked, now = _unclocked(value), time.monotonic()
-        if not final and unclocked == self._unclocked and now - self._sent_at < CLOCK_EVERY:
+        if not final and unclocked == self._sent_unclocked and now - self._sent_at < CLOCK_EVERY:
             return
         self.panel.value = value
-        self._unclocked, self._sent_at = unclocked, now
+        self._sent_unclocked, self._sent_at = unclocked, now
 
     def _scaled(self, name: str) -> Callable[[dict], None]:
         def changed(change: dict) -> None:

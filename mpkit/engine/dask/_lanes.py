@@ -157,10 +157,6 @@ class LanePool(Pool):
         self.stage_ids.append(run.fn_id)
         return run
 
-    def resize(self, workers: int) -> None:
-        """Run on ``workers`` Dask workers from now on (``Pipeline.scale``): as many chunks in flight."""
-        super().resize(workers)
-
     def workers(self) -> list[tuple[int, int, str]]:
         placed = set(self.lanes.placed(self))
         info = self.client.scheduler_info(n_workers=-1).get("workers", {})

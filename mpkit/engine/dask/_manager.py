@@ -207,7 +207,7 @@ class Manager:
                     return
                 with self.lock:
                     runs = list(self.runs)
-                self._reap_cancelled(runs)
+                self._reap_cancelled()
                 self._check_cluster(runs)
                 self._check_placement()
                 self._dispatch([r for r in runs if not r.cancelled and r.fatal is None])
@@ -460,7 +460,7 @@ class Manager:
     def _suspect(self, run: Run, chunk: Chunk) -> bool:
         return (len(chunk.indices) == 1 or chunk.batch) and (id(run), chunk.indices[0]) in self._suspects
 
-    def _reap_cancelled(self, runs: list[Run]) -> None:
+    def _reap_cancelled(self) -> None:
         """Tasks of a cancelled run: those waiting are cancelled; those running are given
         CANCEL_GRACE to end, and their workers are restarted past it (a thread cannot be stopped)."""
         cancelled = [t for t in self._tasks.values() if t.run.cancelled and not t.dropped]
@@ -472,8 +472,9 @@ class Manager:
             until = time.monotonic() + UNSEEN_SECONDS
             self._unseen.update((t.key, (t, until)) for t in waiting)
         now = time.monotonic()
-        for key in [k for k, (_, until) in self._unseen.items() if now >= until]:
-            del self._unseen[key]  # never started: cancelled before its worker took it
+        if self._unseen:
+            for key in [k for k, (_, until) in self._unseen.items() if now >= until]:
+                del self._unseen[key]  # never started: cancelled before its worker took it
         for task in cancelled:
             if task.started is not None:
                 task.dropped = True

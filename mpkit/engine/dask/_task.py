@@ -338,9 +338,9 @@ class _TimedItems:
         self.failures: list = []
         self.lock = threading.Lock()
         self.done = threading.Event()
-        self.offset, self.since = 0, time.monotonic()
+        self.offset = 0
+        self.started = self.since = time.monotonic()
         self.stopped = self.finished = False
-        self.started = self.since
         self.seconds = 0.0
 
     def outcome(self, timeout: float) -> tuple:
@@ -369,8 +369,7 @@ class _TimedItems:
         _local.capture = self.capture
         try:
             if self.batch:
-                results, failures = call_batch(self.fn, self.items, _describe_exception)
-                self.results, self.failures = results, failures
+                self.results, self.failures = call_batch(self.fn, self.items, _describe_exception)
             else:
                 self._items()
         finally:
